@@ -1,0 +1,20 @@
+"""Exception types shared by every layer of medrecon.
+
+User-facing problems (bad shapes, bad files, unknown options, missing weights) raise
+:class:`MedreconInputError`, a :class:`ValueError`, whose message says what was got, what was
+expected and how to fix it. The CLI maps it to exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class MedreconInputError(ValueError):
+    """Bad user input: wrong shapes, unreadable files, unknown options, NaNs."""
+
+
+class MissingWeightsError(MedreconInputError, FileNotFoundError):
+    """Pretrained weights are not available locally (and cannot be downloaded offline)."""
+
+
+class CheckpointError(MedreconInputError):
+    """A network checkpoint is truncated, foreign, or holds objects we refuse to load."""
