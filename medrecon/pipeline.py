@@ -1,0 +1,961 @@
+"""The one reconstruction entry point: scan in, reconstructed scan (with geometry) out.
+
+The CLI, the MONAI bundles and the 3D Slicer module all call :func:`reconstruct` (an in-memory
+:class:`~medrecon.io.MedicalImage`), :func:`reconstruct_file` (paths) or
+:func:`reconstruct_directory` (a dataset folder). Nothing else holds reconstruction logic.
+
+Per volume (details and the geometry rules in ``docs/pipeline.md``)::
+
+    volume (X, Y, Z) + RAS affine
+      -> display-oriented slices [N, H, W] along a plane         (SliceOrientation, exact)
+      -> intensities to generator space by percentiles            (IntensityWindow, exact)
+      -> each slice's field of view onto the prior's R x R grid   (GridFit: isotropic + pad)
+      -> measurements y (the input itself, or simulated with --simulate)
+      -> batched solve (CSGM / BRGM / IAGAN / baselines)
+      -> crop + resample back over the same field of view, invert the window, restack
+      -> MedicalImage with the input's affine (SR: in-plane spacing divided by the scale)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from medrecon.errors import MedreconInputError
+from medrecon.transforms import PLANES, GridFit, IntensityWindow, SliceOrientation, resize_fov
+
+__all__ = [
+    "TASKS",
+    "SIMULATE_ONLY_TASKS",
+    "KSPACE_SUFFIXES",
+    "PipelineResult",
+    "reconstruct",
+    "reconstruct_kspace",
+    "reconstruct_file",
+    "reconstruct_directory",
+    "default_output_path",
+    "std_path_for",
+    "load_kspace",
+]
+
+#: Tasks understood by the pipeline (the names of ``medrecon.physics.build_operator``).
+TASKS = ("sr", "inpaint", "mri", "deblur", "denoise", "cs")
+#: Tasks whose measurements cannot be stored as an image: the input is always simulated.
+SIMULATE_ONLY_TASKS = ("cs",)
+#: File suffixes read as fastMRI-style complex k-space for ``task='mri'``.
+KSPACE_SUFFIXES = (".npy", ".h5", ".hdf5")
+#: File suffixes :func:`reconstruct_directory` picks up.
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+                  ".mha", ".mhd", ".nrrd", ".npy", ".h5")
+#: Fallback method per task when neither the caller nor the prior's metadata picks one.
+DEFAULT_METHOD = "iagan"
+
+ProgressCallback = Callable[[dict], None]
+
+
+@dataclass
+class PipelineResult:
+    """What a reconstruction returns.
+
+    Attributes:
+        image: The reconstruction with its geometry (same field of view as the input).
+        std: Per-voxel posterior standard deviation in intensity units (``samples > 0``), else
+            None.
+        info: What was done: ``task, method, device, seconds, slices, plane, window, grid,
+            scale, prior, seed, ...`` (JSON-serialisable).
+        output_path: Where :func:`reconstruct_file` wrote ``image`` (None in memory).
+        std_path: Where the std map was written, if any.
+    """
+
+    image: Any
+    std: Any = None
+    info: dict = field(default_factory=dict)
+    output_path: Path | None = None
+    std_path: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: prior, method, options
+# ---------------------------------------------------------------------------------------------
+def _resolve_prior(prior: Any) -> Any:
+    if prior is None:
+        raise MedreconInputError(
+            "no prior given; pass a prior name (see `medrecon priors list`), a prior directory, "
+            "or a Prior object."
+        )
+    if isinstance(prior, (str, Path)):
+        from medrecon.priors import load_prior
+
+        return load_prior(str(prior), device="cpu")
+    return prior
+
+
+def _prior_meta(prior: Any) -> dict:
+    meta = getattr(prior, "metadata", None)
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def _prior_resolution(prior: Any) -> tuple[int, int]:
+    res = getattr(prior, "resolution", None)
+    ch = getattr(prior, "channels", None)
+    G = getattr(prior, "generator", prior)
+    if res is None:
+        res = getattr(G, "img_resolution", None)
+    if ch is None:
+        ch = getattr(G, "img_channels", 1)
+    if res is None:
+        raise MedreconInputError(
+            f"the prior {type(prior).__name__} has no resolution; expected a medrecon Prior "
+            "(from medrecon.priors.load_prior) or a StyleGAN2 generator with img_resolution."
+        )
+    return int(res), int(ch)
+
+
+def _prior_name(prior: Any) -> str:
+    meta = _prior_meta(prior)
+    return str(getattr(prior, "name", None) or meta.get("name") or type(prior).__name__)
+
+
+def _available_methods() -> tuple[str, ...]:
+    from medrecon.solvers import METHODS
+
+    return tuple(METHODS)
+
+
+def _choose_method(method: str | None, task: str, prior: Any) -> str:
+    if method is None:
+        meta = _prior_meta(prior)
+        per_task = meta.get("default_methods") or {}
+        method = (per_task.get(task) if isinstance(per_task, Mapping) else None) or meta.get(
+            "default_method"
+        ) or DEFAULT_METHOD
+    method = str(method).lower()
+    methods = _available_methods()
+    if method not in methods:
+        raise MedreconInputError(
+            f"unknown method {method!r}; expected one of {', '.join(methods)}."
+        )
+    return method
+
+
+def _check_task(task: str) -> str:
+    t = str(task).lower()
+    if t not in TASKS:
+        raise MedreconInputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}.")
+    return t
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise MedreconInputError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def _mask_array(mask: Any) -> np.ndarray | None:
+    """A user mask (missing pixels nonzero) as a bool array, from an array, image or path."""
+    if mask is None:
+        return None
+    if isinstance(mask, (str, Path)):
+        p = Path(mask)
+        if not p.exists():
+            raise MedreconInputError(f"mask file {str(p)!r} does not exist; pass an existing file.")
+        try:
+            from medrecon.physics.masks import load_mask
+
+            mask = load_mask(p)
+        except ImportError:  # pragma: no cover - physics layer always ships load_mask
+            from medrecon.io import load_image
+
+            mask = load_image(p)
+    arr = getattr(mask, "array", mask)
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().cpu().numpy()
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        return arr
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise MedreconInputError("the mask holds non-numeric or NaN values; expected 0 (observed) / 1 (missing).")
+    return arr != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Solving batches of generator-space measurements
+# ---------------------------------------------------------------------------------------------
+def _build_operator(task: str, size: tuple[int, int], channels: int, seed: int, **options: Any):
+    from medrecon.physics import build_operator
+
+    opts = {k: v for k, v in options.items() if v is not None}
+    return build_operator(task, img_size=size, channels=channels, seed=seed, **opts)
+
+
+class _Progress:
+    """Turns per-batch solver callbacks into overall ``{"event": "progress", ...}`` events."""
+
+    def __init__(self, callback: ProgressCallback | None, n_slices: int, method: str) -> None:
+        self.callback = callback
+        self.n = max(1, n_slices)
+        self.done = 0
+        self.batch = 0
+        self.stages: list[str] = []
+        self.n_stages = 2 if method == "iagan" else 1
+        self.best = 0.0
+
+    def emit(self, fraction: float, message: str, **more: Any) -> None:
+        if self.callback is None:
+            return
+        self.best = max(self.best, min(1.0, fraction))
+        self.callback({"event": "progress", "fraction": round(self.best, 4), "message": message, **more})
+
+    def solver_callback(self, start: int, stop: int) -> ProgressCallback | None:
+        if self.callback is None:
+            return None
+        self.stages = []
+
+        def cb(d: dict) -> None:
+            stage = str(d.get("stage", ""))
+            if stage not in self.stages:
+                self.stages.append(stage)
+            k = self.stages.index(stage)
+            total = max(1, int(d.get("total_steps") or 1))
+            step = int(d.get("step") or 0)
+            within = min(1.0, (k + step / total) / max(self.n_stages, len(self.stages)))
+            frac = (start + within * (stop - start)) / self.n
+            sl = f"slice {start + 1}/{self.n}" if stop - start == 1 else f"slices {start + 1}-{stop}/{self.n}"
+            msg = f"{sl}, {stage + ' ' if stage else ''}step {step}/{total}"
+            self.emit(frac, msg, step=step, total_steps=total, stage=stage, loss=d.get("loss"))
+
+        return cb
+
+
+def _solve_batches(
+    y: torch.Tensor,
+    operators: Sequence[tuple[Any, Sequence[int]]],
+    prior: Any,
+    *,
+    method: str,
+    steps: int | None,
+    bp: bool | None,
+    samples: int,
+    device: str,
+    batch_size: int,
+    seed: int,
+    progress: _Progress,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Solve slices in batches; ``operators`` pairs an operator with the slice indices it serves.
+
+    Returns images ``[N, C, R, R]``, std ``[N, C, R, R]`` or None, and merged solver info.
+    """
+    from medrecon.solvers import solve
+
+    n = y.shape[0]
+    images: list[torch.Tensor | None] = [None] * n
+    stds: list[torch.Tensor | None] = [None] * n
+    info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
+    for op, idx in operators:
+        idx = list(idx)
+        for b0 in range(0, len(idx), batch_size):
+            chunk = idx[b0 : b0 + batch_size]
+            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed) + chunk[0],
+                                  "callback": progress.solver_callback(chunk[0], chunk[-1] + 1)}
+            if steps is not None:
+                kw["steps"] = steps
+            if bp is not None:
+                kw["bp"] = bp
+            if samples:
+                kw["samples"] = samples
+            rec = solve(y[chunk], op, prior, **kw)
+            for j, i in enumerate(chunk):
+                images[i] = rec.image[j]
+                if rec.std is not None:
+                    stds[i] = rec.std[j]
+            info["device"] = str(rec.device)
+            info["method"] = rec.method or method
+            info["solver_seconds"] += float(rec.seconds)
+            info["solver_info"] = rec.info
+            progress.done += len(chunk)
+            progress.emit(progress.done / progress.n, f"slice {progress.done}/{progress.n} done")
+    img = torch.stack([t for t in images if t is not None])
+    std = torch.stack([t for t in stds]) if all(t is not None for t in stds) else None  # type: ignore[misc]
+    return img, std, info
+
+
+# ---------------------------------------------------------------------------------------------
+# reconstruct: MedicalImage -> PipelineResult
+# ---------------------------------------------------------------------------------------------
+def _volume_tensor(image: Any) -> torch.Tensor:
+    arr = getattr(image, "array", None)
+    if arr is None:
+        raise MedreconInputError(
+            f"expected a medrecon.io.MedicalImage (with .array and .affine); got {type(image).__name__}."
+            " Load files with medrecon.io.load_image."
+        )
+    arr = np.asarray(arr)
+    if np.iscomplexobj(arr):
+        raise MedreconInputError(
+            "the image is complex-valued; expected real intensities. For k-space use "
+            "task='mri' with a .npy/.h5 file (reconstruct_file) or reconstruct_kspace()."
+        )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise MedreconInputError(
+            f"the image has shape {arr.shape} ({arr.ndim}D); expected a 2D image or a 3D volume "
+            "(X, Y, Z). For 4D series (time, diffusion, channels) extract one volume first, "
+            "e.g. `load_image(path, volume=0)` or `--volume 0`."
+        )
+    if min(arr.shape) < 1:
+        raise MedreconInputError(f"the image is empty (shape {arr.shape}); expected at least one voxel.")
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise MedreconInputError(f"the image has dtype {arr.dtype}; expected numeric intensities.")
+    vol = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if not torch.isfinite(vol).all():
+        bad = int((~torch.isfinite(vol)).sum())
+        raise MedreconInputError(
+            f"the image holds {bad} NaN/Inf voxels out of {vol.numel()}; expected finite "
+            "intensities. Repair the file (or mask those voxels and use `inpaint`)."
+        )
+    return vol
+
+
+def _spacing(image: Any, affine: np.ndarray) -> tuple[float, float, float]:
+    sp = getattr(image, "spacing", None)
+    if sp is None:
+        sp = np.linalg.norm(affine[:3, :3], axis=0)
+    sp = tuple(float(s) for s in np.asarray(sp).ravel()[:3])
+    if len(sp) < 3:
+        sp = sp + (1.0,) * (3 - len(sp))
+    return sp  # type: ignore[return-value]
+
+
+def _zoom_affine(affine: np.ndarray, zoom: Sequence[float]) -> np.ndarray:
+    try:
+        from medrecon.io import resample_affine_for_zoom
+    except ImportError:  # pragma: no cover - io always provides it
+        resample_affine_for_zoom = None
+    if resample_affine_for_zoom is not None:
+        return np.asarray(resample_affine_for_zoom(affine, tuple(float(z) for z in zoom)), dtype=np.float64)
+    a = np.asarray(affine, dtype=np.float64).copy()
+    z = np.asarray(zoom, dtype=np.float64)
+    out = a.copy()
+    out[:3, :3] = a[:3, :3] / z[None, :]
+    # keep the FOV edges: new voxel 0 centre sits at old index -1/2 + 1/(2 zoom)
+    out[:3, 3] = a[:3, :3] @ (-0.5 + 0.5 / z) + a[:3, 3]
+    return out
+
+
+def _slice_axis(affine: np.ndarray, plane: str) -> int | None:
+    try:
+        from medrecon.io import slice_axis_for_plane
+    except ImportError:  # pragma: no cover
+        return None
+    return int(slice_axis_for_plane(affine, plane))
+
+
+def reconstruct(
+    image: Any,
+    *,
+    task: str,
+    prior: Any,
+    method: str | None = None,
+    steps: int | None = None,
+    bp: bool | None = None,
+    plane: str | None = None,
+    scale: int = 4,
+    mask: Any = None,
+    acceleration: int = 4,
+    center_fraction: float = 0.08,
+    mask_type: str = "random",
+    noise_sigma: float = 0.0,
+    samples: int = 0,
+    device: str = "auto",
+    batch_size: int = 16,
+    seed: int = 0,
+    simulate: bool = False,
+    callback: ProgressCallback | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> PipelineResult:
+    """Reconstruct a scan with a StyleGAN2 prior (or a classical baseline).
+
+    Args:
+        image: The input :class:`medrecon.io.MedicalImage` (array ``(X, Y, Z)``, RAS affine).
+            For ``sr`` it IS the low-resolution scan; for ``inpaint`` the scan with missing
+            pixels (marked by ``mask``); for ``deblur``/``denoise`` the degraded scan. With
+            ``simulate=True`` it is a clean scan that is degraded retrospectively first.
+        task: ``"sr"``, ``"inpaint"``, ``"mri"``, ``"deblur"``, ``"denoise"`` or ``"cs"``
+            (``mri`` on an image and ``cs`` always simulate; k-space goes through
+            :func:`reconstruct_kspace`).
+        prior: Prior name (``"chest_xray"``, ``"brain_mri"``), prior directory, or Prior object.
+        method: ``"iagan"``, ``"brgm"``, ``"csgm"`` or a baseline (``medrecon.solvers.METHODS``).
+            Default: the prior's ``default_methods[task]`` / ``default_method`` metadata, else
+            ``"iagan"``.
+        steps: Optimisation steps (None: the solver's default for the method).
+        bp: Back-projection onto the measurements (None: the solver's default).
+        plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``. Default: the prior's ``plane``
+            metadata for 3D volumes; 2D images (one singleton axis) keep their stored layout.
+        scale: Super-resolution factor (``sr``); must divide the prior's resolution. Default 4.
+        mask: Inpainting mask, nonzero = missing pixel: array, MedicalImage or path, shaped like
+            the volume (or like one slice for 2D images). Simulated ``inpaint`` without a mask
+            lets the operator draw one from ``seed``.
+        acceleration: MRI undersampling factor (simulated ``mri``). Default 4.
+        center_fraction: Fully sampled fraction of central k-space lines. Default 0.08.
+        mask_type: MRI sampling pattern (``"random"`` or ``"equispaced"``). Default ``"random"``.
+        noise_sigma: Measurement noise std in generator units ([-1, 1] range); used by the solver
+            (regularised back-projection) and, when simulating, to add noise. Default 0.
+        samples: Posterior samples per slice (variational BRGM); > 0 adds a std map. Default 0.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. Default ``"auto"``.
+        batch_size: Slices solved together. Default 16.
+        seed: Base seed; batch ``k`` starting at slice ``i`` uses ``seed + i``. Default 0.
+        simulate: Treat ``image`` as the ground truth and measure it with the operator (seeded).
+        callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
+        percentiles: Intensity percentiles mapped to ``-1``/``+1``. Default ``(0.5, 99.5)``.
+
+    Returns:
+        :class:`PipelineResult` with the reconstruction in the input's field of view.
+
+    Raises:
+        MedreconInputError: bad image (4D, NaN, empty), unknown task/method/plane, scale not
+            dividing the prior resolution, mask shape mismatch.
+    """
+    t0 = time.perf_counter()
+    task = _check_task(task)
+    batch_size = _check_int("batch_size", batch_size, minimum=1)
+    samples = _check_int("samples", samples, minimum=0)
+    seed = _check_int("seed", seed, minimum=0)
+    if steps is not None:
+        steps = _check_int("steps", steps, minimum=1)
+    if plane is not None and plane not in PLANES:
+        raise MedreconInputError(f"unknown plane {plane!r}; expected one of {', '.join(PLANES)}.")
+    if not (isinstance(noise_sigma, (int, float)) and math.isfinite(noise_sigma) and noise_sigma >= 0):
+        raise MedreconInputError(f"noise_sigma must be a finite number >= 0; got {noise_sigma!r}.")
+    if task in SIMULATE_ONLY_TASKS or task == "mri":
+        simulate = True
+    vol = _volume_tensor(image)
+    prior = _resolve_prior(prior)
+    R, C = _prior_resolution(prior)
+    method = _choose_method(method, task, prior)
+    affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+    spacing = _spacing(image, affine)
+
+    # ---- slicing
+    singleton = any(s == 1 for s in vol.shape)
+    if plane is None and not singleton:
+        meta_plane = _prior_meta(prior).get("plane")
+        plane = meta_plane if meta_plane in PLANES else "axial"
+    axis = _slice_axis(affine, plane) if plane is not None else None
+    orient = SliceOrientation.from_affine(affine, vol.shape, plane=plane, axis=axis)
+    slices = orient.volume_to_slices(vol)  # [N, h, w]
+    n, h, w = slices.shape
+    sp_hw = orient.inplane_spacing(spacing)
+
+    # ---- intensities
+    window = IntensityWindow.fit(vol, lower=percentiles[0], upper=percentiles[1])
+    x = window.apply(slices)[:, None]  # [N, 1, h, w] generator units
+
+    # ---- grid, operator, measurements
+    options: dict[str, Any] = {"noise_sigma": float(noise_sigma) if noise_sigma else None}
+    zoom = [1.0, 1.0, 1.0]
+    out_hw = (h, w)
+    if task == "sr":
+        scale = _check_int("scale", scale, minimum=1)
+        if R % scale:
+            raise MedreconInputError(
+                f"scale={scale} does not divide the prior resolution {R}; expected a divisor of "
+                f"{R} such as {', '.join(str(d) for d in (2, 4, 8) if R % d == 0)}."
+            )
+        options["factor"] = scale
+        if simulate:
+            fit = GridFit.fit((h, w), sp_hw, R)
+            out_fit = fit
+        else:
+            lr = GridFit.fit((h, w), sp_hw, R // scale)
+            fit, out_fit = lr, lr.scaled(scale)
+            out_hw = (h * scale, w * scale)
+            r_ax, c_ax = orient.inplane_axes()
+            zoom[r_ax] = zoom[c_ax] = float(scale)
+    else:
+        fit = out_fit = GridFit.fit((h, w), sp_hw, R)
+    if task == "mri":
+        options.update(acceleration=acceleration, center_fraction=center_fraction, mask_type=mask_type)
+
+    x_grid = fit.to_grid(x, pad_value=-1.0)  # [N, 1, r, r]
+    if C > 1:
+        x_grid = x_grid.expand(-1, C, -1, -1)
+
+    groups: list[tuple[Any, list[int]]] = []
+    missing = _mask_array(mask)
+    if task == "inpaint" and missing is not None:
+        m = torch.from_numpy(missing)
+        if m.ndim == 2 and vol.shape[orient.axis] == 1:
+            m = m[:, :, None] if tuple(m.shape) == tuple(s for i, s in enumerate(vol.shape) if i != orient.axis) else m
+        if tuple(m.shape) != tuple(vol.shape):
+            raise MedreconInputError(
+                f"the mask has shape {tuple(missing.shape)} but the image has shape "
+                f"{tuple(vol.shape)}; expected the same voxel grid. Resample the mask onto the "
+                "image grid (same size and orientation)."
+            )
+        mslices = orient.volume_to_slices(m.float())[:, None]  # [N, 1, h, w]
+        # any overlap with a missing input pixel makes a grid pixel missing (conservative)
+        mgrid = fit.to_grid(mslices, pad_value=0.0, mode="bilinear") > 1e-3
+        keyed: dict[bytes, list[int]] = {}
+        for i in range(n):
+            keyed.setdefault(mgrid[i, 0].numpy().tobytes(), []).append(i)
+        for idx in keyed.values():
+            observed = ~mgrid[idx[0], 0]
+            groups.append((_build_operator(task, (R, R), C, seed, mask=observed, **options), idx))
+    else:
+        if task == "inpaint" and not simulate:
+            raise MedreconInputError(
+                "inpainting needs a mask of the missing pixels (nonzero = missing); pass "
+                "mask=... / --mask FILE, or simulate=True / --simulate to draw one."
+            )
+        groups.append((_build_operator(task, (R, R), C, seed, **options), list(range(n))))
+
+    gen = torch.Generator().manual_seed(seed)
+    ys: list[torch.Tensor | None] = [None] * n
+    for op, idx in groups:
+        if simulate:
+            meas = op.measure(x_grid[idx], generator=gen)
+        elif task in ("sr", "deblur", "denoise"):
+            meas = x_grid[idx]
+        else:  # inpaint: zero the missing pixels the way the operator represents them
+            meas = op.A(x_grid[idx])
+        for j, i in enumerate(idx):
+            ys[i] = meas[j]
+    y = torch.stack([t for t in ys if t is not None])
+
+    progress = _Progress(callback, n, method)
+    progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {method}")
+    img_g, std_g, sinfo = _solve_batches(
+        y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
+        batch_size=batch_size, seed=seed, progress=progress,
+    )
+
+    # ---- back to image space
+    img_g = img_g.float().mean(dim=1, keepdim=True)
+    rec = window.invert(out_fit.from_grid(img_g, shape=out_hw))[:, 0]  # [N, H', W']
+    out_vol = orient.slices_to_volume(rec)
+    out_affine = _zoom_affine(affine, zoom) if zoom != [1.0, 1.0, 1.0] else affine.copy()
+    out_image = image.with_array(out_vol.numpy().astype(np.float32), affine=out_affine)
+    std_image = None
+    if std_g is not None:
+        s = std_g.float().pow(2).mean(dim=1, keepdim=True).sqrt()
+        s = window.invert_scale(out_fit.from_grid(s, shape=out_hw, mode="bilinear").clamp_min(0))[:, 0]
+        std_image = image.with_array(orient.slices_to_volume(s).numpy().astype(np.float32), affine=out_affine)
+
+    seconds = time.perf_counter() - t0
+    info = {
+        "task": task,
+        "method": sinfo["method"],
+        "device": sinfo["device"],
+        "seconds": seconds,
+        "solver_seconds": sinfo["solver_seconds"],
+        "slices": n,
+        "plane": orient.plane,
+        "slice_axis": orient.axis,
+        "input_shape": tuple(int(s) for s in vol.shape),
+        "output_shape": tuple(int(s) for s in out_vol.shape),
+        "prior": _prior_name(prior),
+        "prior_resolution": R,
+        "window": window.to_dict(),
+        "grid": {"size": out_fit.size, "content": out_fit.content, "offset": out_fit.offset},
+        "simulated": bool(simulate),
+        "seed": seed,
+        "steps": steps,
+        "bp": bp,
+        "samples": samples,
+        "noise_sigma": float(noise_sigma),
+    }
+    if task == "sr":
+        info["scale"] = int(scale)
+        # resolution the prior actually adds: HR grid pixels per input pixel along each axis
+        info["effective_factor"] = (out_fit.content[0] / h, out_fit.content[1] / w)
+    if callback is not None:
+        progress.emit(1.0, f"done in {seconds:.1f} s")
+    return PipelineResult(out_image, std_image, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-space (fastMRI single-coil layout)
+# ---------------------------------------------------------------------------------------------
+def load_kspace(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read complex k-space ``[N, H, W]`` (and the sampling mask, if stored) from .npy / .h5.
+
+    ``.h5`` follows the fastMRI single-coil layout: dataset ``kspace`` (complex, ``[slices, H,
+    W]``) and optional ``mask`` (``[W]`` sampled columns). ``.npy`` holds complex k-space
+    ``[H, W]`` or ``[N, H, W]``, or real ``[..., 2]`` (real, imaginary). Without a stored mask
+    the sampled positions are the nonzero k-space samples.
+
+    Raises:
+        MedreconInputError: unreadable file, missing ``kspace`` dataset, wrong dimensionality.
+    """
+    p = Path(path)
+    mask = None
+    try:
+        if p.suffix.lower() in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                if "kspace" not in f:
+                    raise MedreconInputError(
+                        f"{p.name} has no 'kspace' dataset (found {sorted(f.keys())}); expected "
+                        "the fastMRI single-coil layout."
+                    )
+                k = np.asarray(f["kspace"][()])
+                if "mask" in f:
+                    mask = np.asarray(f["mask"][()]).astype(bool)
+        else:
+            k = np.load(p, allow_pickle=False)
+    except MedreconInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+        raise MedreconInputError(f"cannot read k-space from {str(p)!r}: {exc}. Expected .npy or fastMRI .h5.") from exc
+    if not np.iscomplexobj(k):
+        if k.ndim >= 3 and k.shape[-1] == 2:
+            k = k[..., 0] + 1j * k[..., 1]
+        else:
+            raise MedreconInputError(
+                f"{p.name} holds real data of shape {k.shape}; expected complex k-space (or a "
+                "trailing axis of 2 = real, imaginary). For an image to undersample, use --simulate."
+            )
+    if k.ndim == 2:
+        k = k[None]
+    if k.ndim != 3:
+        raise MedreconInputError(
+            f"k-space has shape {k.shape}; expected [H, W] or [slices, H, W] single-coil data "
+            "(multi-coil data must be coil-combined first)."
+        )
+    if not np.all(np.isfinite(k)):
+        raise MedreconInputError(f"k-space in {p.name} holds NaN/Inf values; expected finite samples.")
+    return k.astype(np.complex64), mask
+
+
+def _fourier_resize(k: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centred crop / zero-pad of centred k-space ``[..., H, W]`` to ``size`` (same FOV), with
+    the orthonormal-FFT rescaling that keeps image intensities."""
+    H, W = k.shape[-2:]
+    h, w = size
+    out = torch.zeros(*k.shape[:-2], h, w, dtype=k.dtype)
+    ch, cw = min(H, h), min(W, w)
+    sH, sW = (H - ch) // 2 + (H % 2 and h % 2 == 0 and H > h), (W - cw) // 2 + (W % 2 and w % 2 == 0 and W > w)
+    dH, dW = (h - ch) // 2 + (h % 2 and H % 2 == 0 and h > H), (w - cw) // 2 + (w % 2 and W % 2 == 0 and w > W)
+    out[..., dH : dH + ch, dW : dW + cw] = k[..., sH : sH + ch, sW : sW + cw]
+    return out * math.sqrt((h * w) / (H * W))
+
+
+def reconstruct_kspace(
+    kspace: np.ndarray | torch.Tensor,
+    *,
+    prior: Any,
+    sampled: np.ndarray | None = None,
+    method: str | None = None,
+    steps: int | None = None,
+    bp: bool | None = None,
+    noise_sigma: float = 0.0,
+    samples: int = 0,
+    device: str = "auto",
+    batch_size: int = 16,
+    seed: int = 0,
+    callback: ProgressCallback | None = None,
+    spacing: tuple[float, float] = (1.0, 1.0),
+) -> PipelineResult:
+    """Reconstruct measured single-coil k-space ``[N, H, W]`` (centred, orthonormal FFT).
+
+    The k-space grid is Fourier-resized (centred crop / zero-fill) to the prior's ``R x R``:
+    this resamples the image over the same field of view exactly and keeps the measured samples
+    as measurements. Non-square k-space is therefore stretched to a square grid (documented in
+    ``docs/pipeline.md``). The generator is real-valued, so the reconstruction is the real image
+    whose spectrum best matches the samples (magnitude data with smooth phase).
+
+    Args:
+        kspace: Complex k-space ``[N, H, W]`` or ``[H, W]``, unsampled entries zero.
+        prior: Prior name, directory or object.
+        sampled: Bool sampling mask broadcastable to ``[N, H, W]`` (e.g. fastMRI ``[W]``
+            columns); default: the nonzero entries of ``kspace``.
+        method, steps, bp, noise_sigma, samples, device, batch_size, seed, callback: as in
+            :func:`reconstruct`.
+        spacing: In-plane pixel size of the image grid in mm (default 1, 1).
+
+    Returns:
+        :class:`PipelineResult`; ``image`` is a MedicalImage ``(W, H, N)`` (display rows along Y)
+        with a diagonal LPS-display affine of ``spacing``.
+    """
+    from medrecon.io import MedicalImage
+    from medrecon.physics import fft2c, ifft2c
+
+    t0 = time.perf_counter()
+    k = torch.as_tensor(np.asarray(kspace)).to(torch.complex64)
+    if k.ndim == 2:
+        k = k[None]
+    if k.ndim != 3:
+        raise MedreconInputError(f"k-space has shape {tuple(k.shape)}; expected [N, H, W] or [H, W].")
+    n, H, W = k.shape
+    if sampled is None:
+        m = (k.abs() > 0)
+        m = m.any(dim=0, keepdim=True).expand_as(k)
+    else:
+        sm = torch.as_tensor(np.asarray(sampled)).bool()
+        try:
+            m = torch.broadcast_to(sm, k.shape) if sm.shape[-1:] == k.shape[-1:] and sm.ndim > 1 else (
+                torch.broadcast_to(sm.view(1, 1, -1), k.shape) if sm.ndim == 1 else torch.broadcast_to(sm, k.shape))
+        except RuntimeError as exc:
+            raise MedreconInputError(
+                f"sampling mask of shape {tuple(sm.shape)} does not match k-space {tuple(k.shape)}."
+            ) from exc
+    if not bool(m.any()):
+        raise MedreconInputError("the k-space holds no sampled (nonzero) entries; expected measured data.")
+    prior = _resolve_prior(prior)
+    R, C = _prior_resolution(prior)
+    method = _choose_method(method, "mri", prior)
+    batch_size = _check_int("batch_size", batch_size, minimum=1)
+
+    kr = _fourier_resize(k * m, (R, R))
+    mr = _fourier_resize(m.to(torch.complex64), (R, R)).abs() > 0
+    zf = ifft2c(kr).real
+    # window on the zero-filled image; generator space g = a * v + b  =>  F(g) = a F(v) + b F(1)
+    window = IntensityWindow.fit(zf)
+    a, b = window.scale, -1.0 - window.low * window.scale
+    ones_k = fft2c(torch.ones(1, R, R, dtype=torch.complex64))
+    groups: list[tuple[Any, list[int]]] = []
+    keyed: dict[bytes, list[int]] = {}
+    for i in range(n):
+        keyed.setdefault(mr[i].numpy().tobytes(), []).append(i)
+    yk = (a * kr + b * ones_k) * mr
+    for idx in keyed.values():
+        op = _build_operator("mri", (R, R), C, seed, mask=mr[idx[0]],
+                             noise_sigma=float(noise_sigma) if noise_sigma else None)
+        groups.append((op, idx))
+    # measurements in the operator's format: A applied to an image with the same spectrum
+    ys: list[torch.Tensor | None] = [None] * n
+    for op, idx in groups:
+        meas = op.A(ifft2c(yk[idx]).real[:, None].expand(-1, C, -1, -1).contiguous())
+        if meas.is_complex():
+            # the operator keeps the full complex samples: use the measured ones, not Re(ifft)
+            full = yk[idx][:, None].expand(-1, C, -1, -1)
+            meas = full.reshape(meas.shape) if full.numel() == meas.numel() else meas
+        for j, i in enumerate(idx):
+            ys[i] = meas[j]
+    y = torch.stack([t for t in ys if t is not None])
+    progress = _Progress(callback, n, method)
+    img_g, std_g, sinfo = _solve_batches(
+        y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
+        batch_size=batch_size, seed=seed, progress=progress,
+    )
+
+    def back(t: torch.Tensor) -> torch.Tensor:  # [N, 1, R, R] generator -> [N, H, W]
+        kk = _fourier_resize(fft2c(t[:, 0].to(torch.complex64)), (H, W))
+        return ifft2c(kk).real
+
+    rec = window.invert(back(img_g.float().mean(1, keepdim=True)))
+    affine = np.diag([-spacing[1], -spacing[0], 1.0, 1.0])
+    vol = rec.permute(2, 1, 0).contiguous().numpy().astype(np.float32)  # (W=X, H=Y, N=Z)
+    out = MedicalImage(vol, affine)
+    std_image = None
+    if std_g is not None:
+        s = std_g.float().pow(2).mean(1, keepdim=True).sqrt()
+        s = window.invert_scale(resize_fov(s, (H, W), mode="bilinear").clamp_min(0))[:, 0]
+        std_image = MedicalImage(s.permute(2, 1, 0).contiguous().numpy().astype(np.float32), affine)
+    info = {
+        "task": "mri", "method": sinfo["method"], "device": sinfo["device"],
+        "seconds": time.perf_counter() - t0, "solver_seconds": sinfo["solver_seconds"],
+        "slices": n, "plane": "image", "input_shape": (n, H, W), "output_shape": vol.shape,
+        "prior": _prior_name(prior), "prior_resolution": R, "window": window.to_dict(),
+        "sampling_fraction": float(m.float().mean()), "seed": seed, "steps": steps, "bp": bp,
+        "samples": samples, "noise_sigma": float(noise_sigma), "simulated": False,
+    }
+    return PipelineResult(out, std_image, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+_DOUBLE_SUFFIXES = (".nii.gz",)
+
+
+def _split_suffix(path: Path) -> tuple[str, str]:
+    name = path.name
+    for ds in _DOUBLE_SUFFIXES:
+        if name.lower().endswith(ds):
+            return name[: -len(ds)], name[-len(ds):]
+    if path.is_dir():
+        return name, ""
+    return path.stem, path.suffix
+
+
+def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
+    """``<input stem>_<task>_<method><suffix>`` beside the input.
+
+    A DICOM series directory gives ``<dir>_<task>_<method>.nii.gz``; k-space (``.npy``/``.h5``)
+    input gives ``.nii.gz`` (the output is an image, not k-space).
+    """
+    p = Path(input_path)
+    stem, suffix = _split_suffix(p)
+    if suffix == "" or suffix.lower() in KSPACE_SUFFIXES:
+        suffix = ".nii.gz"
+    return p.with_name(f"{stem}_{task}_{method}{suffix}")
+
+
+def std_path_for(output_path: str | Path) -> Path:
+    """``<output stem>_std<suffix>``."""
+    p = Path(output_path)
+    stem, suffix = _split_suffix(p)
+    return p.with_name(f"{stem}_std{suffix}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _is_kspace_input(path: Path, task: str, simulate: bool) -> bool:
+    if task != "mri" or simulate:
+        return False
+    name = path.name.lower()
+    return any(name.endswith(s) for s in KSPACE_SUFFIXES)
+
+
+def reconstruct_file(
+    input_path: str | Path,
+    output_path: str | Path | None = None,
+    *,
+    task: str,
+    prior: Any,
+    method: str | None = None,
+    overwrite: bool = False,
+    samples: int = 0,
+    simulate: bool = False,
+    mask: Any = None,
+    series_uid: str | None = None,
+    volume: int | None = None,
+    **options: Any,
+) -> PipelineResult:
+    """Read a scan, reconstruct it and write the result (and the std map when ``samples > 0``).
+
+    The input is only ever read. Outputs are written atomically by :func:`medrecon.io.save_image`
+    (the format follows the output suffix: ``.nii.gz``, ``.nii``, ``.dcm`` / a directory for a
+    DICOM series, ``.png``, ...); DICOM outputs reuse the input's patient/study tags.
+
+    Args:
+        input_path: NIfTI / DICOM file or series directory / PNG / ...; for ``task="mri"``
+            without ``simulate``, fastMRI ``.h5`` or ``.npy`` k-space.
+        output_path: Output file; default :func:`default_output_path` beside the input.
+        task, prior, method, samples, simulate, mask: as in :func:`reconstruct`.
+        overwrite: Replace existing outputs (never the input). Default False.
+        series_uid: Pick one series from a multi-series DICOM directory.
+        volume: Pick one volume of a 4D file.
+        **options: Any other :func:`reconstruct` keyword (steps, bp, plane, scale, ...).
+
+    Returns:
+        :class:`PipelineResult` with ``output_path`` (and ``std_path``) set.
+
+    Raises:
+        MedreconInputError: missing/unreadable input, output exists without ``overwrite``,
+            output equal to the input, plus everything :func:`reconstruct` raises.
+    """
+    from medrecon.io import load_image, save_image
+
+    task = _check_task(task)
+    inp = Path(input_path)
+    if not inp.exists():
+        raise MedreconInputError(f"input {str(inp)!r} does not exist; pass an existing file or DICOM directory.")
+    prior_obj = _resolve_prior(prior)
+    method_name = _choose_method(method, task, prior_obj)
+    out = Path(output_path) if output_path is not None else default_output_path(inp, task, method_name)
+    std_out = std_path_for(out) if samples else None
+    for target in (out, std_out):
+        if target is None:
+            continue
+        if _same_file(inp, target) or inp.resolve() in target.resolve().parents:
+            raise MedreconInputError(
+                f"output {str(target)!r} would overwrite the input; choose another -o/--output path."
+            )
+        if target.exists() and not overwrite:
+            raise MedreconInputError(
+                f"output {str(target)!r} already exists; pass --overwrite (overwrite=True) to "
+                "replace it, or choose another -o/--output path."
+            )
+    if not out.parent.exists():
+        raise MedreconInputError(f"output folder {str(out.parent)!r} does not exist; create it first.")
+
+    if _is_kspace_input(inp, task, simulate):
+        k, sampled = load_kspace(inp)
+        kopts = {k_: v for k_, v in options.items()
+                 if k_ in ("steps", "bp", "noise_sigma", "device", "batch_size", "seed", "callback")}
+        result = reconstruct_kspace(k, prior=prior_obj, sampled=sampled, method=method_name,
+                                    samples=samples, **kopts)
+        reference = None
+    else:
+        load_kw: dict[str, Any] = {}
+        if series_uid is not None:
+            load_kw["series_uid"] = series_uid
+        if volume is not None:
+            load_kw["volume"] = volume
+        image = load_image(inp, **load_kw)
+        result = reconstruct(image, task=task, prior=prior_obj, method=method_name, samples=samples,
+                             simulate=simulate, mask=mask, **options)
+        reference = image
+    desc = f"medrecon {task} {result.info['method']}"
+    save_image(result.image, out, overwrite=overwrite, reference=reference, series_description=desc,
+               method=result.info["method"], inputs=(str(inp),))
+    result.output_path = out
+    if std_out is not None and result.std is not None:
+        save_image(result.std, std_out, overwrite=overwrite, reference=reference,
+                   series_description=desc + " std", method=result.info["method"], inputs=(str(inp),))
+        result.std_path = std_out
+    result.info["output"] = str(out)
+    result.info["std"] = str(result.std_path) if result.std_path else None
+    return result
+
+
+def reconstruct_directory(
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    task: str,
+    prior: Any,
+    method: str | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> list[PipelineResult]:
+    """Reconstruct every scan in ``dataset_dir`` into ``output_dir`` (used by the MONAI bundles).
+
+    Files with a known suffix are processed in sorted order, as are sub-directories (DICOM
+    series). Each output keeps its input's name with ``_<task>_<method>`` appended. The prior is
+    loaded once.
+
+    Args:
+        dataset_dir: Folder of inputs.
+        output_dir: Folder for outputs (created if missing; never the input folder).
+        task, prior, method, overwrite, **options: as in :func:`reconstruct_file`.
+
+    Returns:
+        One :class:`PipelineResult` per input, in order.
+    """
+    src, dst = Path(dataset_dir), Path(output_dir)
+    if not src.is_dir():
+        raise MedreconInputError(f"dataset folder {str(src)!r} does not exist or is not a folder.")
+    if _same_file(src, dst):
+        raise MedreconInputError("output_dir must differ from dataset_dir so inputs are never touched.")
+    inputs = [p for p in sorted(src.iterdir())
+              if not p.name.startswith(".") and (p.is_dir() or any(p.name.lower().endswith(s) for s in IMAGE_SUFFIXES))]
+    if not inputs:
+        raise MedreconInputError(
+            f"no images found in {str(src)!r}; expected files ending in {', '.join(IMAGE_SUFFIXES)} "
+            "or DICOM series folders."
+        )
+    dst.mkdir(parents=True, exist_ok=True)
+    prior_obj = _resolve_prior(prior)
+    method_name = _choose_method(method, _check_task(task), prior_obj)
+    results = []
+    for p in inputs:
+        out = dst / default_output_path(p, task, method_name).name
+        results.append(reconstruct_file(p, out, task=task, prior=prior_obj, method=method_name,
+                                        overwrite=overwrite, **options))
+    return results
