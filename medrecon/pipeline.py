@@ -128,7 +128,31 @@ def _available_methods() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def _choose_method(method: str | None, task: str, prior: Any) -> str:
+def _method_spec(method: str) -> Any:
+    from medrecon.solvers import METHODS
+
+    return METHODS[method]
+
+
+def _accepts(method: str, option: str) -> bool:
+    """Whether the solver of ``method`` takes the keyword ``option``."""
+    return option in getattr(_method_spec(method), "defaults", {})
+
+
+def _method_for_samples(method: str, samples: int) -> str:
+    """Posterior samples need a sampling method: BRGM becomes variational BRGM."""
+    if not samples or _accepts(method, "num_samples"):
+        return method
+    if method == "brgm" and "brgm_variational" in _available_methods():
+        return "brgm_variational"
+    samplers = [m for m in _available_methods() if _accepts(m, "num_samples")]
+    raise MedreconInputError(
+        f"samples={samples} asks for posterior samples, but method {method!r} gives a single "
+        f"estimate; use method 'brgm' (variational BRGM: {', '.join(samplers)}) or samples=0."
+    )
+
+
+def _choose_method(method: str | None, task: str, prior: Any, samples: int = 0) -> str:
     if method is None:
         meta = _prior_meta(prior)
         per_task = meta.get("default_methods") or {}
@@ -141,7 +165,7 @@ def _choose_method(method: str | None, task: str, prior: Any) -> str:
         raise MedreconInputError(
             f"unknown method {method!r}; expected one of {', '.join(methods)}."
         )
-    return method
+    return _method_for_samples(method, samples)
 
 
 def _check_task(task: str) -> str:
@@ -192,6 +216,10 @@ def _build_operator(task: str, size: tuple[int, int], channels: int, seed: int, 
 
     opts = {k: v for k, v in options.items() if v is not None}
     return build_operator(task, img_size=size, channels=channels, seed=seed, **opts)
+
+
+# Pipeline task name -> the solvers' task name (selects their per-task defaults).
+_SOLVER_TASK = {"inpaint": "inpainting"}
 
 
 class _Progress:
@@ -246,6 +274,7 @@ def _solve_batches(
     batch_size: int,
     seed: int,
     progress: _Progress,
+    task: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve slices in batches; ``operators`` pairs an operator with the slice indices it serves.
 
@@ -263,12 +292,14 @@ def _solve_batches(
             chunk = idx[b0 : b0 + batch_size]
             kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed) + chunk[0],
                                   "callback": progress.solver_callback(chunk[0], chunk[-1] + 1)}
-            if steps is not None:
+            if steps is not None and _accepts(method, "steps"):
                 kw["steps"] = steps
             if bp is not None:
                 kw["bp"] = bp
             if samples:
-                kw["samples"] = samples
+                kw["num_samples"] = samples
+            if task is not None:
+                kw["task"] = _SOLVER_TASK.get(task, task)
             rec = solve(y[chunk], op, prior, **kw)
             for j, i in enumerate(chunk):
                 images[i] = rec.image[j]
@@ -438,7 +469,7 @@ def reconstruct(
     vol = _volume_tensor(image)
     prior = _resolve_prior(prior)
     R, C = _prior_resolution(prior)
-    method = _choose_method(method, task, prior)
+    method = _choose_method(method, task, prior, samples)
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
     spacing = _spacing(image, affine)
 
@@ -533,7 +564,7 @@ def reconstruct(
     progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {method}")
     img_g, std_g, sinfo = _solve_batches(
         y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
-        batch_size=batch_size, seed=seed, progress=progress,
+        batch_size=batch_size, seed=seed, progress=progress, task=task,
     )
 
     # ---- back to image space
@@ -641,10 +672,14 @@ def _fourier_resize(k: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     H, W = k.shape[-2:]
     h, w = size
     out = torch.zeros(*k.shape[:-2], h, w, dtype=k.dtype)
-    ch, cw = min(H, h), min(W, w)
-    sH, sW = (H - ch) // 2 + (H % 2 and h % 2 == 0 and H > h), (W - cw) // 2 + (W % 2 and w % 2 == 0 and W > w)
-    dH, dW = (h - ch) // 2 + (h % 2 and H % 2 == 0 and h > H), (w - cw) // 2 + (w % 2 and W % 2 == 0 and w > W)
-    out[..., dH : dH + ch, dW : dW + cw] = k[..., sH : sH + ch, sW : sW + cw]
+    # DC sits at index n // 2 (centred FFT); align the two DCs and copy the overlap.
+    src, dst = [], []
+    for n_in, n_out in ((H, h), (W, w)):
+        c = min(n_in, n_out)
+        s0, d0 = n_in // 2 - c // 2, n_out // 2 - c // 2
+        src.append(slice(s0, s0 + c))
+        dst.append(slice(d0, d0 + c))
+    out[..., dst[0], dst[1]] = k[..., src[0], src[1]]
     return out * math.sqrt((h * w) / (H * W))
 
 
@@ -711,7 +746,7 @@ def reconstruct_kspace(
         raise MedreconInputError("the k-space holds no sampled (nonzero) entries; expected measured data.")
     prior = _resolve_prior(prior)
     R, C = _prior_resolution(prior)
-    method = _choose_method(method, "mri", prior)
+    method = _choose_method(method, "mri", prior, samples)
     batch_size = _check_int("batch_size", batch_size, minimum=1)
 
     kr = _fourier_resize(k * m, (R, R))
@@ -730,21 +765,12 @@ def reconstruct_kspace(
         op = _build_operator("mri", (R, R), C, seed, mask=mr[idx[0]],
                              noise_sigma=float(noise_sigma) if noise_sigma else None)
         groups.append((op, idx))
-    # measurements in the operator's format: A applied to an image with the same spectrum
-    ys: list[torch.Tensor | None] = [None] * n
-    for op, idx in groups:
-        meas = op.A(ifft2c(yk[idx]).real[:, None].expand(-1, C, -1, -1).contiguous())
-        if meas.is_complex():
-            # the operator keeps the full complex samples: use the measured ones, not Re(ifft)
-            full = yk[idx][:, None].expand(-1, C, -1, -1)
-            meas = full.reshape(meas.shape) if full.numel() == meas.numel() else meas
-        for j, i in enumerate(idx):
-            ys[i] = meas[j]
-    y = torch.stack([t for t in ys if t is not None])
+    # measurements in the MRI operator's format: masked centred k-space [N, C, R, R] complex64
+    y = yk[:, None].expand(-1, C, -1, -1).contiguous()
     progress = _Progress(callback, n, method)
     img_g, std_g, sinfo = _solve_batches(
         y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
-        batch_size=batch_size, seed=seed, progress=progress,
+        batch_size=batch_size, seed=seed, progress=progress, task="mri",
     )
 
     def back(t: torch.Tensor) -> torch.Tensor:  # [N, 1, R, R] generator -> [N, H, W]
@@ -866,7 +892,7 @@ def reconstruct_file(
     if not inp.exists():
         raise MedreconInputError(f"input {str(inp)!r} does not exist; pass an existing file or DICOM directory.")
     prior_obj = _resolve_prior(prior)
-    method_name = _choose_method(method, task, prior_obj)
+    method_name = _choose_method(method, task, prior_obj, samples)
     out = Path(output_path) if output_path is not None else default_output_path(inp, task, method_name)
     std_out = std_path_for(out) if samples else None
     for target in (out, std_out):
