@@ -1,8 +1,8 @@
 """StyleGAN2 training: non-saturating loss, lazy R1, EMA generator, DiffAugment, AMP, DDP.
 
 One :class:`Trainer` owns G, D, the EMA copy of G, both Adam optimisers and the step counter.
-Every step draws all of its randomness from generators seeded by ``(seed, step, rank)``, and the
-networks' own noise inputs run inside :func:`torch.random.fork_rng` seeded the same way, so
+Every step draws all of its randomness (latents, real-image indices, augmentation, the synthesis
+noise inputs) from ``torch.Generator`` objects seeded by ``(seed, step, rank)``, so
 
 * the caller's global RNG is never touched, and
 * a run resumed from a checkpoint takes exactly the step it would have taken without stopping.
@@ -71,7 +71,10 @@ class TrainConfig:
         ema_rampup: EMA ramp-up ratio (half-life <= kimg seen * ratio). Default 0.05.
         augment: DiffAugment policy for D's inputs. Default
             ``"brightness,contrast,translation,cutout"``; ``"none"`` disables it.
-        amp: bfloat16 autocast on CUDA (ignored on CPU). Default True.
+        amp: mixed precision as in NVIDIA's StyleGAN2-ADA: the 4 highest resolutions of G and D
+            run in fp16 on CUDA (``num_fp16_res=4``; the networks ignore it on CPU), weights and
+            optimiser state stay fp32, ``conv_clamp`` bounds activations and non-finite
+            gradients are zeroed. Default True.
         seed: seed of every random draw. Default 0.
         conv_clamp: clamp on conv outputs (keeps mixed precision stable). Default 256.
     """
@@ -127,14 +130,17 @@ class TrainConfig:
             z_dim=self.z_dim, c_dim=0, w_dim=self.w_dim, img_resolution=self.resolution,
             img_channels=1, mapping_kwargs=dict(num_layers=self.mapping_layers),
             synthesis_kwargs=dict(channel_base=self.channel_base, channel_max=self.channel_max,
-                                  conv_clamp=self.conv_clamp),
+                                  conv_clamp=self.conv_clamp,
+                                  num_fp16_res=4 if self.amp else 0),
+            seed=self.seed,
         )
 
     def discriminator_kwargs(self) -> dict:
         """Constructor kwargs of :class:`medrecon.generators.Discriminator` for this config."""
         return dict(c_dim=0, img_resolution=self.resolution, img_channels=1,
                     channel_base=self.channel_base, channel_max=self.channel_max,
-                    conv_clamp=self.conv_clamp)
+                    conv_clamp=self.conv_clamp, num_fp16_res=4 if self.amp else 0,
+                    seed=self.seed + 1)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -154,18 +160,11 @@ class TrainConfig:
         return cls(**d)
 
 
-def build_networks(config: TrainConfig, *, seed: int | None = None):
-    """Construct ``(G, D)`` for ``config`` with weights drawn from ``seed`` (default config.seed).
-
-    The global RNG is used by the networks' initialisers, so it is forked and restored.
-    """
+def build_networks(config: TrainConfig):
+    """Construct ``(G, D)`` for ``config``; initial weights are seeded by ``config.seed``."""
     from medrecon.generators import Discriminator, Generator
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed if seed is None else seed)
-        G = Generator(**config.generator_kwargs())
-        D = Discriminator(**config.discriminator_kwargs())
-    return G, D
+    return Generator(**config.generator_kwargs()), Discriminator(**config.discriminator_kwargs())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,79 +295,69 @@ class Trainer:
             p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
             offset += n
 
-    def _autocast(self):
-        enabled = self.config.amp and self.device.type == "cuda"
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return diff_augment(x, policy=self._policy, generator=gen) if self._policy else x
 
-    def _run_G(self, z: torch.Tensor) -> torch.Tensor:
+    def _run_G(self, z: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
         c = torch.zeros(z.shape[0], 0, device=z.device)
         ws = self.G.mapping(z, c)
-        return self.G.synthesis(ws, noise_mode="random")
+        return self.G.synthesis(ws, noise_mode="random", noise_generator=noise)
 
     def _run_D(self, img: torch.Tensor) -> torch.Tensor:
         c = torch.zeros(img.shape[0], 0, device=img.device)
         return self.D(img, c)
-
-    def _rng_devices(self) -> list:
-        return [self.device] if self.device.type == "cuda" else []
 
     # -- one step -----------------------------------------------------------------------------
     def train_step(self) -> dict:
         """One G step, one D step (+ lazy R1), EMA update. Returns scalar stats."""
         cfg, step = self.config, self.step
         gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, self.rank, 0))
+        noise = torch.Generator(self.device).manual_seed(_step_seed(cfg.seed, step, self.rank, 1))
         b = self.batch_per_rank
         stats: dict = {"step": step}
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(_step_seed(cfg.seed, step, self.rank, 1))  # G's noise inputs
-            # --- G: non-saturating loss --------------------------------------------------------
-            self.G.requires_grad_(True)
-            z = torch.randn(b, self.G.z_dim, generator=gen).to(self.device)
-            with self._autocast():
-                fake = self._run_G(z)
-                loss_g = g_nonsaturating_loss(self._run_D(self._augment(fake, gen)).float())
-            self.opt_G.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.G.requires_grad_(False)
-            self._allreduce_grads(self.G)
-            self.opt_G.step()
-            stats["loss_g"] = float(loss_g.detach())
 
-            # --- D: logistic loss ------------------------------------------------------------
-            self.D.requires_grad_(True)
-            idx = torch.randint(len(self.dataset), (b,), generator=gen)
-            real = self.dataset.batch(idx).to(self.device)
-            z = torch.randn(b, self.G.z_dim, generator=gen).to(self.device)
-            with torch.no_grad(), self._autocast():
-                fake = self._run_G(z)
-            with self._autocast():
-                fake_logits = self._run_D(self._augment(fake.detach(), gen)).float()
-                real_logits = self._run_D(self._augment(real, gen)).float()
-                loss_d = d_logistic_loss(real_logits, fake_logits)
-            self.opt_D.zero_grad(set_to_none=True)
-            loss_d.backward()
-            stats["loss_d"] = float(loss_d.detach())
-            stats["d_real"] = float(real_logits.detach().mean())
-            stats["d_fake"] = float(fake_logits.detach().mean())
+        # --- G: non-saturating loss ----------------------------------------------------------
+        self.G.requires_grad_(True)
+        z = torch.randn(b, self.G.z_dim, generator=gen).to(self.device)
+        fake = self._run_G(z, noise)
+        loss_g = g_nonsaturating_loss(self._run_D(self._augment(fake, gen)).float())
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.G.requires_grad_(False)
+        self._allreduce_grads(self.G)
+        self.opt_G.step()
+        stats["loss_g"] = float(loss_g.detach())
 
-            # --- lazy R1 on reals (same augmentation family) ---------------------------------
-            if step % cfg.r1_interval == 0 and cfg.gamma > 0:
-                real_aug = self._augment(real, gen).detach().requires_grad_(True)
-                with self._autocast():
-                    logits = self._run_D(real_aug).float()
-                r1 = r1_penalty(logits, real_aug)
-                loss_r1 = r1.mean() * (cfg.gamma / 2) * cfg.r1_interval
-                # "+ 0 * logits" keeps every D parameter in the graph (as NVIDIA does).
-                (loss_r1 + logits.mean() * 0).backward()
-                stats["r1"] = float(r1.detach().mean())
-            self.D.requires_grad_(False)
-            self._allreduce_grads(self.D)
-            self.opt_D.step()
+        # --- D: logistic loss ----------------------------------------------------------------
+        self.D.requires_grad_(True)
+        idx = torch.randint(len(self.dataset), (b,), generator=gen)
+        real = self.dataset.batch(idx).to(self.device)
+        z = torch.randn(b, self.G.z_dim, generator=gen).to(self.device)
+        with torch.no_grad():
+            fake = self._run_G(z, noise)
+        fake_logits = self._run_D(self._augment(fake, gen)).float()
+        real_logits = self._run_D(self._augment(real, gen)).float()
+        loss_d = d_logistic_loss(real_logits, fake_logits)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        stats["loss_d"] = float(loss_d.detach())
+        stats["d_real"] = float(real_logits.detach().mean())
+        stats["d_fake"] = float(fake_logits.detach().mean())
 
-        # --- EMA of G ----------------------------------------------------------------------------
+        # --- lazy R1 on (augmented) reals ----------------------------------------------------
+        if step % cfg.r1_interval == 0 and cfg.gamma > 0:
+            real_aug = self._augment(real, gen).detach().requires_grad_(True)
+            logits = self._run_D(real_aug).float()
+            r1 = r1_penalty(logits, real_aug)
+            loss_r1 = r1.mean() * (cfg.gamma / 2) * cfg.r1_interval
+            # "+ 0 * logits" keeps every D parameter in the graph (as NVIDIA does).
+            (loss_r1 + logits.mean() * 0).backward()
+            stats["r1"] = float(r1.detach().mean())
+        self.D.requires_grad_(False)
+        self._allreduce_grads(self.D)
+        self.opt_D.step()
+
+        # --- EMA of G ------------------------------------------------------------------------
         self.images_seen += cfg.batch_size
         half_life = cfg.ema_half_life_kimg * 1000
         if cfg.ema_rampup is not None:

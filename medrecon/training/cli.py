@@ -1,0 +1,127 @@
+"""``medrecon train ...``: the click group the main CLI mounts.
+
+Commands:
+    run     train (or resume) a StyleGAN2 prior on K-1 patient-wise folds of an image folder.
+    folds   write the patient-wise fold assignment of a dataset to JSON.
+    export  turn a training checkpoint's EMA generator into a prior in a bundle's ``models/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from medrecon.errors import MedreconInputError
+
+__all__ = ["train"]
+
+
+def _fail(exc: MedreconInputError):
+    raise click.UsageError(str(exc)) from exc
+
+
+@click.group("train")
+def train() -> None:
+    """Train StyleGAN2 priors, make cross-validation folds, export priors into bundles."""
+
+
+@train.command("run")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Image folder (X-ray 'personNNN_...' names or brain running indices).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder; re-running with the same folder resumes.")
+@click.option("--resolution", default=128, show_default=True, type=click.IntRange(8, 1024))
+@click.option("--kimg", default=100.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Total thousands of real images to show.")
+@click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Held-out fold.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2))
+@click.option("--scheme", default="auto", show_default=True,
+              type=click.Choice(["auto", "xray", "brain", "image"]))
+@click.option("--max-minutes", default=None, type=click.FloatRange(min=0),
+              help="Wall-clock cap of this call (checkpoint written on exit).")
+@click.option("--snapshot-minutes", default=5.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--z-dim", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--w-dim", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--mapping-layers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--channel-base", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--channel-max", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=0.0025, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--gamma", default=None, type=click.FloatRange(min=0),
+              help="R1 weight [default: 0.0002 * R^2 / batch].")
+@click.option("--augment", default="brightness,contrast,translation,cutout", show_default=True,
+              help="DiffAugment policy, or 'none'.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="CPU threads for this process.")
+def run_cmd(data_dir, out_dir, resolution, kimg, fold, folds, scheme, max_minutes,
+            snapshot_minutes, batch, z_dim, w_dim, mapping_layers, channel_base, channel_max, lr,
+            gamma, augment, seed, device, threads):
+    """Train (or resume) a prior. Multi-GPU: torchrun --nproc_per_node N -m medrecon train run."""
+    from medrecon.training.loop import TrainConfig
+    from medrecon.training.runner import train_run
+
+    try:
+        cfg = TrainConfig(resolution=resolution, z_dim=z_dim, w_dim=w_dim,
+                          mapping_layers=mapping_layers, channel_base=channel_base,
+                          channel_max=channel_max, batch_size=batch, g_lr=lr, d_lr=lr,
+                          r1_gamma=gamma, augment=augment, seed=seed)
+
+        def show(stats):
+            click.echo(f"kimg {stats['kimg']:8.2f}  step {stats['step']:6d}  "
+                       f"G {stats['loss_g']:.3f}  D {stats['loss_d']:.3f}  "
+                       f"{stats['sec_per_step']:.2f} s/step", err=True)
+
+        summary = train_run(data_dir, out_dir, config=cfg, fold=fold, folds=folds, scheme=scheme,
+                            kimg=kimg, max_minutes=max_minutes,
+                            snapshot_minutes=snapshot_minutes, device=device, threads=threads,
+                            progress=show)
+    except MedreconInputError as exc:
+        _fail(exc)
+    click.echo(json.dumps(summary, indent=1))
+
+
+@train.command("folds")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2))
+@click.option("--scheme", default="auto", show_default=True,
+              type=click.Choice(["auto", "xray", "brain", "image"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+def folds_cmd(data_dir, out_file, folds, scheme, seed):
+    """Write the patient-wise K-fold assignment of DATA to a JSON file."""
+    from medrecon.training.folds import make_folds, save_folds
+
+    try:
+        fa = make_folds(data_dir, scheme=scheme, k=folds, seed=seed)
+    except MedreconInputError as exc:
+        _fail(exc)
+    save_folds(fa, out_file)
+    info = fa.to_json()
+    click.echo(f"{fa.scheme}: {len(fa.files)} images, per fold {info['images_per_fold']}, "
+               f"groups per fold {info['groups_per_fold']} -> {out_file}")
+
+
+@train.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder; the prior is written into its models/.")
+@click.option("--name", default=None, help="Prior name [default: the bundle folder's name].")
+@click.option("--w-samples", default=10000, show_default=True, type=click.IntRange(min=2),
+              help="z samples for the W statistics (mean / std of w).")
+@click.option("--fp16/--fp32", default=True, show_default=True, help="Storage precision.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def export_cmd(checkpoint, bundle_dir, name, w_samples, fp16, seed):
+    """Export CHECKPOINT's EMA generator (+ W statistics, folds) into a bundle."""
+    from medrecon.training.export import export_checkpoint
+
+    try:
+        path = export_checkpoint(checkpoint, Path(bundle_dir) / "models", name=name,
+                                 w_samples=w_samples, fp16=fp16, seed=seed)
+    except MedreconInputError as exc:
+        _fail(exc)
+    click.echo(f"prior written to {path}")
