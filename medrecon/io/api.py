@@ -1,0 +1,249 @@
+"""Public entry points: :func:`load_image`, :func:`load_array`, :func:`save_image`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from medrecon.errors import MedreconInputError
+from medrecon.io import _paths
+from medrecon.io._paths import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    NUMPY_SUFFIXES,
+    RASTER_SUFFIXES,
+    READ_SUFFIXES,
+    WRITE_SUFFIXES,
+    check_finite,
+    check_input_file,
+    full_suffix,
+    sniff,
+)
+from medrecon.io.dicom_read import _scan, read_dicom_file, read_dicom_folder, read_dicom_header
+from medrecon.io.dicom_write import write_dicom
+from medrecon.io.image import MedicalImage
+from medrecon.io.nifti import read_nifti, write_nifti
+from medrecon.io.raster import read_numpy, read_raster, write_numpy, write_raster
+
+__all__ = ["load_image", "load_array", "save_image", "SUPPORTED_READ", "SUPPORTED_WRITE"]
+
+SUPPORTED_READ = READ_SUFFIXES + ("<DICOM folder>", "<DICOM file without suffix>")
+SUPPORTED_WRITE = WRITE_SUFFIXES + ("<folder: DICOM series>",)
+
+
+def _unsupported(path: Path, what: str) -> MedreconInputError:
+    return MedreconInputError(
+        f"{what} {str(path)!r}: unsupported suffix {full_suffix(path) or '(none)'!r}; supported: "
+        f"{', '.join(SUPPORTED_READ if what == 'cannot read' else SUPPORTED_WRITE)}. "
+        "Convert the file or rename it with its real suffix."
+    )
+
+
+def load_image(
+    path: str | os.PathLike,
+    *,
+    series_uid: str | None = None,
+    volume: int | None = None,
+) -> MedicalImage:
+    """Read a medical image file or DICOM folder into a :class:`MedicalImage`.
+
+    Which library reads what:
+
+    * ``.nii`` / ``.nii.gz``: nibabel (scaling applied, sform/qform affine, units to mm).
+    * DICOM (``.dcm``, ``.dicom``, ``.ima``, no suffix, or any file with the ``DICM`` marker),
+      single- or multi-frame, and DICOM series folders: pydicom, sorted by slice position (see
+      :mod:`medrecon.io.dicom_read`); rescale slope/intercept applied, MONOCHROME1 inverted.
+    * ``.png`` / ``.jpg`` / ``.jpeg`` / ``.tif`` / ``.tiff``: Pillow; colour becomes BT.601
+      luminance ``0.299 R + 0.587 G + 0.114 B``; array is ``(W, H, 1)``.
+    * ``.npy`` / ``.npz`` (one array): numpy, taken as ``(X, Y[, Z])`` with an identity affine.
+
+    Args:
+        path: File or folder.
+        series_uid: For a folder holding several DICOM series, the SeriesInstanceUID to read.
+            Default ``None`` requires the folder to hold exactly one series.
+        volume: For a 4D input (NIfTI 4th dimension, or a DICOM series with several images
+            per slice position), the 0-based volume to read. Default ``None`` rejects 4D input.
+
+    Returns:
+        The image; ``meta['source_paths']`` lists (absolute) every file read.
+
+    Raises:
+        MedreconInputError: Missing or empty file, unsupported suffix, not DICOM, several series
+            without ``series_uid``, 4D without ``volume``, NaN/Inf voxels, undecodable pixels.
+    """
+    p = check_input_file(path)
+    if p.is_dir():
+        image = read_dicom_folder(p, series_uid=series_uid, volume=volume)
+    else:
+        suffix = full_suffix(p)
+        kind = sniff(p)
+        if suffix in NIFTI_SUFFIXES:
+            expected = "gzip" if suffix == ".nii.gz" else "nifti"
+            if kind != expected:
+                raise MedreconInputError(
+                    f"{str(p)!r} is named {suffix} but its content is not "
+                    f"{'gzip-compressed NIfTI' if expected == 'gzip' else 'NIfTI'} (looks like "
+                    f"{kind or 'unknown binary data'}, starts with {_paths.describe_head(p)}). "
+                    "Rename it with its real suffix or re-export it."
+                )
+            image = read_nifti(p, volume=volume)
+        elif suffix in DICOM_SUFFIXES or kind == "dicom" or (suffix == "" and kind != "text"):
+            image = read_dicom_file(p, volume=volume)
+        elif suffix in RASTER_SUFFIXES or suffix in NUMPY_SUFFIXES:
+            if volume not in (None, 0):
+                raise MedreconInputError(
+                    f"volume={volume} was requested but {str(p)!r} is a single 2D/3D image; "
+                    "omit --volume."
+                )
+            image = read_raster(p) if suffix in RASTER_SUFFIXES else read_numpy(p)
+        else:
+            raise _unsupported(p, "cannot read")
+        if series_uid is not None and image.meta.get("series_uid") != str(series_uid).strip():
+            raise MedreconInputError(
+                f"series_uid={series_uid!r} does not match {str(p)!r}, whose series is "
+                f"{image.meta.get('series_uid')!r}. Pass the folder holding that series, or omit "
+                "series_uid for a single file."
+            )
+    image.meta["source_paths"] = [str(Path(s).resolve()) for s in image.meta.get("source_paths", [])]
+    return image
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """Read a generic 2D/3D array (a mask, a sampling pattern, a weight map) from any format.
+
+    The array has the same axis convention as :attr:`MedicalImage.array` for the same file, so a
+    mask stored next to an image in the same format lines up with it (``.npy`` is taken as is;
+    rasters come back as ``(W, H)``). Geometry is dropped.
+
+    Args:
+        path: Any file :func:`load_image` reads.
+
+    Returns:
+        float32 array of shape ``(X, Y)`` for single-slice inputs, else ``(X, Y, Z)``.
+    """
+    image = load_image(path)
+    return image.array[:, :, 0] if image.is_2d else image.array
+
+
+def _references(reference: Any, image: MedicalImage) -> list[Dataset]:
+    """Pixel-less reference headers for a derived DICOM series."""
+    if reference is None:
+        return list(image.meta.get("dicom_headers") or [])
+    if isinstance(reference, MedicalImage):
+        return list(reference.meta.get("dicom_headers") or [])
+    if isinstance(reference, Dataset):
+        return [reference]
+    if isinstance(reference, (list, tuple)) and all(isinstance(r, Dataset) for r in reference):
+        return list(reference)
+    if isinstance(reference, (str, os.PathLike)):
+        p = check_input_file(reference)
+        if p.is_dir():
+            series, _ = _scan(p)
+            if len(series) != 1:
+                raise MedreconInputError(
+                    f"reference folder {str(p)!r} holds {len(series)} DICOM image series; "
+                    "expected exactly one. Pass a single reference file instead."
+                )
+            return [ds for _, ds in next(iter(series.values()))][:1]
+        ds = read_dicom_header(p)
+        if ds is None:
+            raise MedreconInputError(
+                f"reference {str(p)!r} is not a DICOM file; expected a DICOM file or folder, a "
+                "pydicom Dataset or a MedicalImage read from DICOM."
+            )
+        return [ds]
+    raise MedreconInputError(
+        f"reference must be None, a MedicalImage, a pydicom Dataset (or list of them) or a path; "
+        f"got {type(reference).__name__}."
+    )
+
+
+def save_image(
+    image: MedicalImage,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    reference: MedicalImage | Dataset | str | os.PathLike | None = None,
+    series_description: str | None = None,
+    method: str | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """Write ``image`` atomically, in the format given by the output path.
+
+    Formats by suffix: ``.nii`` / ``.nii.gz`` (float32 NIfTI-1, exact affine); ``.dcm`` (one 2D
+    DICOM image); a path ending in ``/`` or without a suffix (a DICOM series folder, one file per
+    slice, see :mod:`medrecon.io.dicom_write`); ``.png`` (2D, 8/16-bit) and ``.tif`` / ``.tiff``
+    (2D, float32); ``.npy`` (raw array). Writing goes to a temporary file or folder in the same
+    directory, then :func:`os.replace` puts it in place, so a crash never leaves a partial output.
+
+    Args:
+        image: The image to write; must be finite.
+        path: Output path; parent folders are created.
+        overwrite: Replace an existing output. Default ``False`` refuses.
+        reference: DICOM headers for a derived series: a :class:`MedicalImage` read from DICOM,
+            a pydicom Dataset (or list), or a DICOM file/folder. Default ``None`` uses
+            ``image.meta['dicom_headers']`` when present, else writes a Secondary Capture
+            series from scratch. Ignored for non-DICOM outputs.
+        series_description: Text appended to the ``"medrecon <method>"`` series description
+            (DICOM) / header description (NIfTI).
+        method: Reconstruction method name recorded in the descriptions (e.g. ``"iagan"``).
+        inputs: Paths that must never be written over, even with ``overwrite`` (the CLI passes
+            its input files). ``image.meta['source_paths']`` are always protected too.
+
+    Returns:
+        The output path (a folder for a DICOM series).
+
+    Raises:
+        MedreconInputError: Unsupported suffix, 3D image to a 2D format, non-finite values,
+            existing output without ``overwrite``, or an output that is one of the inputs.
+    """
+    if not isinstance(image, MedicalImage):
+        raise MedreconInputError(
+            f"save_image expects a medrecon.io.MedicalImage; got {type(image).__name__}. Wrap "
+            "an array with MedicalImage(array, affine)."
+        )
+    raw = os.fspath(path)
+    out = Path(raw).expanduser()
+    suffix = full_suffix(out)
+    as_dir = raw.endswith(("/", os.sep)) or (out.is_dir() and suffix not in WRITE_SUFFIXES) or suffix == ""
+    if not as_dir and suffix not in WRITE_SUFFIXES:
+        raise _unsupported(out, "cannot write")
+    if suffix in (".png", ".tif", ".tiff", ".dcm") and not as_dir and not image.is_2d:
+        hint = ("a folder path (e.g. out_dicom/) for a DICOM series" if suffix == ".dcm"
+                else ".nii.gz, or a folder path for a DICOM series")
+        raise MedreconInputError(
+            f"cannot write a 3D image of shape {image.shape} to {str(out)!r}: {suffix} holds one "
+            f"2D image. Use {hint}, or select one slice first."
+        )
+    check_finite(image.array, what="the image to save")
+    protected = list(inputs) + list(image.meta.get("source_paths") or [])
+    if image.meta.get("path"):
+        protected.append(image.meta["path"])
+    _paths.check_output_path(out, overwrite=overwrite, protected=protected, want_dir=as_dir)
+
+    description = "medrecon" + (f" {method}" if method else "")
+    if series_description:
+        description += f": {series_description}"
+    if as_dir or suffix == ".dcm":
+        refs = _references(reference, image)
+        kwargs = dict(references=refs, series_description=series_description, method=method)
+        if as_dir:
+            with _paths.atomic_dir(out) as tmp:
+                write_dicom(image, tmp, single_file=False, **kwargs)
+        else:
+            with _paths.atomic_file(out) as tmp:
+                write_dicom(image, tmp, single_file=True, **kwargs)
+    else:
+        with _paths.atomic_file(out) as tmp:
+            if suffix in NIFTI_SUFFIXES:
+                write_nifti(image, tmp, description=description)
+            elif suffix == ".npy":
+                write_numpy(image, tmp)
+            else:
+                write_raster(image, tmp, suffix=suffix, out=out)
+    return out

@@ -1,0 +1,144 @@
+"""NIfTI-1/2 reading and writing with nibabel (``.nii``, ``.nii.gz``; 2D, 3D, 4D with a volume).
+
+nibabel reads the header, applies ``scl_slope`` / ``scl_inter`` and chooses the affine (sform when
+its code is set, else qform, else the pixdim fallback). We additionally honour ``xyzt_units`` so
+the affine is always in millimetres.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medrecon.errors import MedreconInputError
+from medrecon.io._paths import check_finite
+from medrecon.io.image import MedicalImage
+
+__all__ = ["read_nifti", "write_nifti"]
+
+_UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+
+
+def _select_volume(shape: tuple[int, ...], volume: int | None, path: Path) -> tuple[Any, ...]:
+    """Index selecting a 2D/3D image from a possibly 4D+ array (trailing size-1 dims dropped)."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) <= 3:
+        if volume not in (None, 0):
+            raise MedreconInputError(
+                f"volume={volume} was requested but {path} is not 4D (shape {tuple(shape)}); "
+                "omit --volume for 2D/3D images."
+            )
+        return tuple(slice(None) for _ in range(min(len(shape), 3))) + (0,) * max(0, len(shape) - 3)
+    if len(dims) > 4:
+        raise MedreconInputError(
+            f"{path} has {len(dims)} dimensions (shape {tuple(shape)}); medrecon reads 2D, 3D, or "
+            "one volume of a 4D image. Split the file first (e.g. fslsplit or nibabel)."
+        )
+    n = dims[3]
+    if volume is None:
+        raise MedreconInputError(
+            f"{path} is 4D with {n} volumes (shape {tuple(shape)}); medrecon reconstructs one "
+            f"2D/3D image at a time. Choose one with volume=N, 0 <= N < {n} (CLI: --volume N)."
+        )
+    if not isinstance(volume, (int, np.integer)) or not 0 <= int(volume) < n:
+        raise MedreconInputError(
+            f"volume={volume!r} is out of range for {path}, which has {n} volumes; expected an "
+            f"integer 0 <= volume < {n}."
+        )
+    return (slice(None),) * 3 + (int(volume),) + (0,) * (len(shape) - 4)
+
+
+def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
+    """Read a NIfTI file into a :class:`MedicalImage` (float32, RAS+ affine in mm)."""
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise MedreconInputError(
+            f"cannot read {str(path)!r} as NIfTI: {type(exc).__name__}: {exc}. Expected a valid "
+            ".nii or .nii.gz file; check that it is not truncated (re-export or re-download)."
+        ) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise MedreconInputError(
+            f"{str(path)!r} was read as {type(img).__name__}, not NIfTI; convert it to .nii.gz."
+        )
+    hdr = img.header
+    dtype = hdr.get_data_dtype()
+    index = _select_volume(img.shape, volume, path)
+    try:
+        if dtype.names is not None:  # RGB24 / RGBA32 structured dtype
+            raw = np.asanyarray(img.dataobj)[index]
+            data = 0.299 * raw["R"].astype(np.float32) + 0.587 * raw["G"] + 0.114 * raw["B"]
+        else:
+            if dtype.kind == "c":
+                raise MedreconInputError(
+                    f"{str(path)!r} holds complex voxels ({dtype}); medrecon expects a real "
+                    "image. Save the magnitude image instead."
+                )
+            data = np.asarray(img.dataobj[index], dtype=np.float32)
+    except (OSError, EOFError, ValueError) as exc:
+        if isinstance(exc, MedreconInputError):
+            raise
+        raise MedreconInputError(
+            f"cannot read the voxels of {str(path)!r}: {exc}. The file is probably truncated; "
+            "re-export it."
+        ) from None
+    check_finite(data, what=f"{str(path)!r}")
+    affine = np.array(img.affine, dtype=np.float64)
+    space_unit = hdr.get_xyzt_units()[0]
+    scale = _UNIT_TO_MM.get(space_unit, 1.0)
+    if scale != 1.0:
+        affine[:3, :] *= scale
+    sform_code = int(hdr["sform_code"])
+    qform_code = int(hdr["qform_code"])
+    meta: dict[str, Any] = {
+        "format": "nifti",
+        "path": str(path),
+        "source_paths": [str(path)],
+        "modality": None,
+        "photometric": None,
+        "nifti_sform_code": sform_code,
+        "nifti_qform_code": qform_code,
+        "nifti_description": hdr["descrip"].tobytes().split(b"\0")[0].decode("latin-1"),
+        "source_dtype": str(dtype),
+        "full_shape": tuple(int(s) for s in img.shape),
+    }
+    if len(img.shape) > 3 and volume is not None:
+        meta["volume_index"] = int(volume)
+    cal_min, cal_max = float(hdr["cal_min"]), float(hdr["cal_max"])
+    if cal_max > cal_min:
+        meta["window_center"] = (cal_max + cal_min) / 2.0
+        meta["window_width"] = cal_max - cal_min
+    return MedicalImage(data, affine, meta)
+
+
+def write_nifti(image: MedicalImage, tmp: Path, *, description: str) -> None:
+    """Write ``image`` as float32 NIfTI-1 to ``tmp`` (compression from its suffix).
+
+    Both sform and qform are set from the affine (codes kept from a NIfTI source, else
+    1 = scanner); for a sheared affine (e.g. gantry tilt) the qform cannot represent it and its
+    code is set to 0 so readers use the exact sform.
+    """
+    data = image.array[:, :, 0] if image.is_2d else image.array
+    img = nib.Nifti1Image(data.astype(np.float32, copy=False), image.affine)
+    hdr = img.header
+    hdr.set_xyzt_units("mm", "sec")
+    sform_code = int(image.meta.get("nifti_sform_code") or 1)
+    qform_code = int(image.meta.get("nifti_qform_code") or sform_code)
+    img.set_sform(image.affine, code=sform_code)
+    rzs = image.affine[:3, :3]
+    gram = rzs.T @ rzs
+    orthogonal = np.allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-6 * np.abs(gram).max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img.set_qform(image.affine, code=qform_code if orthogonal else 0)
+    hdr["descrip"] = description.encode("ascii", "replace")[:79]
+    wc, ww = image.meta.get("window_center"), image.meta.get("window_width")
+    if wc is not None and ww:
+        hdr["cal_min"], hdr["cal_max"] = float(wc) - float(ww) / 2, float(wc) + float(ww) / 2
+    nib.save(img, str(tmp))

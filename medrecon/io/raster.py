@@ -1,0 +1,159 @@
+"""2D raster images (PNG, JPEG, TIFF via Pillow) and plain numpy arrays (``.npy``/``.npz``).
+
+Axis convention: a raster of ``H`` rows and ``W`` columns becomes ``array`` of shape ``(W, H, 1)``
+(``array[x, y] = pixel at column x, row y``), as ITK and MONAI's ``PILReader`` do. Rasters carry no
+patient geometry; their affine is the ITK default (LPS identity, 1 mm pixels), i.e.
+``diag(-1, -1, 1, 1)`` in RAS, so a viewer shows them upright and unflipped.
+
+Colour (RGB/RGBA/palette) is converted to grey by ITU-R BT.601 luminance
+``0.299 R + 0.587 G + 0.114 B`` (Pillow's ``convert('L')`` weights, computed in float without
+rounding); alpha is dropped. 16-bit and float TIFF/PNG keep their values.
+
+``.npy`` arrays are taken literally as ``(X, Y[, Z])`` with an identity affine.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medrecon.errors import MedreconInputError
+from medrecon.io._paths import check_finite
+from medrecon.io.geometry import LPS_TO_RAS
+from medrecon.io.image import MedicalImage
+
+__all__ = ["read_raster", "write_raster", "read_numpy", "write_numpy", "LUMA_WEIGHTS"]
+
+#: BT.601 luminance weights used for every RGB -> grey conversion in medrecon.io.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """Luminance of an ``(..., 3 or 4)`` array (alpha ignored), as float32."""
+    w = np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+    return (rgb[..., :3].astype(np.float32) * w).sum(axis=-1)
+
+
+def read_raster(path: Path) -> MedicalImage:
+    """Read a PNG/JPEG/TIFF file (first page only for multi-page TIFF)."""
+    try:
+        with Image.open(path) as im:
+            n_frames = getattr(im, "n_frames", 1)
+            mode = im.mode
+            if mode == "P" or mode == "PA":
+                im = im.convert("RGBA")
+            elif mode in ("LA", "La"):
+                im = im.convert("L")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            data = np.array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MedreconInputError(
+            f"cannot read {str(path)!r} as a {path.suffix.lower() or 'raster'} image: {exc}. "
+            "Expected a valid PNG/JPEG/TIFF file; re-export it, or give the right suffix."
+        ) from None
+    if n_frames > 1:
+        warnings.warn(
+            f"{path} has {n_frames} pages; medrecon reads the first one only.", stacklevel=3
+        )
+    photometric = "MONOCHROME2"
+    if data.ndim == 3:
+        data = rgb_to_gray(data)
+        photometric = "RGB"
+    data = data.astype(np.float32)
+    check_finite(data, what=f"{str(path)!r}")
+    meta = {
+        "format": "tiff" if path.suffix.lower() in (".tif", ".tiff") else path.suffix.lower()[1:],
+        "path": str(path),
+        "source_paths": [str(path)],
+        "modality": None,
+        "photometric": photometric,
+        "pil_mode": mode,
+    }
+    return MedicalImage(data.T, LPS_TO_RAS.copy(), meta)
+
+
+def _to_integer_range(array2d: np.ndarray, path: Path) -> np.ndarray:
+    """Map float pixels to uint8 / uint16 for PNG without silently wrapping values."""
+    lo, hi = float(array2d.min()), float(array2d.max())
+    if lo >= -0.5 and hi <= 255.5:
+        return np.clip(np.rint(array2d), 0, 255).astype(np.uint8)
+    if lo >= -0.5 and hi <= 65535.5:
+        return np.clip(np.rint(array2d), 0, 65535).astype(np.uint16)
+    warnings.warn(
+        f"{path.name}: intensities span [{lo:.4g}, {hi:.4g}], outside PNG's 16-bit range; they are "
+        "rescaled linearly to [0, 65535]. Write .tif or .nii.gz to keep the values.",
+        stacklevel=4,
+    )
+    scale = 65535.0 / (hi - lo) if hi > lo else 0.0
+    return np.rint((array2d - lo) * scale).astype(np.uint16)
+
+
+def write_raster(image: MedicalImage, tmp: Path, *, suffix: str, out: Path) -> None:
+    """Write a 2D image as PNG (8/16-bit integers) or TIFF (float32, lossless).
+
+    PNG: values already within ``[0, 255]`` are rounded to 8 bits, within ``[0, 65535]`` to
+    16 bits; anything else is rescaled to 16 bits with a warning. TIFF stores float32 as is.
+    The voxel order is written as rows = ``Y``, columns = ``X`` (the inverse of the reader);
+    geometry is not stored.
+    """
+    if not image.is_2d:
+        raise MedreconInputError(
+            f"cannot write a 3D image of shape {image.shape} to {suffix} ({out}); {suffix} holds "
+            "one 2D slice. Write .nii.gz or a DICOM folder instead, or select a slice first."
+        )
+    plane = image.array[:, :, 0].T  # (H, W)
+    if suffix == ".png":
+        Image.fromarray(_to_integer_range(plane, out)).save(tmp, format="PNG")
+    else:
+        Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).save(
+            tmp, format="TIFF"
+        )
+
+
+def read_numpy(path: Path) -> MedicalImage:
+    """Read a ``.npy`` (or single-array ``.npz``) file as ``(X, Y[, Z])`` with identity affine."""
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                keys = list(npz.keys())
+                if len(keys) != 1:
+                    raise MedreconInputError(
+                        f"{str(path)!r} holds {len(keys)} arrays {keys}; expected exactly one. "
+                        "Save the image alone with numpy.save(path, array)."
+                    )
+                data = npz[keys[0]]
+        else:
+            data = np.load(path, allow_pickle=False)
+    except MedreconInputError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise MedreconInputError(
+            f"cannot read {str(path)!r} as a numpy array: {exc}. Expected a file written by "
+            "numpy.save (object arrays / pickles are refused)."
+        ) from None
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
+        raise MedreconInputError(
+            f"{str(path)!r} holds dtype {getattr(data, 'dtype', type(data).__name__)}; expected "
+            "a real numeric array (bool/int/float)."
+        )
+    if data.ndim not in (2, 3):
+        raise MedreconInputError(
+            f"{str(path)!r} has shape {data.shape}; expected a 2D (X, Y) or 3D (X, Y, Z) array. "
+            "Select one image (e.g. array[..., 0]) and save it again."
+        )
+    data = data.astype(np.float32)
+    check_finite(data, what=f"{str(path)!r}")
+    meta = {"format": "npy", "path": str(path), "source_paths": [str(path)], "modality": None,
+            "photometric": None}
+    return MedicalImage(data, np.eye(4), meta)
+
+
+def write_numpy(image: MedicalImage, tmp: Path) -> None:
+    """Write the float32 array (2D images as ``(X, Y)``) with :func:`numpy.save`."""
+    arr = image.array[:, :, 0] if image.is_2d else image.array
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
