@@ -1,0 +1,96 @@
+"""``medrecon priors`` click group: import NVIDIA/TF pickles once, list and show priors.
+
+Mounted into the main CLI as ``medrecon priors ...`` (``medrecon.priors.priors_cli``)::
+
+    medrecon priors import xray.pkl -o bundles/chest_xray_stylegan2/models --name chest_xray \
+        --modality xray --dtype float16
+    medrecon priors list
+    medrecon priors show chest_xray
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from medrecon.generators.checkpoints import NETWORK_KEYS, load_generator, save_generator, sha256_file
+
+
+@click.group("priors")
+def priors_cli() -> None:
+    """Import, list and inspect StyleGAN2 priors."""
+
+
+@priors_cli.command("import")
+@click.argument("pkl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output prior directory (e.g. a bundle's models/), or a NAME.safetensors file for the bare network.")
+@click.option("--network", type=click.Choice(NETWORK_KEYS), default="G_ema", show_default=True,
+              help="Which network of the pickle to convert.")
+@click.option("--name", default=None, help="Prior name  [default: the pickle's file name]")
+@click.option("--modality", default=None, help="Metadata: imaging modality (xray, mri, ct, ...).")
+@click.option("--plane", "default_plane", default=None, help="Metadata: default slicing plane (axial, coronal, sagittal).")
+@click.option("--description", default=None, help="Metadata: free-text description.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Weight storage precision (loaded back as float32).")
+@click.option("--w-samples", type=click.IntRange(min=2), default=10_000, show_default=True,
+              help="Mapped z behind the W statistics.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the W-statistics z draw.")
+def import_cmd(pkl, out, network, name, modality, default_plane, description, dtype, w_samples, seed):
+    """Convert PKL (NVIDIA stylegan2-ada-pytorch or TF StyleGAN2) once into our safe format.
+
+    Nothing in PKL is executed: a restricted unpickler reads only tensors and constructor
+    arguments and refuses anything else.
+    """
+    from medrecon.priors import Prior, save_prior
+
+    net = load_generator(pkl, network=network)
+    if out.suffix == ".safetensors" or network == "D":
+        target = out if out.suffix == ".safetensors" else out / "discriminator"
+        weights = save_generator(net, target, dtype=dtype, metadata={"source": pkl.name, "network": network})
+        click.echo(f"{network} from {pkl} -> {weights} (sha256 {sha256_file(weights)})")
+        return
+    metadata = {k: v for k, v in dict(modality=modality, default_plane=default_plane, description=description,
+                                      source=pkl.name).items() if v is not None}
+    prior = Prior(net, name=name or pkl.stem, metadata=metadata)
+    prior.compute_w_stats(num_samples=w_samples, seed=seed)
+    d = save_prior(prior, out, dtype=dtype)
+    click.echo(f"{network} from {pkl} -> prior {prior.name!r} in {d} "
+               f"({prior.resolution}x{prior.resolution}, {prior.channels} channel(s), num_ws {prior.num_ws}; "
+               f"sha256 {sha256_file(d / 'generator.safetensors')})")
+
+
+@priors_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_cmd(as_json):
+    """List the shipped priors and whether their weights are installed."""
+    from medrecon.priors import list_priors
+
+    rows = list_priors()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no prior bundles found")
+        return
+    for r in rows:
+        shape = f"{r.get('resolution', '?')}^2 x{r.get('channels', '?')}" if r["available"] else "-"
+        modality = (r.get("metadata") or {}).get("modality", "")
+        state = "ready" if r["available"] else "no weights"
+        click.echo(f"{r['name']:<16} {state:<11} {shape:<10} {modality:<8} {r['bundle']}")
+
+
+@priors_cli.command("show")
+@click.argument("name_or_path")
+def show_cmd(name_or_path):
+    """Show a prior's shapes and metadata (NAME_OR_PATH: a shipped name, a directory or a file)."""
+    from medrecon.priors import load_prior, resolve_prior_path
+
+    prior = load_prior(name_or_path)
+    info = prior.info()
+    info["path"] = str(resolve_prior_path(name_or_path))
+    info["w_avg_norm"] = float(prior.w_avg.norm())
+    info["parameters"] = sum(p.numel() for p in prior.generator.parameters())
+    click.echo(json.dumps(info, indent=2))
