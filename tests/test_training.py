@@ -177,3 +177,178 @@ def test_translation_shifts_and_cutout_zeroes_a_square():
     assert parse_policy("none") == ()
     with pytest.raises(MedreconInputError, match="unknown augmentation"):
         parse_policy("brightness,hue")
+
+
+# -------------------------------------------------------------------------------------- trainer
+
+from medrecon.errors import CheckpointError  # noqa: E402
+from medrecon.training.loop import (  # noqa: E402
+    TrainConfig,
+    Trainer,
+    d_logistic_loss,
+    g_nonsaturating_loss,
+    r1_penalty,
+    save_image_grid,
+)
+
+TINY = dict(resolution=16, z_dim=8, w_dim=8, mapping_layers=2, channel_base=64, channel_max=16,
+            batch_size=4, r1_interval=2)
+
+
+class _Images:
+    """Tiny in-memory dataset: smooth random blobs in [-1, 1]."""
+
+    def __init__(self, n: int = 12, r: int = 16) -> None:
+        g = torch.Generator().manual_seed(123)
+        low = torch.rand(n, 1, 4, 4, generator=g) * 2 - 1
+        self.data = torch.nn.functional.interpolate(low, size=(r, r), mode="bilinear")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.data[idx]
+
+
+def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {}
+    for tag, m in (("G", trainer.G), ("D", trainer.D), ("E", trainer.G_ema)):
+        out.update({f"{tag}.{k}": v.clone() for k, v in m.state_dict().items()})
+    return out
+
+
+def test_losses_match_closed_forms():
+    real, fake = torch.tensor([[2.0], [0.0]]), torch.tensor([[-1.0], [0.5]])
+    sp = torch.nn.functional.softplus
+    assert torch.allclose(g_nonsaturating_loss(fake), sp(-fake).mean())
+    assert torch.allclose(d_logistic_loss(real, fake), sp(fake).mean() + sp(-real).mean())
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    logits = (2.0 * x).sum(dim=(1, 2, 3))  # gradient 2 everywhere -> ||g||^2 = 4 * 16
+    assert torch.allclose(r1_penalty(logits, x), torch.full((3,), 64.0))
+
+
+def test_config_validation_and_heuristics():
+    cfg = TrainConfig(resolution=128, batch_size=32)
+    assert cfg.gamma == pytest.approx(0.0002 * 128**2 / 32)
+    assert cfg.ema_half_life_kimg == pytest.approx(10.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(MedreconInputError, match="power of two"):
+        TrainConfig(resolution=100)
+    with pytest.raises(MedreconInputError, match="unknown training options"):
+        TrainConfig.from_dict({"resolution": 16, "bogus": 1})
+    with pytest.raises(MedreconInputError, match="augmentation"):
+        TrainConfig(augment="flip")
+
+
+def test_train_steps_are_finite_move_weights_and_keep_global_rng():
+    trainer = Trainer(_Images(), TrainConfig(**TINY))
+    before = _params(trainer)
+    state = torch.random.get_rng_state()
+    stats = [trainer.train_step() for _ in range(3)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert trainer.step == 3 and trainer.images_seen == 12
+    assert all(np.isfinite([s["loss_g"], s["loss_d"]]).all() for s in stats)
+    assert "r1" in stats[0] and "r1" not in stats[1] and "r1" in stats[2]
+    after = _params(trainer)
+    moved = [k for k in before if before[k].dtype.is_floating_point
+             and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("G.synthesis") for k in moved)
+    assert any(k.startswith("D.") for k in moved)
+    assert any(k.startswith("E.synthesis") for k in moved)  # EMA follows G
+    imgs = trainer.sample(4, seed=1)
+    assert imgs.shape == (4, 1, 16, 16) and torch.isfinite(imgs).all()
+    assert torch.equal(imgs, trainer.sample(4, seed=1))
+
+
+def test_resume_from_checkpoint_reproduces_the_next_step(tmp_path):
+    cfg = TrainConfig(**TINY)
+    a = Trainer(_Images(), cfg)
+    a.train_step()
+    a.train_step()
+    a.save_checkpoint(tmp_path / "ck.pt")
+    a.train_step()  # step 2: an R1 step, so optimiser states of the lazy path matter too
+    b = Trainer(_Images(), cfg)
+    b.load_checkpoint(tmp_path / "ck.pt")
+    assert b.step == 2 and b.images_seen == 8
+    b.train_step()
+    pa, pb = _params(a), _params(b)
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)  # plain tensors and values only
+    assert ck["format"] == "medrecon-train-v1"
+
+
+def test_resume_rejects_other_config_and_garbage(tmp_path):
+    a = Trainer(_Images(), TrainConfig(**TINY))
+    a.save_checkpoint(tmp_path / "ck.pt")
+    other = Trainer(_Images(), TrainConfig(**{**TINY, "g_lr": 0.001}))
+    with pytest.raises(CheckpointError, match="same options"):
+        other.load_checkpoint(tmp_path / "ck.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        a.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_fit_writes_snapshots_and_resumes(tmp_path):
+    cfg = TrainConfig(**TINY)
+    t = Trainer(_Images(), cfg)
+    s1 = t.fit(tmp_path, kimg=0.008, log_every=1)
+    assert s1["step"] == 2
+    assert (tmp_path / "checkpoint-latest.pt").is_file()
+    assert list(tmp_path.glob("samples-*.png"))
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+    t2 = Trainer(_Images(), cfg)
+    s2 = t2.fit(tmp_path, kimg=0.016, log_every=1)  # picks up the checkpoint
+    assert s2["step"] == 4 and t2.images_seen == 16
+
+
+def test_save_image_grid(tmp_path):
+    from PIL import Image
+
+    x = torch.linspace(-1, 1, 5 * 8 * 8).view(5, 1, 8, 8)
+    path = save_image_grid(x, tmp_path / "g.png", cols=3)
+    with Image.open(path) as im:
+        assert im.size == (24, 16) and im.mode == "L"
+
+
+# ------------------------------------------------------------------------------------------ DDP
+
+_DDP_SCRIPT = r"""
+import json, os, sys, torch, torch.distributed as dist
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from tests.test_training import TINY, _Images
+from medrecon.training.loop import TrainConfig, Trainer
+rank = int(sys.argv[3])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
+t = Trainer(_Images(), TrainConfig(**TINY))
+init = torch.cat([p.detach().flatten() for p in t.G.parameters()]).sum().item()
+for _ in range(2):
+    t.train_step()
+vec = torch.cat([p.detach().flatten() for m in (t.G, t.D, t.G_ema) for p in m.parameters()])
+gathered = [torch.zeros_like(vec) for _ in range(2)]
+dist.all_gather(gathered, vec)
+print(json.dumps({"rank": rank, "same": bool(torch.equal(gathered[0], gathered[1])),
+                  "moved": init != torch.cat([p.flatten() for p in t.G.parameters()]).sum().item(),
+                  "batch_per_rank": t.batch_per_rank, "seen": t.images_seen}))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_gloo_two_processes_stay_in_sync(tmp_path):
+    repo = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    rendezvous = str(tmp_path / "rdv")
+    procs = [subprocess.Popen([sys.executable, str(script), repo, rendezvous, str(r)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    for o in outs:
+        assert o == {"rank": o["rank"], "same": True, "moved": True, "batch_per_rank": 2,
+                     "seen": 8}
