@@ -1,0 +1,126 @@
+"""Export a training checkpoint's EMA generator as a prior (``medrecon.priors`` format).
+
+The exported directory (usually a bundle's ``models/``) is written by
+:func:`medrecon.priors.save_prior` - ``generator.safetensors`` + ``generator.json`` (with sha256),
+``w_stats.safetensors`` (BRGM's W mean/std over seeded z) and ``prior.json`` - and gets the
+training record beside it:
+
+* ``folds.json``  the patient-wise fold assignment the prior was trained with (which images are
+  held out: evaluate only on those);
+* ``training.json`` what was trained: data, held-out fold, network size, kimg, hardware, time.
+
+The generator is rebuilt with ``num_fp16_res=0``: training may run the top blocks in fp16 on a
+GPU, but solvers back-propagate through G hundreds of times and are safer in fp32; the weights
+are the same either way.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medrecon.errors import CheckpointError, MedreconInputError
+from medrecon.training.loop import TrainConfig
+
+__all__ = ["export_checkpoint", "generator_from_checkpoint", "PRIOR_INFO"]
+
+#: Metadata of the two shipped priors, keyed by bundle/prior name.
+PRIOR_INFO: dict[str, dict[str, Any]] = {
+    "chest_xray": {
+        "modality": "xray",
+        "description": "StyleGAN2 prior of paediatric frontal chest X-rays (Kermany et al., CC BY 4.0)",
+    },
+    "brain_mri": {
+        "modality": "mri",
+        "description": "StyleGAN2 prior of T1-weighted contrast-enhanced brain MRI slices with "
+                       "tumours (Cheng et al., CC BY 4.0); planes mixed",
+    },
+}
+
+
+def _load(checkpoint: str | Path) -> dict:
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise CheckpointError(
+            f"cannot read training checkpoint {str(checkpoint)!r} ({type(exc).__name__}: {exc}); "
+            "expected checkpoint-latest.pt written by `medrecon train run`."
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != "medrecon-train-v1":
+        raise CheckpointError(f"{str(checkpoint)!r} is not a medrecon training checkpoint.")
+    return state
+
+
+def generator_from_checkpoint(checkpoint: str | Path, *, ema: bool = True) -> torch.nn.Module:
+    """Rebuild the (EMA) generator of a training checkpoint on the CPU, in fp32 blocks."""
+    from medrecon.generators import Generator
+
+    state = _load(checkpoint)
+    kwargs = json.loads(state["G_kwargs"])
+    kwargs.setdefault("synthesis_kwargs", {})["num_fp16_res"] = 0
+    G = Generator(**kwargs)
+    G.load_state_dict(state["G_ema" if ema else "G"])
+    return G.eval().requires_grad_(False)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    models_dir: str | Path,
+    *,
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    w_samples: int = 10_000,
+    fp16: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a checkpoint's EMA generator as a prior into ``models_dir``.
+
+    Args:
+        checkpoint: ``checkpoint-latest.pt`` of a run (its folder's ``folds.json`` and
+            ``run.json`` are copied/merged when present).
+        models_dir: output directory, e.g. ``bundles/chest_xray_stylegan2/models``.
+        name: prior name (default: the bundle folder's name without ``_stylegan2``, or the
+            folder's name).
+        metadata: extra prior metadata (merged over :data:`PRIOR_INFO` for known names).
+        w_samples: number of seeded z behind the W statistics (default 10,000 as in BRGM).
+        fp16: store weights as float16 (half the size; loaded back as float32). Default True.
+        seed: seed of the z draw for the W statistics (default 0).
+
+    Returns:
+        ``models_dir``.
+    """
+    from medrecon.priors import Prior, save_prior
+
+    checkpoint = Path(checkpoint)
+    models_dir = Path(models_dir)
+    if name is None:
+        parent = models_dir.parent.name if models_dir.name == "models" else models_dir.name
+        name = parent[: -len("_stylegan2")] if parent.endswith("_stylegan2") else parent
+    if w_samples < 2:
+        raise MedreconInputError(f"w_samples must be >= 2, got {w_samples}.")
+    state = _load(checkpoint)
+    G = generator_from_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(json.loads(state["config"]))
+    run_dir = checkpoint.parent
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    training = {
+        "kimg": round(int(state["images_seen"]) / 1000, 3),
+        "steps": int(state["step"]),
+        "train_seconds": round(float(state["train_seconds"]), 1),
+        "world_size": int(state.get("world_size", 1)),
+        "config": config.to_dict(),
+        **{k: run[k] for k in ("scheme", "folds", "held_out_fold", "folds_sha256", "train_images",
+                               "held_out_images", "hardware", "torch") if k in run},
+    }
+    meta = {**PRIOR_INFO.get(name, {}), **(metadata or {}), "training": training}
+    prior = Prior(G, name=name, metadata=meta)
+    prior.compute_w_stats(num_samples=w_samples, seed=seed)
+    save_prior(prior, models_dir, dtype="float16" if fp16 else "float32")
+    if (run_dir / "folds.json").is_file():
+        shutil.copyfile(run_dir / "folds.json", models_dir / "folds.json")
+    (models_dir / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+    return models_dir
