@@ -50,30 +50,30 @@ class Inpainting(LinearPhysics):
         """Spatial size ``(H, W)`` of the mask."""
         return int(self.mask.shape[-2]), int(self.mask.shape[-1])
 
-    def _apply(self, x: torch.Tensor, name: str) -> torch.Tensor:  # type: ignore[override]
+    def _masked(self, x: torch.Tensor, name: str) -> torch.Tensor:
         check_image(x, name, finite=False)
         check_broadcast(self.mask.shape, x, "mask", name)
         m = self.mask.to(x.real.dtype if x.is_complex() else x.dtype)
         return x * m
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
-        return self._apply(x, "x")
+        return self._masked(x, "x")
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
-        return self._apply(y, "y")
+        return self._masked(y, "y")
 
     def A_dagger(self, y: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100  # noqa: N802
                  ) -> torch.Tensor:
         """Exact pseudo-inverse ``mask * y``."""
         check_image(y, "y")
-        return self._apply(y, "y")
+        return self._masked(y, "y")
 
     def A_dagger_reg(self, y: torch.Tensor, *, eta: float, tol: float = 1e-6,  # noqa: N802
                      max_iter: int = 100) -> torch.Tensor:
         """Exact ``mask * y / (1 + eta)``."""
         eta = as_float(eta, "eta", minimum=0.0)
         check_image(y, "y")
-        return self._apply(y, "y") / (1.0 + eta)
+        return self._masked(y, "y") / (1.0 + eta)
 
     def extra_repr(self) -> str:
         frac = float(self.mask.mean()) if self.mask.numel() else 0.0
