@@ -247,7 +247,7 @@ def write_dicom(
         if ds.SOPClassUID != CT_IMAGE_STORAGE:
             ds.RescaleType = "US"
         ds.WindowCenter, ds.WindowWidth = _ds(wc), _ds(ww)
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
+        ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes())
 
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
