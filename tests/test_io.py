@@ -461,6 +461,30 @@ def test_png_gray_rgb_and_16bit(tmp_path):
     np.testing.assert_array_equal(load_array(out), img16.array[:, :, 0])
 
 
+def test_png_derived_from_8bit_png_stays_8bit_and_clips(tmp_path):
+    Image.fromarray(np.full((3, 4), 100, np.uint8)).save(tmp_path / "in.png")
+    src = load_image(tmp_path / "in.png")
+    result = src.with_array(np.array([[-3.0, 100.4, 258.0]] * 4))
+    out = save_image(result, tmp_path / "out.png", inputs=[tmp_path / "in.png"])
+    with Image.open(out) as im:
+        assert im.mode == "L"
+        np.testing.assert_array_equal(np.array(im).T, [[0, 100, 255]] * 4)
+
+
+def test_series_description_composition(tmp_path):
+    src = load_image(DATA / "ct_oblique")
+    out = save_image(src.with_array(src.array), tmp_path / "a", method="csgm")
+    assert read_series(out)[0].SeriesDescription == "medrecon csgm: oblique phantom"
+    out = save_image(src.with_array(src.array), tmp_path / "b", method="csgm",
+                     series_description="medrecon sr csgm")
+    assert read_series(out)[0].SeriesDescription == "medrecon sr csgm"
+
+
+def test_truncated_uncompressed_dicom_says_truncated():
+    with pytest.raises(MedreconInputError, match="truncated"):
+        load_image(pydicom_file("MR_truncated.dcm"))
+
+
 def test_tiff_float_round_trip_and_png_rescale_warning(tmp_path):
     arr = np.random.default_rng(3).normal(size=(5, 3)).astype(np.float32)
     out = save_image(MedicalImage(arr), tmp_path / "f.tif")

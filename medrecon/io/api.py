@@ -188,9 +188,11 @@ def save_image(
         reference: DICOM headers for a derived series: a :class:`MedicalImage` read from DICOM,
             a pydicom Dataset (or list), or a DICOM file/folder. Default ``None`` uses
             ``image.meta['dicom_headers']`` when present, else writes a Secondary Capture
-            series from scratch. Ignored for non-DICOM outputs.
-        series_description: Text appended to the ``"medrecon <method>"`` series description
-            (DICOM) / header description (NIfTI).
+            series from scratch. A MedicalImage reference also lends its display window to a
+            result that has none. Ignored otherwise for non-DICOM outputs.
+        series_description: Text appended to ``"medrecon <method>: "`` in the DICOM
+            SeriesDescription / NIfTI ``descrip``; used verbatim when it already names medrecon.
+            Default ``None``: the reference's SeriesDescription is appended.
         method: Reconstruction method name recorded in the descriptions (e.g. ``"iagan"``).
         inputs: Paths that must never be written over, even with ``overwrite`` (the CLI passes
             its input files). ``image.meta['source_paths']`` are always protected too.
@@ -227,8 +229,20 @@ def save_image(
     _paths.check_output_path(out, overwrite=overwrite, protected=protected, want_dir=as_dir)
 
     description = "medrecon" + (f" {method}" if method else "")
-    if series_description:
+    if series_description and "medrecon" in series_description.lower():
+        description = series_description
+    elif series_description:
         description += f": {series_description}"
+    if (
+        isinstance(reference, MedicalImage)
+        and image.meta.get("window_center") is None
+        and reference.meta.get("window_center") is not None
+    ):  # keep the input's display window for the result
+        image = MedicalImage(image.array, image.affine, {
+            **image.meta,
+            "window_center": reference.meta["window_center"],
+            "window_width": reference.meta.get("window_width"),
+        })
     if as_dir or suffix == ".dcm":
         refs = _references(reference, image)
         kwargs = dict(references=refs, series_description=series_description, method=method)

@@ -240,6 +240,11 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     except Exception as exc:  # noqa: BLE001
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(ts, "name", ts)
+        if ts is None or not getattr(ts, "is_compressed", True):
+            raise MedreconInputError(
+                f"cannot read the pixels of {str(path)!r} (uncompressed, {name}): {exc} The file "
+                "is probably truncated or its image tags are wrong; copy it again from the source."
+            ) from None
         raise MedreconInputError(
             f"cannot decode the pixels of {str(path)!r} (transfer syntax {name}): {exc}. "
             "Install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or "

@@ -182,7 +182,10 @@ def write_dicom(
     extra = series_description if series_description else (
         str(ref.get("SeriesDescription", "")) if ref is not None else ""
     )
-    base.SeriesDescription = (f"{label}: {extra}" if extra else label)[:64]
+    if series_description and "medrecon" in series_description.lower():
+        base.SeriesDescription = series_description[:64]  # already names medrecon (and method)
+    else:
+        base.SeriesDescription = (f"{label}: {extra}" if extra else label)[:64]
     base.SeriesInstanceUID = generate_uid()
     ref_number = ref.get("SeriesNumber") if ref is not None else None
     base.SeriesNumber = int(ref_number) + 1000 if ref_number not in (None, "") else 1000

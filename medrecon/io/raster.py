@@ -65,8 +65,11 @@ def read_raster(path: Path) -> MedicalImage:
         photometric = "RGB"
     data = data.astype(np.float32)
     check_finite(data, what=f"{str(path)!r}")
+    bit_depth = 8 if mode in ("1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "CMYK", "YCbCr") else (
+        16 if mode.startswith("I;16") else None)
     meta = {
         "format": "tiff" if path.suffix.lower() in (".tif", ".tiff") else path.suffix.lower()[1:],
+        "bit_depth": bit_depth,
         "path": str(path),
         "source_paths": [str(path)],
         "modality": None,
@@ -76,8 +79,11 @@ def read_raster(path: Path) -> MedicalImage:
     return MedicalImage(data.T, LPS_TO_RAS.copy(), meta)
 
 
-def _to_integer_range(array2d: np.ndarray, path: Path) -> np.ndarray:
+def _to_integer_range(array2d: np.ndarray, path: Path, bit_depth: int | None) -> np.ndarray:
     """Map float pixels to uint8 / uint16 for PNG without silently wrapping values."""
+    if bit_depth in (8, 16):  # derived from an 8/16-bit raster: same depth, clipped
+        top, dtype = (255, np.uint8) if bit_depth == 8 else (65535, np.uint16)
+        return np.clip(np.rint(array2d), 0, top).astype(dtype)
     lo, hi = float(array2d.min()), float(array2d.max())
     if lo >= -0.5 and hi <= 255.5:
         return np.clip(np.rint(array2d), 0, 255).astype(np.uint8)
@@ -95,8 +101,9 @@ def _to_integer_range(array2d: np.ndarray, path: Path) -> np.ndarray:
 def write_raster(image: MedicalImage, tmp: Path, *, suffix: str, out: Path) -> None:
     """Write a 2D image as PNG (8/16-bit integers) or TIFF (float32, lossless).
 
-    PNG: values already within ``[0, 255]`` are rounded to 8 bits, within ``[0, 65535]`` to
-    16 bits; anything else is rescaled to 16 bits with a warning. TIFF stores float32 as is.
+    PNG: an image derived from an 8- or 16-bit raster (``meta['bit_depth']``) is rounded and
+    clipped to that depth; otherwise values already within ``[0, 255]`` are rounded to 8 bits,
+    within ``[0, 65535]`` to 16 bits, and anything else is rescaled to 16 bits with a warning. TIFF stores float32 as is.
     The voxel order is written as rows = ``Y``, columns = ``X`` (the inverse of the reader);
     geometry is not stored.
     """
@@ -107,7 +114,8 @@ def write_raster(image: MedicalImage, tmp: Path, *, suffix: str, out: Path) -> N
         )
     plane = image.array[:, :, 0].T  # (H, W)
     if suffix == ".png":
-        Image.fromarray(_to_integer_range(plane, out)).save(tmp, format="PNG")
+        bits = image.meta.get("bit_depth") if image.meta.get("format") in ("png", "jpg", "jpeg", "tiff") else None
+        Image.fromarray(_to_integer_range(plane, out, bits)).save(tmp, format="PNG")
     else:
         Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).save(
             tmp, format="TIFF"
