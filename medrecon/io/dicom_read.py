@@ -316,7 +316,6 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
         dist = np.array([float(s.position @ normal) for s in slices])
     else:
         row_cos, col_cos, normal = np.eye(3)
-        dist = np.arange(len(slices), dtype=np.float64)
         slices = sorted(slices, key=lambda s: s.order_keys)
         dist = np.arange(len(slices), dtype=np.float64)
         if len(slices) > 1:
