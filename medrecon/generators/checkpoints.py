@@ -21,6 +21,7 @@ Every loader returns our own :class:`~medrecon.generators.Generator` /
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import io
 import json
@@ -273,6 +274,13 @@ def _load_storage_from_bytes(b: bytes) -> Any:
     return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    # Protocol 0-2 pickles spell bytes objects as _codecs.encode(str, 'latin1').
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise CheckpointError(f"Refusing _codecs.encode with encoding {encoding!r}.")
+    return text.encode("latin1")
+
+
 def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
         raise CheckpointError(f"Refusing numpy scalar of dtype {dtype!r} (only numeric scalars are allowed).")
@@ -317,6 +325,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
     ("torch", "Size"): torch.Size,
+    ("_codecs", "encode"): _latin1_encode,
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
@@ -332,6 +341,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only :data:`_ALLOWED` globals and refuses everything else."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 era names (__builtin__, copy_reg) appear in protocol 0-2 pickles.
+        if module in _compat_pickle.IMPORT_MAPPING or (module, name) in _compat_pickle.NAME_MAPPING:
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
