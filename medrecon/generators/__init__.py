@@ -8,6 +8,12 @@ Public API:
   (see :mod:`medrecon.generators.checkpoints`).
 """
 
+from medrecon.generators.checkpoints import (
+    load_generator,
+    load_network_pickle,
+    read_generator_config,
+    save_generator,
+)
 from medrecon.generators.networks import (
     Discriminator,
     Generator,
@@ -21,5 +27,9 @@ __all__ = [
     "Generator",
     "MappingNetwork",
     "SynthesisNetwork",
+    "load_generator",
+    "load_network_pickle",
     "num_ws_for_resolution",
+    "read_generator_config",
+    "save_generator",
 ]
