@@ -61,9 +61,15 @@ FAKE_CLI = textwrap.dedent(
         sys.stderr.flush()
 
     code = int(os.environ.get("FAKE_EXIT", "0"))
-    if code:
-        sys.stderr.write("Traceback (most recent call last):\n  boom\n" if code == 1 else "")
-        sys.stderr.write("Error: " + os.environ.get("FAKE_MESSAGE", "bad input") + "\n")
+    if code:  # as medrecon.cli reports errors: a JSON event, then the one-line message
+        message = os.environ.get("FAKE_MESSAGE", "bad input")
+        if code == 1:
+            message = "internal error: RuntimeError: " + message
+        if os.environ.get("FAKE_JSON_ERROR", "1") == "1":
+            emit(event="error", message=message, exit_code=code)
+        sys.stderr.write("Error: " + message + "\n")
+        if code == 1:
+            sys.stderr.write("Run `medrecon --debug ...` for the traceback, and please report it.\n")
         sys.exit(code)
 
     pidfile = os.environ.get("FAKE_GRANDCHILD_PIDFILE")
@@ -202,6 +208,8 @@ def test_parse_line_protocol():
     assert runner.parse_line('{"event": "progress", "fraction": "x"}').fraction is None
     done = runner.parse_line('{"event": "done", "output": "/o.nii", "std": null, "seconds": 2}')
     assert done.kind == "done" and done.data["output"] == "/o.nii" and done.data["std"] is None
+    err = runner.parse_line('{"event": "error", "message": "no such prior", "exit_code": 2}')
+    assert (err.kind, err.message, err.data["exit_code"]) == ("error", "no such prior", 2)
     for line in ("Error: no such prior", "{not json}", '{"event": "other"}', "[1, 2]", ""):
         e = runner.parse_line(line + "\n", stream="stdout")
         assert e.kind == "log" and e.message == line and e.stream == "stdout"
@@ -446,15 +454,22 @@ def test_cancel_leaves_no_node_no_files_no_process(scene, slicer_mod, fake_cli, 
     assert run.poll() == []
 
 
+@pytest.mark.parametrize("json_error", ["1", "0"])
 @pytest.mark.parametrize("code, error", [(2, MedreconInputError), (1, ReconstructionError)])
-def test_cli_failure_raises_and_leaves_nothing(scene, slicer_mod, fake_cli, runs_dir, code, error):
+def test_cli_failure_raises_and_leaves_nothing(scene, slicer_mod, fake_cli, runs_dir, code, error,
+                                               json_error):
     volume = _volume(scene, slicer_mod, np.ones((1, 2, 2), np.float32))
-    env = dict(os.environ, FAKE_EXIT=str(code), FAKE_MESSAGE="unknown prior 'x': use medrecon priors list")
+    env = dict(os.environ, FAKE_EXIT=str(code), FAKE_JSON_ERROR=json_error,
+               FAKE_MESSAGE="unknown prior 'x': use medrecon priors list")
     n_before = scene.GetNumberOfNodes()
-    with pytest.raises(error, match="unknown prior 'x'") as info:
+    with pytest.raises(error) as info:
         _logic(fake_cli, runs_dir, env=env).process(volume, runner.ReconstructionParameters(prior="x"))
-    if code == 1:
-        assert info.value.returncode == 1 and "Traceback" in info.value.log_tail
+    assert "unknown prior 'x': use medrecon priors list" in str(info.value)
+    assert "--debug" not in str(info.value) and "Error: internal" not in str(info.value)
+    if code == 2:
+        assert str(info.value) == "unknown prior 'x': use medrecon priors list"
+    else:
+        assert info.value.returncode == 1 and "--debug" in info.value.log_tail
     assert scene.GetNumberOfNodes() == n_before and list(runs_dir.iterdir()) == []
 
 
@@ -608,7 +623,11 @@ def test_real_medrecon_cli_with_tiny_prior(scene, slicer_mod, runs_dir, tmp_path
     priors.save_prior(_tiny.tiny_prior(), prior_path)
     data = np.random.default_rng(1).uniform(size=(2, 8, 8)).astype(np.float32)
     volume = _volume(scene, slicer_mod, data)
-    logic = _logic([sys.executable, "-m", "medrecon"], runs_dir)
+    # The child runs in a temporary directory: make this checkout importable even when
+    # medrecon is not pip-installed (CI installs it; a developer may run from the tree).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    logic = _logic([sys.executable, "-m", "medrecon"], runs_dir, env=env)
     params = runner.ReconstructionParameters(task="sr", scale=2, prior=str(prior_path), method="csgm",
                                              steps=2, device="cpu", seed=0)
     progress = []
@@ -620,6 +639,7 @@ def test_real_medrecon_cli_with_tiny_prior(scene, slicer_mod, runs_dir, tmp_path
         np.array(out.GetImageData().GetDimensions()), np.array([8, 8, 2]) * [2, 2, 1])
     np.testing.assert_allclose(out.GetSpacing(), (SPACING[0] / 2, SPACING[1] / 2, SPACING[2]), rtol=1e-4)
     assert np.isfinite(slicer_mod.util.arrayFromVolume(out)).all()
+    assert progress and all(0.0 <= f <= 1.0 for f in progress)
     assert list(runs_dir.iterdir()) == []
 
 

@@ -318,7 +318,7 @@ class MedReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if event.kind == "progress":
                 self.ui.progressBar.value = int(round(100 * run.fraction))
                 self.ui.progressBar.setFormat(f"%p% {event.message}")
-            elif event.kind == "log" and event.message.strip():
+            elif event.kind in ("log", "error") and event.message.strip():
                 self._log(event.message)
         if run.finished:
             self._timer.stop()
@@ -340,8 +340,8 @@ class MedReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             error = run.error
             details = getattr(error, "log_tail", "")
             self._log(str(error))
-            slicer.util.errorDisplay(_("medrecon failed: {error}").format(error=error),
-                                     detailedText=details or None)
+            extra = {"detailedText": details} if details else {}
+            slicer.util.errorDisplay(_("medrecon failed: {error}").format(error=error), **extra)
 
     def onInstallButton(self) -> None:
         """Install or update medrecon into Slicer's Python."""

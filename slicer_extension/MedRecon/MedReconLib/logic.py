@@ -155,7 +155,7 @@ class ReconstructionRun:
                 ``None`` waits forever. Default ``None``.
             interval: Polling interval in seconds. Default 0.05.
             progress_callback: Called as ``(fraction, message)`` on each progress event.
-            log_callback: Called with each non-JSON output line.
+            log_callback: Called with each non-JSON output line and each error message.
 
         Returns:
             The result.
@@ -172,7 +172,7 @@ class ReconstructionRun:
                 if event.kind == "progress" and progress_callback is not None:
                     fraction = self.fraction if event.fraction is None else event.fraction
                     progress_callback(fraction, event.message)
-                elif event.kind == "log" and log_callback is not None:
+                elif event.kind in ("log", "error") and log_callback is not None:
                     log_callback(event.message)
             if self.finished:
                 break
@@ -213,12 +213,16 @@ class ReconstructionRun:
             self._cleanup()
 
     def _failure(self, code: Optional[int], tail: str) -> BaseException:
-        last = next((line for line in reversed(self._process.tail) if line.strip()), "")
+        # Prefer the CLI's JSON error event; else its "Error: ..." line; else the last line.
+        lines = [line for line in self._process.tail if line.strip()]
+        message = str((self._process.error or {}).get("message") or "")
+        if not message:
+            error_lines = [line for line in lines if line.startswith("Error:")]
+            message = error_lines[-1][len("Error:"):].strip() if error_lines else (lines[-1] if lines else "")
         if code == EXIT_BAD_INPUT:
-            message = last[len("Error:"):].strip() if last.startswith("Error:") else last
             return MedreconInputError(message or f"medrecon rejected the input (exit status {code}).")
         return ReconstructionError(
-            f"medrecon failed with exit status {code}: {last or 'no output'}",
+            f"medrecon failed with exit status {code}: {message or 'no output'}",
             returncode=code, log_tail=tail,
         )
 

@@ -12,6 +12,7 @@ object per line::
 
     {"event": "progress", "fraction": 0.37, "message": "slice 3/10, step 120/300"}
     {"event": "done", "output": "/tmp/.../output.nii", "std": null, "seconds": 12.5}
+    {"event": "error", "message": "...", "exit_code": 2}
 
 Every other line (warnings, the CLI's one-line ``Error: ...`` message, a traceback) is passed on
 as a ``log`` event and the last lines are kept for error reports.
@@ -230,11 +231,11 @@ class Event:
     """One thing the child process said.
 
     Attributes:
-        kind: ``"progress"``, ``"done"`` (both parsed from JSON lines on stderr) or ``"log"``
-            (any other line, from stdout or stderr).
-        message: Progress message or the log line (without its newline).
+        kind: ``"progress"``, ``"done"``, ``"error"`` (parsed from JSON lines on stderr) or
+            ``"log"`` (any other line, from stdout or stderr).
+        message: Progress or error message, or the log line (without its newline).
         fraction: Progress in [0, 1] for ``"progress"`` events, else ``None``.
-        data: The parsed JSON object for ``"progress"``/``"done"`` events, else ``{}``.
+        data: The parsed JSON object for ``"progress"``/``"done"``/``"error"`` events, else ``{}``.
         stream: ``"stdout"`` or ``"stderr"``.
     """
 
@@ -248,7 +249,7 @@ class Event:
 def parse_line(line: str, *, stream: str = "stderr") -> Event:
     """Turn one output line into an :class:`Event`.
 
-    JSON objects with ``"event": "progress"`` or ``"done"`` become those events (a progress
+    JSON objects with ``"event"`` ``"progress"``, ``"done"`` or ``"error"`` become those events (a progress
     fraction outside [0, 1] is clipped; a missing or non-numeric one gives ``None``); anything
     else, including malformed JSON, is a ``"log"`` event carrying the line unchanged.
 
@@ -266,14 +267,14 @@ def parse_line(line: str, *, stream: str = "stderr") -> Event:
             data = json.loads(stripped)
         except ValueError:
             data = None
-        if isinstance(data, dict) and data.get("event") in ("progress", "done"):
+        if isinstance(data, dict) and data.get("event") in ("progress", "done", "error"):
             kind = data["event"]
             fraction = data.get("fraction")
             if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and math.isfinite(fraction):
                 fraction = min(1.0, max(0.0, float(fraction)))
             else:
                 fraction = 1.0 if kind == "done" else None
-            message = str(data.get("message", "")) if kind == "progress" else "done"
+            message = "done" if kind == "done" else str(data.get("message", ""))
             return Event(kind=kind, message=message, fraction=fraction, data=data, stream=stream)
     return Event(kind="log", message=text, stream=stream)
 
@@ -316,6 +317,7 @@ class CliProcess:
         self._proc: Optional[subprocess.Popen] = None
         self.tail: Deque[str] = collections.deque(maxlen=tail_lines)
         self.done: Optional[Dict[str, Any]] = None
+        self.error: Optional[Dict[str, Any]] = None
         self.cancelled = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -409,6 +411,8 @@ class CliProcess:
             event = parse_line(line, stream=stream)
             if event.kind == "done":
                 self.done = event.data
+            elif event.kind == "error":
+                self.error = event.data
             elif event.kind == "log" and event.message.strip():
                 self.tail.append(event.message)
             events.append(event)
