@@ -1,0 +1,158 @@
+"""Latent parametrisations (z, W, W+), initialisation by batched probes, and schedules.
+
+The three latent spaces of StyleGAN2 inversion:
+
+* ``'z'``:  ``z [N, z_dim]`` through the mapping network; prior ``z ~ N(0, I)``.
+* ``'w'``:  one ``w [N, w_dim]`` broadcast to every synthesis layer.
+* ``'w+'``: one w per layer, ``[N, num_ws, w_dim]`` (most expressive; BRGM, IAGAN here).
+
+For ``'w'``/``'w+'`` the latent prior is the per-dimension Gaussian ``N(mu, diag(sigma^2))`` of
+mapped samples (BRGM). Every latent is turned into W+ ``ws`` by :meth:`LatentSpace.to_ws`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from medrecon.errors import MedreconInputError
+from medrecon.solvers._common import map_z, sq_residual, synthesize, w_average
+
+SPACES = ("z", "w", "w+")
+
+
+def check_space(space: str) -> str:
+    """Normalises and validates a latent-space name."""
+    s = str(space).lower().replace("plus", "+")
+    if s not in SPACES:
+        raise MedreconInputError(f"space={space!r}; expected one of {list(SPACES)}.")
+    return s
+
+
+class LatentSpace:
+    """Maps between a latent space and W+, and evaluates the standardised latent prior.
+
+    Args:
+        G: the (frozen) generator.
+        space: ``'z'``, ``'w'`` or ``'w+'``.
+        mu: per-dimension mean of w ``[w_dim]`` (on G's device).
+        sigma: per-dimension std of w ``[w_dim]``.
+    """
+
+    def __init__(self, G: nn.Module, space: str, mu: torch.Tensor, sigma: torch.Tensor) -> None:
+        self.G = G
+        self.space = check_space(space)
+        self.mu = mu
+        self.sigma = sigma
+
+    def to_ws(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent -> W+ ``[N, num_ws, w_dim]``."""
+        if self.space == "z":
+            return map_z(self.G, latent)
+        if self.space == "w":
+            return latent[:, None, :].expand(-1, self.G.num_ws, -1)
+        return latent
+
+    def standardised(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent in prior-standard units (``z`` itself, or ``(w - mu) / sigma``)."""
+        if self.space == "z":
+            return latent
+        return (latent - self.mu) / self.sigma
+
+    def prior_energy(self, latent: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``sum u^2`` of the standardised latent ``u`` ``[N]``."""
+        u = self.standardised(latent)
+        return (u * u).reshape(u.shape[0], -1).sum(1)
+
+    def dim(self) -> int:
+        """Number of latent dimensions per sample."""
+        G = self.G
+        return {"z": G.z_dim, "w": G.w_dim, "w+": G.num_ws * G.w_dim}[self.space]
+
+    def from_w(self, w: torch.Tensor) -> torch.Tensor:
+        """A single w per sample ``[N, w_dim]`` -> latent in this space (not for ``'z'``)."""
+        if self.space == "w":
+            return w
+        if self.space == "w+":
+            return w[:, None, :].repeat(1, self.G.num_ws, 1)
+        raise MedreconInputError("cannot express a w in z space")  # pragma: no cover
+
+
+@torch.no_grad()
+def probe_init(
+    lat: LatentSpace,
+    y: torch.Tensor,
+    operator: nn.Module,
+    *,
+    restarts: int,
+    probes: int,
+    generator: torch.Generator,
+    include_mean: bool = True,
+    amp=None,
+    chunk: int = 32,
+) -> torch.Tensor:
+    """Initial latents: the best of ``probes`` cheap random draws, per slice, chosen in one batch.
+
+    All probes are synthesised once (in chunks) and every probe is scored against every slice
+    by its data loss ``mean |A G(.) - y_b|^2``; each slice gets its ``restarts`` best probes
+    (the first is ``w_avg``/``z = 0`` when ``include_mean``), so restarts start from diverse,
+    already plausible points.
+
+    Returns:
+        Latents ``[B * restarts, ...]`` ordered slice-major (restarts of slice b are contiguous).
+    """
+    G = lat.G
+    B = y.shape[0]
+    dev = y.device
+    n_rand = max(probes, restarts)
+    z = torch.randn(n_rand, G.z_dim, generator=generator, device=generator.device).to(dev)
+    if lat.space == "z":
+        cands = z
+        if include_mean:
+            cands = torch.cat([torch.zeros_like(z[:1]), z], 0)
+    else:
+        w = map_z(G, z)[:, 0]
+        if include_mean:
+            w = torch.cat([w_average(G)[None].to(w), w], 0)
+        cands = lat.from_w(w)
+    scores = []
+    for start in range(0, cands.shape[0], chunk):
+        c = cands[start:start + chunk]
+        with amp() if amp is not None else contextlib.nullcontext():
+            x = synthesize(G, lat.to_ws(c))
+        ax = operator.A(x)  # [P, ...]
+        # pairwise mean residual [B, P] without materialising B x P copies of the images
+        diff = ax[None] - y[:, None]
+        d2 = (diff.real**2 + diff.imag**2) if diff.is_complex() else diff * diff
+        scores.append(d2.reshape(B, c.shape[0], -1).mean(-1))
+    score = torch.cat(scores, 1)  # [B, P]
+    if include_mean:
+        score[:, 0] = -math.inf  # the mean is always restart 0
+    idx = score.topk(restarts, dim=1, largest=False).indices  # [B, R]
+    return cands[idx.reshape(-1)].clone()
+
+
+def lr_schedule(step: int, total: int, *, base: float, rampup: float = 0.05,
+                rampdown: float = 0.25) -> float:
+    """Learning rate with a short linear warm-up and a cosine ramp-down (as NVIDIA's projector).
+
+    Args:
+        step: 0-based step.
+        total: number of steps.
+        base: peak learning rate.
+        rampup: fraction of steps of linear warm-up.
+        rampdown: fraction of final steps over which the rate decays to 0 by a half cosine.
+    """
+    t = step / max(total, 1)
+    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    ramp = ramp * (min(1.0, t / rampup) if rampup > 0 else 1.0)
+    return base * max(ramp, 1e-2)
+
+
+def data_term(x: torch.Tensor, y: torch.Tensor, operator: nn.Module) -> torch.Tensor:
+    """``mean |A x - y|^2`` per sample ``[N]`` (float32, complex aware)."""
+    return sq_residual(operator.A(x), y)
