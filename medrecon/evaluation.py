@@ -58,6 +58,7 @@ __all__ = [
     "eval_command",
     "evaluate",
     "evaluate_run",
+    "held_out_images",
     "summary_table",
     "parse_methods",
     "render_grid",
@@ -162,15 +163,19 @@ def _has_image_suffix(path: Path) -> bool:
     return any(name.endswith(s) for s in IMAGE_SUFFIXES)
 
 
-def discover_images(images: str | Path | Sequence[str | Path], *, limit: int | None = None
-                    ) -> list[tuple[str, Path]]:
+def discover_images(images: str | Path | Sequence[str | Path], *, limit: int | None = None,
+                    subset: Iterable[str] | None = None) -> list[tuple[str, Path]]:
     """List ground-truth files with their stable ids.
 
     Args:
         images: A folder (searched recursively for PNG/JPEG/DICOM/NIfTI files), a text file
             listing one image path per line (relative paths are relative to the list file;
             blank lines and ``#`` comments are ignored), or an explicit sequence of paths.
-        limit: Keep only the first ``limit`` images in sorted id order (``None``: all).
+        limit: Keep ``limit`` images evenly spaced over the sorted ids (indices
+            ``floor(i * n / limit)``), a deterministic subset that spans every class and patient
+            range of a sorted dataset instead of its first folder. ``None``: all.
+        subset: Keep only these ids (relative paths, e.g. a held-out fold from
+            :func:`held_out_images`); applied before ``limit``. Every id must exist.
 
     Returns:
         ``[(image_id, path), ...]`` sorted by id. The id is the path relative to the folder
@@ -221,10 +226,64 @@ def discover_images(images: str | Path | Sequence[str | Path], *, limit: int | N
         raise MedreconInputError("two ground truths share an id (file name); pass a folder so "
                                  "ids are relative paths, or rename the files.")
     found.sort(key=lambda t: t[0])
+    if subset is not None:
+        wanted = list(dict.fromkeys(str(i) for i in subset))
+        have = dict(found)
+        missing = [i for i in wanted if i not in have]
+        if missing:
+            raise MedreconInputError(
+                f"{len(missing)} selected image(s) are not under {str(images)!r}, e.g. "
+                f"{missing[:3]}; pass as --images the data folder the fold file was made from.")
+        found = sorted(((i, have[i]) for i in wanted), key=lambda t: t[0])
     if not found:
         raise MedreconInputError(f"no ground-truth images found in {images!r}; expected files "
                                  f"ending in {', '.join(IMAGE_SUFFIXES)}.")
-    return found[: int(limit)] if limit is not None else found
+    if limit is not None and int(limit) < len(found):
+        n, k = len(found), int(limit)
+        found = [found[(i * n) // k] for i in range(k)]
+    return found
+
+
+def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list[str], int]:
+    """The images of one fold of a prior's cross-validation record.
+
+    Args:
+        folds: A ``folds.json`` written by :func:`medrecon.training.folds.save_folds`, a folder
+            holding one (a prior directory or a bundle's ``models/``), or a shipped prior name
+            (its bundle's record).
+        fold: The fold to return. Default: the held-out fold recorded in the ``training.json``
+            next to ``folds.json``.
+
+    Returns:
+        ``(relative image paths, fold)``.
+
+    Raises:
+        MedreconInputError: When no record is found, or ``fold`` is missing and not recorded.
+    """
+    from medrecon.training.folds import load_folds
+
+    p = Path(folds).expanduser()
+    if not p.exists():
+        from medrecon.priors import resolve_prior_path
+
+        p = resolve_prior_path(str(folds))
+    d = p if p.is_dir() else p.parent
+    path = p if p.is_file() and p.suffix == ".json" and p.name != "prior.json" else d / "folds.json"
+    if not path.is_file() and (d / "models" / "folds.json").is_file():
+        d = d / "models"
+        path = d / "folds.json"
+    if not path.is_file():
+        raise MedreconInputError(f"no folds.json found for {str(folds)!r}; expected the fold "
+                                 "record exported with the prior (models/folds.json).")
+    fa = load_folds(path)
+    if fold is None:
+        record = path.parent / "training.json"
+        try:
+            fold = int(json.loads(record.read_text())["held_out_fold"])
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise MedreconInputError(f"{str(record)!r} does not record the held-out fold "
+                                     f"({exc}); pass fold=K (--fold K).") from exc
+    return fa.split(int(fold))[1], int(fold)
 
 
 def _valid_methods() -> list[str]:
@@ -438,7 +497,7 @@ def _measurement_image(y: torch.Tensor, operator: Any, *, resolution: int) -> to
 def _settings(*, prior_name: str, prior_source: str, prior: Any, task: str, methods: list[str],
               images: Any, n_images: int, steps: int | None, noise_sigma: float, seed: int,
               batch_size: int, device: str, task_options: Mapping[str, Any],
-              method_options: Mapping[str, Any]) -> dict[str, Any]:
+              method_options: Mapping[str, Any], selection: str) -> dict[str, Any]:
     import medrecon
 
     return {
@@ -452,6 +511,7 @@ def _settings(*, prior_name: str, prior_source: str, prior: Any, task: str, meth
         "methods": list(methods),
         "method_options": dict(method_options),
         "images": str(images),
+        "selection": selection,
         "n_images": n_images,
         "steps": "solver default" if steps is None else int(steps),
         "seed": int(seed),
@@ -465,6 +525,14 @@ def _settings(*, prior_name: str, prior_source: str, prior: Any, task: str, meth
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def _selection_text(folds: Any, fold: int | None, limit: int | None) -> str:
+    parts = []
+    if folds is not None:
+        parts.append(f"fold {fold} of the record {folds}")
+    parts.append("all images" if limit is None else f"{limit} evenly spaced over sorted paths")
+    return "; ".join(parts)
 
 
 def _cpu_name() -> str:
@@ -484,6 +552,8 @@ def evaluate_run(
     methods: str | Sequence[str],
     images: str | Path | Sequence[str | Path],
     limit: int | None = None,
+    folds: str | Path | None = None,
+    fold: int | None = None,
     steps: int | None = None,
     noise_sigma: float = 0.0,
     seed: int = 0,
@@ -506,7 +576,12 @@ def evaluate_run(
             back-projection; a comma-separated string or a sequence.
         images: Ground truths: a folder, a text file listing paths, or a sequence of paths
             (see :func:`discover_images`).
-        limit: Evaluate only the first ``limit`` images in sorted id order (default: all).
+        limit: Evaluate ``limit`` images evenly spaced over the sorted ids (default: all).
+        folds: Restrict to one fold of a cross-validation record (see
+            :func:`held_out_images`): a ``folds.json``, a prior folder, or a shipped prior name;
+            ``images`` is then the data folder the record was made from. Default: no
+            restriction.
+        fold: The fold to evaluate; default the recorded held-out fold.
         steps: Iterations per solver run; ``None`` keeps each solver's documented default.
         noise_sigma: Standard deviation of the measurement noise in generator units
             (images span ``[-1, 1]``, so ``sigma = 2 * s / 255`` for ``s/255`` on a
@@ -565,7 +640,8 @@ def evaluate_run(
         prior = load_prior(prior)
     prior_name = str(getattr(prior, "name", None) or type(prior).__name__)
     resolution, channels = int(prior.resolution), int(prior.channels)
-    files = discover_images(images, limit=limit)
+    subset, fold_used = (None, None) if folds is None else held_out_images(folds, fold=fold)
+    files = discover_images(images, limit=limit, subset=subset)
 
     options = {k: v for k, v in task_options.items() if v is not None}
     operator = physics.build_operator(task, img_size=(resolution, resolution), channels=channels,
@@ -639,7 +715,8 @@ def evaluate_run(
                                      methods=method_list, images=images, n_images=len(ids),
                                      steps=steps, noise_sigma=noise_sigma, seed=seed,
                                      batch_size=batch_size, device=device, task_options=options,
-                                     method_options=extra_opts),
+                                     method_options=extra_opts,
+                                     selection=_selection_text(folds, fold_used, limit)),
                   lpips_note=lp.note, grid=grid)
     if out_dir is not None:
         out = Path(out_dir)
@@ -755,7 +832,7 @@ def write_summary_md(run: EvalRun, path: str | Path) -> Path:
         f"{s.get('channels')} channel(s)), from `{s.get('prior_source')}`",
         f"- task: `{s.get('task')}`, options: {opts}",
         f"- measurement noise sigma: {s.get('noise_sigma')} (generator units, images in [-1, 1])",
-        f"- images: {s.get('n_images')} from `{s.get('images')}`",
+        f"- images: {s.get('n_images')} from `{s.get('images')}` ({s.get('selection')})",
         f"- methods: {', '.join(s.get('methods', []))}"
         + (f"; options {json.dumps(s['method_options'])}" if s.get("method_options") else ""),
         f"- solver steps: {s.get('steps')}; batch size {s.get('batch_size')}; seed {s.get('seed')}"
@@ -875,7 +952,12 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder for results.csv, summary.md and grid.png.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Evaluate only the first N images (sorted by path).")
+              help="Evaluate N images evenly spaced over the sorted paths [default: all].")
+@click.option("--folds", default=None,
+              help="Only the images of one fold of this record: a folds.json, a prior folder or "
+                   "a shipped prior name (its bundle's models/folds.json).")
+@click.option("--fold", type=click.IntRange(min=0), default=None,
+              help="Fold to evaluate with --folds [default: the recorded held-out fold].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Iterations per solver run [default: each solver's own].")
 @click.option("--noise-sigma", type=click.FloatRange(min=0.0), default=0.0,
@@ -910,7 +992,7 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--option", "extra_options", multiple=True, metavar="KEY=VALUE",
               help="Any other build_operator option (repeatable); VALUE parsed as JSON if it can.")
 def eval_command(prior: str, task: str, methods: list[str], images: Path, out_dir: Path,
-                 limit: int | None, steps: int | None, noise_sigma: float, seed: int,
+                 limit: int | None, folds: str | None, fold: int | None, steps: int | None, noise_sigma: float, seed: int,
                  device: str, batch_size: int, grid_images: int, lpips: bool,
                  method_option_items: tuple[str, ...], extra_options: tuple[str, ...],
                  **task_options: Any) -> None:
@@ -936,6 +1018,7 @@ def eval_command(prior: str, task: str, methods: list[str], images: Path, out_di
         method_options.setdefault(meth.lower(), {})[opt.replace("-", "_")] = _json_or_str(raw)
     try:
         run = evaluate_run(prior=prior, task=task, methods=methods, images=images, limit=limit,
+                           folds=folds, fold=fold,
                         steps=steps, noise_sigma=noise_sigma, seed=seed, out_dir=out_dir,
                         device=device, batch_size=batch_size, grid_images=grid_images,
                         lpips=lpips, method_options=method_options, progress=lambda m: click.echo(m, err=True), **task_options)

@@ -220,6 +220,33 @@ def test_discover_images_folder_list_and_limit(images, tmp_path):
     lst.unlink()
 
 
+def test_limit_takes_evenly_spaced_images(tmp_path):
+    for i in range(5):
+        (tmp_path / f"img{i}.png").write_bytes(b"")  # discovery does not read the files
+    assert [i for i, _ in ev.discover_images(tmp_path, limit=2)] == ["img0.png", "img2.png"]
+    assert len(ev.discover_images(tmp_path, limit=9)) == 5
+
+
+def test_held_out_fold_selection(images, tmp_path):
+    from medrecon.training.folds import FoldAssignment, save_folds
+
+    fa = FoldAssignment(files=("a.png", "sub/b.png"), folds=(0, 1), groups=("a", "b"), k=2,
+                        scheme="image")
+    models = tmp_path / "bundle" / "models"
+    models.mkdir(parents=True)
+    save_folds(fa, models / "folds.json")
+    (models / "training.json").write_text(json.dumps({"held_out_fold": 1}))
+    assert ev.held_out_images(tmp_path / "bundle") == (["sub/b.png"], 1)
+    assert ev.held_out_images(models / "folds.json", fold=0) == (["a.png"], 0)
+    subset, _ = ev.held_out_images(models)
+    assert [i for i, _ in ev.discover_images(images, subset=subset)] == ["sub/b.png"]
+    with pytest.raises(MedreconInputError, match="not under"):
+        ev.discover_images(images / "sub", subset=subset)
+    (models / "training.json").unlink()
+    with pytest.raises(MedreconInputError, match="held-out fold"):
+        ev.held_out_images(models)
+
+
 def test_parse_methods():
     assert ev.parse_methods(" CSGM, iagan-bp ,csgm") == ["csgm", "iagan-bp"]
     with pytest.raises(MedreconInputError, match="valid methods are"):
