@@ -1,0 +1,1 @@
+"""MONAI bundles of the shipped priors (installed as package data ``medrecon.bundles``)."""
