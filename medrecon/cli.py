@@ -224,7 +224,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                      help="Back-project onto the measurements (exact data consistency; best at low "
                      "noise). [default: the method's default]"),
         click.option("--steps", type=click.IntRange(min=1), default=None,
-                     help="Optimisation steps. [default: the method's default]"),
+                     help="Optimisation steps (IAGAN: per stage). [default: the method's "
+                     "default for the task]"),
         click.option("--plane", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
                      help="Slicing plane for 3D volumes. [default: the prior's plane; 2D images "
                      "keep their layout]"),
@@ -270,7 +271,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
             click.option("--center-fraction", type=click.FloatRange(0.0, 1.0, min_open=True),
                          default=0.08, show_default=True,
                          help="Fraction of fully sampled central k-space lines (with --simulate)."),
-            click.option("--mask-type", type=click.Choice(["random", "equispaced"]),
+            click.option("--mask-type",
+                         type=click.Choice(["random", "equispaced", "gaussian2d", "poisson2d"]),
                          default="random", show_default=True,
                          help="Sampling pattern of the phase-encoding lines (with --simulate)."),
         ]

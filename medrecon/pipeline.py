@@ -189,14 +189,10 @@ def _mask_array(mask: Any) -> np.ndarray | None:
         p = Path(mask)
         if not p.exists():
             raise MedreconInputError(f"mask file {str(p)!r} does not exist; pass an existing file.")
-        try:
-            from medrecon.physics.masks import load_mask
+        from medrecon.io import load_array
 
-            mask = load_mask(p)
-        except ImportError:  # pragma: no cover - physics layer always ships load_mask
-            from medrecon.io import load_image
-
-            mask = load_image(p)
+        # same axis convention as load_image, so a mask saved like the image lines up with it
+        mask = load_array(p)
     arr = getattr(mask, "array", mask)
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu().numpy()
@@ -294,6 +290,8 @@ def _solve_batches(
                                   "callback": progress.solver_callback(chunk[0], chunk[-1] + 1)}
             if steps is not None and _accepts(method, "steps"):
                 kw["steps"] = steps
+                if _accepts(method, "stage1_options"):  # IAGAN: the same budget for both stages
+                    kw["stage1_options"] = {"steps": steps}
             if bp is not None:
                 kw["bp"] = bp
             if samples:
@@ -425,10 +423,12 @@ def reconstruct(
         method: ``"iagan"``, ``"brgm"``, ``"csgm"`` or a baseline (``medrecon.solvers.METHODS``).
             Default: the prior's ``default_methods[task]`` / ``default_method`` metadata, else
             ``"iagan"``.
-        steps: Optimisation steps (None: the solver's default for the method).
+        steps: Optimisation steps (None: the solver's default for the method); for IAGAN the
+            steps of each of its two stages.
         bp: Back-projection onto the measurements (None: the solver's default).
         plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``. Default: the prior's ``plane``
-            metadata for 3D volumes; 2D images (one singleton axis) keep their stored layout.
+            metadata (``default_plane``) for 3D volumes, else axial; 2D images (one singleton
+            axis) keep their stored layout.
         scale: Super-resolution factor (``sr``); must divide the prior's resolution. Default 4.
         mask: Inpainting mask, nonzero = missing pixel: array, MedicalImage or path, shaped like
             the volume (or like one slice for 2D images). Simulated ``inpaint`` without a mask
@@ -476,7 +476,8 @@ def reconstruct(
     # ---- slicing
     singleton = any(s == 1 for s in vol.shape)
     if plane is None and not singleton:
-        meta_plane = _prior_meta(prior).get("plane")
+        meta = _prior_meta(prior)
+        meta_plane = meta.get("default_plane", meta.get("plane"))
         plane = meta_plane if meta_plane in PLANES else "axial"
     axis = _slice_axis(affine, plane) if plane is not None else None
     orient = SliceOrientation.from_affine(affine, vol.shape, plane=plane, axis=axis)
@@ -499,7 +500,7 @@ def reconstruct(
                 f"scale={scale} does not divide the prior resolution {R}; expected a divisor of "
                 f"{R} such as {', '.join(str(d) for d in (2, 4, 8) if R % d == 0)}."
             )
-        options["factor"] = scale
+        options["scale"] = scale
         if simulate:
             fit = GridFit.fit((h, w), sp_hw, R)
             out_fit = fit
@@ -522,8 +523,8 @@ def reconstruct(
     missing = _mask_array(mask)
     if task == "inpaint" and missing is not None:
         m = torch.from_numpy(missing)
-        if m.ndim == 2 and vol.shape[orient.axis] == 1:
-            m = m[:, :, None] if tuple(m.shape) == tuple(s for i, s in enumerate(vol.shape) if i != orient.axis) else m
+        if m.ndim == 2 and vol.shape[2] == 1:
+            m = m[:, :, None]  # a 2D mask for a 2D image (X, Y, 1)
         if tuple(m.shape) != tuple(vol.shape):
             raise MedreconInputError(
                 f"the mask has shape {tuple(missing.shape)} but the image has shape "
@@ -907,8 +908,6 @@ def reconstruct_file(
                 f"output {str(target)!r} already exists; pass --overwrite (overwrite=True) to "
                 "replace it, or choose another -o/--output path."
             )
-    if not out.parent.exists():
-        raise MedreconInputError(f"output folder {str(out.parent)!r} does not exist; create it first.")
 
     if _is_kspace_input(inp, task, simulate):
         k, sampled = load_kspace(inp)

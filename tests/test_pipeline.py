@@ -1,0 +1,281 @@
+"""Tests for medrecon.pipeline: geometry, exact intensity round trips, k-space, files.
+
+Everything runs on a tiny random StyleGAN2 prior (16 x 16) and small volumes; the exactness
+checks use closed-form baselines (``pseudo_inverse``) so that the pipeline's own transforms are
+what is being tested.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medrecon.errors import MedreconInputError
+from medrecon.io import MedicalImage
+from medrecon.pipeline import (
+    PipelineResult,
+    default_output_path,
+    reconstruct,
+    reconstruct_directory,
+    reconstruct_file,
+    reconstruct_kspace,
+    std_path_for,
+)
+from tests._tiny import tiny_prior
+
+R = 16
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return tiny_prior(resolution=R, seed=0)
+
+
+def _affine(spacing=(0.8, 0.8, 2.5), origin=(-10.0, 20.0, 5.0), rot_deg=20.0):
+    """RAS affine with an in-plane rotation about z (oblique but axial)."""
+    c, s = math.cos(math.radians(rot_deg)), math.sin(math.radians(rot_deg))
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    a = np.eye(4)
+    a[:3, :3] = rot @ np.diag(spacing)
+    a[:3, 3] = origin
+    return a
+
+
+def _smooth_volume(shape, seed=0):
+    g = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    v = 300 * np.sin(2 * x + 1) * np.cos(1.5 * y) + 50 * z + 100
+    return (v + g.normal(0, 1e-3, shape)).astype(np.float32)
+
+
+def _fov_corners(affine, shape):
+    """World coordinates of the 8 outer corners of the voxel grid (voxel edges, not centres)."""
+    out = []
+    for i in (-0.5, shape[0] - 0.5):
+        for j in (-0.5, shape[1] - 0.5):
+            for k in (-0.5, shape[2] - 0.5):
+                out.append((affine @ np.array([i, j, k, 1.0]))[:3])
+    return np.array(out)
+
+
+# ------------------------------------------------------------------ exact round trips
+def test_identity_operator_round_trip_is_exact(prior):
+    # 16 x 16 slices with square pixels fit the prior grid as-is: window + orientation + grid
+    # + restack must give back the input (pseudo_inverse of the identity returns y).
+    vol = _smooth_volume((16, 16, 3))
+    img = MedicalImage(vol, _affine(spacing=(0.8, 0.8, 2.5)))
+    res = reconstruct(img, task="denoise", prior=prior, method="pseudo_inverse", device="cpu")
+    assert isinstance(res, PipelineResult)
+    assert res.image.shape == img.shape
+    np.testing.assert_allclose(res.image.array, vol, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(res.image.affine, img.affine)
+    assert res.std is None
+    assert res.info["slices"] == 3 and res.info["plane"] == "axial"
+    assert res.info["window"]["low"] < res.info["window"]["high"]
+
+
+def test_non_native_size_round_trip_keeps_fov_and_values(prior):
+    # 24 x 12 slices with anisotropic pixels: resampled into the 16 x 16 grid and back.
+    vol = _smooth_volume((24, 12, 2))
+    img = MedicalImage(vol, _affine(spacing=(0.5, 1.0, 3.0)))
+    res = reconstruct(img, task="denoise", prior=prior, method="pseudo_inverse", device="cpu")
+    assert res.image.shape == img.shape
+    np.testing.assert_allclose(res.image.affine, img.affine)
+    err = np.abs(res.image.array - vol)[2:-2, 2:-2]  # interior: interpolation is smooth
+    assert err.max() < 0.05 * (vol.max() - vol.min())
+    # physical FOV 12 x 12 mm (24*0.5, 12*1) is square: content fills the whole grid
+    assert res.info["grid"]["content"] == (16, 16)
+
+
+def test_super_resolution_geometry(prior):
+    # LR input 4 x 4 x 2 at scale 4 -> 16 x 16 HR grid (native: no resampling of the content)
+    vol = _smooth_volume((4, 4, 2))
+    aff = _affine(spacing=(2.0, 2.0, 3.0))
+    img = MedicalImage(vol, aff)
+    res = reconstruct(img, task="sr", prior=prior, method="bicubic", scale=4, device="cpu")
+    out = res.image
+    assert out.shape == (16, 16, 2)
+    np.testing.assert_allclose(out.spacing, (0.5, 0.5, 3.0), rtol=1e-9)
+    np.testing.assert_allclose(out.direction, img.direction, atol=1e-12)
+    np.testing.assert_allclose(_fov_corners(out.affine, out.shape), _fov_corners(aff, img.shape),
+                               atol=1e-9)
+    # first voxel centre moves 3/8 of an old voxel towards the corner along each in-plane axis
+    expected_origin = aff @ np.array([-0.375, -0.375, 0.0, 1.0])
+    np.testing.assert_allclose(out.origin, expected_origin[:3], atol=1e-9)
+    assert res.info["scale"] == 4 and res.info["effective_factor"] == (4.0, 4.0)
+    # bicubic upsampling keeps the mean intensity of a smooth LR slice
+    assert abs(float(out.array.mean()) - float(vol.mean())) < 0.05 * float(np.ptp(vol))
+
+
+def test_super_resolution_other_sizes_and_planes(prior):
+    vol = _smooth_volume((6, 3, 5))
+    img = MedicalImage(vol, np.diag([1.0, 1.0, 1.0, 1.0]))
+    res = reconstruct(img, task="sr", prior=prior, method="bicubic", scale=2, plane="coronal",
+                      device="cpu")
+    # coronal slices are taken along y (axis 1); x and z are in-plane and get the factor
+    assert res.image.shape == (12, 3, 10)
+    np.testing.assert_allclose(res.image.spacing, (0.5, 1.0, 0.5))
+    assert res.info["plane"] == "coronal" and res.info["slices"] == 3
+
+
+def test_prior_plane_metadata_is_the_default(prior):
+    from medrecon.priors import Prior
+
+    coronal = Prior(prior.generator, name="tiny_coronal", metadata={"default_plane": "coronal"})
+    vol = _smooth_volume((5, 4, 6))
+    res = reconstruct(MedicalImage(vol, np.eye(4)), task="denoise", prior=coronal,
+                      method="pseudo_inverse", device="cpu")
+    assert res.info["plane"] == "coronal" and res.info["slices"] == 4
+    np.testing.assert_allclose(res.image.array, vol, atol=0.05 * np.ptp(vol))
+
+
+# ------------------------------------------------------------------ generative runs
+def test_generative_run_is_seeded_and_leaves_global_rng_alone(prior):
+    vol = _smooth_volume((8, 8, 2))
+    img = MedicalImage(vol, _affine(spacing=(1.0, 1.0, 1.0)))
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    kw = dict(task="sr", prior=prior, method="csgm", scale=2, steps=2, device="cpu", seed=3)
+    a = reconstruct(img, **kw)
+    b = reconstruct(img, **kw)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], np_state[1])
+    assert a.image.shape == (16, 16, 2)
+    assert np.isfinite(a.image.array).all()
+    np.testing.assert_array_equal(a.image.array, b.image.array)
+    assert a.info["method"].startswith("csgm") and a.info["device"] == "cpu"
+
+
+def test_posterior_samples_give_std_map(prior):
+    vol = _smooth_volume((16, 16, 1))
+    img = MedicalImage(vol, np.eye(4))
+    events = []
+    res = reconstruct(img, task="inpaint", prior=prior, method="brgm", steps=2, samples=2,
+                      mask=np.pad(np.ones((4, 4)), 6)[:, :, None], device="cpu",
+                      callback=events.append)
+    assert res.info["method"].startswith("brgm_variational")
+    assert res.std is not None and res.std.shape == img.shape
+    assert (res.std.array >= 0).all() and np.isfinite(res.std.array).all()
+    fr = [e["fraction"] for e in events]
+    assert fr == sorted(fr) and fr[-1] == 1.0 and all(e["event"] == "progress" for e in events)
+
+
+def test_inpaint_observed_pixels_are_kept_by_pseudo_inverse(prior):
+    vol = _smooth_volume((16, 16, 2))
+    missing = np.zeros(vol.shape, bool)
+    missing[4:8, 5:9, :] = True
+    img = MedicalImage(vol, np.eye(4))
+    res = reconstruct(img, task="inpaint", prior=prior, method="pseudo_inverse", mask=missing,
+                      device="cpu")
+    np.testing.assert_allclose(res.image.array[~missing], vol[~missing], atol=1e-3)
+    # missing pixels were zero in generator space: the window's midpoint
+    mid = 0.5 * (res.info["window"]["low"] + res.info["window"]["high"])
+    np.testing.assert_allclose(res.image.array[missing], mid, atol=1e-3)
+
+
+def test_simulated_mri_and_cs_run(prior):
+    vol = _smooth_volume((16, 16, 1))
+    img = MedicalImage(vol, np.eye(4))
+    res = reconstruct(img, task="mri", prior=prior, method="zero_filled", acceleration=2,
+                      center_fraction=0.25, device="cpu")
+    assert res.info["simulated"] and res.image.shape == img.shape
+    err = np.abs(res.image.array - vol).mean() / np.ptp(vol)
+    assert 0 < err < 0.5  # undersampled, but close to the image
+    res_cs = reconstruct(img, task="cs", prior=prior, method="pseudo_inverse", device="cpu")
+    assert res_cs.image.shape == img.shape
+
+
+# ------------------------------------------------------------------ k-space input
+def test_kspace_fully_sampled_round_trip(prior):
+    from medrecon.physics import fft2c
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(2, R, R, generator=g) * 40 + 5
+    k = fft2c(imgs.to(torch.complex64)).numpy()
+    res = reconstruct_kspace(k, prior=prior, method="zero_filled", device="cpu")
+    out = res.image.array  # (W, H, N)
+    assert out.shape == (R, R, 2)
+    np.testing.assert_allclose(np.transpose(out, (2, 1, 0)), imgs.numpy(), atol=1e-3)
+    # larger k-space: Fourier-resized to the prior grid and back, shape preserved
+    big = fft2c(torch.rand(1, 20, 24, generator=g).to(torch.complex64)).numpy()
+    res2 = reconstruct_kspace(big, prior=prior, method="zero_filled", device="cpu")
+    assert res2.image.shape == (24, 20, 1)
+
+
+def test_kspace_undersampled_columns(prior):
+    from medrecon.physics import fft2c
+
+    img = torch.rand(1, R, R, generator=torch.Generator().manual_seed(1))
+    k = fft2c(img.to(torch.complex64))
+    cols = np.zeros(R, bool)
+    cols[::2] = True
+    cols[6:10] = True
+    k = (k * torch.from_numpy(cols)).numpy()
+    res = reconstruct_kspace(k, prior=prior, sampled=cols, method="csgm", steps=2, device="cpu")
+    assert np.isfinite(res.image.array).all()
+    assert 0.5 < res.info["sampling_fraction"] < 1.0
+    with pytest.raises(MedreconInputError, match="no sampled"):
+        reconstruct_kspace(np.zeros((R, R), np.complex64), prior=prior, method="zero_filled")
+
+
+# ------------------------------------------------------------------ bad inputs
+def test_bad_inputs_raise_clear_errors(prior):
+    vol = _smooth_volume((8, 8, 2))
+    img = MedicalImage(vol, np.eye(4))
+    nan = MedicalImage(np.where(np.arange(128).reshape(8, 8, 2) == 5, np.nan, vol), np.eye(4))
+    with pytest.raises(MedreconInputError, match="NaN"):
+        reconstruct(nan, task="denoise", prior=prior, method="pseudo_inverse")
+    with pytest.raises(MedreconInputError, match="task"):
+        reconstruct(img, task="segment", prior=prior)
+    with pytest.raises(MedreconInputError, match="method"):
+        reconstruct(img, task="sr", prior=prior, method="magic")
+    with pytest.raises(MedreconInputError, match="divide"):
+        reconstruct(img, task="sr", prior=prior, method="bicubic", scale=3)
+    with pytest.raises(MedreconInputError, match="mask has shape"):
+        reconstruct(img, task="inpaint", prior=prior, method="pseudo_inverse", mask=np.zeros((7, 8, 2)))
+    with pytest.raises(MedreconInputError, match="needs a mask"):
+        reconstruct(img, task="inpaint", prior=prior, method="pseudo_inverse")
+    with pytest.raises(MedreconInputError, match="samples"):
+        reconstruct(img, task="sr", prior=prior, method="csgm", samples=2)
+    with pytest.raises(MedreconInputError, match="plane"):
+        reconstruct(img, task="sr", prior=prior, plane="oblique")
+    with pytest.raises(MedreconInputError, match="MedicalImage"):
+        reconstruct(vol, task="sr", prior=prior)
+
+
+# ------------------------------------------------------------------ files
+def test_default_paths(tmp_path):
+    assert default_output_path(tmp_path / "a.nii.gz", "sr", "iagan").name == "a_sr_iagan.nii.gz"
+    assert default_output_path(tmp_path / "b.dcm", "inpaint", "brgm").name == "b_inpaint_brgm.dcm"
+    assert default_output_path(tmp_path / "k.h5", "mri", "csgm").name == "k_mri_csgm.nii.gz"
+    (tmp_path / "series").mkdir()
+    assert default_output_path(tmp_path / "series", "sr", "iagan").name == "series_sr_iagan.nii.gz"
+    assert std_path_for(tmp_path / "x_sr.nii.gz").name == "x_sr_std.nii.gz"
+
+
+def test_reconstruct_file_and_directory(tmp_path, prior):
+    from medrecon.io import load_image, save_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        save_image(MedicalImage(_smooth_volume((4, 4, 2), seed=i), _affine(spacing=(2, 2, 3))),
+                   src / f"case{i}.nii.gz")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    res = reconstruct_file(src / "case0.nii.gz", task="sr", prior=prior, method="bicubic",
+                           scale=4, device="cpu")
+    assert res.output_path == src / "case0_sr_bicubic.nii.gz" and res.output_path.exists()
+    back = load_image(res.output_path)
+    np.testing.assert_allclose(back.affine, res.image.affine, atol=1e-5)
+    with pytest.raises(MedreconInputError, match="already exists"):
+        reconstruct_file(src / "case0.nii.gz", task="sr", prior=prior, method="bicubic", scale=4)
+    with pytest.raises(MedreconInputError, match="overwrite the input"):
+        reconstruct_file(src / "case0.nii.gz", src / "case0.nii.gz", task="sr", prior=prior,
+                         method="bicubic", overwrite=True)
+    res.output_path.unlink()
+    outs = reconstruct_directory(src, tmp_path / "out", task="sr", prior=prior, method="bicubic",
+                                 scale=4, device="cpu")
+    assert [r.output_path.name for r in outs] == ["case0_sr_bicubic.nii.gz", "case1_sr_bicubic.nii.gz"]
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
