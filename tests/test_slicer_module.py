@@ -289,6 +289,25 @@ def test_cli_process_streams_and_cancels_group(tmp_path):
     _assert_dead(int(pidfile.read_text()))
 
 
+def test_cli_process_finishes_when_an_orphan_holds_the_pipes(tmp_path):
+    """A worker left behind by the CLI keeps stdout open: the run still ends, the worker dies."""
+    pidfile = tmp_path / "orphan.pid"
+    script = tmp_path / "leaky.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        open({str(pidfile)!r}, "w").write(str(child.pid))
+        sys.stderr.write(json.dumps({{"event": "done", "output": "x", "std": None}}) + "\\n")
+    """))
+    proc = runner.CliProcess([sys.executable, str(script)])
+    proc.start()
+    started = time.monotonic()
+    proc.wait(timeout=30)
+    assert proc.returncode == 0 and proc.done == {"event": "done", "output": "x", "std": None}
+    assert time.monotonic() - started < 20
+    _assert_dead(int(pidfile.read_text()))
+
+
 def test_cli_process_missing_executable():
     with pytest.raises(MedreconInputError, match="Cannot start"):
         runner.CliProcess(["/nonexistent/PythonSlicer", "-m", "medrecon"]).start()

@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from typing import Annotated, Optional, Union
 
 import numpy as np
@@ -289,9 +290,11 @@ class MedReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Start a reconstruction (after offering to install medrecon if it is missing)."""
         if self._run is not None:
             return
-        if not self.logic.isMedreconAvailable():
-            if not self._offerInstall():
-                return
+        available = False
+        with slicer.util.tryWithErrorDisplay(_("Could not check the medrecon installation."), waitCursor=True):
+            available = self.logic.isMedreconAvailable()  # a few seconds the first time (imports torch)
+        if not available and not self._offerInstall():
+            return
         with slicer.util.tryWithErrorDisplay(_("Could not start medrecon."), waitCursor=True):
             node = self._parameterNode
             parameters = parametersFromNode(node)
@@ -594,7 +597,7 @@ class MedReconTest(ScriptedLoadableModuleTest):
             if run.fraction > 0:
                 break
             slicer.app.processEvents()
-            qt.QThread.msleep(25)
+            time.sleep(0.025)
         run.cancel()
         self.assertEqual(run.state, "cancelled")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)

@@ -318,6 +318,7 @@ class CliProcess:
         self.tail: Deque[str] = collections.deque(maxlen=tail_lines)
         self.done: Optional[Dict[str, Any]] = None
         self.error: Optional[Dict[str, Any]] = None
+        self._exited_at: Optional[float] = None
         self.cancelled = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -383,14 +384,23 @@ class CliProcess:
         """Exit status once the child has exited, else ``None``."""
         return None if self._proc is None else self._proc.poll()
 
+    #: Seconds to keep reading after the child exited while a leftover process of its group
+    #: still holds the pipes open; then that group is killed and the run counts as finished.
+    PIPE_GRACE_SECONDS = 2.0
+
     @property
     def finished(self) -> bool:
-        """True once the child has exited and its output has been fully read."""
-        return (
-            self._proc is not None
-            and self._open_streams == 0
-            and self._queue.empty()
-            and self._proc.poll() is not None
+        """True once the child has exited and its output has been read.
+
+        Never blocks. If a process the child left behind keeps the pipes open, the run counts as
+        finished :attr:`PIPE_GRACE_SECONDS` after the child's exit (see :meth:`poll`).
+        """
+        if self._proc is None or self._proc.poll() is None:
+            return False
+        if self._open_streams == 0 and self._queue.empty():
+            return True
+        return self._exited_at is not None and (
+            time.monotonic() - self._exited_at > self.PIPE_GRACE_SECONDS and self._queue.empty()
         )
 
     def poll(self) -> List[Event]:
@@ -416,19 +426,18 @@ class CliProcess:
             elif event.kind == "log" and event.message.strip():
                 self.tail.append(event.message)
             events.append(event)
-        if self._open_streams == 0 and self._proc is not None:
-            # Pipes are closed: the exit is imminent; reap it so that `finished` becomes true.
-            try:
-                self._proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
+        if self._proc is not None and self._exited_at is None and self._proc.poll() is not None:
+            self._exited_at = time.monotonic()
+        if (self._open_streams > 0 and self._exited_at is not None
+                and time.monotonic() - self._exited_at > self.PIPE_GRACE_SECONDS):
+            self._signal_group(graceful=False)  # orphans of the child hold the pipes: end them
         return events
 
     def terminate(self, *, timeout: float = 5.0) -> None:
         """Stop the child and everything in its process group.
 
-        Sends SIGTERM to the group (Windows: ``taskkill /T``), waits up to ``timeout`` seconds,
-        then kills. Safe to call on a finished process.
+        Sends SIGTERM to the group, waits up to ``timeout`` seconds, then sends SIGKILL
+        (Windows: ``taskkill /F /T`` on the process tree). Safe to call on a finished process.
 
         Args:
             timeout: Seconds to wait for a graceful exit before killing. Default 5.0.
@@ -460,10 +469,9 @@ class CliProcess:
         assert self._proc is not None
         pid = self._proc.pid
         if os.name == "nt":
-            args = ["taskkill", "/T", "/PID", str(pid)] + ([] if graceful else ["/F"])
-            subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            if not graceful:
-                self._proc.kill()
+            # Console processes ignore a polite taskkill: end the tree at once.
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
             return
         try:
             os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
