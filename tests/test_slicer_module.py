@@ -11,7 +11,6 @@ executable is available (``SLICER_EXECUTABLE`` or ``Slicer`` on PATH).
 from __future__ import annotations
 
 import ast
-import json
 import os
 import shutil
 import subprocess
