@@ -180,7 +180,8 @@ class _Reporter:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=1000, unit="", file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {desc}", leave=False)
+                            bar_format="{percentage:3.0f}%|{bar}| {elapsed}<{remaining} {desc}",
+                            leave=False)
         frac = float(event.get("fraction") or 0.0)
         self.bar.n = int(round(1000 * frac))
         self.bar.set_description_str(str(event.get("message", "")), refresh=False)
@@ -260,6 +261,10 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         opts.append(click.option("--scale", type=click.IntRange(min=2, max=32), default=4,
                                  show_default=True, help="Super-resolution factor; must divide "
                                  "the prior's resolution."))
+        opts.append(click.option("--sr-kernel", type=click.Choice(["bicubic", "box", "gaussian"]),
+                                 default="bicubic", show_default=True,
+                                 help="Blur of the low-resolution acquisition model (box = pixel "
+                                 "averaging / binning)."))
     if task == "inpaint":
         opts.append(click.option("--mask", type=click.Path(exists=True, path_type=Path),
                                  default=None, help="Image/volume on INPUT's grid; nonzero = "
@@ -317,18 +322,33 @@ for _task in ("sr", "inpaint", "mri", "deblur", "denoise", "cs"):
 # ---------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------
-def _find_demo_sample(prior: str) -> Path | None:
-    """First image in the default bundle's ``sample/`` folder (repo checkout or installed)."""
-    roots = [Path(__file__).resolve().parent.parent / "bundles",
-             Path(__file__).resolve().parent / "bundles"]
+def _find_demo_sample(prior: str) -> tuple[Path, Path | None] | None:
+    """The default bundle's low-resolution sample and its high-resolution reference, if any.
+
+    Bundles ship ``sample/<name>_lr.<ext>`` (the 4 x 4 box average of the reference) and
+    ``sample_reference/<name>.<ext>``; looked up in the package data, then the repository.
+    """
+    try:
+        from medrecon.priors import bundle_search_paths
+
+        roots = list(bundle_search_paths())
+    except ImportError:  # pragma: no cover - priors always ships it
+        roots = []
+    roots += [Path(__file__).resolve().parent / "bundles",
+              Path(__file__).resolve().parent.parent / "bundles"]
     names = {"chest_xray": "chest_xray_stylegan2", "brain_mri": "brain_mri_stylegan2"}
     for root in roots:
-        d = root / names.get(prior, prior) / "sample"
-        if d.is_dir():
-            files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and not p.name.endswith((".json", ".md", ".txt")))
-            if files:
-                return files[0]
+        d = Path(root) / names.get(prior, prior) / "sample"
+        if not d.is_dir():
+            continue
+        files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and not p.name.endswith((".json", ".md", ".txt")))
+        if files:
+            lr = files[0]
+            stem, suffix = (lr.name[: -len(".nii.gz")], ".nii.gz") if lr.name.endswith(".nii.gz") \
+                else (lr.stem, lr.suffix)
+            ref = d.parent / "sample_reference" / (stem.removesuffix("_lr") + suffix)
+            return lr, (ref if ref.is_file() else None)
     return None
 
 
@@ -337,15 +357,16 @@ def _find_demo_sample(prior: str) -> Path | None:
               default=Path("medrecon_demo"), show_default=True, help="Folder for the outputs.")
 @click.option("--prior", default="chest_xray", show_default=True, help="Prior bundle.")
 @click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path), default=None,
-              help="High-resolution image to use instead of the bundle's sample.")
+              help="A high-resolution image to downsample and recover instead of the bundle's "
+              "sample (simulated low resolution; the image is the reference).")
 @click.option("--method", default=None, help="Reconstruction method. [default: the prior's]")
 @click.option("--scale", type=click.IntRange(min=2, max=32), default=4, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Optimisation steps. [default: the method's default]")
+              help="Optimisation steps (IAGAN: per stage). [default: the method's default]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing demo outputs.")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
 def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | None, method: str | None,
@@ -353,9 +374,10 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
          log_format: str) -> None:
     """Super-resolve (x4) the shipped chest X-ray sample and compare with bicubic.
 
-    The sample is downsampled by --scale (simulated low resolution), reconstructed with the
-    prior, and compared with the ground truth: writes <output-dir>/sr.<ext>, bicubic.<ext> and
-    side_by_side.png (low-res | bicubic | medrecon | ground truth) and prints PSNR/SSIM.
+    Reads the bundle's low-resolution sample (a 4 x 4 box average of a held-out image),
+    reconstructs it with the prior and with bicubic interpolation, and writes
+    <output-dir>/sr.<ext>, bicubic.<ext> and side_by_side.png (low-res | bicubic | medrecon |
+    reference), then prints PSNR/SSIM of both against the held-out reference.
     """
     import numpy as np
 
@@ -363,49 +385,69 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     from medrecon.pipeline import reconstruct
 
     ctx.meta["medrecon.log_format"] = log_format
-    src = input_path or _find_demo_sample(prior)
-    if src is None:
-        raise MedreconInputError(
-            f"no sample image found for prior {prior!r} (expected bundles/<bundle>/sample/); pass "
-            "--input IMAGE with a high-resolution image to run the demo on."
-        )
+    if input_path is not None:
+        src, ref_path, simulate, kernel = input_path, input_path, True, "bicubic"
+    else:
+        found = _find_demo_sample(prior)
+        if found is None:
+            raise MedreconInputError(
+                f"no sample image found for prior {prior!r} (expected bundles/<bundle>/sample/); "
+                "pass --input IMAGE with a high-resolution image to run the demo on."
+            )
+        # the shipped samples are box averages of the reference (see sample_reference/SOURCE.txt)
+        src, ref_path, simulate, kernel = found[0], found[1], False, "box"
     image = load_image(src)
+    reference = load_image(ref_path) if ref_path is not None else None
     output_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(src.suffixes[-2:]) if src.name.endswith(".nii.gz") else (src.suffix or ".nii.gz")
-    if suffix.lower() == ".dcm":
-        suffix = ".nii.gz"
+    suffix = ".nii.gz" if src.name.endswith(".nii.gz") else (src.suffix or ".nii.gz")
+    if suffix.lower() in (".dcm", ".jpg", ".jpeg"):
+        suffix = ".nii.gz" if suffix.lower() == ".dcm" else ".png"
     outs = {k: output_dir / f"{k}{suffix}" for k in ("sr", "bicubic")}
     png = output_dir / "side_by_side.png"
     for p in (*outs.values(), png):
         if p.exists() and not overwrite:
             raise MedreconInputError(f"{p} already exists; pass --overwrite or another --output-dir.")
     reporter = _Reporter(log_format=log_format, quiet=quiet)
-    common = dict(task="sr", prior=prior, scale=scale, device=device, seed=seed, simulate=True)
+    common = dict(task="sr", prior=prior, scale=scale, device=device, seed=seed,
+                  simulate=simulate, sr_kernel=kernel)
     try:
         res = reconstruct(image, method=method, steps=steps, callback=reporter, **common)
         base = reconstruct(image, method="bicubic", **common)
     finally:
         reporter.close()
-    save_image(res.image, outs["sr"], overwrite=overwrite, reference=image, method=res.info["method"],
-               inputs=(str(src),))
-    save_image(base.image, outs["bicubic"], overwrite=overwrite, reference=image, method="bicubic",
-               inputs=(str(src),))
-    gt = np.asarray(image.array, dtype=np.float64)
-    rng = float(gt.max() - gt.min()) or 1.0
-    scores = {name: _psnr_ssim(np.asarray(r.image.array, dtype=np.float64), gt, rng)
-              for name, r in (("bicubic", base), (res.info["method"], res))}
-    lowres = _lowres_view(gt, scale)
-    _side_by_side(png, [lowres, np.asarray(base.image.array), np.asarray(res.image.array), gt],
-                  ["low-res", "bicubic", str(res.info["method"]), "ground truth"])
+    for key, r in (("sr", res), ("bicubic", base)):
+        save_image(r.image, outs[key], overwrite=overwrite, reference=image,
+                   method=r.info["method"], inputs=(str(src),))
+    name = str(res.info["method"])
+    scores: dict[str, tuple[float, float]] = {}
+    gt = None
+    if reference is not None and reference.shape == res.image.shape:
+        gt = np.asarray(reference.array, dtype=np.float64)
+        rng = float(gt.max() - gt.min()) or 1.0
+        scores = {n: _psnr_ssim(np.asarray(r.image.array, dtype=np.float64), gt, rng)
+                  for n, r in (("bicubic", base), (name, res))}
+    lowres = _lowres_view(gt, scale) if simulate and gt is not None else \
+        np.repeat(np.repeat(np.asarray(image.array, np.float64), scale, 0), scale, 1)
+    panels = [lowres, np.asarray(base.image.array), np.asarray(res.image.array)]
+    titles = ["low-res", "bicubic", name]
+    if gt is not None:
+        panels.append(gt)
+        titles.append("reference")
+    _side_by_side(png, panels, titles)
     if log_format == "json":
         click.echo(json.dumps({"event": "done", "output": str(outs["sr"]), "std": None,
-                               "seconds": round(res.info["seconds"], 3), "metrics": scores}), err=True)
-    if not quiet:
-        click.echo(f"demo: SR x{scale} of {src.name} with prior {prior}")
-        for name, (p, s) in scores.items():
-            click.echo(f"  {name:<14s} PSNR {p:6.2f} dB   SSIM {s:.4f}")
-        click.echo(f"medrecon sr: method {res.info['method']}, device {res.info['device']}, "
-                   f"{res.info['seconds']:.1f} s -> {outs['sr']} (+ {outs['bicubic'].name}, {png.name})")
+                               "seconds": round(res.info["seconds"], 3),
+                               "metrics": {k: {"psnr": v[0], "ssim": v[1]} for k, v in scores.items()}}),
+                   err=True)
+    click.echo(f"demo: SR x{scale} of {src.name} with prior {prior}")
+    if scores:
+        click.echo(f"  vs reference {Path(str(ref_path)).name}:")
+        for n, (p, s_) in scores.items():
+            click.echo(f"  {n:<16s} PSNR {p:6.2f} dB   SSIM {s_:.4f}")
+    else:
+        click.echo("  (no high-resolution reference of matching size: metrics skipped)")
+    click.echo(f"medrecon sr: method {name}, device {res.info['device']}, "
+               f"{res.info['seconds']:.1f} s -> {outs['sr']} (+ {outs['bicubic'].name}, {png.name})")
 
 
 def _psnr_ssim(x: Any, ref: Any, data_range: float) -> tuple[float, float]:
@@ -420,8 +462,9 @@ def _psnr_ssim(x: Any, ref: Any, data_range: float) -> tuple[float, float]:
             a2 = np.moveaxis(np.asarray(a, dtype=np.float32), -1, 0)[:, None]  # slices along Z
             return torch.from_numpy(np.ascontiguousarray(a2))
 
-        return (float(psnr(to_t(x), to_t(ref), data_range=data_range).mean()),
-                float(ssim(to_t(x), to_t(ref), data_range=data_range).mean()))
+        p = torch.as_tensor(psnr(to_t(x), to_t(ref), data_range=data_range), dtype=torch.float64)
+        s = torch.as_tensor(ssim(to_t(x), to_t(ref), data_range=data_range), dtype=torch.float64)
+        return float(p.mean()), float(s.mean())
     except ImportError:
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -445,23 +488,31 @@ def _lowres_view(gt: Any, scale: int) -> Any:
 
 
 def _side_by_side(path: Path, images: list, titles: list[str]) -> None:
-    """Write the middle slice of each volume next to each other as an 8-bit PNG (one window)."""
+    """Write the middle slice of each volume side by side as an 8-bit PNG with titles.
+
+    All panels share the display window of the last one (the reference, when present).
+    """
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     panels = [np.asarray(v, dtype=np.float64)[:, :, np.asarray(v).shape[2] // 2].T for v in images]
     lo, hi = np.percentile(panels[-1], [0.5, 99.5])
     hi = hi if hi > lo else lo + 1.0
     h = max(p.shape[0] for p in panels)
+    top = 14
     cols = []
     for p in panels:
-        q = np.clip((p - lo) / (hi - lo), 0, 1)
-        pad = np.zeros((h, p.shape[1]))
-        pad[: p.shape[0]] = q
-        cols += [pad, np.ones((h, 2))]
-    grid = (np.concatenate(cols[:-1], axis=1) * 255).round().astype(np.uint8)
+        q = np.zeros((h + top, p.shape[1]))
+        q[top : top + p.shape[0]] = np.clip((p - lo) / (hi - lo), 0, 1)
+        cols += [q, np.ones((h + top, 2))]
+    grid = Image.fromarray((np.concatenate(cols[:-1], axis=1) * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(grid)
+    x = 0
+    for p, t in zip(panels, titles):
+        draw.text((x + 2, 1), t, fill=255)
+        x += p.shape[1] + 2
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
+    grid.save(tmp, format="PNG")
     os.replace(tmp, path)
 
 

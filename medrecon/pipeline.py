@@ -396,6 +396,7 @@ def reconstruct(
     bp: bool | None = None,
     plane: str | None = None,
     scale: int = 4,
+    sr_kernel: str = "bicubic",
     mask: Any = None,
     acceleration: int = 4,
     center_fraction: float = 0.08,
@@ -430,6 +431,9 @@ def reconstruct(
             metadata (``default_plane``) for 3D volumes, else axial; 2D images (one singleton
             axis) keep their stored layout.
         scale: Super-resolution factor (``sr``); must divide the prior's resolution. Default 4.
+        sr_kernel: Anti-aliasing kernel of the SR forward model: ``"bicubic"`` (default, the
+            papers' setting), ``"box"`` (pixel averaging, e.g. binned acquisitions) or
+            ``"gaussian"``.
         mask: Inpainting mask, nonzero = missing pixel: array, MedicalImage or path, shaped like
             the volume (or like one slice for 2D images). Simulated ``inpaint`` without a mask
             lets the operator draw one from ``seed``.
@@ -501,6 +505,7 @@ def reconstruct(
                 f"{R} such as {', '.join(str(d) for d in (2, 4, 8) if R % d == 0)}."
             )
         options["scale"] = scale
+        options["kernel"] = sr_kernel
         if simulate:
             fit = GridFit.fit((h, w), sp_hw, R)
             out_fit = fit
@@ -605,6 +610,7 @@ def reconstruct(
     }
     if task == "sr":
         info["scale"] = int(scale)
+        info["sr_kernel"] = sr_kernel
         # resolution the prior actually adds: HR grid pixels per input pixel along each axis
         info["effective_factor"] = (out_fit.content[0] / h, out_fit.content[1] / w)
     if callback is not None:
