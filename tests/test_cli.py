@@ -367,3 +367,21 @@ def test_demo_on_given_image(tmp_path, prior_dir):
     for name in ("sr.nii.gz", "bicubic.nii.gz", "side_by_side.png"):
         assert (tmp_path / "demo" / name).exists()
     _run(["demo", "--input", src, "--prior", prior_dir, "-o", tmp_path / "demo"], code=2)
+
+
+def test_demo_on_shipped_bundle_sample(tmp_path):
+    from medrecon.cli import _find_demo_sample
+
+    found = _find_demo_sample("chest_xray")
+    if found is None:
+        pytest.skip("the chest_xray bundle sample is not installed")
+    lr, ref = found
+    before = _digest(lr)
+    # bicubic as "the method" keeps this fast; it exercises sample lookup, LR -> HR geometry,
+    # reference metrics and the side-by-side image
+    out = _run(["demo", "--method", "bicubic", "-o", tmp_path / "d", "-q"])
+    assert "PSNR" in out and (ref is None or ref.name in out)
+    assert (tmp_path / "d" / "side_by_side.png").exists()
+    assert _digest(lr) == before
+    out = _run(["demo", "--prior", "no_such_prior", "-o", tmp_path / "e"], code=2)
+    assert "no_such_prior" in out
