@@ -43,6 +43,11 @@ from typing import Any
 
 import torch
 
+try:  # an installed medrecon, else the checkout this script lives in
+    import medrecon  # noqa: F401
+except ModuleNotFoundError:  # pragma: no cover - running from a source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------
 # Generator timing
 # ---------------------------------------------------------------------------------------------
-def _timed(fn: Callable[[], Any], device: torch.device, *, repeats: int, warmup: int = 1
+def _timed(fn: Callable[[], Any], device: torch.device, *, repeats: int, warmup: int = 2
            ) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -230,9 +235,10 @@ def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, t
 
     The slice is a sample of the prior itself (seeded), measured with the task's operator
     (noiseless, so generative methods may stop early once the fit is flat). With ``steps`` set,
-    every iteration count of the method is capped at ``steps`` and the time is scaled by
-    ``default total iterations / run total iterations`` (marked extrapolated; an upper bound
-    when the full run would have stopped early). Back-projection is explicit (``-bp`` suffix).
+    the method runs twice with every iteration count capped at ``steps // 2`` and ``steps``;
+    the fixed cost and the cost per iteration fitted to the two times give the default run's
+    time (marked extrapolated; an upper bound when the full run would stop early).
+    Back-projection is explicit (``-bp`` suffix).
     """
     from medrecon import physics, solvers
 
@@ -245,23 +251,41 @@ def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, t
     op = physics.build_operator(task, img_size=(R, R), channels=C, seed=seed, **task_options)
     y = op.measure(x, generator=torch.Generator().manual_seed(seed + 1))
     solver_task = solvers.infer_task(op)
+
+    def run(base: str, bp: bool, opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        with peak_memory(device) as mem:
+            rec = solvers.solve(y, op, prior, method=base, bp=bp, device=str(device),
+                                seed=seed, **opts)
+        _sync(device)
+        return rec, mem
+
     rows = []
     for method in methods:
         base, bp = (method[:-3], True) if method.endswith("-bp") else (method, False)
         defaults = default_steps(base, solver_task)
-        run_opts: dict[str, Any] = {}
-        ran = dict(defaults)
-        factor = 1.0
-        if steps is not None and defaults:
-            run_opts = _capped_options(base, defaults, int(steps))
-            ran = {k: min(int(steps), v) for k, v in defaults.items()}
-            factor = sum(defaults.values()) / max(1, sum(ran.values()))
-        entry: dict[str, Any] = {"method": method, "default_steps": defaults, "run_steps": ran}
+        short = steps is not None and bool(defaults) and any(v > steps for v in defaults.values())
+        entry: dict[str, Any] = {"method": method, "default_steps": defaults}
         try:
-            with peak_memory(device) as mem:
-                rec = solvers.solve(y, op, prior, method=base, bp=bp, device=str(device),
-                                    seed=seed, **run_opts)
-            _sync(device)
+            if not short:
+                rec, mem = run(base, bp, {})
+                entry.update({"run_steps": defaults, "seconds_measured": float(rec.seconds),
+                              "seconds_per_slice": float(rec.seconds), "extrapolated": False})
+            else:
+                # Two short runs (n and 2n iterations per stage) give the fixed cost and the
+                # cost per iteration; the default run is extrapolated linearly from them.
+                n = max(1, int(steps) // 2)
+                points = []
+                for cap in (n, 2 * n):
+                    ran = {k: min(cap, v) for k, v in defaults.items()}
+                    rec, mem = run(base, bp, _capped_options(base, defaults, cap))
+                    points.append((sum(ran.values()), float(rec.seconds)))
+                (i1, t1), (i2, t2) = points
+                per_iter = max(0.0, (t2 - t1) / max(1, i2 - i1))
+                fixed = max(0.0, t2 - per_iter * i2)
+                entry.update({"run_steps": ran, "seconds_measured": t2,
+                              "seconds_fixed": fixed, "seconds_per_iteration": per_iter,
+                              "seconds_per_slice": fixed + per_iter * sum(defaults.values()),
+                              "extrapolated": True})
         except torch.OutOfMemoryError:
             entry["error"] = "out of memory"
             rows.append(entry)
@@ -270,10 +294,8 @@ def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, t
             entry["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(entry)
             continue
-        measured = float(rec.seconds)
-        entry.update({"seconds_measured": measured, "seconds_per_slice": measured * factor,
-                      "extrapolated": factor != 1.0, "device": str(rec.device),
-                      "peak_mem_bytes": mem["bytes"], "peak_mem_kind": mem["kind"]})
+        entry.update({"device": str(rec.device), "peak_mem_bytes": mem["bytes"],
+                      "peak_mem_kind": mem["kind"]})
         rows.append(entry)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -302,7 +324,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- torch {m['torch']}, python {m['python']}, medrecon {m.get('medrecon', '?')}",
         f"- solver slice: task `{s['task']}` {s['task_options'] or ''} at the prior's resolution; "
         f"steps: {'defaults' if s['steps'] is None else str(s['steps']) + ' per stage, extrapolated to the defaults'}",
-        f"- repeats per generator timing: {s['repeats']} (median reported, after 1 warm-up)",
+        f"- repeats per generator timing: {s['repeats']} (median reported, after 2 warm-ups)",
         "",
     ]
     for p in report["priors"]:
@@ -325,18 +347,20 @@ def to_markdown(report: dict[str, Any]) -> str:
             if d["solvers"]:
                 lines += [f"### Solvers on {dev} (one slice)", "",
                           "| method | seconds / slice | measured s | iterations run (default) | "
-                          "peak MiB |", "|---|---:|---:|---|---:|"]
+                          "fixed s + s / iteration | peak MiB |", "|---|---:|---:|---|---:|---:|"]
                 for r in d["solvers"]:
                     if "error" in r:
-                        lines.append(f"| {r['method']} | {r['error']} | | | |")
+                        lines.append(f"| {r['method']} | {r['error']} | | | | |")
                         continue
                     mark = " (extrapolated)" if r["extrapolated"] else ""
                     its = ", ".join(f"{k}={v}" for k, v in r["run_steps"].items()) or "closed form"
                     dft = ", ".join(f"{k}={v}" for k, v in r["default_steps"].items())
+                    fit = (f"{r['seconds_fixed']:.2f} + {r['seconds_per_iteration']:.3f}"
+                           if r["extrapolated"] else "")
                     lines.append(f"| {r['method']} | {r['seconds_per_slice']:.2f}{mark} | "
                                  f"{r['seconds_measured']:.2f} | {its}"
                                  f"{' (' + dft + ')' if dft and r['extrapolated'] else ''} | "
-                                 f"{_mib(r.get('peak_mem_bytes'))} |")
+                                 f"{fit} | {_mib(r.get('peak_mem_bytes'))} |")
                 lines.append("")
     return "\n".join(lines)
 
@@ -369,7 +393,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scale", type=int, default=4, help="[sr] factor")
     ap.add_argument("--acceleration", type=float, default=None, help="[mri] acceleration")
     ap.add_argument("--steps", type=int, default=None,
-                    help="cap every iteration count at N and extrapolate (short run)")
+                    help="short run: time N/2 and N iterations per stage, extrapolate linearly")
     ap.add_argument("--repeats", type=int, default=5, help="generator timing repeats")
     ap.add_argument("--devices", default=None,
                     help="comma-separated devices; default cpu, plus cuda when available")
