@@ -426,7 +426,9 @@ def reconstruct(
             ``"iagan"``.
         steps: Optimisation steps (None: the solver's default for the method); for IAGAN the
             steps of each of its two stages.
-        bp: Back-projection onto the measurements (None: the solver's default).
+        bp: Back-projection onto the measurements (None: the solver's default, which projects
+            when the noise is low; ``denoise`` defaults to False since projecting onto the noisy
+            image would return it unchanged).
         plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``. Default: the prior's ``plane``
             metadata (``default_plane``) for 3D volumes, else axial; 2D images (one singleton
             axis) keep their stored layout.
@@ -487,6 +489,15 @@ def reconstruct(
     orient = SliceOrientation.from_affine(affine, vol.shape, plane=plane, axis=axis)
     slices = orient.volume_to_slices(vol)  # [N, h, w]
     n, h, w = slices.shape
+    if min(h, w) == 1:
+        raise MedreconInputError(
+            f"slicing the {tuple(vol.shape)} image in the {orient.plane} plane gives {h}x{w} "
+            "slices; expected 2D slices. Choose another --plane (or none for a 2D image)."
+        )
+    if mask is not None and task != "inpaint":
+        raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} with a mask.")
+    if task == "denoise" and bp is None:
+        bp = False  # projecting onto noisy y = identity would return the noisy input unchanged
     sp_hw = orient.inplane_spacing(spacing)
 
     # ---- intensities
@@ -612,7 +623,8 @@ def reconstruct(
         info["scale"] = int(scale)
         info["sr_kernel"] = sr_kernel
         # resolution the prior actually adds: HR grid pixels per input pixel along each axis
-        info["effective_factor"] = (out_fit.content[0] / h, out_fit.content[1] / w)
+        if not simulate:
+            info["effective_factor"] = (out_fit.content[0] / h, out_fit.content[1] / w)
     if callback is not None:
         progress.emit(1.0, f"done in {seconds:.1f} s")
     return PipelineResult(out_image, std_image, info)

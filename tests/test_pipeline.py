@@ -279,3 +279,11 @@ def test_reconstruct_file_and_directory(tmp_path, prior):
                                  scale=4, device="cpu")
     assert [r.output_path.name for r in outs] == ["case0_sr_bicubic.nii.gz", "case1_sr_bicubic.nii.gz"]
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_plane_giving_lines_and_stray_mask_are_rejected(prior):
+    img = MedicalImage(_smooth_volume((8, 8, 1)), np.eye(4))
+    with pytest.raises(MedreconInputError, match="plane"):
+        reconstruct(img, task="denoise", prior=prior, method="pseudo_inverse", plane="coronal")
+    with pytest.raises(MedreconInputError, match="only used by task 'inpaint'"):
+        reconstruct(img, task="sr", prior=prior, method="bicubic", mask=np.zeros((8, 8, 1)))
