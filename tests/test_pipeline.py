@@ -287,3 +287,20 @@ def test_plane_giving_lines_and_stray_mask_are_rejected(prior):
         reconstruct(img, task="denoise", prior=prior, method="pseudo_inverse", plane="coronal")
     with pytest.raises(MedreconInputError, match="only used by task 'inpaint'"):
         reconstruct(img, task="sr", prior=prior, method="bicubic", mask=np.zeros((8, 8, 1)))
+
+
+@pytest.mark.gpu
+def test_cuda_run_matches_cpu_geometry(prior):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    vol = _smooth_volume((8, 8, 3))
+    img = MedicalImage(vol, _affine(spacing=(1.0, 1.0, 2.0)))
+    kw = dict(task="sr", prior=prior, scale=2, seed=0)
+    gpu = reconstruct(img, method="csgm", steps=3, device="cuda", **kw)
+    cpu = reconstruct(img, method="bicubic", device="cpu", **kw)
+    assert gpu.info["device"].startswith("cuda")
+    assert gpu.image.shape == cpu.image.shape
+    np.testing.assert_allclose(gpu.image.affine, cpu.image.affine)
+    assert np.isfinite(gpu.image.array).all()
+    ref = reconstruct(img, method="pseudo_inverse", device="cuda", task="denoise", prior=prior)
+    np.testing.assert_allclose(ref.image.array, vol, atol=1e-2 * np.ptp(vol))
