@@ -252,7 +252,7 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
             holding one (a prior directory or a bundle's ``models/``), or a shipped prior name
             (its bundle's record).
         fold: The fold to return. Default: the held-out fold recorded in the ``training.json``
-            next to ``folds.json``.
+            (exported prior) or ``run.json`` (training run) next to ``folds.json``.
 
     Returns:
         ``(relative image paths, fold)``.
@@ -277,12 +277,19 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
                                  "record exported with the prior (models/folds.json).")
     fa = load_folds(path)
     if fold is None:
-        record = path.parent / "training.json"
-        try:
-            fold = int(json.loads(record.read_text())["held_out_fold"])
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise MedreconInputError(f"{str(record)!r} does not record the held-out fold "
-                                     f"({exc}); pass fold=K (--fold K).") from exc
+        # training.json (exported prior) or run.json (training run folder) record it.
+        records = [path.parent / n for n in ("training.json", "run.json")]
+        for record in records:
+            try:
+                fold = int(json.loads(record.read_text())["held_out_fold"])
+                break
+            except (OSError, KeyError, ValueError, TypeError):
+                continue
+        else:
+            raise MedreconInputError(
+                f"no held-out fold recorded next to {str(path)!r} (looked for "
+                f"{' / '.join(r.name for r in records)} with 'held_out_fold'); pass fold=K "
+                "(--fold K).")
     return fa.split(int(fold))[1], int(fold)
 
 
