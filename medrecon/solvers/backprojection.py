@@ -82,15 +82,17 @@ def back_project(
             raise MedreconInputError(
                 f"operator maps x {tuple(x.shape)} to {tuple(ax.shape)} but y has shape "
                 f"{tuple(y.shape)}; the estimate and the measurements do not match.")
-        r = y - ax
-        probe = op.A_adjoint(r)
+        # The correction is computed in double precision: CG on the normal equations
+        # stagnates (and float32 CG can blow up) at tolerances near float32 rounding.
+        r = (y - ax).to(torch.complex128 if ax.is_complex() else torch.float64)
+        probe = op.A_adjoint(r[:1])
         if probe.is_complex() and not x.is_complex():
             d = _real_dagger(op, r, eta=eta, tol=tol, max_iter=max_iter)
         elif eta == 0:
             d = op.A_dagger(r, tol=tol, max_iter=max_iter)
         else:
             d = op.A_dagger_reg(r, eta=float(eta), tol=tol, max_iter=max_iter)
-    return (x + d).to(x.dtype)
+    return (x.to(d.dtype) + d).to(x.dtype)
 
 
 def _real_dagger(op, r, *, eta, tol, max_iter):

@@ -1,6 +1,7 @@
 """BRGM: Bayesian reconstruction through generative models (Marinescu et al. 2021).
 
-MAP over W+ (noise inputs fixed, start at ``w_avg``)::
+MAP over W+ (noise inputs fixed; start at ``w_avg`` or, by default, at the best of a batch of
+cheap probes that includes ``w_avg``)::
 
     L(w) = ||y - A G(w)||^2 / M                                  pixel term (weight 1)
          + perceptual_weight * d(A G(w), y)                      LPIPS-VGG when available
@@ -39,7 +40,7 @@ from torch import nn
 
 from medrecon.solvers import _common as C
 from medrecon.solvers.csgm import optimise_latent
-from medrecon.solvers.latent import LatentSpace, lr_schedule
+from medrecon.solvers.latent import LatentSpace, lr_schedule, probe_init
 from medrecon.solvers.losses import colinearity, perceptual_applicable, resolve_perceptual
 from medrecon.solvers.result import Reconstruction
 
@@ -92,6 +93,7 @@ def brgm(
     *,
     steps: int = 200,
     lr: float = 0.05,
+    probes: int = 32,
     latent_weight: float = 1.0,
     colinearity_weight: float = 10.0,
     perceptual: Any = "auto",
@@ -114,6 +116,10 @@ def brgm(
         steps: maximum Adam steps. Default 200 (paper code ~500 at 1024 px; W+ from w_avg
             converges in 150-250 at 128-256 px).
         lr: peak Adam learning rate. Default 0.05.
+        probes: random mapped latents scored (with ``w_avg``) in one batch by their data loss;
+            the best one starts the optimisation. 0 starts at ``w_avg`` as the paper. Default
+            32: a single start at ``w_avg`` stalls in local minima measurably more often
+            (tiny in-range generators: 1 of 3 slices above 35 dB from ``w_avg`` vs 3 of 3).
         latent_weight: multiplier of the Bayesian Gaussian W+ prior weight. Default 1.
         colinearity_weight: weight per layer pair of ``1 - cos``, in prior units. Default 10.
         perceptual: ``'auto'`` (LPIPS-VGG if its weights are present, else off with a warning),
@@ -124,7 +130,7 @@ def brgm(
             Default 0.01.
         tol, patience, check_every: early stopping as in :func:`csgm`.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
-        seed: unused by the MAP iteration (deterministic from ``w_avg``); recorded in ``info``.
+        seed: seed of the initial probes (private ``torch.Generator``).
         callback: progress callable.
         amp: bf16 autocast of the synthesis on CUDA.
 
@@ -132,7 +138,7 @@ def brgm(
         A :class:`Reconstruction`; ``info['perceptual']`` says which perceptual term ran.
     """
     t0 = time.perf_counter()
-    hp = dict(steps=steps, lr=lr, latent_weight=latent_weight,
+    hp = dict(steps=steps, lr=lr, probes=probes, latent_weight=latent_weight,
               colinearity_weight=colinearity_weight, perceptual_weight=perceptual_weight,
               sigma_floor=sigma_floor, tol=tol)
     C.check_positive("patience", patience, integer=True)
@@ -141,7 +147,13 @@ def brgm(
                                                           perceptual, hp)
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
     B = yd.shape[0]
-    w0 = C.w_average(G).to(dev)[None, None].repeat(B, G.num_ws, 1)
+    C.check_positive("probes", probes, integer=True, allow_zero=True)
+    if probes > 0:
+        gen = torch.Generator(device=dev).manual_seed(int(seed))
+        w0 = probe_init(lat, yd, op, restarts=1, probes=probes, generator=gen,
+                        force_mean=False, amp=amp_ctx)
+    else:
+        w0 = C.w_average(G).to(dev)[None, None].repeat(B, G.num_ws, 1)
     scale = s * s / M
     progress = C.Progress(callback, stage="brgm", total_steps=steps)
     best, _, best_data, hist = optimise_latent(

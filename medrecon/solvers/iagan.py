@@ -96,7 +96,7 @@ def adapt_one(
         done = step + 1
         if progress.due(step):
             progress(step, obj)
-        if noise_var > 0 and done % check_every == 0 and float(obj) / dof_scale <= noise_var:
+        if noise_var > 0 and done % check_every == 0 and float(obj.detach()) / dof_scale <= noise_var:
             break
     with torch.no_grad():
         with amp():

@@ -91,6 +91,7 @@ def probe_init(
     probes: int,
     generator: torch.Generator,
     include_mean: bool = True,
+    force_mean: bool = True,
     amp=None,
     chunk: int = 32,
 ) -> torch.Tensor:
@@ -98,8 +99,8 @@ def probe_init(
 
     All probes are synthesised once (in chunks) and every probe is scored against every slice
     by its data loss ``mean |A G(.) - y_b|^2``; each slice gets its ``restarts`` best probes
-    (the first is ``w_avg``/``z = 0`` when ``include_mean``), so restarts start from diverse,
-    already plausible points.
+    (``w_avg``/``z = 0`` is a candidate when ``include_mean``, and always restart 0 when also
+    ``force_mean``), so restarts start from diverse, already plausible points.
 
     Returns:
         Latents ``[B * restarts, ...]`` ordered slice-major (restarts of slice b are contiguous).
@@ -129,7 +130,7 @@ def probe_init(
         d2 = (diff.real**2 + diff.imag**2) if diff.is_complex() else diff * diff
         scores.append(d2.reshape(B, c.shape[0], -1).mean(-1))
     score = torch.cat(scores, 1)  # [B, P]
-    if include_mean:
+    if include_mean and force_mean:
         score[:, 0] = -math.inf  # the mean is always restart 0
     idx = score.topk(restarts, dim=1, largest=False).indices  # [B, R]
     return cands[idx.reshape(-1)].clone()

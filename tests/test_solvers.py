@@ -1,0 +1,345 @@
+"""Tests of the generative solvers (CSGM, BRGM MAP/variational, IAGAN), back-projection and
+``solve`` with tiny random StyleGAN2 generators (16 px, a few ms per synthesis)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from medrecon.errors import MedreconInputError
+from medrecon.physics.inpainting import Inpainting
+from medrecon.physics.mri import MRI
+from medrecon.physics.noise import GaussianNoise
+from medrecon.physics.superres import SuperResolution
+from medrecon.solvers import (
+    METHODS,
+    Reconstruction,
+    back_project,
+    brgm,
+    brgm_variational,
+    colinearity,
+    csgm,
+    iagan,
+    solve,
+)
+from tests._tiny import tiny_generator
+
+R = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny problems only lose time to thread hand-offs on a busy
+    2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+    """Per-image PSNR in dB."""
+    mse = ((a - b) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def G():
+    """Tiny generator with an 8-dim W, so an in-range image is identifiable from few samples."""
+    return tiny_generator(resolution=R, seed=0, z_dim=8, w_dim=8).requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def truth(G):
+    """Three in-range slices x = G(w*) (w* mapped with truncation 0.7, a typical sample)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(3, G.z_dim, generator=g), None, truncation_psi=0.7)
+        return G.synthesis(ws, noise_mode="const")
+
+
+def mri_mask(n: int = R) -> torch.Tensor:
+    """4x Cartesian mask: every 4th column plus 4 central lines (28 % sampled at 16 px)."""
+    m = torch.zeros(n, n)
+    m[:, ::4] = 1
+    m[:, n // 2 - 2:n // 2 + 2] = 1
+    return m
+
+
+def sr_op(**kw):
+    return SuperResolution(4, img_size=R, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recovery of in-range images: the optimisation is known to work
+
+
+@pytest.mark.parametrize("task", ["sr", "mri"])
+def test_csgm_recovers_in_range_image(G, truth, task):
+    op = sr_op() if task == "sr" else MRI(mri_mask())
+    y = op.A(truth)
+    rec = csgm(y, op, G, space="w", steps=150, restarts=4, probes=32, device="cpu", seed=0)
+    rng = float(truth.max() - truth.min())
+    assert psnr(rec.image, truth, rng).min() > 35.0
+
+
+def test_brgm_recovers_in_range_image_mri(G, truth):
+    op = MRI(mri_mask())
+    y = op.A(truth)
+    rec = brgm(y, op, G, steps=150, perceptual="off", colinearity_weight=1e3, device="cpu")
+    rng = float(truth.max() - truth.min())
+    assert psnr(rec.image, truth, rng).min() > 35.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Every solver reduces its objective, handles batches, returns CPU float32
+
+
+@pytest.mark.parametrize("method", ["csgm", "brgm", "brgm_variational", "iagan"])
+def test_solver_reduces_objective_and_handles_batch(G, truth, method):
+    op = sr_op()
+    y = op.A(truth)
+    opts = {
+        "csgm": dict(steps=30, restarts=2, probes=4),
+        "brgm": dict(steps=30, perceptual="off"),
+        "brgm_variational": dict(steps=30, samples_per_step=2, num_samples=3, perceptual="off"),
+        "iagan": dict(steps=20, stage1_options=dict(steps=20, restarts=2, probes=4)),
+    }[method]
+    rec = solve(y, op, G, method=method, bp=False, device="cpu", **opts)
+    assert isinstance(rec, Reconstruction)
+    assert rec.image.shape == truth.shape and rec.image.dtype == torch.float32
+    assert rec.image.device.type == "cpu" and torch.isfinite(rec.image).all()
+    assert rec.latents.shape == (3, G.num_ws, G.w_dim)
+    h = rec.loss_history
+    assert len(h) >= 20 and all(isinstance(v, float) for v in h)
+    if method == "brgm_variational":  # stochastic objective: compare averages
+        assert sum(h[-5:]) / 5 < sum(h[:5]) / 5
+        assert rec.samples.shape == (3, *truth.shape)
+        assert rec.std.shape == truth.shape and bool((rec.std > 0).any())
+    elif method == "iagan":  # stage 2 continues below the stage-1 result
+        n1 = rec.info["stages"][0][1]
+        assert h[-1] < h[0] and min(h[n1:]) <= h[n1]
+    else:
+        assert h[-1] < h[0]
+    assert rec.seconds > 0 and rec.device == "cpu"
+
+
+def test_batch_matches_single_slices(G, truth):
+    """Slices are independent problems: the batched result equals per-slice runs."""
+    op = MRI(mri_mask())
+    y = op.A(truth)
+    kw = dict(space="w", steps=15, restarts=2, probes=4, check_every=0, device="cpu", seed=3)
+    both = csgm(y[:2], op, G, **kw)
+    one = csgm(y[1:2], op, G, **kw)
+    torch.testing.assert_close(both.image[1:2], one.image, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and RNG
+
+
+def test_seeded_determinism_and_global_rng_untouched(G, truth):
+    op = sr_op()
+    y = op.A(truth[:1])
+    state = torch.get_rng_state()
+    kw = dict(steps=10, restarts=2, probes=8, device="cpu")
+    a = csgm(y, op, G, seed=5, **kw)
+    b = csgm(y, op, G, seed=5, **kw)
+    c = csgm(y, op, G, seed=6, **kw)
+    v1 = brgm_variational(y, op, G, steps=5, num_samples=2, samples_per_step=1,
+                          perceptual="off", seed=1, device="cpu")
+    v2 = brgm_variational(y, op, G, steps=5, num_samples=2, samples_per_step=1,
+                          perceptual="off", seed=1, device="cpu")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a.image, b.image) and torch.equal(v1.samples, v2.samples)
+    assert not torch.equal(a.latents, c.latents)
+
+
+# ---------------------------------------------------------------------------------------------
+# IAGAN
+
+
+def test_iagan_keeps_caller_generator_and_returns_best_iterate(G, truth):
+    op = sr_op()
+    y = op.A(truth[:2])
+    G2 = copy.deepcopy(G).requires_grad_(True)
+    before = {k: v.clone() for k, v in G2.state_dict().items()}
+    rec = iagan(y, op, G2, steps=25, lr_weights=1e-2, device="cpu",
+                stage1_options=dict(steps=10, restarts=1, probes=4))
+    after = G2.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in G2.parameters())  # flags untouched too
+    # the returned image has the lowest objective seen in stage 2 (not the last iterate)
+    n1 = rec.info["stages"][0][1]
+    data = ((op.A(rec.image) - y) ** 2).flatten(1).mean(1)
+    assert float(data.mean()) <= min(rec.loss_history[n1:]) + 1e-6
+    torch.testing.assert_close(data, torch.tensor(rec.info["objective"]), rtol=1e-4, atol=1e-7)
+
+
+def test_iagan_halves_steps_under_noise(G, truth):
+    op = sr_op(noise_model=GaussianNoise(0.05))
+    y = op.measure(truth[:1], generator=torch.Generator().manual_seed(0))
+    rec = iagan(y, op, G, steps=20, device="cpu",
+                stage1_options=dict(steps=5, restarts=1, probes=2))
+    assert rec.info["steps_run"] == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Back-projection
+
+
+@pytest.mark.parametrize("kind", ["sr", "inpainting", "mri"])
+def test_back_projection_is_measurement_consistent(truth, kind):
+    g = torch.Generator().manual_seed(0)
+    if kind == "sr":
+        op = sr_op()
+    elif kind == "inpainting":
+        op = Inpainting((torch.rand(R, R, generator=g) > 0.5).float())
+    else:
+        op = MRI(mri_mask())
+    y = op.A(truth)
+    x0 = torch.randn(truth.shape, generator=g)
+    xb = back_project(x0, y, op, max_iter=200, tol=1e-8)
+    assert xb.dtype == x0.dtype and not xb.is_complex()
+    r = op.A(xb) - y
+    assert float(r.abs().max()) < 1e-3 * float(y.abs().max())
+    # regularised BP moves less than exact BP
+    xr = back_project(x0, y, op, eta=1.0, max_iter=200)
+    assert torch.linalg.vector_norm(xr - x0) < torch.linalg.vector_norm(xb - x0)
+
+
+def test_solve_auto_bp_depends_on_noise(G, truth):
+    kw = dict(method="csgm", steps=5, restarts=1, probes=2, device="cpu")
+    clean = sr_op()
+    rec = solve(clean.A(truth[:1]), clean, G, **kw)
+    assert rec.method == "csgm+bp" and rec.info["bp"] and rec.info["bp_eta"] == 0.0
+    torch.testing.assert_close(clean.A(rec.image), clean.A(truth[:1]), atol=1e-3, rtol=1e-3)
+    noisy = sr_op(noise_model=GaussianNoise(0.2))
+    y = noisy.measure(truth[:1], generator=torch.Generator().manual_seed(0))
+    assert solve(y, noisy, G, **kw).method == "csgm"
+    assert solve(y, noisy, G, bp=True, **kw).info["bp_eta"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# BRGM terms
+
+
+def test_colinearity_term():
+    w = torch.randn(2, 1, 4).repeat(1, 4, 1)
+    assert torch.allclose(colinearity(w), torch.zeros(2), atol=1e-5)
+    eye = torch.eye(4)[None].repeat(3, 1, 1)  # 4 mutually orthogonal layers -> 6 pairs of 1
+    torch.testing.assert_close(colinearity(eye), torch.full((3,), 6.0))
+    # every batch item is read (the reference code read item 0 only)
+    mixed = torch.cat([w[:1], eye[:1]])
+    assert colinearity(mixed)[1] > 5.9
+
+
+def test_variational_entropy_recovers_prior_without_data(G):
+    """With no measurement the posterior is the prior: q's std must grow to sigma_w."""
+    op = Inpainting(torch.zeros(R, R))
+    y = op.A(torch.zeros(1, 1, R, R))
+    rec = brgm_variational(y, op, G, steps=150, lr=0.05, init_std=0.2, colinearity_weight=0,
+                           perceptual="off", num_samples=2, samples_per_step=2, device="cpu")
+    from medrecon.solvers._common import latent_statistics
+
+    _, sigma = latent_statistics(G)
+    ratio = rec.info["latent_std"] / sigma
+    assert 0.7 < float(ratio.mean()) < 1.3
+
+
+def test_perceptual_plugins(G, truth):
+    lpips = pytest.importorskip("lpips")
+    op = sr_op()
+    y = op.A(truth[:1])
+    net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+    rec = brgm(y, op, G, steps=3, probes=0, perceptual=net, device="cpu")
+    assert rec.info["perceptual"] == "LPIPS" and torch.isfinite(rec.image).all()
+    import medrecon.solvers.losses as L
+
+    def missing():
+        from medrecon.errors import MissingWeightsError
+
+        raise MissingWeightsError("offline")
+
+    orig = L.load_lpips_vgg
+    L.load_lpips_vgg = missing
+    try:
+        with pytest.warns(UserWarning, match="perceptual term is off"):
+            rec = brgm(y, op, G, steps=2, probes=0, perceptual="auto", device="cpu")
+        assert rec.info["perceptual"].startswith("off")
+        with pytest.raises(MedreconInputError):
+            brgm(y, op, G, steps=2, perceptual="lpips", device="cpu")
+    finally:
+        L.load_lpips_vgg = orig
+    # MRI measurements are not images: the term is skipped and said so
+    mri = MRI(mri_mask())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = brgm(mri.A(truth[:1]), mri, G, steps=2, probes=0, perceptual=net, device="cpu")
+    assert "not an image" in rec.info["perceptual"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Callback, registry, validation
+
+
+def test_callback_reports_progress(G, truth):
+    op = sr_op()
+    seen = []
+    solve(op.A(truth[:1]), op, G, method="iagan", steps=20, device="cpu", callback=seen.append,
+          stage1_options=dict(steps=20, restarts=1, probes=2, check_every=0))
+    stages = {d["stage"] for d in seen}
+    assert {"csgm", "iagan", "bp"} <= stages
+    assert all({"stage", "step", "total_steps", "loss"} <= set(d) for d in seen)
+    assert len(seen) <= 10  # throttled: every 10 steps, not every step
+
+
+def test_registry_and_defaults():
+    from medrecon.solvers import DEFAULTS, method_options
+
+    assert {"csgm", "brgm", "brgm_variational", "iagan", "tv", "bicubic"} <= set(METHODS)
+    assert method_options("iagan", "mri")["steps"] == DEFAULTS["mri"]["iagan"]["steps"]
+    assert method_options("csgm", None)["space"] == "w+"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(method="nope"),
+        dict(method="csgm", stepz=3),
+        dict(method="csgm", steps=-1),
+        dict(method="csgm", space="q"),
+        dict(method="csgm", y="nan"),
+        dict(method="csgm", y="shape"),
+        dict(method="csgm", prior="junk"),
+        dict(method="csgm", device="tpu"),
+        dict(method="iagan", stage1="dip"),
+    ],
+)
+def test_bad_input_raises_input_error(G, truth, bad):
+    op = sr_op()
+    y = op.A(truth[:1])
+    bad = dict(bad)
+    which = bad.pop("y", None)
+    if which == "nan":
+        y = y.clone()
+        y[0, 0, 0, 0] = float("nan")
+    elif which == "shape":
+        y = torch.zeros(1, 1, 5, 5)
+    prior = object() if bad.pop("prior", None) else G
+    with pytest.raises(MedreconInputError) as info:
+        solve(y, op, prior, **bad)
+    assert len(str(info.value)) > 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_autocast_runs(G, truth):
+    op = sr_op()
+    rec = solve(op.A(truth), op, G, method="iagan", steps=10, device="cuda",
+                stage1_options=dict(steps=10, restarts=2, probes=4))
+    assert rec.device.startswith("cuda") and rec.image.device.type == "cpu"
+    assert torch.isfinite(rec.image).all()
