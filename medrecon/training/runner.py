@@ -112,9 +112,7 @@ def train_run(
         dataset = ImageFolderDataset(data_dir, train_files, resolution=config.resolution)
         trainer = Trainer(dataset, config, device=dev)
         t0 = time.time()
-        summary = trainer.fit(out, kimg=kimg, max_minutes=max_minutes,
-                              snapshot_minutes=snapshot_minutes, progress=progress)
-        run = {
+        base = {
             "data_dir": str(Path(data_dir).resolve().name),
             "scheme": fa.scheme,
             "folds": folds,
@@ -125,11 +123,20 @@ def train_run(
             "config": config.to_dict(),
             "hardware": hardware_description(dev),
             "world_size": trainer.world_size,
+            "torch": torch.__version__,
+        }
+        if rank == 0:  # written now too, so checkpoints exported mid-run know their split
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run.json").write_text(json.dumps({**base, "status": "running"}, indent=1))
+        summary = trainer.fit(out, kimg=kimg, max_minutes=max_minutes,
+                              snapshot_minutes=snapshot_minutes, progress=progress)
+        run = {
+            **base,
+            "status": "stopped",
             "kimg": summary["kimg"],
             "steps": summary["step"],
             "train_seconds_total": round(summary["train_seconds"], 1),
             "wall_seconds_this_call": round(time.time() - t0, 1),
-            "torch": torch.__version__,
         }
         if rank == 0:
             (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
