@@ -4,9 +4,10 @@ Writes, for each of ``bundles/chest_xray_stylegan2`` and ``bundles/brain_mri_sty
 ``configs/metadata.json``, ``configs/inference.json``, ``LICENSE``, ``docs/data_license.txt``,
 and - when ``--data`` is given - ``sample/`` (one 32x32 low-resolution PNG made from an image of
 the held-out fold, the SR x4 input of a 128x128 prior) with its 128x128 reference in
-``sample_reference/``. ``models/`` is written by ``medrecon train export``; ``docs/README.md``
-is written by hand. Held-out metrics from ``--metrics FILE.json`` (``{prior: {name: value}}``)
-go into ``eval_metrics``.
+``sample_reference/``. ``models/`` is written by ``medrecon train export``; ``docs/README.md`` is
+rendered from ``models/training.json`` and the held-out metrics. Held-out metrics from
+``--metrics FILE.json`` (``{prior: {name: value}}``, as written by ``scripts/eval_priors.py``)
+go into ``eval_metrics`` and the README.
 
 Usage: python scripts/build_bundles.py [--data /path/to/shared/data] [--metrics m.json]
 """
@@ -85,7 +86,7 @@ For research use only. Not a medical device; not for clinical diagnosis or treat
 """
 
 INFERENCE = {
-    "imports": ["$import medrecon.pipeline"],
+    "imports": ["$import medrecon", "$import medrecon.pipeline"],
     "bundle_root": ".",
     "prior": "$@bundle_root + '/models'",
     "task": "sr",
@@ -101,6 +102,146 @@ INFERENCE = {
             "prior=@prior, method=@method, steps=@steps, scale=@scale, seed=@seed, "
             "device=@device, overwrite=@overwrite)"),
 }
+
+
+README = """# {title} (medrecon bundle `{name}_stylegan2`)
+
+> **PLACEHOLDER PRIOR.** These weights were trained for only **{kimg} kimg** ({steps} steps of
+> batch {batch}) on **{hardware}** - a CPU shared with other jobs - in **{minutes} minutes**.
+> A useful StyleGAN2 prior needs thousands of kimg on a GPU. The generator produces blurry,
+> low-detail images, so its reconstructions are worse than the classical baselines (see below).
+> The bundle is here so that the pipeline, CLI and MONAI tooling run end to end offline. Replace
+> the weights by training on a GPU (see "Retraining").
+
+## Intended use
+
+Research on reconstruction with generative priors (CSGM, BRGM, IAGAN) for {what}.
+**Not for clinical use**: not a medical device, not for diagnosis or treatment. A generative prior
+can add plausible but false anatomy, and can remove real findings.
+
+## What is in the bundle
+
+| path | content |
+|---|---|
+| `models/generator.safetensors`, `models/generator.json` | StyleGAN2 generator (EMA weights, fp16 storage, sha256 in the JSON) |
+| `models/w_stats.safetensors` | mean / std of w over 10,000 seeded z (BRGM's latent prior) |
+| `models/prior.json` | prior metadata (modality, training record) |
+| `models/folds.json` | the patient-wise 5-fold assignment of every training image |
+| `models/training.json` | kimg, steps, time, hardware, hyperparameters |
+| `configs/inference.json` | reconstructs every file of `dataset_dir` with `medrecon.pipeline.reconstruct_directory` |
+| `sample/` | one 32x32 image of the held-out fold (SR x4 input); `sample_reference/` its 128x128 original |
+
+## Network
+
+Grayscale StyleGAN2 (config-e style: mapping {mapping} layers, skip generator, residual
+discriminator), {res}x{res}, z/w dim {zdim}, `channel_base={cb}`, `channel_max={cm}`
+({gparams:.2f} M generator parameters). The size was chosen for the solvers' cost: every
+reconstruction step is a generator forward+backward pass (measurements in `docs/priors.md` of
+the medrecon repository).
+
+## Training data and folds
+
+{data}
+Split: 5 folds by patient ({scheme}); fold {fold} ({held} images) is held out, folds
+{train_folds} ({train} images) were trained on. The assignment is in `models/folds.json`
+(sha256 `{sha}`). Evaluate only on the held-out fold.
+
+Training: non-saturating logistic loss, lazy R1 (gamma {gamma:.3g}, every 16 steps), EMA
+generator, DiffAugment (brightness, contrast, translation, cutout), Adam (lr 0.0025, betas
+0/0.99), images resized to {res}x{res} (Lanczos).
+
+## Metrics measured on the held-out fold
+
+{metrics}
+
+## How to run
+
+```bash
+pip install medrecon            # the bundle ships inside the package
+cd <this bundle folder>         # or pass --bundle_root
+python -m monai.bundle run --config_file configs/inference.json \\
+    --dataset_dir ./sample --output_dir ./eval --task sr --method iagan --steps 300 --device cpu
+```
+
+Override `task` (`sr`, `inpaint`, `mri`, `deblur`, `denoise`, `cs`), `method` (`iagan`, `brgm`,
+`csgm`, or a baseline), `steps`, `dataset_dir`, `output_dir`, `device` (`auto`, `cpu`, `cuda`).
+The same prior from the command line: `medrecon sr INPUT --prior {name} -o OUT`.
+
+## Retraining
+
+```bash
+medrecon train run --data DATA/{folder} --out runs/{name} --resolution 128 --fold 0 --folds 5 \\
+    --kimg 5000 --batch 32 --channel-base {cb} --channel-max {cm}      # resumable
+medrecon train export runs/{name}/checkpoint-latest.pt --bundle bundles/{name}_stylegan2
+```
+Multi-GPU: `torchrun --nproc_per_node N -m medrecon train run ...`.
+
+## Licence
+
+Weights: CC BY 4.0 (derived from CC BY 4.0 data; attribution in `docs/data_license.txt`).
+Code and configs: Apache-2.0. See `LICENSE`.
+"""
+
+DATA_TEXT = {
+    "chest_xray": "Kermany et al. paediatric frontal chest X-rays (Guangzhou Women and Children's "
+                  "Medical Center), training split of the source, 5,216 images (NORMAL and "
+                  "PNEUMONIA), 224x224 JPEG converted to one channel. Burned-in markers, leads "
+                  "and tubes are part of the learnt distribution.",
+    "brain_mri": "Cheng et al. T1-weighted contrast-enhanced brain MRI slices with glioma, "
+                 "meningioma or pituitary tumours, 2,750 images (512x512, axial/coronal/sagittal "
+                 "mixed). Every training slice contains a tumour.",
+}
+
+
+def _metrics_table(m: dict) -> str:
+    if not m:
+        return "Not measured yet."
+    rows = ["| experiment | method | PSNR (dB) | SSIM | s / image |", "|---|---|---|---|---|"]
+    names = {"repr": "representation error (fit to the clean image)", "sr4": "SR x4 (bicubic "
+             "kernel, noiseless)", "mri4": "4x accelerated MRI (random Cartesian, 8% centre)"}
+    for key, label in names.items():
+        methods = sorted({k[len(f"heldout_{key}_"):].rsplit("_", 1)[0] for k in m
+                          if k.startswith(f"heldout_{key}_") and k.endswith("_psnr")})
+        for meth in methods:
+            g = lambda q: m.get(f"heldout_{key}_{meth}_{q}")  # noqa: E731
+            rows.append(f"| {label} | {meth} | {g('psnr'):.2f} | {g('ssim'):.3f} | "
+                        f"{g('seconds'):.1f} |")
+    n = m.get("heldout_repr_images", "?")
+    rows.append("")
+    rows.append(f"{n} held-out images per experiment (evenly spaced over the sorted fold), "
+                f"solver steps: {m.get('heldout_steps')}, CPU, one thread, metrics in [0, 1] with "
+                "data_range 1. Produced by `scripts/eval_priors.py`.")
+    return "\n".join(rows)
+
+
+def readme(name: str, spec: dict, bundle: Path, metrics: dict) -> str:
+    info = _models_info(bundle)
+    tr = info.get("metadata", {}).get("training", {})
+    cfg = tr.get("config", {})
+    fold = tr.get("held_out_fold", 0)
+    k = tr.get("folds", 5)
+    from safetensors.torch import load_file
+
+    weights = load_file(str(bundle / "models" / "generator.safetensors"))
+    gparams = sum(t.numel() for key, t in weights.items() if "noise_const" not in key) / 1e6
+    return README.format(
+        title={"chest_xray": "Chest X-ray StyleGAN2 prior",
+               "brain_mri": "Brain MRI StyleGAN2 prior"}[name],
+        name=name, kimg=tr.get("kimg"), steps=tr.get("steps"), batch=cfg.get("batch_size"),
+        hardware=tr.get("hardware", "CPU"), minutes=round(tr.get("train_seconds", 0) / 60),
+        what={"chest_xray": "paediatric frontal chest X-rays",
+              "brain_mri": "contrast-enhanced T1 brain MRI slices"}[name],
+        mapping=cfg.get("mapping_layers"), res=cfg.get("resolution"), zdim=cfg.get("z_dim"),
+        cb=cfg.get("channel_base"), cm=cfg.get("channel_max"), gparams=gparams,
+        data=DATA_TEXT[name],
+        scheme={"xray": "patient id from the file name", "brain": "contiguous blocks of the "
+                "source's running index"}.get(tr.get("scheme"), tr.get("scheme")),
+        fold=fold, held=tr.get("held_out_images"), train=tr.get("train_images"),
+        train_folds=", ".join(str(i) for i in range(k) if i != fold), sha=tr.get("folds_sha256"),
+        gamma=(cfg.get("r1_gamma") or 0.0002 * cfg.get("resolution", 128) ** 2
+               / cfg.get("batch_size", 32)),
+        metrics=_metrics_table(metrics), folder=spec["folder"],
+    )
 
 
 def _models_info(bundle: Path) -> dict:
@@ -217,6 +358,9 @@ def main() -> None:
             "licence (CC BY 4.0); keep this attribution with them.\n")
         if args.data is not None:
             make_sample(name, spec, bundle, args.data)
+        if (bundle / "models" / "prior.json").is_file():
+            (bundle / "docs" / "README.md").write_text(readme(name, spec, bundle,
+                                                              metrics.get(name, old)))
         print(f"wrote {bundle}")
 
 
