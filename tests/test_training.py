@@ -352,3 +352,40 @@ def test_ddp_gloo_two_processes_stay_in_sync(tmp_path):
     for o in outs:
         assert o == {"rank": o["rank"], "same": True, "moved": True, "batch_per_rank": 2,
                      "seen": 8}
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def test_cli_folds_run_export(tmp_path):
+    from click.testing import CliRunner
+
+    from medrecon.priors import load_prior
+    from medrecon.training.cli import train
+
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    runner = CliRunner()
+    res = runner.invoke(train, ["folds", "--data", str(data), "--out", str(tmp_path / "f.json"),
+                                "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    assert load_folds(tmp_path / "f.json").k == 3
+    res = runner.invoke(train, [
+        "run", "--data", str(data), "--out", str(tmp_path / "run"), "--resolution", "16",
+        "--kimg", "0.008", "--batch", "4", "--z-dim", "8", "--w-dim", "8",
+        "--channel-base", "64", "--channel-max", "16", "--folds", "3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["steps"] == 2 and run["held_out_fold"] == 0 and run["train_images"] < 6
+    res = runner.invoke(train, ["export", str(tmp_path / "run" / "checkpoint-latest.pt"),
+                                "--bundle", str(tmp_path / "toy_stylegan2"), "--w-samples", "64"])
+    assert res.exit_code == 0, res.output
+    prior = load_prior(tmp_path / "toy_stylegan2")
+    assert prior.name == "toy" and prior.resolution == 16
+    assert prior.metadata["training"]["held_out_fold"] == 0
+    assert (tmp_path / "toy_stylegan2" / "models" / "folds.json").is_file()
+    with torch.no_grad():
+        assert torch.isfinite(prior.generator(torch.zeros(1, 8), None)).all()
+    bad = runner.invoke(train, ["run", "--data", str(data), "--out", str(tmp_path / "r2"),
+                                "--resolution", "24", "--kimg", "0.004"])
+    assert bad.exit_code == 2 and "power of two" in bad.output
