@@ -513,12 +513,3 @@ class Trainer:
         self.save_checkpoint(out / CHECKPOINT_NAME)
         save_image_grid(self.sample(16, seed=self.config.seed),
                         out / f"samples-{self.images_seen // 1000:06d}kimg.png", cols=4)
-
-
-def images_per_second(trainer: Trainer, steps: int = 2) -> float:
-    """Measured training throughput (images/s) over ``steps`` steps (for planning runs)."""
-    t0 = time.monotonic()
-    for _ in range(steps):
-        trainer.train_step()
-    return steps * trainer.config.batch_size / (time.monotonic() - t0)
-
