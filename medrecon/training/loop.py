@@ -492,12 +492,11 @@ class Trainer:
                     if progress is not None:
                         progress(stats)
                 now = time.monotonic()
-                stop = max_minutes is not None and (now - start) > max_minutes * 60
-                if stop or now - last_snap > snapshot_minutes * 60:
+                if max_minutes is not None and (now - start) > max_minutes * 60:
+                    break  # the final snapshot below saves this step
+                if now - last_snap > snapshot_minutes * 60:
                     self.snapshot(out)
                     last_snap = now
-                if stop:
-                    break
         finally:
             if log is not None:
                 log.close()
