@@ -299,6 +299,8 @@ def test_fit_writes_snapshots_and_resumes(tmp_path):
     t2 = Trainer(_Images(), cfg)
     s2 = t2.fit(tmp_path, kimg=0.016, log_every=1)  # picks up the checkpoint
     assert s2["step"] == 4 and t2.images_seen == 16
+    s3 = Trainer(_Images(), cfg).fit(tmp_path, kimg=100, max_minutes=0)  # time cap: one step
+    assert s3["step"] == 5
 
 
 def test_save_image_grid(tmp_path):
