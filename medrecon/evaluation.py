@@ -249,8 +249,9 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
 
     Args:
         folds: A ``folds.json`` written by :func:`medrecon.training.folds.save_folds`, a folder
-            holding one (a prior directory or a bundle's ``models/``), or a shipped prior name
-            (its bundle's record).
+            holding one (a prior directory or a bundle's ``models/``), a shipped prior name
+            (its bundle's record), or a ``.txt`` list of relative image paths (one per line,
+            ``#`` comments; ``fold`` is then only recorded, ``-1`` when not given).
         fold: The fold to return. Default: the held-out fold recorded in the ``training.json``
             (exported prior) or ``run.json`` (training run) next to ``folds.json``.
 
@@ -263,6 +264,13 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
     from medrecon.training.folds import load_folds
 
     p = Path(folds).expanduser()
+    if p.is_file() and p.suffix == ".txt":  # a plain list of ids, e.g. a committed fold list
+        ids = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+        ids = [i for i in ids if i]
+        if not ids:
+            raise MedreconInputError(f"{str(p)!r} lists no image; expected one relative path "
+                                     "per line.")
+        return ids, -1 if fold is None else int(fold)
     if not p.exists():
         from medrecon.priors import resolve_prior_path
 

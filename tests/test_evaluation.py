@@ -242,6 +242,9 @@ def test_held_out_fold_selection(images, tmp_path):
     assert [i for i, _ in ev.discover_images(images, subset=subset)] == ["sub/b.png"]
     with pytest.raises(MedreconInputError, match="not under"):
         ev.discover_images(images / "sub", subset=subset)
+    lst = tmp_path / "fold1.txt"
+    lst.write_text("# held-out\nsub/b.png\n")
+    assert ev.held_out_images(lst) == (["sub/b.png"], -1)
     (models / "training.json").unlink()
     with pytest.raises(MedreconInputError, match="held-out fold"):
         ev.held_out_images(models)
