@@ -332,19 +332,27 @@ def biharmonic(y: torch.Tensor, operator: nn.Module, *, device: str = "auto",
     return _pack(torch.from_numpy(out).float(), t0, dev, "biharmonic")
 
 
+#: Gain of the automatic Wiener noise-to-signal ratio over the white-signal value
+#: ``sigma^2 / var(y)``: image power is concentrated at low frequencies, where the kernel
+#: passes it, so the white estimate under-damps the high frequencies. 4 was the best of
+#: {1, 4, 16} on a 24x24 smooth + block phantom, 5x5 uniform blur, sigma = 0.04 (MSE 0.011 vs
+#: 0.016 for 1 and 0.021 for 16; the blurred input had 0.016). Re-tune on real slices.
+WIENER_NSR_GAIN = 4.0
+
+
 def wiener(y: torch.Tensor, operator: nn.Module, *, balance: float | None = None,
            device: str = "auto", **_: Any) -> Reconstruction:
     """Wiener deconvolution with the operator's blur kernel (``operator.kernel``).
 
-    ``X = conj(K) Y / (|K|^2 + balance)`` in the Fourier domain, on a reflect-padded image
-    (padding by the kernel size limits wrap-around artefacts).
+    ``X = conj(K) Y / (|K|^2 + balance)`` in the Fourier domain, on the mirror-extended
+    ``2H x 2W`` image (periodic without jumps, so no wrap-around artefacts).
 
     Args:
         y: blurred images ``[B, C, H, W]``.
         operator: a :class:`medrecon.physics.Blur` (stride 1) with a ``kernel`` buffer.
-        balance: noise-to-signal power ratio. Default ``None``: ``sigma^2 / var(y)`` from the
-            operator's noise std, floored at 1e-3 (clean data still needs a little damping of
-            the kernel's near-zeros).
+        balance: noise-to-signal power ratio. Default ``None``:
+            ``WIENER_NSR_GAIN * sigma^2 / var(y)`` from the operator's noise std, floored at
+            1e-3 (clean data still needs a little damping of the kernel's near-zeros).
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
     """
     t0 = time.perf_counter()
@@ -362,13 +370,18 @@ def wiener(y: torch.Tensor, operator: nn.Module, *, balance: float | None = None
     s = C.noise_sigma(operator)
     if balance is None:
         var = yv.var(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
-        nsr = (s * s / var).clamp_min(1e-3)
+        nsr = (WIENER_NSR_GAIN * s * s / var).clamp_min(1e-3)
     else:
         nsr = torch.tensor(C.check_positive("balance", balance, allow_zero=True), device=dev)
     kh, kw = kernel.shape
     H, W = yv.shape[-2:]
-    ph, pw = min(kh, H - 1), min(kw, W - 1)
-    yp = F.pad(yv, (pw, pw, ph, ph), mode="reflect")
+    # symmetric (mirror) extension to 2H x 2W: periodic without jumps, so the circular FFT
+    # deconvolution adds no wrap-around edges
+    if getattr(op, "padding", "reflect") == "circular":
+        yp = yv  # the forward model is circular already
+    else:
+        yp = torch.cat([yv, yv.flip(-1)], -1)
+        yp = torch.cat([yp, yp.flip(-2)], -2)
     Hp, Wp = yp.shape[-2:]
     psf = torch.zeros(Hp, Wp, device=dev)
     psf[:kh, :kw] = kernel.float()
@@ -376,5 +389,5 @@ def wiener(y: torch.Tensor, operator: nn.Module, *, balance: float | None = None
     K = torch.fft.rfft2(psf)
     Y = torch.fft.rfft2(yp)
     X = K.conj() * Y / (K.abs() ** 2 + nsr)
-    x = torch.fft.irfft2(X, s=(Hp, Wp))[..., ph:ph + H, pw:pw + W]
+    x = torch.fft.irfft2(X, s=(Hp, Wp))[..., :H, :W]
     return _pack(x, t0, dev, "wiener", dict(balance=balance, noise_sigma=s))
