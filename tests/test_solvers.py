@@ -251,12 +251,13 @@ def test_variational_entropy_recovers_prior_without_data(G):
 
 
 def test_perceptual_plugins(G, truth):
-    lpips = pytest.importorskip("lpips")
+    from medrecon.metrics import LPIPSMetric
+
     op = sr_op()
     y = op.A(truth[:1])
-    net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+    net = LPIPSMetric(net="vgg", allow_random_backbone=True)
     rec = brgm(y, op, G, steps=3, probes=0, perceptual=net, device="cpu")
-    assert rec.info["perceptual"] == "LPIPS" and torch.isfinite(rec.image).all()
+    assert rec.info["perceptual"] == "LPIPSMetric" and torch.isfinite(rec.image).all()
     import medrecon.solvers.losses as L
 
     def missing():
@@ -333,6 +334,16 @@ def test_bad_input_raises_input_error(G, truth, bad):
     with pytest.raises(MedreconInputError) as info:
         solve(y, op, prior, **bad)
     assert len(str(info.value)) > 20
+
+
+def test_accepts_prior_with_cached_w_stats(truth):
+    from tests._tiny import tiny_prior
+
+    prior = tiny_prior(resolution=R, seed=0, z_dim=8, w_dim=8)
+    op = sr_op()
+    rec = solve(op.A(truth[:1]), op, prior, method="brgm", steps=5, perceptual="off",
+                device="cpu")
+    assert rec.image.shape == truth[:1].shape
 
 
 @pytest.mark.gpu

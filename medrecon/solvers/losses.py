@@ -63,30 +63,16 @@ class PerceptualDistance(nn.Module):
 
 
 def load_lpips_vgg() -> nn.Module:
-    """LPIPS-VGG with ImageNet weights, via :mod:`medrecon.metrics` when it provides a loader.
+    """LPIPS-VGG with ImageNet backbone weights (:class:`medrecon.metrics.LPIPSMetric`).
+
+    Never downloads: the backbone is read from the local torch hub checkpoints.
 
     Raises:
-        MissingWeightsError: the VGG16 / LPIPS weights are not available locally.
+        MissingWeightsError: the VGG16 weights are not available locally.
     """
-    try:
-        from medrecon import metrics  # noqa: PLC0415 - optional layer
-    except ImportError:  # pragma: no cover - metrics is part of the package
-        metrics = None
-    for name in ("load_lpips", "lpips_network", "lpips_model", "get_lpips"):
-        loader = getattr(metrics, name, None) if metrics is not None else None
-        if callable(loader):
-            try:
-                return loader(net="vgg")
-            except TypeError:
-                return loader()
-    try:  # no medrecon loader: try the lpips package directly (downloads VGG if online)
-        import lpips  # noqa: PLC0415
+    from medrecon.metrics import LPIPSMetric  # noqa: PLC0415 - optional heavy import
 
-        return lpips.LPIPS(net="vgg", verbose=False)
-    except Exception as exc:  # noqa: BLE001 - any download/IO failure means "missing"
-        raise MissingWeightsError(
-            f"LPIPS-VGG weights are not available ({type(exc).__name__}: {exc})."
-        ) from exc
+    return LPIPSMetric(net="vgg")
 
 
 def resolve_perceptual(perceptual: Any) -> tuple[PerceptualFn | None, str]:
