@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+# Tests use tiny tensors: intra-op threads only add scheduling overhead (measured ~18x slower
+# solver tests with 2 threads on a busy 2-core machine). Benchmarks set their own thread count.
+torch.set_num_threads(1)
+
 _DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -445,3 +445,15 @@ def test_build_operator_masks_and_noise_options(tmp_path):
 def test_build_operator_rejects_bad_options(task, options, match):
     with pytest.raises(MedreconInputError, match=match):
         build_operator(task, img_size=(16, 12), **options)
+
+
+def test_cg_float32_tolerance_below_precision_does_not_diverge():
+    """A tolerance below float32 precision must not make CG drift away from the solution."""
+    from medrecon.physics import SuperResolution
+
+    op = SuperResolution(4, img_size=(32, 32))
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = op.A(x)
+    x_dag = op.A_dagger(y, tol=1e-12, max_iter=300)
+    rel = (op.A(x_dag) - y).norm() / y.norm()
+    assert rel < 1e-4
