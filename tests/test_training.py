@@ -101,6 +101,12 @@ def test_brain_folds_are_contiguous_index_blocks():
     assert ranges[0][0] == 1 and ranges[-1][1] == 100
 
 
+def test_brain_folds_save_load_roundtrip(tmp_path):
+    names = [f"glioma/{i}.jpg" for i in (1, 2, 9, 10, 11, 100, 101, 102)]
+    folds = brain_folds(names, 2)
+    assert load_folds(save_folds(folds, tmp_path / "b.json")).digest() == folds.digest()
+
+
 def test_brain_folds_reject_non_numeric_names():
     with pytest.raises(MedreconInputError, match="running index"):
         brain_folds(["a/x.jpg", "a/2.jpg"], 2)

@@ -112,9 +112,10 @@ class FoldAssignment:
         return train, self.files_in(held_out)
 
     def digest(self) -> str:
-        """sha256 of the assignment (files and folds), to tie a prior to its split."""
+        """sha256 of the assignment (files and folds, in file-name order), to tie a prior to its
+        split; independent of the order in which the assignment lists its files."""
         h = hashlib.sha256()
-        for f, k in zip(self.files, self.folds):
+        for f, k in sorted(zip(self.files, self.folds)):
             h.update(f"{f}\t{k}\n".encode())
         return h.hexdigest()
 
