@@ -754,9 +754,10 @@ def reconstruct_kspace(
         m = m.any(dim=0, keepdim=True).expand_as(k)
     else:
         sm = torch.as_tensor(np.asarray(sampled)).bool()
+        if sm.ndim == 1:  # fastMRI: one flag per phase-encoding column
+            sm = sm.view(1, 1, -1)
         try:
-            m = torch.broadcast_to(sm, k.shape) if sm.shape[-1:] == k.shape[-1:] and sm.ndim > 1 else (
-                torch.broadcast_to(sm.view(1, 1, -1), k.shape) if sm.ndim == 1 else torch.broadcast_to(sm, k.shape))
+            m = torch.broadcast_to(sm, k.shape)
         except RuntimeError as exc:
             raise MedreconInputError(
                 f"sampling mask of shape {tuple(sm.shape)} does not match k-space {tuple(k.shape)}."
@@ -767,6 +768,8 @@ def reconstruct_kspace(
     R, C = _prior_resolution(prior)
     method = _choose_method(method, "mri", prior, samples)
     batch_size = _check_int("batch_size", batch_size, minimum=1)
+    samples = _check_int("samples", samples, minimum=0)
+    seed = _check_int("seed", seed, minimum=0)
 
     kr = _fourier_resize(k * m, (R, R))
     mr = _fourier_resize(m.to(torch.complex64), (R, R)).abs() > 0
