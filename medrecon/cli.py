@@ -90,6 +90,7 @@ class MedreconGroup(click.Group):
     _LAZY = {
         "priors": ("medrecon.priors", ("priors_cli", "priors", "cli")),
         "train": ("medrecon.training.cli", ("train", "cli")),
+        "eval": ("medrecon.evaluation", ("eval_command",)),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -110,7 +111,10 @@ class MedreconGroup(click.Group):
         module, attrs = self._LAZY[name]
         try:
             mod = importlib.import_module(module)
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            # Only a missing optional layer hides its command; a broken import inside it surfaces.
+            if exc.name != module:
+                raise
             return None
         for a in attrs:
             obj = getattr(mod, a, None)

@@ -385,3 +385,14 @@ def test_demo_on_shipped_bundle_sample(tmp_path):
     assert _digest(lr) == before
     out = _run(["demo", "--prior", "no_such_prior", "-o", tmp_path / "e"], code=2)
     assert "no_such_prior" in out
+
+
+def test_every_documented_subcommand_is_mounted():
+    """`medrecon --help` lists the task commands and the mounted priors/train/eval groups."""
+    from click.testing import CliRunner
+
+    from medrecon.cli import cli as _cli
+
+    out = CliRunner().invoke(_cli, ["--help"]).output
+    for name in ("sr", "inpaint", "mri", "deblur", "denoise", "demo", "priors", "train", "eval"):
+        assert f"  {name} " in out, f"{name} missing from medrecon --help:\n{out}"
