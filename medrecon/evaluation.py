@@ -620,7 +620,8 @@ def evaluate_run(
             solver's documented per-task defaults).
         progress: Optional callable receiving one-line progress messages.
         **task_options: Forwarded to :func:`medrecon.physics.build_operator` (``scale``,
-            ``mask_type``, ``acceleration``, ``center_fraction``, ``kernel``, ``size``...).
+            ``mask_type``, ``acceleration``, ``center_fraction``, ``kernel``, ``size``,
+            ``ratio``...; ``None`` values are dropped so the operator's defaults apply).
 
     Returns:
         The :class:`EvalRun`: rows of ``results.csv`` (images in sorted id order, methods in the
@@ -969,8 +970,9 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate N images evenly spaced over the sorted paths [default: all].")
 @click.option("--folds", default=None,
-              help="Only the images of one fold of this record: a folds.json, a prior folder or "
-                   "a shipped prior name (its bundle's models/folds.json).")
+              help="Only the images of one fold of this record: a folds.json, a prior folder, "
+                   "a shipped prior name (its bundle's models/folds.json), or a .txt list of "
+                   "paths relative to --images.")
 @click.option("--fold", type=click.IntRange(min=0), default=None,
               help="Fold to evaluate with --folds [default: the recorded held-out fold].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
@@ -988,18 +990,18 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--scale", type=click.IntRange(min=2), default=None,
               help="[sr] Downsampling factor [default: operator's].")
 @click.option("--mask-type", default=None,
-              help="[inpaint, mri] Mask family, e.g. box/random (inpaint), "
-                   "random/equispaced (mri) [default: operator's].")
+              help="[inpaint] center_box/random_boxes/free_form/random_pixels/half; [mri] "
+                   "random/equispaced/gaussian2d/poisson2d [default: operator's].")
 @click.option("--acceleration", type=click.FloatRange(min=1.0), default=None,
               help="[mri] Undersampling factor [default: operator's].")
 @click.option("--center-fraction", type=click.FloatRange(0.0, 1.0), default=None,
               help="[mri] Fully sampled central fraction of k-space [default: operator's].")
 @click.option("--kernel", default=None,
-              help="[deblur, sr] Blur kernel name, e.g. gaussian/uniform [default: operator's].")
+              help="[sr] bicubic/box/gaussian; [deblur] uniform/gaussian [default: operator's].")
 @click.option("--size", type=click.IntRange(min=1), default=None,
-              help="[deblur] Kernel size; [inpaint] box size [default: operator's].")
-@click.option("--fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
-              help="[cs] Measurements / pixels; [inpaint] fraction kept [default: operator's].")
+              help="[deblur] Kernel size [default: operator's].")
+@click.option("--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="[cs] Measurements / pixels [default: operator's].")
 @click.option("--method-option", "method_option_items", multiple=True,
               metavar="METHOD.KEY=VALUE",
               help="Solver option for one method (repeatable), e.g. csgm.restarts=2; VALUE "
