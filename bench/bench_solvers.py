@@ -283,9 +283,12 @@ def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, t
                 per_iter = max(0.0, (t2 - t1) / max(1, i2 - i1))
                 fixed = max(0.0, t2 - per_iter * i2)
                 entry.update({"run_steps": ran, "seconds_measured": t2,
+                              "seconds_short_runs": [t1, t2],
                               "seconds_fixed": fixed, "seconds_per_iteration": per_iter,
                               "seconds_per_slice": fixed + per_iter * sum(defaults.values()),
-                              "extrapolated": True})
+                              "extrapolated": True,
+                              # the longer run must cost more; if not, the load swamped it
+                              "fit_reliable": t2 > t1 and t2 - per_iter * i2 >= 0})
         except torch.OutOfMemoryError:
             entry["error"] = "out of memory"
             rows.append(entry)
@@ -323,7 +326,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{cuda['name'] + ' ' + str(cuda['memory_gib']) + ' GiB' if cuda else 'none'}",
         f"- torch {m['torch']}, python {m['python']}, medrecon {m.get('medrecon', '?')}",
         f"- solver slice: task `{s['task']}` {s['task_options'] or ''} at the prior's resolution; "
-        f"steps: {'defaults' if s['steps'] is None else str(s['steps']) + ' per stage, extrapolated to the defaults'}",
+        f"steps: {'defaults' if s['steps'] is None else str(s['steps'] // 2) + ' and ' + str(s['steps']) + ' per stage, extrapolated linearly to the defaults'}",
         f"- repeats per generator timing: {s['repeats']} (median reported, after 2 warm-ups)",
         "",
     ]
@@ -352,7 +355,10 @@ def to_markdown(report: dict[str, Any]) -> str:
                     if "error" in r:
                         lines.append(f"| {r['method']} | {r['error']} | | | | |")
                         continue
-                    mark = " (extrapolated)" if r["extrapolated"] else ""
+                    mark = ""
+                    if r["extrapolated"]:
+                        mark = (" (extrapolated)" if r.get("fit_reliable", True)
+                                else " (extrapolated, unreliable: noisy timings)")
                     its = ", ".join(f"{k}={v}" for k, v in r["run_steps"].items()) or "closed form"
                     dft = ", ".join(f"{k}={v}" for k, v in r["default_steps"].items())
                     fit = (f"{r['seconds_fixed']:.2f} + {r['seconds_per_iteration']:.3f}"
