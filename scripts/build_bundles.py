@@ -107,9 +107,11 @@ INFERENCE = {
 README = """# {title} (medrecon bundle `{name}_stylegan2`)
 
 > **PLACEHOLDER PRIOR.** These weights were trained for only **{kimg} kimg** ({steps} steps of
-> batch {batch}) on **{hardware}** - a CPU shared with other jobs - in **{minutes} minutes**.
+> batch {batch}) on **{hardware}**, in **{minutes} minutes** of training steps; no GPU was available.
 > A useful StyleGAN2 prior needs thousands of kimg on a GPU. The generator produces blurry,
-> low-detail images, so its reconstructions are worse than the classical baselines (see below).
+> low-detail images: pure latent-space fits (CSGM) are worse than the classical baselines, and
+> what IAGAN gains comes mostly from adapting the weights to each image and back-projection
+> (see below; 3 images only).
 > The bundle is here so that the pipeline, CLI and MONAI tooling run end to end offline. Replace
 > the weights by training on a GPU (see "Retraining").
 
@@ -209,7 +211,7 @@ def _metrics_table(m: dict) -> str:
     n = m.get("heldout_repr_images", "?")
     rows.append("")
     rows.append(f"{n} held-out images per experiment (evenly spaced over the sorted fold), "
-                f"solver steps: {m.get('heldout_steps')}, CPU, one thread, metrics in [0, 1] with "
+                f"`steps={m.get('heldout_steps')}` passed to every solver, CPU, one thread, metrics in [0, 1] with "
                 "data_range 1. Produced by `scripts/eval_priors.py`.")
     return "\n".join(rows)
 
