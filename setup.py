@@ -12,4 +12,6 @@ setup(
     package_dir={"medrecon.bundles": "bundles"},
     package_data={"medrecon": ["data/*", "data/**/*"], "medrecon.bundles": ["**/*"]},
     include_package_data=False,
+    # Outputs of `monai.bundle run` left inside a bundle folder must not end up in a wheel.
+    exclude_package_data={"medrecon.bundles": ["*/eval/*", "*/eval/**/*"]},
 )
