@@ -4,7 +4,7 @@ One call shape for all: ``solve(y, operator, prior, method=..., **options) -> Re
 or call a method directly (``csgm(y, operator, prior, steps=...)``). Layers:
 
 * iteration cores (pure loops): :func:`optimise_latent`, :func:`variational_core`,
-  :func:`adapt_one`, :func:`tv_pdhg`;
+  :func:`adapt_weights`, :func:`tv_pdhg`;
 * per-method functions that validate, pick the device, copy/freeze the generator and package a
   :class:`Reconstruction`;
 * :func:`solve` with the :data:`METHODS` registry, per-task :data:`DEFAULTS` and automatic
@@ -34,7 +34,7 @@ from medrecon.solvers.baselines import (
 )
 from medrecon.solvers.brgm import brgm, brgm_variational, variational_core
 from medrecon.solvers.csgm import csgm, optimise_latent
-from medrecon.solvers.iagan import adapt_one, iagan
+from medrecon.solvers.iagan import STAGE1_DEFAULTS, adapt_one, adapt_weights, iagan
 from medrecon.solvers.latent import LatentSpace
 from medrecon.solvers.losses import PerceptualDistance, colinearity, resolve_perceptual
 from medrecon.solvers._common import latent_statistics, resolve_device
@@ -46,10 +46,12 @@ __all__ = [
     "DEFAULT_METHOD",
     "LatentSpace",
     "METHODS",
+    "STAGE1_DEFAULTS",
     "MethodSpec",
     "PerceptualDistance",
     "Reconstruction",
     "adapt_one",
+    "adapt_weights",
     "adjoint",
     "auto_eta",
     "back_project",

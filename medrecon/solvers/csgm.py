@@ -163,8 +163,9 @@ def csgm(
         lr: peak Adam learning rate (warm-up 5 %, cosine ramp-down over the last 25 %).
             Default 0.05 (W+ in raw units; z space works with 0.05-0.1).
         restarts: restarts per slice, run as extra batch entries. Default 4.
-        probes: random latents scored in one batch to pick the starting points (restart 0
-            always starts at the mean). Default 32.
+        probes: random latents scored in one batch to pick the starting points (with several
+            restarts, restart 0 always starts at the mean; a single restart starts at the best
+            probe, the mean included). Default 32.
         prior_weight: multiplier of the Bayesian latent-prior weight ``sigma^2 / M`` (0 for
             clean data). Default 1.0.
         tol: relative decrease of the windowed objective under which a check counts as flat.
@@ -205,8 +206,10 @@ def csgm(
     s = C.noise_sigma(operator)
     M = C.measurement_count(yd)
     B = yd.shape[0]
+    # restart 0 starts at the mean when there are several restarts (a safe, diverse anchor);
+    # a single restart starts at the best probe, the mean included.
     latent0 = probe_init(lat, yd, op, restarts=restarts, probes=probes, generator=gen,
-                         amp=amp_ctx)
+                         force_mean=restarts > 1, amp=amp_ctx)
     y_rep = yd.repeat_interleave(restarts, 0)
     progress = C.Progress(callback, stage="csgm", total_steps=steps, restarts=restarts)
     best_latent, _, best_data, hist = optimise_latent(
