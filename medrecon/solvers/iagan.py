@@ -204,8 +204,8 @@ def iagan(
             :data:`STAGE1_DEFAULTS` (``steps=50, restarts=1, probes=32`` for CSGM; ``restarts``
             is ignored by BRGM, which always runs one start).
         steps: stage-2 Adam steps for clean data. Default 200 (paper: 300-500 for SR, 500-600
-            for CS at lr 1e-4 on BEGAN/PGGAN; on the shipped 128 px priors the objective has
-            flattened by ~150-200 steps at lr 1e-3, see docs/solvers.md).
+            for CS; the per-task defaults use 150: 250 measured no better on held-out images
+            of the shipped priors, see docs/solvers.md).
         lr_latent: stage-2 learning rate of the W+ latent. Default 1e-4 (paper).
         lr_weights: stage-2 learning rate of the synthesis weights. Default 1e-3 (paper, PGGAN;
             StyleGAN2 stores weights unscaled, ~N(0, 1), like PGGAN's equalised lr).
