@@ -91,15 +91,16 @@ INFERENCE = {
     "prior": "$@bundle_root + '/models'",
     "task": "sr",
     "method": "iagan",
-    "steps": 300,
+    "steps": None,  # None: the method's per-task default (medrecon.solvers.DEFAULTS)
     "scale": 4,
+    "sr_kernel": "box",  # the shipped samples are 4 x 4 box averages of their references
     "seed": 0,
     "device": "auto",
     "overwrite": True,
     "dataset_dir": "$@bundle_root + '/sample'",
     "output_dir": "$@bundle_root + '/eval'",
     "run": ("$medrecon.pipeline.reconstruct_directory(@dataset_dir, @output_dir, task=@task, "
-            "prior=@prior, method=@method, steps=@steps, scale=@scale, seed=@seed, "
+            "prior=@prior, method=@method, steps=@steps, scale=@scale, sr_kernel=@sr_kernel, seed=@seed, "
             "device=@device, overwrite=@overwrite)"),
 }
 
