@@ -126,7 +126,9 @@ class MedreconGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MedreconInputError as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            # The whole message: some errors list choices on the following lines (the series
+            # of a DICOM folder, the valid options of a task).
+            message = str(exc).strip() or type(exc).__name__
             _json_error(ctx, message, EXIT_USAGE)
             raise InputError(message) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
@@ -251,8 +253,9 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                      show_default=True, help="json: progress/done/error events as JSON lines on "
                      "stderr (used by the 3D Slicer module)."),
-        click.option("--series-uid", default=None,
-                     help="SeriesInstanceUID to read from a folder holding several DICOM series."),
+        click.option("--series", "--series-uid", "series_uid", default=None, metavar="UID",
+                     help="SeriesInstanceUID to read from a folder holding several DICOM series "
+                     "(without it, such a folder is refused with the list of its series)."),
         click.option("--volume", type=click.IntRange(min=0), default=None,
                      help="Index of the volume to read from a 4D file."),
     ]

@@ -396,3 +396,23 @@ def test_every_documented_subcommand_is_mounted():
     out = CliRunner().invoke(_cli, ["--help"]).output
     for name in ("sr", "inpaint", "mri", "deblur", "denoise", "demo", "priors", "train", "eval"):
         assert f"  {name} " in out, f"{name} missing from medrecon --help:\n{out}"
+
+
+def test_folder_with_two_series_needs_series_option(tmp_path, prior_dir):
+    """A folder with two series: exit 2 listing both UIDs; --series UID picks one."""
+    a = _write_series(get_testdata_file("MR_small.dcm"), tmp_path / "a", n=2)
+    b = _write_series(get_testdata_file("MR_small.dcm"), tmp_path / "b", n=3)
+    both = tmp_path / "both"
+    both.mkdir()
+    for f in [*a.iterdir(), *b.iterdir()]:
+        _copy(str(f), both / f"{f.parent.name}_{f.name}")
+    uid_b = str(pydicom.dcmread(next(b.iterdir())).SeriesInstanceUID)
+    uid_a = str(pydicom.dcmread(next(a.iterdir())).SeriesInstanceUID)
+    before = _digest(both)
+    out = _run(["denoise", both, "-o", tmp_path / "x.nii.gz", "--prior", prior_dir,
+                "--method", "pseudo_inverse", "-q"], code=2)
+    assert uid_a in out and uid_b in out and "--series" in out
+    _run(["denoise", both, "-o", tmp_path / "b.nii.gz", "--prior", prior_dir,
+          "--method", "pseudo_inverse", "--series", uid_b, "-q"])
+    assert nib.load(str(tmp_path / "b.nii.gz")).shape[2] == 3
+    assert _digest(both) == before
