@@ -1,0 +1,32 @@
+"""The generated CLI reference names every command and option that exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from medrecon.cli import cli
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+
+
+def _commands(cmd: click.Command, path: tuple[str, ...]):
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        ctx = click.Context(cmd)
+        for name in cmd.list_commands(ctx):
+            yield from _commands(cmd.get_command(ctx, name), (*path, name))
+
+
+def test_cli_reference_is_complete():
+    text = DOC.read_text()
+    for path, cmd in _commands(cli, ("medrecon",)):
+        heading = f"## `{' '.join(path)}`"
+        assert heading in text, f"{heading} missing: run python scripts/gen_cli_docs.py"
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        for param in cmd.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-"):
+                    assert opt in section, (f"{opt} of {' '.join(path)} missing from docs/cli.md: "
+                                            "run python scripts/gen_cli_docs.py")
