@@ -292,6 +292,13 @@ def test_resume_rejects_other_config_and_garbage(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         a.load_checkpoint(tmp_path / "bad.pt")
+    from medrecon.training.export import export_checkpoint
+
+    with pytest.raises(CheckpointError, match="cannot read"):  # the export path reads it the same way
+        export_checkpoint(tmp_path / "bad.pt", tmp_path / "models", name="x")
+    torch.save({"format": "other"}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a medrecon training checkpoint"):
+        export_checkpoint(tmp_path / "foreign.pt", tmp_path / "models", name="x")
 
 
 def test_fit_writes_snapshots_and_resumes(tmp_path):

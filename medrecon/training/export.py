@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from medrecon.errors import CheckpointError, MedreconInputError
-from medrecon.training.loop import TrainConfig
+from medrecon.errors import MedreconInputError
+from medrecon.training.loop import TrainConfig, read_checkpoint
 
 __all__ = ["export_checkpoint", "generator_from_checkpoint", "PRIOR_INFO"]
 
@@ -42,24 +42,11 @@ PRIOR_INFO: dict[str, dict[str, Any]] = {
 }
 
 
-def _load(checkpoint: str | Path) -> dict:
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(
-            f"cannot read training checkpoint {str(checkpoint)!r} ({type(exc).__name__}: {exc}); "
-            "expected checkpoint-latest.pt written by `medrecon train run`."
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != "medrecon-train-v1":
-        raise CheckpointError(f"{str(checkpoint)!r} is not a medrecon training checkpoint.")
-    return state
-
-
 def generator_from_checkpoint(checkpoint: str | Path, *, ema: bool = True) -> torch.nn.Module:
     """Rebuild the (EMA) generator of a training checkpoint on the CPU, in fp32 blocks."""
     from medrecon.generators import Generator
 
-    state = _load(checkpoint)
+    state = read_checkpoint(checkpoint)
     kwargs = json.loads(state["G_kwargs"])
     kwargs.setdefault("synthesis_kwargs", {})["num_fp16_res"] = 0
     G = Generator(**kwargs)
@@ -102,7 +89,7 @@ def export_checkpoint(
         name = parent[: -len("_stylegan2")] if parent.endswith("_stylegan2") else parent
     if w_samples < 2:
         raise MedreconInputError(f"w_samples must be >= 2, got {w_samples}.")
-    state = _load(checkpoint)
+    state = read_checkpoint(checkpoint)
     G = generator_from_checkpoint(checkpoint)
     config = TrainConfig.from_dict(json.loads(state["config"]))
     run_dir = checkpoint.parent

@@ -212,6 +212,24 @@ def save_image_grid(images: torch.Tensor, path: str | Path, *, cols: int | None 
     return path
 
 
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """Read a training checkpoint (``checkpoint-latest.pt``) safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: unreadable file, or not a checkpoint written by :class:`Trainer`.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise CheckpointError(
+            f"cannot read training checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); "
+            "expected checkpoint-latest.pt written by `medrecon train run`."
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != "medrecon-train-v1":
+        raise CheckpointError(f"{str(path)!r} is not a medrecon training checkpoint.")
+    return state
+
+
 # ---------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------
@@ -436,16 +454,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Resume from a file written by :meth:`save_checkpoint`."""
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-            raise CheckpointError(
-                f"cannot read training checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); "
-                "expected a file written by medrecon's Trainer."
-            ) from exc
-        if not isinstance(state, dict) or state.get("format") != "medrecon-train-v1":
-            raise CheckpointError(f"{str(path)!r} is not a medrecon training checkpoint.")
-        self.load_state_dict(state)
+        self.load_state_dict(read_checkpoint(path, map_location=self.device))
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, out_dir: str | Path, *, kimg: float, max_minutes: float | None = None,
