@@ -110,7 +110,7 @@ README = """# {title} (medrecon bundle `{name}_stylegan2`)
 > **PLACEHOLDER PRIOR.** These weights were trained for only **{kimg} kimg** ({steps} steps of
 > batch {batch}) on **{hardware}**, in **{minutes} minutes** of training steps; no GPU was available.
 > A useful StyleGAN2 prior needs thousands of kimg on a GPU. The generator produces blurry,
-> low-detail images: pure latent-space fits (CSGM) are worse than the classical baselines, and
+> low-detail images: pure latent-space fits (CSGM) are worse than the best classical baseline, and
 > what IAGAN gains comes mostly from adapting the weights to each image and back-projection
 > (see below; 3 images only).
 > The bundle is here so that the pipeline, CLI and MONAI tooling run end to end offline. Replace
