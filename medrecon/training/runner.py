@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -143,4 +144,8 @@ def train_run(
         return run
     finally:
         if started_dist:
+            if sys.exc_info()[0] is None:
+                # Every rank leaves together, so none tears down a peer's connection mid-use;
+                # after an error the peers may be inside another collective, so do not wait.
+                dist.barrier()
             dist.destroy_process_group()
