@@ -286,7 +286,7 @@ def _solve_batches(
         idx = list(idx)
         for b0 in range(0, len(idx), batch_size):
             chunk = idx[b0 : b0 + batch_size]
-            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed) + chunk[0],
+            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
                                   "callback": progress.solver_callback(chunk[0], chunk[-1] + 1)}
             if steps is not None and _accepts(method, "steps"):
                 kw["steps"] = steps
@@ -447,7 +447,10 @@ def reconstruct(
         samples: Posterior samples per slice (variational BRGM); > 0 adds a std map. Default 0.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. Default ``"auto"``.
         batch_size: Slices solved together. Default 16.
-        seed: Base seed; batch ``k`` starting at slice ``i`` uses ``seed + i``. Default 0.
+        seed: Seed of every random choice (operator pattern, simulated noise, solver probes).
+            Every batch is solved with it, and the solvers treat the slices of a batch as
+            independent problems, so a slice's result does not depend on ``batch_size`` (up to
+            float rounding). Default 0.
         simulate: Treat ``image`` as the ground truth and measure it with the operator (seeded).
         callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
         percentiles: Intensity percentiles mapped to ``-1``/``+1``. Default ``(0.5, 99.5)``.

@@ -191,7 +191,8 @@ def variational_core(
     """Stochastic minimisation of the negative ELBO of ``q = N(m, diag(exp(2 rho)))``.
 
     Each step draws ``samples_per_step`` reparametrised samples per slice (one batch of
-    ``S * B`` syntheses) from the seeded ``generator``.
+    ``S * B`` syntheses) from the seeded ``generator``; the standard-normal draws are shared by
+    the slices of the batch, so each slice's result is independent of its batch-mates.
 
     Returns:
         ``(m, rho, history)``.
@@ -205,7 +206,9 @@ def variational_core(
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_schedule(step, steps, base=lr)
-        eps = torch.randn((S, *m0.shape), generator=generator, device=generator.device)
+        # one draw per sample shared by the slices: a slice's result does not depend on which
+        # other slices share its batch
+        eps = torch.randn((S, 1, *m0.shape[1:]), generator=generator, device=generator.device)
         ws = (m[None] + rho.exp()[None] * eps.to(m0.device)).reshape(S * B, *m0.shape[1:])
         with amp():
             x = C.synthesize(lat.G, ws)
@@ -294,7 +297,7 @@ def brgm_variational(
     samples = []
     with torch.no_grad(), amp_ctx():
         for _ in range(num_samples):
-            eps = torch.randn(m.shape, generator=gen, device=gen.device).to(dev)
+            eps = torch.randn((1, *m.shape[1:]), generator=gen, device=gen.device).to(dev)
             samples.append(C.synthesize(G, m + rho.exp() * eps))
     stack = torch.stack(samples)  # [N, B, C, H, W]
     info = dict(hp, seed=seed, perceptual=perc_desc, sigma_used=s,

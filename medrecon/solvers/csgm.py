@@ -51,15 +51,20 @@ def optimise_latent(
         steps: maximum number of Adam steps.
         lr: peak learning rate.
         prior_weight: effective weight of ``sum u^2`` (already noise-scaled).
-        tol: relative change of the windowed mean objective below which a check counts as flat.
-        patience: number of consecutive flat checks that stop the loop.
+        tol: relative change of a problem's windowed mean objective below which a check
+            counts as flat for that problem.
+        patience: number of consecutive flat checks after which a problem is frozen.
         check_every: steps between stopping checks (the only host syncs of the loop).
-        noise_var: per-real-measurement noise variance; when > 0 the loop also stops once every
-            data residual is at or below it.
+        noise_var: per-real-measurement noise variance; when > 0 a problem is also frozen once
+            its data residual is at or below it.
         progress: throttled progress reporter.
         amp: callable returning the autocast context for the synthesis.
         extra: optional extra energy ``extra(latent, ws, x) -> [N]`` added to the objective
             (BRGM's perceptual and colinearity terms).
+
+    Early stopping is decided per problem: a frozen problem keeps its latent (its later
+    updates are undone) and the loop ends when every problem is frozen. A slice's result is
+    therefore the same whether it is solved alone or in a batch (up to float rounding).
 
     Returns:
         ``(best_latent, best_objective, best_data, history)`` where the best iterate is tracked
@@ -73,9 +78,13 @@ def optimise_latent(
     best_obj = torch.full((N,), float("inf"), device=dev)
     best_data = torch.full((N,), float("inf"), device=dev)
     hist = torch.zeros(steps, device=dev)
+    per_problem = torch.zeros(check_every if check_every > 0 else 1, N, device=dev)
     dof_scale = 2.0 if y.is_complex() else 1.0
-    prev_window: float | None = None
-    flat = 0
+    shape = (N,) + (1,) * (latent.ndim - 1)
+    prev_window: torch.Tensor | None = None
+    flat = torch.zeros(N, dtype=torch.long, device=dev)
+    frozen = torch.zeros(N, dtype=torch.bool, device=dev)
+    held = latent0.detach().clone()  # the latents of frozen problems
     done = 0
     for step in range(steps):
         for g in opt.param_groups:
@@ -88,25 +97,33 @@ def optimise_latent(
             better = obj < best_obj
             best_obj = torch.where(better, obj, best_obj)
             best_data = torch.where(better, data, best_data)
-            shape = (N,) + (1,) * (latent.ndim - 1)
             best_latent = torch.where(better.view(shape), latent, best_latent)
             hist[step] = obj.mean()
+            if check_every > 0:
+                per_problem[step % check_every] = obj
         opt.zero_grad(set_to_none=True)
         obj.sum().backward()
         opt.step()
+        with torch.no_grad():
+            latent.copy_(torch.where(frozen.view(shape), held, latent))
         done = step + 1
         if progress.due(step):
             progress(step, obj)
         if check_every > 0 and done % check_every == 0 and done < steps:
-            window = float(hist[done - check_every:done].mean())
-            if noise_var > 0 and bool((data.detach() / dof_scale <= noise_var).all()):
+            with torch.no_grad():
+                window = per_problem.mean(0)
+                stop = frozen.clone()
+                if noise_var > 0:
+                    stop |= data.detach() / dof_scale <= noise_var
+                if prev_window is not None:
+                    rel = (prev_window - window) / prev_window.abs().clamp_min(1e-12)
+                    flat = torch.where(rel < tol, flat + 1, torch.zeros_like(flat))
+                    stop |= flat >= patience
+                prev_window = window
+                held = torch.where(stop.view(shape) & ~frozen.view(shape), latent, held)
+                frozen = stop
+            if bool(frozen.all()):
                 break
-            if prev_window is not None:
-                rel = (prev_window - window) / max(abs(prev_window), 1e-12)
-                flat = flat + 1 if rel < tol else 0
-                if flat >= patience:
-                    break
-            prev_window = window
     # score the final iterate too (the loop above scores each iterate before its update)
     with torch.no_grad():
         ws = lat.to_ws(latent)
