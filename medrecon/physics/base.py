@@ -197,7 +197,7 @@ class ComposedPhysics(Physics):
         return self.outer.A(self.inner.A(x))
 
 
-class ComposedLinearPhysics(LinearPhysics):
+class ComposedLinearPhysics(ComposedPhysics, LinearPhysics):
     """``outer(inner(x))`` for linear operators; adjoint ``inner^H(outer^H(y))``.
 
     The pseudo-inverse uses conjugate gradients (the composition of two pseudo-inverses is not
@@ -209,14 +209,8 @@ class ComposedLinearPhysics(LinearPhysics):
         noise_model: Noise of the composition. Default: the outer operator's noise model.
     """
 
-    def __init__(self, outer: LinearPhysics, inner: LinearPhysics, *,
-                 noise_model: NoiseModel | None | str = "outer") -> None:
-        super().__init__(noise_model=outer.noise_model if noise_model == "outer" else noise_model)
-        self.outer = outer
-        self.inner = inner
-
-    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
-        return self.outer.A(self.inner.A(x))
+    outer: LinearPhysics
+    inner: LinearPhysics
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return self.inner.A_adjoint(self.outer.A_adjoint(y))
