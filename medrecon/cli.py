@@ -2,7 +2,7 @@
 
 Reconstruct a scan with a pre-trained StyleGAN2 prior in one line::
 
-    medrecon sr scan.nii.gz                       # x4 super-resolution -> scan_sr_iagan.nii.gz
+    medrecon sr scan.nii.gz                       # x4 super-resolution -> scan_sr_iagan-bp.nii.gz
     medrecon inpaint cxr.dcm --mask holes.png     # fill missing pixels
     medrecon mri knee.h5 --prior brain_mri        # undersampled single-coil k-space
     medrecon mri brain.nii.gz --simulate --acceleration 8

@@ -841,6 +841,9 @@ def _split_suffix(path: Path) -> tuple[str, str]:
 def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
     """``<input stem>_<task>_<method><suffix>`` beside the input.
 
+    :func:`reconstruct_file` passes the method as it runs (``iagan-bp`` when the result is
+    back-projected).
+
     A DICOM series directory gives ``<dir>_<task>_<method>.nii.gz``; k-space (``.npy``/``.h5``)
     input gives ``.nii.gz`` (the output is an image, not k-space).
     """
@@ -849,6 +852,16 @@ def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
     if suffix == "" or suffix.lower() in KSPACE_SUFFIXES:
         suffix = ".nii.gz"
     return p.with_name(f"{stem}_{task}_{method}{suffix}")
+
+
+def _output_label(method: str, options: Mapping[str, Any]) -> str:
+    """The method as it will run, for file names: ``iagan-bp`` when the solver back-projects."""
+    from medrecon.solvers import METHODS, will_back_project
+
+    if method not in METHODS:
+        return method
+    bp = will_back_project(method, bp=options.get("bp"), noise_sigma=options.get("noise_sigma") or 0.0)
+    return f"{method}-bp" if bp else method
 
 
 def std_path_for(output_path: str | Path) -> Path:
@@ -918,7 +931,8 @@ def reconstruct_file(
         raise MedreconInputError(f"input {str(inp)!r} does not exist; pass an existing file or DICOM directory.")
     prior_obj = _resolve_prior(prior)
     method_name = _choose_method(method, task, prior_obj, samples)
-    out = Path(output_path) if output_path is not None else default_output_path(inp, task, method_name)
+    out = (Path(output_path) if output_path is not None
+           else default_output_path(inp, task, _output_label(method_name, options)))
     std_out = std_path_for(out) if samples else None
     for target in (out, std_out):
         if target is None:
@@ -1004,7 +1018,7 @@ def reconstruct_directory(
     method_name = _choose_method(method, _check_task(task), prior_obj)
     results = []
     for p in inputs:
-        out = dst / default_output_path(p, task, method_name).name
+        out = dst / default_output_path(p, task, _output_label(method_name, options)).name
         results.append(reconstruct_file(p, out, task=task, prior=prior_obj, method=method_name,
                                         overwrite=overwrite, **options))
     return results

@@ -237,8 +237,8 @@ def test_inpaint_with_mask_and_samples(tmp_path, prior_dir):
     out = _run(["inpaint", src, "--mask", mask, "--prior", prior_dir, "--method", "brgm",
                 "--steps", "2", "--samples", "2"])
     assert "brgm_variational" in out
-    rec = tmp_path / "img_inpaint_brgm_variational.nii.gz"
-    std = tmp_path / "img_inpaint_brgm_variational_std.nii.gz"
+    rec = tmp_path / "img_inpaint_brgm_variational-bp.nii.gz"
+    std = tmp_path / "img_inpaint_brgm_variational-bp_std.nii.gz"
     assert rec.exists() and std.exists()
     assert (np.asarray(nib.load(str(std)).dataobj) >= 0).all()
 

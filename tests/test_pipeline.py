@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -263,6 +264,21 @@ def test_default_paths(tmp_path):
     assert default_output_path(tmp_path / "k.h5", "mri", "csgm").name == "k_mri_csgm.nii.gz"
     (tmp_path / "series").mkdir()
     assert default_output_path(tmp_path / "series", "sr", "iagan").name == "series_sr_iagan.nii.gz"
+
+
+def test_default_output_name_says_when_the_result_is_back_projected(tmp_path, prior):
+    from medrecon.pipeline import _output_label
+
+    assert _output_label("iagan", {}) == "iagan-bp"  # noiseless: auto BP
+    assert _output_label("iagan", {"bp": False}) == "iagan"
+    assert _output_label("csgm", {"noise_sigma": 0.1}) == "csgm"  # noisy: no auto BP
+    assert _output_label("tv", {"bp": None}) == "tv"  # baselines are never back-projected
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(_smooth_volume((8, 8, 1)), np.eye(4)), str(src))
+    res = reconstruct_file(src, task="sr", prior=prior, method="csgm", scale=2, steps=2,
+                           device="cpu")
+    assert res.output_path.name == "scan_sr_csgm-bp.nii.gz" and res.output_path.exists()
+    assert res.info["method"] == "csgm+bp"
     assert std_path_for(tmp_path / "x_sr.nii.gz").name == "x_sr_std.nii.gz"
 
 

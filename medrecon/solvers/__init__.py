@@ -19,6 +19,7 @@ from medrecon.solvers.api import (
     infer_task,
     method_options,
     solve,
+    will_back_project,
 )
 from medrecon.solvers.backprojection import AUTO_BP_MAX_SIGMA, auto_eta, back_project
 from medrecon.solvers.baselines import (
@@ -71,6 +72,7 @@ __all__ = [
     "resolve_device",
     "resolve_perceptual",
     "solve",
+    "will_back_project",
     "tv",
     "tv_pdhg",
     "variational_core",

@@ -159,6 +159,23 @@ def _get(method: str) -> MethodSpec:
     return METHODS[method]
 
 
+def will_back_project(method: str, *, bp: bool | None = None, noise_sigma: float = 0.0) -> bool:
+    """Whether :func:`solve` back-projects the result of ``method``.
+
+    Args:
+        method: a key of :data:`METHODS`.
+        bp: the ``bp`` argument of :func:`solve` (``None`` = auto).
+        noise_sigma: the operator's noise std (generator units).
+
+    Returns:
+        ``bp`` when given; otherwise ``True`` for generative methods at noise std
+        ``<= AUTO_BP_MAX_SIGMA``.
+    """
+    if bp is not None:
+        return bool(bp)
+    return _get(method).generative and float(noise_sigma or 0.0) <= AUTO_BP_MAX_SIGMA
+
+
 def solve(
     y: torch.Tensor,
     operator: nn.Module,
@@ -224,7 +241,7 @@ def solve(
     else:
         rec = spec.fn(y, operator, **call)
     sigma = C.noise_sigma(operator)
-    do_bp = (spec.generative and sigma <= AUTO_BP_MAX_SIGMA) if bp is None else bp
+    do_bp = will_back_project(method, bp=bp, noise_sigma=sigma)
     rec.info.setdefault("task", task)
     rec.info["bp"] = bool(do_bp)
     if do_bp:
