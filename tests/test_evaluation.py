@@ -326,3 +326,51 @@ def test_bench_writes_json_and_markdown(prior_path, tmp_path):
     assert csgm["seconds_per_slice"] >= csgm["seconds_measured"] > 0
     md = (tmp_path / "unit-test.md").read_text()
     assert "(extrapolated" in md and "fwd+bwd" in md and report["machine"]["torch"] in md
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/tune_defaults.py: defaults are chosen on validation images the report never sees
+# ---------------------------------------------------------------------------------------------
+def _tune_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_defaults.py"
+    spec = importlib.util.spec_from_file_location("tune_defaults", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tuning_validation_split_is_disjoint_from_the_report_images():
+    tune = _tune_module()
+    ids = [f"c/{i:03d}.png" for i in range(50)]
+    test, val = tune.validation_split(ids, test_limit=8, n=6)
+    # the report's images are exactly what `medrecon eval --limit 8` picks
+    assert test == [sorted(ids)[(i * 50) // 8] for i in range(8)]
+    assert len(val) == 6 == len(set(val)) and not set(val) & set(test)
+    with pytest.raises(SystemExit, match="more than"):
+        tune.validation_split(ids[:9], test_limit=8, n=2)
+
+
+def test_tuning_script_runs_a_grid(prior_path, tmp_path, offline_lpips):
+    tune = _tune_module()
+    data = tmp_path / "data"
+    data.mkdir()
+    yy, xx = np.mgrid[0:R, 0:R]
+    for i in range(5):
+        a = (127 + 90 * np.sin(xx / (2.0 + i)) * np.cos(yy / 3.0)).astype(np.uint8)
+        Image.fromarray(a, mode="L").save(data / f"{i}.png")
+    held = tmp_path / "held.txt"
+    held.write_text("# header\n" + "".join(f"{i}.png\n" for i in range(5)))
+    out = tmp_path / "tune"
+    assert tune.main(["--prior", str(prior_path), "--task", "sr", "--data", str(data),
+                      "--held-out", str(held), "--method", "csgm-bp", "--baselines", "bicubic",
+                      "--grid", "steps=1,2", "--grid", "restarts=1", "--task-option", "scale=2",
+                      "--n", "2", "--test-limit", "2", "--out", str(out)]) == 0
+    _, rows = _read_csv(out / "tuning.csv")
+    assert [(r["method"], r["options"]) for r in rows] == [
+        ("bicubic", "-"), ("csgm-bp", "steps=1, restarts=1"), ("csgm-bp", "steps=2, restarts=1")]
+    assert all(r["n"] == "2" and math.isfinite(float(r["psnr"])) for r in rows)
+    val = [ln for ln in (out / "validation.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert val and not {"0.png", "2.png"} & set(val)  # the 2 report images are left out
+    assert "| csgm-bp | steps=2, restarts=1 |" in (out / "tuning.md").read_text()
