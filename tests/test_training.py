@@ -301,6 +301,48 @@ def test_resume_rejects_other_config_and_garbage(tmp_path):
         export_checkpoint(tmp_path / "foreign.pt", tmp_path / "models", name="x")
 
 
+def test_slim_checkpoint_exports_and_resumes(tmp_path):
+    """The portable checkpoint (fp16 networks, no Adam state) is smaller, exports the same
+    generator up to fp16 rounding, and resumes training with fresh optimiser moments."""
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+    from medrecon.training.export import generator_from_checkpoint
+    from medrecon.training.loop import read_checkpoint
+
+    cfg = TrainConfig(**TINY)
+    a = Trainer(_Images(), cfg)
+    a.train_step()
+    a.train_step()
+    full = a.save_checkpoint(tmp_path / "full.pt")
+    runner = CliRunner()
+    res = runner.invoke(train, ["slim", str(full), "-o", str(tmp_path / "slim.pt")])
+    assert res.exit_code == 0, res.output
+    slim = tmp_path / "slim.pt"
+    assert slim.stat().st_size < 0.6 * full.stat().st_size
+    st = read_checkpoint(slim)
+    assert "opt_G" not in st and "opt_D" not in st and st["step"] == 2
+    assert all(v.dtype == torch.float16 for v in st["G_ema"].values() if v.is_floating_point())
+    z = torch.randn(2, TINY["z_dim"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x_full = generator_from_checkpoint(full)(z, None, noise_mode="const")
+        x_slim = generator_from_checkpoint(slim)(z, None, noise_mode="const")
+    torch.testing.assert_close(x_slim, x_full, atol=2e-2, rtol=0)
+    b = Trainer(_Images(), cfg)
+    with pytest.warns(UserWarning, match="slim checkpoint"):
+        b.load_checkpoint(slim)
+    assert b.step == 2 and b.images_seen == 8
+    assert all(p.dtype == torch.float32 for p in b.G.parameters())
+    b.train_step()
+    assert all(torch.isfinite(p).all() for p in b.G.parameters())
+    # never overwrite: neither an existing file without --overwrite nor the input itself
+    again = runner.invoke(train, ["slim", str(full), "-o", str(slim)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    same = runner.invoke(train, ["slim", str(full), "-o", str(full), "--overwrite"])
+    assert same.exit_code == 2 and "is the input" in same.output
+    assert read_checkpoint(full)["opt_G"]  # the input is intact
+
+
 def test_fit_writes_snapshots_and_resumes(tmp_path):
     cfg = TrainConfig(**TINY)
     t = Trainer(_Images(), cfg)
