@@ -301,6 +301,30 @@ def test_resume_rejects_other_config_and_garbage(tmp_path):
         export_checkpoint(tmp_path / "foreign.pt", tmp_path / "models", name="x")
 
 
+def test_pack_keeps_pixels_names_and_folds(tmp_path):
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+    from medrecon.training.folds import list_images
+
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.jpeg", 30 * i, size=20 + i)
+    res = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "pk"),
+                                     "--resolution", "16"])
+    assert res.exit_code == 0, res.output
+    assert list_images(tmp_path / "pk") == list_images(data)
+    a = make_folds(data, scheme="auto", k=3)
+    b = make_folds(tmp_path / "pk", scheme="auto", k=3)
+    assert a.digest() == b.digest()
+    files = list_images(data)
+    torch.testing.assert_close(ImageFolderDataset(tmp_path / "pk", files, resolution=16).data,
+                               ImageFolderDataset(data, files, resolution=16).data, atol=0, rtol=0)
+    assert json.loads((tmp_path / "pk" / "pack.json").read_text())["images"] == 6
+    inside = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(data / "p")])
+    assert inside.exit_code == 2 and "outside" in inside.output
+
+
 def test_slim_checkpoint_exports_and_resumes(tmp_path):
     """The portable checkpoint (fp16 networks, no Adam state) is smaller, exports the same
     generator up to fp16 rounding, and resumes training with fresh optimiser moments."""

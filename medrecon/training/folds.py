@@ -341,6 +341,62 @@ def load_folds(path: str | Path) -> FoldAssignment:
     return fa
 
 
+def read_training_image(path: str | Path, resolution: int) -> np.ndarray:
+    """One training image as the prior sees it: 8-bit grayscale, Lanczos-resized to
+    ``resolution`` x ``resolution`` (left as is when already that size).
+
+    Raises:
+        MedreconInputError: unreadable file.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            if im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except OSError as exc:
+        raise MedreconInputError(
+            f"cannot read training image {str(path)!r} ({exc}); expected a readable PNG/JPEG."
+        ) from exc
+
+
+def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int = 128) -> dict:
+    """Copy a training folder at training resolution, to move it where the original is too big.
+
+    Every image is stored as :func:`read_training_image` returns it (8-bit grayscale, Lanczos-
+    resized to ``resolution``), losslessly as PNG, under its **original relative name** (a
+    ``.jpeg`` name may hold PNG bytes: readers go by content). The names are kept so that
+    the fold assignment, its sha256 and the held-out lists are those of the original folder;
+    training on the pack sees exactly the pixels training on the original would. A
+    ``pack.json`` records the source, resolution and count.
+
+    Returns:
+        The ``pack.json`` record.
+
+    Raises:
+        MedreconInputError: missing/empty ``data_dir``, or ``out_dir`` equal to or inside it.
+    """
+    from PIL import Image
+
+    src, dst = Path(data_dir), Path(out_dir)
+    files = list_images(src)
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise MedreconInputError(f"pack folder {str(dst)!r} must be outside {str(src)!r}, so "
+                                 "that the originals are never touched.")
+    for rel in files:
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(read_training_image(src / rel, resolution), mode="L").save(
+            target, format="PNG", optimize=True)
+    record = {"format": "medrecon-training-pack-v1", "source": str(src.resolve()),
+              "resolution": resolution, "images": len(files),
+              "content": "8-bit grayscale PNG bytes under the original relative names"}
+    (dst / "pack.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Grayscale images resized to ``resolution``, cached in memory as one uint8 tensor.
 
@@ -354,8 +410,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, files: Sequence[str], *, resolution: int = 128) -> None:
-        from PIL import Image
-
         if not isinstance(resolution, int) or resolution < 4 or resolution & (resolution - 1):
             raise MedreconInputError(
                 f"resolution must be a power of two >= 4, got {resolution!r}."
@@ -367,17 +421,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.resolution = resolution
         data = torch.empty(len(self.files), 1, resolution, resolution, dtype=torch.uint8)
         for i, rel in enumerate(self.files):
-            try:
-                with Image.open(self.root / rel) as im:
-                    im = im.convert("L")
-                    if im.size != (resolution, resolution):
-                        im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
-                    data[i, 0] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
-            except OSError as exc:
-                raise MedreconInputError(
-                    f"cannot read training image {str(self.root / rel)!r} ({exc}); expected a "
-                    "readable PNG/JPEG."
-                ) from exc
+            data[i, 0] = torch.from_numpy(read_training_image(self.root / rel, resolution))
         self.data = data
 
     def __len__(self) -> int:
