@@ -229,34 +229,44 @@ def _capped_options(method: str, defaults: dict[str, int], steps: int) -> dict[s
 
 
 def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, task: str,
-                  task_options: dict[str, Any], steps: int | None, seed: int = 0
-                  ) -> list[dict[str, Any]]:
-    """Seconds per slice of each method on one slice at the prior's resolution.
+                  task_options: dict[str, Any], steps: int | None, seed: int = 0,
+                  slices: int = 1, solver_batch: int | None = None) -> list[dict[str, Any]]:
+    """Seconds per slice of each method on ``slices`` slices at the prior's resolution.
 
-    The slice is a sample of the prior itself (seeded), measured with the task's operator
-    (noiseless, so generative methods may stop early once the fit is flat). With ``steps`` set,
+    The slices are samples of the prior itself (seeded), measured with the task's operator
+    (noiseless, so generative methods may stop early once the fit is flat). They are solved in
+    batches of ``solver_batch`` slices (default: all at once), as the pipeline does with
+    ``--batch-size``; ``slices=150`` times a 150-slice volume. With ``steps`` set,
     the method runs twice with every iteration count capped at ``steps // 2`` and ``steps``;
     the fixed cost and the cost per iteration fitted to the two times give the default run's
     time (marked extrapolated; an upper bound when the full run would stop early).
     Back-projection is explicit (``-bp`` suffix).
     """
+    if slices < 1 or (solver_batch is not None and solver_batch < 1):
+        raise ValueError(f"slices={slices}, solver_batch={solver_batch}: expected >= 1.")
     from medrecon import physics, solvers
 
     G = prior.generator
     R, C = int(prior.resolution), int(prior.channels)
     gen = torch.Generator().manual_seed(seed)
+    batch = min(slices, solver_batch or slices)
     with torch.no_grad():
-        z = torch.randn(1, G.z_dim, generator=gen)
-        x = G(z, torch.zeros(1, getattr(G, "c_dim", 0)), noise_mode="const").clamp(-1, 1)
+        z = torch.randn(slices, G.z_dim, generator=gen)
+        x = torch.cat([G(z[i:i + 16], torch.zeros(len(z[i:i + 16]), getattr(G, "c_dim", 0)),
+                         noise_mode="const") for i in range(0, slices, 16)]).clamp(-1, 1)
     op = physics.build_operator(task, img_size=(R, R), channels=C, seed=seed, **task_options)
     y = op.measure(x, generator=torch.Generator().manual_seed(seed + 1))
     solver_task = solvers.infer_task(op)
 
     def run(base: str, bp: bool, opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Solve every slice, ``batch`` at a time; ``rec.seconds`` is the total per slice."""
         with peak_memory(device) as mem:
-            rec = solvers.solve(y, op, prior, method=base, bp=bp, device=str(device),
-                                seed=seed, **opts)
-        _sync(device)
+            t0 = time.perf_counter()
+            for b0 in range(0, slices, batch):
+                rec = solvers.solve(y[b0:b0 + batch], op, prior, method=base, bp=bp,
+                                    device=str(device), seed=seed, **opts)
+            _sync(device)
+            rec.seconds = (time.perf_counter() - t0) / slices
         return rec, mem
 
     rows = []
@@ -264,7 +274,8 @@ def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, t
         base, bp = (method[:-3], True) if method.endswith("-bp") else (method, False)
         defaults = default_steps(base, solver_task)
         short = steps is not None and bool(defaults) and any(v > steps for v in defaults.values())
-        entry: dict[str, Any] = {"method": method, "default_steps": defaults}
+        entry: dict[str, Any] = {"method": method, "default_steps": defaults,
+                                 "slices": slices, "solver_batch": batch}
         try:
             if not short:
                 rec, mem = run(base, bp, {})
@@ -297,6 +308,7 @@ def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, t
             entry["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(entry)
             continue
+        entry["seconds_per_volume"] = entry["seconds_per_slice"] * slices
         entry.update({"device": str(rec.device), "peak_mem_bytes": mem["bytes"],
                       "peak_mem_kind": mem["kind"]})
         rows.append(entry)
@@ -348,7 +360,12 @@ def to_markdown(report: dict[str, Any]) -> str:
                          if "peak_mem_kind" in g.get("forward", {})), None)
             lines += ["", f"Memory: {kind}.", ""]
             if d["solvers"]:
-                lines += [f"### Solvers on {dev} (one slice)", "",
+                n_sl = s.get("slices", 1)
+                per_call = s.get("solver_batch") or n_sl
+                what = ("one slice" if n_sl == 1 else
+                        f"a volume of {n_sl} slices, {min(per_call, n_sl)} per solver call; "
+                        f"seconds / slice = volume time / {n_sl}")
+                lines += [f"### Solvers on {dev} ({what})", "",
                           "| method | seconds / slice | measured s | iterations run (default) | "
                           "fixed s + s / iteration | peak MiB |", "|---|---:|---:|---|---:|---:|"]
                 for r in d["solvers"]:
@@ -368,6 +385,10 @@ def to_markdown(report: dict[str, Any]) -> str:
                                  f"{' (' + dft + ')' if dft and r['extrapolated'] else ''} | "
                                  f"{fit} | {_mib(r.get('peak_mem_bytes'))} |")
                 lines.append("")
+                if n_sl > 1:
+                    lines += [f"Seconds per volume of {n_sl} slices: " + ", ".join(
+                        f"{r['method']} {r['seconds_per_volume']:.1f}"
+                        for r in d["solvers"] if "error" not in r) + ".", ""]
     return "\n".join(lines)
 
 
@@ -405,6 +426,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="comma-separated devices; default cpu, plus cuda when available")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-solvers", action="store_true", help="time only the generators")
+    ap.add_argument("--slices", type=int, default=1,
+                    help="slices solved (a volume: e.g. 150); timings are per slice and total")
+    ap.add_argument("--solver-batch", type=int, default=None,
+                    help="slices per solver call (the pipeline's --batch-size) [all]")
     ap.add_argument("--machine", default=None, help="name of the output files (default: host)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                     help="output folder")
@@ -445,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "settings": {"batch_sizes": args.batch_sizes, "methods": methods, "task": args.task,
+                     "slices": args.slices, "solver_batch": args.solver_batch,
                      "task_options": task_options, "steps": args.steps,
                      "repeats": args.repeats, "seed": args.seed, "devices": devices},
         "priors": [],
@@ -471,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
                 sol_rows = bench_solvers(prior, device, methods, task=args.task,
                                          task_options=task_options, steps=args.steps,
-                                         seed=args.seed)
+                                         seed=args.seed, slices=args.slices,
+                                         solver_batch=args.solver_batch)
             entry["devices"].append({"device": str(device), "generator": gen_rows,
                                      "solvers": sol_rows})
         report["priors"].append(entry)

@@ -328,12 +328,29 @@ def test_bench_writes_json_and_markdown(prior_path, tmp_path):
     assert "(extrapolated" in md and "fwd+bwd" in md and report["machine"]["torch"] in md
 
 
+def test_bench_times_a_volume_in_solver_batches(prior_path, tmp_path):
+    bench = _bench_module()
+    assert bench.main(["--prior", str(prior_path), "--batch-sizes", "1", "--repeats", "1",
+                       "--methods", "tv,csgm-bp", "--steps", "2", "--devices", "cpu",
+                       "--task", "sr", "--scale", "2", "--slices", "3", "--solver-batch", "2",
+                       "--machine", "vol", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "vol.json").read_text())
+    rows = {r["method"]: r for r in report["priors"][0]["devices"][0]["solvers"]}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["slices"] == 3 and r["solver_batch"] == 2
+        assert r["seconds_per_volume"] == pytest.approx(3 * r["seconds_per_slice"])
+    md = (tmp_path / "vol.md").read_text()
+    assert "a volume of 3 slices, 2 per solver call" in md and "Seconds per volume" in md
+    with pytest.raises(ValueError, match="slices"):
+        bench.bench_solvers(None, torch.device("cpu"), ["tv"], task="sr", task_options={},
+                            steps=None, slices=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # scripts/tune_defaults.py: defaults are chosen on validation images the report never sees
 # ---------------------------------------------------------------------------------------------
 def _tune_module():
-    import importlib.util
-
     path = Path(__file__).resolve().parents[1] / "scripts" / "tune_defaults.py"
     spec = importlib.util.spec_from_file_location("tune_defaults", path)
     mod = importlib.util.module_from_spec(spec)
