@@ -367,6 +367,28 @@ def test_slim_checkpoint_exports_and_resumes(tmp_path):
     assert read_checkpoint(full)["opt_G"]  # the input is intact
 
 
+def test_fit_stops_gracefully_on_sigterm(tmp_path):
+    """kill (SIGTERM) or Ctrl-C ends training after the current step with a checkpoint."""
+    import signal
+
+    from medrecon.training.loop import read_checkpoint
+
+    t = Trainer(_Images(), TrainConfig(**TINY))
+    before = signal.getsignal(signal.SIGTERM)
+    sent = []
+
+    def progress(stats):
+        if not sent:
+            sent.append(stats["kimg"])
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.warns(UserWarning, match="SIGTERM: stopping after this step"):
+        summary = t.fit(tmp_path, kimg=1.0, log_every=1, progress=progress)
+    assert summary["step"] == 1  # not the 250 steps 1 kimg would take
+    assert read_checkpoint(tmp_path / "checkpoint-latest.pt")["step"] == 1
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+
+
 def test_fit_writes_snapshots_and_resumes(tmp_path):
     cfg = TrainConfig(**TINY)
     t = Trainer(_Images(), cfg)

@@ -61,7 +61,11 @@ def train() -> None:
 def run_cmd(data_dir, out_dir, resolution, kimg, fold, folds, scheme, max_minutes,
             snapshot_minutes, batch, z_dim, w_dim, mapping_layers, channel_base, channel_max, lr,
             gamma, augment, seed, device, threads):
-    """Train (or resume) a prior. Multi-GPU: torchrun --nproc_per_node N -m medrecon train run."""
+    """Train (or resume) a prior. Multi-GPU: torchrun --nproc_per_node N -m medrecon train run.
+
+    Re-running with the same --out resumes. Ctrl-C or kill (SIGINT/SIGTERM) stops after the
+    current step and writes the checkpoint; a second signal stops at once.
+    """
     from medrecon.training.loop import TrainConfig
     from medrecon.training.runner import train_run
 

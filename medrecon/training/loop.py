@@ -24,10 +24,13 @@ import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -252,6 +255,35 @@ def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
     torch.save(slim, tmp)
     os.replace(tmp, dst)
     return dst
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set :attr:`requested` instead of killing the loop (main thread only);
+    a second signal restores the previous handler and delivers the signal to it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # asked twice: behave as without us
+            self.uninstall()
+            signal.raise_signal(signum)
+            return
+        self.requested = True
+        warnings.warn(f"signal {signal.Signals(signum).name}: stopping after this step and "
+                      "writing the checkpoint (send it again to stop at once).", stacklevel=2)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +523,10 @@ class Trainer:
 
         Resumes from ``out_dir/checkpoint-latest.pt`` when present. Writes the checkpoint and a
         sample grid (``samples-<kimg>.png``) every ``snapshot_minutes`` and at the end, and
-        appends JSON lines to ``log.jsonl``.
+        appends JSON lines to ``log.jsonl``. SIGINT/SIGTERM (Ctrl-C, ``kill``) stop it
+        gracefully: the step in progress finishes, the checkpoint is written, and the call
+        returns (all ranks agree on the stop every ``log_every`` steps); a second signal
+        interrupts at once.
 
         Args:
             out_dir: run folder.
@@ -514,7 +549,9 @@ class Trainer:
         last_snap = start
         stats: dict = {}
         log = (out / "log.jsonl").open("a") if self.rank == 0 else None
+        stop = _StopRequest()
         try:
+            stop.install()
             while self.images_seen < kimg * 1000:
                 t0 = time.monotonic()
                 stats = self.train_step()
@@ -528,6 +565,8 @@ class Trainer:
                         log.flush()
                     if progress is not None:
                         progress(stats)
+                if self.step % log_every == 0 and self._agree(stop.requested):
+                    break  # a signal asked to stop: the final snapshot below saves this step
                 now = time.monotonic()
                 if max_minutes is not None and (now - start) > max_minutes * 60:
                     break  # the final snapshot below saves this step
@@ -535,11 +574,20 @@ class Trainer:
                     self.snapshot(out)
                     last_snap = now
         finally:
+            stop.uninstall()
             if log is not None:
                 log.close()
         self.snapshot(out)
         return {"step": self.step, "kimg": self.images_seen / 1000,
                 "train_seconds": self.train_seconds, "last": stats}
+
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` on any rank (one all-reduce under DDP, so every rank stops together)."""
+        if self.world_size <= 1:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
     def snapshot(self, out_dir: str | Path) -> None:
         """Write the checkpoint and a 4x4 sample grid of the EMA generator (rank 0)."""
