@@ -110,7 +110,11 @@ FAKE_CLI = textwrap.dedent(
         stem, suffix = (name[:-7], ".nii.gz") if name.endswith(".nii.gz") else os.path.splitext(name)
         std = stem + "_std" + suffix
         nib.save(nib.Nifti1Image(np.full(data.shape, 0.25, np.float32), affine), std)
-    emit(event="done", output=a.output, std=std, seconds=0.5, argv=sys.argv[1:])
+    # as medrecon.cli reports it: the method as it ran (noiseless generative runs add BP)
+    method = a.method or "iagan"
+    if method in ("iagan", "csgm", "brgm") and not float(a.noise_sigma or 0):
+        method += "+bp"
+    emit(event="done", output=a.output, std=std, seconds=0.5, argv=sys.argv[1:], method=method)
     '''
 )
 
@@ -355,7 +359,7 @@ def test_sr_node_in_node_out_geometry(scene, slicer_mod, fake_cli, runs_dir):
     # A new node, in the scene, the input untouched.
     assert out is not None and out not in before and out.GetScene() is scene
     assert len(_volume_nodes(scene)) == len(before) + 1 and result.uncertainty_volume is None
-    assert out.GetName() == "scan_sr_iagan"
+    assert out.GetName() == "scan_sr_iagan-bp"  # the method as the CLI reports it ran
     np.testing.assert_allclose(volume.GetSpacing(), SPACING)
 
     # Geometry: in-plane spacing / 4, same direction, same physical field of view.

@@ -86,8 +86,10 @@ class ReconstructionRun:
         parameters: ReconstructionParameters,
         on_volume_imported: Optional[Callable[[Any, str], None]] = None,
         terminate_timeout: float = 5.0,
+        name_from_method: bool = False,
     ) -> None:
         self._process = process
+        self._name_from_method = name_from_method
         self.workdir = workdir
         self._output_path = output_path
         self._input = input_volume
@@ -238,6 +240,11 @@ class ReconstructionRun:
             std_path = str(candidate) if candidate.is_file() else None
         if self._parameters.samples > 0 and std_path is None:
             raise OSError("samples were asked for but medrecon wrote no uncertainty (std) map")
+        method = done.get("method")
+        if self._name_from_method and isinstance(method, str) and method.strip():
+            # the method as it ran, as in the CLI's file names: "iagan+bp" -> "..._iagan-bp"
+            self._output_name = (f"{self._input.GetName()}_{self._parameters.task}_"
+                                 f"{method.strip().replace('+', '-')}")
         scene = self._input.GetScene()
         created: List[Any] = []
         try:
@@ -327,7 +334,8 @@ class ReconstructionLogic:
             input_volume: ``vtkMRMLScalarVolumeNode`` in a scene.
             parameters: What to run; default ``ReconstructionParameters()`` (SR x4, IAGAN).
             mask: Labelmap or segmentation marking the voxels to fill in (inpainting only).
-            output_name: Base name of the result node; default ``<input>_<task>_<method>``.
+            output_name: Base name of the result node; default ``<input>_<task>_<method>`` with
+                the method as the CLI reports it ran (e.g. ``iagan-bp``).
 
         Returns:
             The running :class:`ReconstructionRun`; poll it or wait for it.
@@ -367,7 +375,7 @@ class ReconstructionLogic:
         return ReconstructionRun(
             process=process, workdir=workdir, output_path=output_path, input_volume=input_volume,
             output_name=name, parameters=parameters, on_volume_imported=self.on_volume_imported,
-            terminate_timeout=self.terminate_timeout,
+            terminate_timeout=self.terminate_timeout, name_from_method=output_name is None,
         )
 
     def process(
