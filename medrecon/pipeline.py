@@ -860,7 +860,7 @@ def _output_label(method: str, options: Mapping[str, Any]) -> str:
 
     if method not in METHODS:
         return method
-    bp = will_back_project(method, bp=options.get("bp"), noise_sigma=options.get("noise_sigma") or 0.0)
+    bp = will_back_project(method, bp=options.get("bp"), noise_sigma=options.get("noise_sigma"))
     return f"{method}-bp" if bp else method
 
 

@@ -49,7 +49,7 @@ mkdir -p "$run" "$out/$prior"
 "$py" -m medrecon train run --data ".pack/$folder" --out "$run" --resolution 128 --fold 0 \
   --folds 5 --kimg 25000 --batch 32 "${net[@]}" --z-dim 256 --w-dim 256 --mapping-layers 2 \
   --device "$device" --snapshot-minutes 2 --max-minutes "$minutes" 2>&1 | tee "$out/train_$prior.log" \
-  | awk 'NR % 20 == 1'
+  | tail -n 20
 "$py" -m medrecon train slim "$run/checkpoint-latest.pt" -o "$run/checkpoint-slim.pt" --overwrite
 # at most 16 MiB a file comes back: split what is bigger (gpu_fetch.sh joins the parts)
 split -b 15m -d "$run/checkpoint-slim.pt" "$out/$prior/checkpoint-slim.pt.part-"

@@ -323,6 +323,18 @@ def test_pack_keeps_pixels_names_and_folds(tmp_path):
     assert json.loads((tmp_path / "pk" / "pack.json").read_text())["images"] == 6
     inside = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(data / "p")])
     assert inside.exit_code == 2 and "outside" in inside.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    busy = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(other)])
+    assert busy.exit_code == 2 and "not a training pack" in busy.output
+    assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+    odd = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "o"),
+                                     "--resolution", "100"])
+    assert odd.exit_code == 2 and "power of two" in odd.output
+    again = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "pk"),
+                                       "--resolution", "16"])
+    assert again.exit_code == 0, again.output  # refreshing an existing pack is fine
 
 
 def test_slim_checkpoint_exports_and_resumes(tmp_path):

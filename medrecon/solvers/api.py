@@ -164,13 +164,14 @@ def _get(method: str) -> MethodSpec:
     return METHODS[method]
 
 
-def will_back_project(method: str, *, bp: bool | None = None, noise_sigma: float = 0.0) -> bool:
+def will_back_project(method: str, *, bp: bool | None = None,
+                      noise_sigma: float | None = 0.0) -> bool:
     """Whether :func:`solve` back-projects the result of ``method``.
 
     Args:
         method: a key of :data:`METHODS`.
         bp: the ``bp`` argument of :func:`solve` (``None`` = auto).
-        noise_sigma: the operator's noise std (generator units).
+        noise_sigma: the operator's noise std (generator units); ``None`` means 0.
 
     Returns:
         ``bp`` when given; otherwise ``True`` for generative methods at noise std

@@ -376,15 +376,23 @@ def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int =
         The ``pack.json`` record.
 
     Raises:
-        MedreconInputError: missing/empty ``data_dir``, or ``out_dir`` equal to or inside it.
+        MedreconInputError: missing/empty ``data_dir``; ``out_dir`` equal to or inside it, or a
+            non-empty folder that is not a pack (nothing there is overwritten); a resolution
+            that is not a power of two (training could not use the pack).
     """
     from PIL import Image
 
+    if not isinstance(resolution, int) or resolution < 4 or resolution & (resolution - 1):
+        raise MedreconInputError(f"resolution must be a power of two >= 4 (as for training), "
+                                 f"got {resolution!r}.")
     src, dst = Path(data_dir), Path(out_dir)
     files = list_images(src)
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise MedreconInputError(f"pack folder {str(dst)!r} must be outside {str(src)!r}, so "
                                  "that the originals are never touched.")
+    if dst.is_dir() and any(dst.iterdir()) and not (dst / "pack.json").is_file():
+        raise MedreconInputError(f"{str(dst)!r} is a non-empty folder that is not a training "
+                                 "pack; choose an empty or new --out folder.")
     for rel in files:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
