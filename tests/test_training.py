@@ -401,6 +401,21 @@ def test_fit_stops_gracefully_on_sigterm(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
 
 
+def test_second_interrupt_stops_at_once(tmp_path):
+    import signal
+
+    t = Trainer(_Images(), TrainConfig(**TINY))
+    before = signal.getsignal(signal.SIGINT)
+
+    def progress(stats):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.warns(UserWarning, match="SIGINT"), pytest.raises(KeyboardInterrupt):
+        t.fit(tmp_path, kimg=1.0, log_every=1, progress=progress)
+    assert signal.getsignal(signal.SIGINT) == before
+
+
 def test_fit_writes_snapshots_and_resumes(tmp_path):
     cfg = TrainConfig(**TINY)
     t = Trainer(_Images(), cfg)
