@@ -241,6 +241,10 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Posterior samples (BRGM variational); > 0 also writes a "
                      "<output>_std map."),
+        click.option("--ensemble", type=click.IntRange(min=1), default=None,
+                     help="IAGAN: independent runs per slice whose images are averaged (an "
+                     "estimate of the posterior mean; costs that many runs; 1 = one run, "
+                     "fastest). [default: per task, see docs/solvers.md]"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Where to compute (auto = CUDA when available)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,

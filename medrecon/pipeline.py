@@ -181,6 +181,19 @@ def _check_int(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
+def _check_ensemble(ensemble: Any, method: str) -> int | None:
+    """``None`` (the solver's default) or a positive integer for a method that ensembles."""
+    if ensemble is None:
+        return None
+    ensemble = _check_int("ensemble", ensemble, minimum=1)
+    if not _accepts(method, "ensemble"):
+        ens = [m for m in _available_methods() if _accepts(m, "ensemble")]
+        raise MedreconInputError(
+            f"ensemble={ensemble} averages independent runs of {', '.join(ens)}; method "
+            f"{method!r} has no such option. Drop ensemble or use method {ens[0]!r}.")
+    return ensemble
+
+
 def _mask_array(mask: Any) -> np.ndarray | None:
     """A user mask (missing pixels nonzero) as a bool array, from an array, image or path."""
     if mask is None:
@@ -249,9 +262,13 @@ class _Progress:
             total = max(1, int(d.get("total_steps") or 1))
             step = int(d.get("step") or 0)
             within = min(1.0, (k + step / total) / max(self.n_stages, len(self.stages)))
+            # an ensemble (IAGAN ensemble=K) runs the same stages once per member
+            member, members = int(d.get("member") or 1), max(1, int(d.get("members") or 1))
+            within = (member - 1 + within) / members
             frac = (start + within * (stop - start)) / self.n
             sl = f"slice {start + 1}/{self.n}" if stop - start == 1 else f"slices {start + 1}-{stop}/{self.n}"
-            msg = f"{sl}, {stage + ' ' if stage else ''}step {step}/{total}"
+            run = f"run {member}/{members}, " if members > 1 else ""
+            msg = f"{sl}, {run}{stage + ' ' if stage else ''}step {step}/{total}"
             self.emit(frac, msg, step=step, total_steps=total, stage=stage, loss=d.get("loss"))
 
         return cb
@@ -271,6 +288,7 @@ def _solve_batches(
     seed: int,
     progress: _Progress,
     task: str | None = None,
+    ensemble: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve slices in batches; ``operators`` pairs an operator with the slice indices it serves.
 
@@ -296,12 +314,14 @@ def _solve_batches(
                 kw["bp"] = bp
             if samples:
                 kw["num_samples"] = samples
+            if ensemble is not None:
+                kw["ensemble"] = ensemble
             if task is not None:
                 kw["task"] = _SOLVER_TASK.get(task, task)
             rec = solve(y[chunk], op, prior, **kw)
             for j, i in enumerate(chunk):
                 images[i] = rec.image[j]
-                if rec.std is not None:
+                if samples and rec.std is not None:  # not an IAGAN ensemble's spread
                     stds[i] = rec.std[j]
             info["device"] = str(rec.device)
             info["method"] = rec.method or method
@@ -403,6 +423,7 @@ def reconstruct(
     mask_type: str = "random",
     noise_sigma: float = 0.0,
     samples: int = 0,
+    ensemble: int | None = None,
     device: str = "auto",
     batch_size: int = 16,
     seed: int = 0,
@@ -445,6 +466,9 @@ def reconstruct(
         noise_sigma: Measurement noise std in generator units ([-1, 1] range); used by the solver
             (regularised back-projection) and, when simulating, to add noise. Default 0.
         samples: Posterior samples per slice (variational BRGM); > 0 adds a std map. Default 0.
+        ensemble: IAGAN only: independent runs per slice whose images are averaged (see
+            :func:`medrecon.solvers.iagan`); ``1`` is one run (fastest). Default ``None``: the
+            solver's per-task default (``medrecon.solvers.DEFAULTS``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. Default ``"auto"``.
         batch_size: Slices solved together. Default 16.
         seed: Seed of every random choice (operator pattern, simulated noise, solver probes).
@@ -479,6 +503,7 @@ def reconstruct(
     prior = _resolve_prior(prior)
     R, C = _prior_resolution(prior)
     method = _choose_method(method, task, prior, samples)
+    ensemble = _check_ensemble(ensemble, method)
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
     spacing = _spacing(image, affine)
 
@@ -584,7 +609,7 @@ def reconstruct(
     progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {method}")
     img_g, std_g, sinfo = _solve_batches(
         y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
-        batch_size=batch_size, seed=seed, progress=progress, task=task,
+        batch_size=batch_size, seed=seed, progress=progress, task=task, ensemble=ensemble,
     )
 
     # ---- back to image space
@@ -620,6 +645,7 @@ def reconstruct(
         "steps": steps,
         "bp": bp,
         "samples": samples,
+        "ensemble": sinfo.get("solver_info", {}).get("ensemble"),
         "noise_sigma": float(noise_sigma),
     }
     if task == "sr":
@@ -715,6 +741,7 @@ def reconstruct_kspace(
     bp: bool | None = None,
     noise_sigma: float = 0.0,
     samples: int = 0,
+    ensemble: int | None = None,
     device: str = "auto",
     batch_size: int = 16,
     seed: int = 0,
@@ -734,8 +761,8 @@ def reconstruct_kspace(
         prior: Prior name, directory or object.
         sampled: Bool sampling mask broadcastable to ``[N, H, W]`` (e.g. fastMRI ``[W]``
             columns); default: the nonzero entries of ``kspace``.
-        method, steps, bp, noise_sigma, samples, device, batch_size, seed, callback: as in
-            :func:`reconstruct`.
+        method, steps, bp, noise_sigma, samples, ensemble, device, batch_size, seed, callback:
+            as in :func:`reconstruct`.
         spacing: In-plane pixel size of the image grid in mm (default 1, 1).
 
     Returns:
@@ -773,6 +800,7 @@ def reconstruct_kspace(
     batch_size = _check_int("batch_size", batch_size, minimum=1)
     samples = _check_int("samples", samples, minimum=0)
     seed = _check_int("seed", seed, minimum=0)
+    ensemble = _check_ensemble(ensemble, method)
 
     kr = _fourier_resize(k * m, (R, R))
     mr = _fourier_resize(m.to(torch.complex64), (R, R)).abs() > 0
@@ -795,7 +823,7 @@ def reconstruct_kspace(
     progress = _Progress(callback, n, method)
     img_g, std_g, sinfo = _solve_batches(
         y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
-        batch_size=batch_size, seed=seed, progress=progress, task="mri",
+        batch_size=batch_size, seed=seed, progress=progress, task="mri", ensemble=ensemble,
     )
 
     def back(t: torch.Tensor) -> torch.Tensor:  # [N, 1, R, R] generator -> [N, H, W]
@@ -817,7 +845,8 @@ def reconstruct_kspace(
         "slices": n, "plane": "image", "input_shape": (n, H, W), "output_shape": vol.shape,
         "prior": _prior_name(prior), "prior_resolution": R, "window": window.to_dict(),
         "sampling_fraction": float(m.float().mean()), "seed": seed, "steps": steps, "bp": bp,
-        "samples": samples, "noise_sigma": float(noise_sigma), "simulated": False,
+        "samples": samples, "ensemble": sinfo.get("solver_info", {}).get("ensemble"),
+        "noise_sigma": float(noise_sigma), "simulated": False,
     }
     return PipelineResult(out, std_image, info)
 
@@ -950,7 +979,8 @@ def reconstruct_file(
     if _is_kspace_input(inp, task, simulate):
         k, sampled = load_kspace(inp)
         kopts = {k_: v for k_, v in options.items()
-                 if k_ in ("steps", "bp", "noise_sigma", "device", "batch_size", "seed", "callback")}
+                 if k_ in ("steps", "bp", "noise_sigma", "ensemble", "device", "batch_size", "seed",
+                           "callback")}
         result = reconstruct_kspace(k, prior=prior_obj, sampled=sampled, method=method_name,
                                     samples=samples, **kopts)
         reference = None

@@ -227,6 +227,19 @@ def test_generative_run_with_json_progress(tmp_path, prior_dir):
     assert Path(done["output"]).exists() and nib.load(done["output"]).shape == (16, 16, 2)
 
 
+def test_ensemble_option_runs_iagan_that_many_times(tmp_path, prior_dir):
+    vol = np.random.default_rng(0).normal(100, 20, (8, 8, 1)).astype(np.float32)
+    src = tmp_path / "lr.nii.gz"
+    save_image(MedicalImage(vol, np.diag([2.0, 2.0, 3.0, 1.0])), src)
+    res = CliRunner().invoke(cli, ["sr", str(src), "--prior", prior_dir, "--method", "iagan",
+                                   "--steps", "2", "--scale", "2", "--ensemble", "3",
+                                   "--log-format", "json", "--quiet"])
+    assert res.exit_code == 0, res.output + res.stderr
+    events = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    assert any("run 3/3" in e.get("message", "") for e in events)
+    assert events[-1]["event"] == "done" and events[-1]["std"] is None
+
+
 def test_inpaint_with_mask_and_samples(tmp_path, prior_dir):
     img = np.random.default_rng(1).normal(50, 10, (16, 16)).astype(np.float32)
     src, mask = tmp_path / "img.nii.gz", tmp_path / "mask.nii.gz"
@@ -313,6 +326,9 @@ def test_usage_errors_exit_2(tmp_path, prior_dir):
         (["sr", src, "--prior", prior_dir, "--scale", "3", "--method", "bicubic"], "divide"),
         (["sr", tmp_path / "missing.nii.gz", "--prior", prior_dir], "does not exist"),
         (["sr", src, "--device", "tpu"], "tpu"),
+        (["sr", src, "--prior", prior_dir, "--ensemble", "0"], "--ensemble"),
+        (["sr", src, "--prior", prior_dir, "--method", "bicubic", "--ensemble", "2"],
+         "has no such option"),
     ]
     for args, needle in cases:
         res = CliRunner().invoke(cli, [str(a) for a in args])

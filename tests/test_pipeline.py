@@ -160,6 +160,38 @@ def test_result_does_not_depend_on_batch_size(prior):
     np.testing.assert_allclose(one, three, rtol=1e-3, atol=1e-3 * float(np.abs(vol).max()))
 
 
+def test_ensemble_option_reaches_iagan_and_reports_progress(prior):
+    """ensemble=K is passed to IAGAN (recorded in the info), the progress fraction still rises
+    monotonically to 1 over the K runs, and no std map is made (that is what samples is for)."""
+    vol = _smooth_volume((8, 8, 2), seed=3)
+    img = MedicalImage(vol, _affine(spacing=(1.0, 1.0, 1.0)))
+    events = []
+    kw = dict(task="sr", prior=prior, method="iagan", scale=2, steps=4, device="cpu", seed=1)
+    res = reconstruct(img, ensemble=2, callback=events.append, **kw)
+    assert res.info["ensemble"] == 2 and res.std is None
+    fr = [e["fraction"] for e in events]
+    assert fr == sorted(fr) and fr[-1] == 1.0
+    assert any("run 2/2" in e["message"] for e in events)
+    one = reconstruct(img, ensemble=1, **kw)
+    assert one.info["ensemble"] == 1
+    assert not np.allclose(one.image.array, res.image.array)  # two runs averaged differ from one
+
+
+@pytest.mark.parametrize("bad, match", [(0, "ensemble must be an integer >= 1"),
+                                        (2.0, "ensemble must be an integer"),
+                                        ("tv", "ensemble must be an integer")])
+def test_bad_ensemble_is_refused(prior, bad, match):
+    img = MedicalImage(_smooth_volume((8, 8, 1)), np.eye(4))
+    with pytest.raises(MedreconInputError, match=match):
+        reconstruct(img, task="sr", prior=prior, method="iagan", scale=2, ensemble=bad, device="cpu")
+
+
+def test_ensemble_with_a_method_that_has_none_is_refused(prior):
+    img = MedicalImage(_smooth_volume((8, 8, 1)), np.eye(4))
+    with pytest.raises(MedreconInputError, match="method 'bicubic' has no such option.*iagan"):
+        reconstruct(img, task="sr", prior=prior, method="bicubic", scale=2, ensemble=2)
+
+
 def test_posterior_samples_give_std_map(prior):
     vol = _smooth_volume((16, 16, 1))
     img = MedicalImage(vol, np.eye(4))
