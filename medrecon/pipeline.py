@@ -261,10 +261,10 @@ class _Progress:
             k = self.stages.index(stage)
             total = max(1, int(d.get("total_steps") or 1))
             step = int(d.get("step") or 0)
-            within = min(1.0, (k + step / total) / max(self.n_stages, len(self.stages)))
-            # an ensemble (IAGAN ensemble=K) runs the same stages once per member
+            # an IAGAN ensemble runs its stage-1 searches once per member, one after the other
             member, members = int(d.get("member") or 1), max(1, int(d.get("members") or 1))
-            within = (member - 1 + within) / members
+            in_stage = (member - 1 + step / total) / members
+            within = min(1.0, (k + in_stage) / max(self.n_stages, len(self.stages)))
             frac = (start + within * (stop - start)) / self.n
             sl = f"slice {start + 1}/{self.n}" if stop - start == 1 else f"slices {start + 1}-{stop}/{self.n}"
             run = f"run {member}/{members}, " if members > 1 else ""

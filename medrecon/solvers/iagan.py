@@ -218,9 +218,13 @@ def iagan(
             undetermined (SR: 1/16 of the pixels at x4), each run fills the unmeasured part
             with its own plausible detail; the mean of ``K`` runs is a Monte-Carlo estimate of
             the posterior mean, the minimum-MSE estimate, and scores higher PSNR/SSIM than any
-            single run (measured: ``docs/solvers.md``). Costs ``K`` runs. The members come back
-            as ``samples`` and their per-pixel standard deviation as ``std`` (an ensemble
-            spread, not a calibrated posterior std).
+            single run (measured: ``docs/solvers.md``). Costs ``K`` runs: the stage-1 searches
+            run one after the other, the stage-2 adaptations of all members run as one
+            stacked batch of ``K * B`` slices (one vmapped forward/backward per step, which is
+            what a GPU wants; on CPU the cost is ``K`` times one run). The members come back
+            as ``samples`` ``[K, B, C, H, W]`` and their per-pixel standard deviation as ``std``
+            (an ensemble spread, not a calibrated posterior std); ``latents`` and
+            ``info['stage1_info']`` are member 0's, ``info['member_objective']`` is ``[K][B]``.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         seed: seed passed to stage 1 (of member 0; see ``ensemble``).
         callback: progress callable (stages ``'csgm'``/``'brgm'`` then ``'iagan'``).
@@ -229,8 +233,8 @@ def iagan(
     Returns:
         A :class:`Reconstruction`; ``latents`` are the adapted latents (meaningful only with
         the adapted weights, which are not returned; of member 0 for an ensemble),
-        ``info['stage1_info']`` the stage-1 info (of member 0; ``info['members']`` holds every
-        member's info when ``ensemble > 1``).
+        ``info['stage1_info']`` the stage-1 info (of member 0; ``info['member_stage1_info']``
+        holds every member's when ``ensemble > 1``).
     """
     t0 = time.perf_counter()
     y = C.check_measurements(y)
@@ -249,30 +253,44 @@ def iagan(
     opts = {**STAGE1_DEFAULTS, **(stage1_options or {})}
     if stage1 == "brgm" and "restarts" not in (stage1_options or {}):
         opts.pop("restarts")
-    run = dict(stage1=stage1, opts=opts, steps=steps, lr_latent=lr_latent,
-               lr_weights=lr_weights, noisy_step_factor=noisy_step_factor, device=device,
-               amp=amp)
-    if ensemble == 1:
-        rec = _iagan_once(y, operator, prior, seed=seed, callback=callback, **run)
-        rec.info["ensemble"] = 1
-        rec.seconds = time.perf_counter() - t0
-        return rec
-    members = [
-        _iagan_once(y, operator, prior, seed=member_seed(seed, k),
-                    callback=_member_callback(callback, k, ensemble), **run)
-        for k in range(ensemble)
-    ]
-    samples = torch.stack([m.image for m in members])  # [K, B, C, H, W]
-    first = members[0]
-    info = dict(first.info, seed=seed, ensemble=ensemble,
-                member_seeds=[m.info["seed"] for m in members],
-                members=[m.info for m in members],
-                stages=[st for m in members for st in m.info["stages"]])
-    return Reconstruction(image=samples.mean(0), latents=first.latents,
-                          loss_history=[v for m in members for v in m.loss_history],
-                          seconds=time.perf_counter() - t0, device=first.device,
-                          method="iagan", samples=samples, std=samples.std(0, correction=1),
-                          info=info)
+    K = ensemble
+    seeds = [member_seed(seed, k) for k in range(K)]
+    solver1 = csgm if stage1 == "csgm" else brgm
+    firsts = [solver1(y, operator, prior, device=device, seed=sk, amp=amp,
+                      callback=_member_callback(callback, k, K), **opts)
+              for k, sk in enumerate(seeds)]
+    dev = C.resolve_device(device)
+    parts = C.unpack_prior(prior)
+    G = C.frozen_copy(parts.generator, dev)
+    op = operator.to(dev)
+    B = y.shape[0]
+    # every member's slices in one stacked batch, member-major: entry k * B + b
+    yd = y.to(dev).repeat(K, *([1] * (y.ndim - 1)))
+    ws1 = torch.cat([f.latents for f in firsts]).to(dev)
+    s = C.noise_sigma(operator)
+    n_steps = max(1, int(round(steps * noisy_step_factor))) if s > 0 else steps
+    amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
+    progress = C.Progress(callback, stage="iagan", total_steps=n_steps, slices=K * B)
+    img, ws, obj, hist, done = adapt_weights(
+        G, ws1, yd, op, steps=n_steps, lr_latent=lr_latent, lr_weights=lr_weights,
+        noise_var=s * s, progress=progress, amp=amp_ctx)
+    stage1_hist = [v for f in firsts for v in f.loss_history]
+    info = dict(stage1=stage1, stage1_options=opts, stage1_info=firsts[0].info, steps=steps,
+                steps_run=n_steps, steps_done=done, lr_latent=lr_latent,
+                lr_weights=lr_weights, noisy_step_factor=noisy_step_factor, seed=seed,
+                noise_sigma=s, ensemble=K, adaptation="stacked per-slice weights",
+                stages=[(stage1, len(f.loss_history)) for f in firsts] + [("iagan", len(hist))])
+    if K == 1:
+        info["objective"] = obj.tolist()
+        return Reconstruction(image=img, latents=ws, loss_history=stage1_hist + hist,
+                              seconds=time.perf_counter() - t0, device=str(dev),
+                              method="iagan", info=info)
+    samples = img.view(K, B, *img.shape[1:])
+    info.update(member_seeds=seeds, member_objective=obj.view(K, B).tolist(),
+                member_stage1_info=[f.info for f in firsts])
+    return Reconstruction(image=samples.mean(0), latents=ws[:B], loss_history=stage1_hist + hist,
+                          seconds=time.perf_counter() - t0, device=str(dev), method="iagan",
+                          samples=samples, std=samples.std(0, correction=1), info=info)
 
 
 def member_seed(seed: int, k: int) -> int:
@@ -287,38 +305,8 @@ def member_seed(seed: int, k: int) -> int:
 
 
 def _member_callback(callback, k: int, n: int):
-    """Adds ``member`` (1-based) and ``members`` to every progress dict of member ``k``."""
-    if callback is None:
-        return None
+    """Adds ``member`` (1-based) and ``members`` to every progress dict of member ``k``'s
+    stage 1 (stage 2 adapts all members at once)."""
+    if callback is None or n == 1:
+        return callback
     return lambda d: callback({**d, "member": k + 1, "members": n})
-
-
-def _iagan_once(y, operator, prior, *, stage1, opts, steps, lr_latent, lr_weights,
-                noisy_step_factor, device, amp, seed, callback) -> Reconstruction:
-    """One IAGAN run (stage 1, then stage 2) on a validated batch."""
-    t0 = time.perf_counter()
-    solver1 = csgm if stage1 == "csgm" else brgm
-    first = solver1(y, operator, prior, device=device, seed=seed, callback=callback, amp=amp,
-                    **opts)
-    dev = C.resolve_device(device)
-    parts = C.unpack_prior(prior)
-    G = C.frozen_copy(parts.generator, dev)
-    op = operator.to(dev)
-    yd = y.to(dev)
-    s = C.noise_sigma(operator)
-    n_steps = max(1, int(round(steps * noisy_step_factor))) if s > 0 else steps
-    amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
-    ws1 = first.latents.to(dev)
-    B = yd.shape[0]
-    progress = C.Progress(callback, stage="iagan", total_steps=n_steps, slices=B)
-    img, ws, obj, hist, done = adapt_weights(
-        G, ws1, yd, op, steps=n_steps, lr_latent=lr_latent, lr_weights=lr_weights,
-        noise_var=s * s, progress=progress, amp=amp_ctx)
-    info = dict(stage1=stage1, stage1_options=opts, stage1_info=first.info, steps=steps,
-                steps_run=n_steps, steps_done=done, lr_latent=lr_latent,
-                lr_weights=lr_weights, noisy_step_factor=noisy_step_factor, seed=seed,
-                noise_sigma=s, objective=obj.tolist(), adaptation="stacked per-slice weights",
-                stages=[(stage1, len(first.loss_history)), ("iagan", len(hist))])
-    return Reconstruction(image=img, latents=ws, loss_history=first.loss_history + hist,
-                          seconds=time.perf_counter() - t0, device=str(dev), method="iagan",
-                          info=info)
