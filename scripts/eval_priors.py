@@ -7,7 +7,9 @@ For one prior, on images of its held-out fold (read from the bundle's models/fol
 2. SR x4 (bicubic kernel, noiseless): bicubic baseline vs CSGM, IAGAN, IAGAN + back-projection;
 3. 4x accelerated MRI (random Cartesian mask, 8% centre): zero-filled vs CSGM, IAGAN.
 
-Everything goes through :func:`medrecon.evaluation.evaluate_run` (seeded per image).
+Everything goes through :func:`medrecon.evaluation.evaluate_run` (seeded per image). IAGAN runs
+once per image (``ensemble=1``, whatever the task default): these numbers measure the prior, and
+the mean of several runs (docs/solvers.md) would mix the solver's averaging into them.
 Usage:
     python scripts/eval_priors.py --prior chest_xray --data /path/to/shared/data/chest_xray_kermany \
         --out runs/eval_chest_xray --limit 4 --steps 100
@@ -33,6 +35,11 @@ EXPERIMENTS = {
 }
 
 
+def _one_run(methods: str) -> dict[str, dict]:
+    """``ensemble=1`` for every IAGAN variant among ``methods``."""
+    return {m: {"ensemble": 1} for m in methods.split(",") if m.split("-")[0] == "iagan"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prior", required=True)
@@ -53,7 +60,8 @@ def main() -> None:
         run = evaluate_run(prior=args.prior, task=exp["task"], methods=exp["methods"],
                            images=args.data, folds=args.prior, fold=args.fold, limit=args.limit,
                            steps=args.steps, out_dir=args.out / key, device=args.device,
-                           lpips=False, **exp["task_options"])
+                           lpips=False, method_options=_one_run(exp["methods"]),
+                           **exp["task_options"])
         for method, s in summarize(run.rows).items():
             for m in ("psnr", "ssim", "seconds"):
                 ms = s.get(m)
