@@ -48,7 +48,7 @@ FAKE_CLI = textwrap.dedent(
     p.add_argument("task")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
-    for opt in ("--prior", "--method", "--steps", "--device", "--seed", "--samples", "--scale",
+    for opt in ("--prior", "--method", "--steps", "--ensemble", "--device", "--seed", "--samples", "--scale",
                 "--mask", "--acceleration", "--center-fraction", "--noise-sigma", "--log-format"):
         p.add_argument(opt)
     p.add_argument("--simulate", action="store_true")
@@ -220,13 +220,15 @@ def test_parse_line_protocol():
 
 def test_cli_arguments_per_task():
     P = runner.ReconstructionParameters
-    sr = P(task="sr", scale=2, steps=7, seed=3, device="cpu", samples=4).cli_arguments("i.nii", "o.nii")
+    sr = P(task="sr", scale=2, steps=7, seed=3, device="cpu", samples=4,
+           ensemble=2).cli_arguments("i.nii", "o.nii")
     assert sr[:4] == ["sr", "i.nii", "-o", "o.nii"]
     flags = dict(zip(sr[4::2], sr[5::2]))
     assert sr[-2:] == ["json", "--overwrite"] or sr[-1] == "--overwrite"
     assert "--log-format" in sr and sr[sr.index("--log-format") + 1] == "json"
     assert flags["--scale"] == "2" and flags["--steps"] == "7" and flags["--seed"] == "3"
     assert flags["--device"] == "cpu" and flags["--samples"] == "4" and flags["--prior"] == "brain_mri"
+    assert flags["--ensemble"] == "2" and "--ensemble" not in P(task="sr").cli_arguments("i", "o")
     mri = P(task="mri", acceleration=8, center_fraction=0.04, method=None).cli_arguments("i", "o")
     assert "--simulate" in mri and "--method" not in mri and "--scale" not in mri
     assert mri[mri.index("--acceleration") + 1] == "8"
@@ -244,6 +246,7 @@ def test_cli_arguments_per_task():
         (dict(prior=""), "prior"),
         (dict(method="--evil"), "method"),
         (dict(steps=0), "steps"),
+        (dict(ensemble=0), "ensemble"),
         (dict(device="tpu"), "'tpu'"),
         (dict(seed=-1), "seed"),
         (dict(samples=1.5), "samples"),

@@ -73,6 +73,8 @@ class ReconstructionParameters:
         method: Solver or baseline name, e.g. ``"iagan"``, ``"brgm"``, ``"csgm"``, ``"bicubic"``;
             ``None`` lets medrecon choose the prior's default for the task. Default ``"iagan"``.
         steps: Optimisation steps per slice; ``None`` keeps the method's default. Default ``None``.
+        ensemble: IAGAN: independent runs per slice whose images are averaged (``--ensemble``;
+            1 is the fastest); ``None`` keeps the per-task default. Default ``None``.
         device: ``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"``. Default ``"auto"``.
         seed: Seed of every random choice (latent restarts, simulated masks, noise). Default 0.
         samples: Posterior samples to draw for an uncertainty (std) map; 0 draws none. Default 0.
@@ -89,6 +91,7 @@ class ReconstructionParameters:
     prior: str = "brain_mri"
     method: Optional[str] = "iagan"
     steps: Optional[int] = None
+    ensemble: Optional[int] = None
     device: str = "auto"
     seed: int = 0
     samples: int = 0
@@ -114,6 +117,9 @@ class ReconstructionParameters:
             _check_word("method", self.method, f"one of {', '.join(METHODS)} or None")
         if self.steps is not None:
             _check_int("steps", self.steps, minimum=1, hint="use None for the method's default")
+        if self.ensemble is not None:
+            _check_int("ensemble", self.ensemble, minimum=1,
+                       hint="use None for the task's default, 1 for one run")
         if self.device not in DEVICES:
             raise MedreconInputError(
                 f"Unknown device {self.device!r}; expected one of {', '.join(DEVICES)}. "
@@ -180,6 +186,8 @@ class ReconstructionParameters:
             args += ["--method", self.method]
         if self.steps is not None:
             args += ["--steps", str(self.steps)]
+        if self.ensemble is not None:
+            args += ["--ensemble", str(self.ensemble)]
         args += ["--device", self.device, "--seed", str(self.seed)]
         if self.samples > 0:
             args += ["--samples", str(self.samples)]

@@ -47,8 +47,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--samples", type=int, default=0)
     parser.add_argument("--mask")
-    for option in ("--prior", "--method", "--steps", "--device", "--seed", "--acceleration",
-                   "--center-fraction", "--noise-sigma", "--log-format"):
+    for option in ("--prior", "--method", "--steps", "--ensemble", "--device", "--seed",
+                   "--acceleration", "--center-fraction", "--noise-sigma", "--log-format"):
         parser.add_argument(option)
     parser.add_argument("--simulate", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
