@@ -285,8 +285,8 @@ def iagan(
         return Reconstruction(image=img, latents=ws, loss_history=stage1_hist + hist,
                               seconds=time.perf_counter() - t0, device=str(dev),
                               method="iagan", info=info)
-    samples = img.view(K, B, *img.shape[1:])
-    info.update(member_seeds=seeds, member_objective=obj.view(K, B).tolist(),
+    samples = img.reshape(K, B, *img.shape[1:])
+    info.update(member_seeds=seeds, member_objective=obj.reshape(K, B).tolist(),
                 member_stage1_info=[f.info for f in firsts])
     return Reconstruction(image=samples.mean(0), latents=ws[:B], loss_history=stage1_hist + hist,
                           seconds=time.perf_counter() - t0, device=str(dev), method="iagan",
