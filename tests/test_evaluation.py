@@ -391,3 +391,24 @@ def test_tuning_script_runs_a_grid(prior_path, tmp_path, offline_lpips):
     val = [ln for ln in (out / "validation.txt").read_text().splitlines() if not ln.startswith("#")]
     assert val and not {"0.png", "2.png"} & set(val)  # the 2 report images are left out
     assert "| csgm-bp | steps=2, restarts=1 |" in (out / "tuning.md").read_text()
+
+
+def test_paired_difference_script(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "paired_diff.py"
+    spec = importlib.util.spec_from_file_location("paired_diff", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    csv_path = tmp_path / "results.csv"
+    lines = ["image,method,psnr,ssim,lpips,seconds,device"]
+    for i, (a, b) in enumerate([(30.0, 29.0), (28.0, 28.5), (31.0, 29.5)]):
+        lines += [f"im{i},base,{b},0.80,,0,cpu", f"im{i},gen,{a},{0.80 + 0.01 * i},,1,cpu"]
+    csv_path.write_text("\n".join(lines) + "\n")
+    out = mod.paired(csv_path, "gen", "base")
+    mean, se, wins, n = out["psnr"]
+    assert (n, wins) == (3, 2) and mean == pytest.approx(2.0 / 3)
+    assert se == pytest.approx(np.std([1.0, -0.5, 1.5], ddof=1) / np.sqrt(3))
+    assert out["ssim"][0] == pytest.approx(0.01) and out["ssim"][2] == 2
+    assert mod.main([str(csv_path), "gen", "base"]) == 0
+    assert "higher on 2/3 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no method 'tv'"):
+        mod.paired(csv_path, "tv", "base")
