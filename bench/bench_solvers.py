@@ -275,7 +275,10 @@ def bench_solvers(prior: Any, device: torch.device, methods: Sequence[str], *, t
         defaults = default_steps(base, solver_task)
         short = steps is not None and bool(defaults) and any(v > steps for v in defaults.values())
         entry: dict[str, Any] = {"method": method, "default_steps": defaults,
-                                 "slices": slices, "solver_batch": batch}
+                                 "slices": slices, "solver_batch": batch,
+                                 # runs averaged per slice (IAGAN ensembles); each runs the steps
+                                 "ensemble": int(solvers.method_options(base, solver_task)
+                                                 .get("ensemble", 1))}
         try:
             if not short:
                 rec, mem = run(base, bp, {})
@@ -377,6 +380,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                         mark = (" (extrapolated)" if r.get("fit_reliable", True)
                                 else " (extrapolated, unreliable: noisy timings)")
                     its = ", ".join(f"{k}={v}" for k, v in r["run_steps"].items()) or "closed form"
+                    if r.get("ensemble", 1) > 1:
+                        its += f", x {r['ensemble']} runs (ensemble)"
                     dft = ", ".join(f"{k}={v}" for k, v in r["default_steps"].items())
                     fit = (f"{r['seconds_fixed']:.2f} + {r['seconds_per_iteration']:.3f}"
                            if r["extrapolated"] else "")
