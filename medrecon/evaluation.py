@@ -302,12 +302,15 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
 
 
 def _valid_methods() -> list[str]:
-    """Every method name ``evaluate`` accepts: solver methods, and ``-bp`` for generative ones."""
+    """Every method name ``evaluate`` accepts: the solver methods, each also with ``-bp``.
+
+    Back-projection is offered after baselines too: the generative ``-bp`` variants get exact
+    data consistency, so the fair classical comparison includes e.g. ``lanczos-bp`` (Lanczos
+    upsampling made consistent with the SR operator, i.e. one step of classical iterative
+    back-projection)."""
     from medrecon import solvers
 
-    valid = list(solvers.METHODS)
-    valid += [name + _BP_SUFFIX for name, spec in solvers.METHODS.items() if spec.generative]
-    return valid
+    return list(solvers.METHODS) + [name + _BP_SUFFIX for name in solvers.METHODS]
 
 
 def parse_methods(methods: str | Iterable[str]) -> list[str]:
@@ -336,8 +339,11 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
                                  f"{', '.join(valid)}.")
     bad = [m for m in names if m not in valid]
     if bad:
+        from medrecon import solvers
+
         raise MedreconInputError(f"unknown method(s) {', '.join(map(repr, bad))}; valid methods "
-                                 f"are: {', '.join(valid)} (append '-bp' for back-projection).")
+                                 f"are: {', '.join(solvers.METHODS)} (append '-bp' to any for "
+                                 "back-projection, e.g. iagan-bp, lanczos-bp).")
     return names
 
 
@@ -962,7 +968,8 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
               help="Shipped prior name (e.g. chest_xray, brain_mri) or a prior bundle path.")
 @click.option("--task", type=click.Choice(TASKS), required=True, help="Forward problem.")
 @click.option("--methods", required=True, callback=_methods_callback,
-              help="Comma-separated methods, e.g. bicubic,csgm,csgm-bp,brgm,iagan,iagan-bp.")
+              help="Comma-separated methods, e.g. bicubic,lanczos-bp,csgm-bp,brgm,iagan-bp "
+                   "(a -bp suffix back-projects any method onto the measurements).")
 @click.option("--images", required=True, type=click.Path(exists=True, path_type=Path),
               help="Folder of ground truths (PNG/JPEG/DICOM/NIfTI) or a text file listing them.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),

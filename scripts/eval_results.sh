@@ -16,7 +16,7 @@ run() {  # prior dataset task out methods [task options...]
     --images "$data/$dataset" --folds "docs/results/${prior}_fold0_held_out.txt" --fold 0 \
     --limit "$n" --device "$device" --seed 0 --out "docs/results/$out" "$@"
 }
-run chest_xray chest_xray_kermany sr chest_xray_sr4 bicubic,lanczos,csgm-bp,brgm-bp,iagan-bp --scale 4 &
+run chest_xray chest_xray_kermany sr chest_xray_sr4 bicubic,lanczos,bicubic-bp,lanczos-bp,csgm-bp,brgm-bp,iagan-bp --scale 4 &
 run brain_mri brain_mri_cheng mri brain_mri_mri4 zero_filled,tv,csgm-bp,brgm-bp,iagan-bp --acceleration 4 &
 wait
 run brain_mri brain_mri_cheng inpaint brain_mri_inpaint_box biharmonic,tv,csgm-bp,iagan-bp --mask-type center_box &

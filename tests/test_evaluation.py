@@ -252,8 +252,10 @@ def test_held_out_fold_selection(images, tmp_path):
 
 def test_parse_methods():
     assert ev.parse_methods(" CSGM, iagan-bp ,csgm") == ["csgm", "iagan-bp"]
-    with pytest.raises(MedreconInputError, match="valid methods are"):
-        ev.parse_methods("bicubic-bp")  # back-projection is offered for generative methods
+    # back-projection is offered after any method, baselines included (the fair comparison)
+    assert ev.parse_methods("lanczos-bp,bicubic") == ["lanczos-bp", "bicubic"]
+    with pytest.raises(MedreconInputError, match="valid methods are.*append '-bp' to any"):
+        ev.parse_methods("magic-bp")
     with pytest.raises(MedreconInputError, match="no method"):
         ev.parse_methods(" , ")
 
