@@ -247,9 +247,10 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                      "fastest). [default: per task, see docs/solvers.md]"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Where to compute (auto = CUDA when available)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Slices solved together (lower it if memory runs out: IAGAN holds "
-                     "one synthesis-network copy per slice and ensemble run)."),
+                     "one synthesis-network copy per slice and ensemble run). [default: 16 on "
+                     "CUDA, 4 on the CPU]"),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Random seed (restarts, simulated masks and noise); same seed, same "
                      "result."),

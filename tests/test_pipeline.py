@@ -363,3 +363,14 @@ def test_cuda_run_matches_cpu_geometry(prior):
     assert np.isfinite(gpu.image.array).all()
     ref = reconstruct(img, method="pseudo_inverse", device="cuda", task="denoise", prior=prior)
     np.testing.assert_allclose(ref.image.array, vol, atol=1e-2 * np.ptp(vol))
+
+
+def test_default_batch_size_depends_on_the_device(monkeypatch):
+    from medrecon.pipeline import DEFAULT_BATCH, default_batch_size
+
+    assert default_batch_size(None, "cpu") == DEFAULT_BATCH["cpu"] == 4
+    assert default_batch_size(7, "cpu") == 7
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_batch_size(None, "auto") == DEFAULT_BATCH["cuda"] == 16
+    with pytest.raises(MedreconInputError, match="batch_size must be an integer >= 1"):
+        default_batch_size(0, "cpu")
