@@ -211,15 +211,19 @@ def test_dicom_single_file_out(tmp_path, prior_dir):
 
 
 # ------------------------------------------------------------------ generative runs, json log
-def test_generative_run_with_json_progress(tmp_path, prior_dir):
-    vol = np.random.default_rng(0).normal(100, 20, (8, 8, 2)).astype(np.float32)
+def _json_sr_run(tmp_path, prior_dir, depth, *options):
+    """``medrecon sr`` on a random 8 x 8 x depth volume with JSON logging; the parsed events."""
+    vol = np.random.default_rng(0).normal(100, 20, (8, 8, depth)).astype(np.float32)
     src = tmp_path / "lr.nii.gz"
     save_image(MedicalImage(vol, np.diag([2.0, 2.0, 3.0, 1.0])), src)
-    res = CliRunner().invoke(cli, ["sr", str(src), "--prior", prior_dir, "--method", "csgm",
-                                   "--steps", "2", "--scale", "2", "--log-format", "json",
-                                   "--seed", "1", "--quiet"])
-    assert res.exit_code == 0, res.output
-    events = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    res = CliRunner().invoke(cli, ["sr", str(src), "--prior", prior_dir, "--steps", "2",
+                                   "--scale", "2", "--log-format", "json", "--quiet", *options])
+    assert res.exit_code == 0, res.output + res.stderr
+    return [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+
+
+def test_generative_run_with_json_progress(tmp_path, prior_dir):
+    events = _json_sr_run(tmp_path, prior_dir, 2, "--method", "csgm", "--seed", "1")
     prog = [e for e in events if e["event"] == "progress"]
     assert prog and all(0.0 <= e["fraction"] <= 1.0 and isinstance(e["message"], str) for e in prog)
     done = events[-1]
@@ -228,14 +232,7 @@ def test_generative_run_with_json_progress(tmp_path, prior_dir):
 
 
 def test_ensemble_option_runs_iagan_that_many_times(tmp_path, prior_dir):
-    vol = np.random.default_rng(0).normal(100, 20, (8, 8, 1)).astype(np.float32)
-    src = tmp_path / "lr.nii.gz"
-    save_image(MedicalImage(vol, np.diag([2.0, 2.0, 3.0, 1.0])), src)
-    res = CliRunner().invoke(cli, ["sr", str(src), "--prior", prior_dir, "--method", "iagan",
-                                   "--steps", "2", "--scale", "2", "--ensemble", "3",
-                                   "--log-format", "json", "--quiet"])
-    assert res.exit_code == 0, res.output + res.stderr
-    events = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    events = _json_sr_run(tmp_path, prior_dir, 1, "--method", "iagan", "--ensemble", "3")
     assert any("run 3/3" in e.get("message", "") for e in events)
     assert events[-1]["event"] == "done" and events[-1]["std"] is None
 
