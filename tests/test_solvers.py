@@ -292,6 +292,46 @@ def test_iagan_rejects_bad_ensemble(G, truth, bad):
         iagan(op.A(truth[:1]), op, G, ensemble=bad, steps=2, device="cpu")
 
 
+def _zero_noise_copy(G):
+    Gz = copy.deepcopy(G)
+    with torch.no_grad():
+        for m in Gz.modules():
+            if hasattr(m, "noise_const"):
+                m.noise_const.zero_()
+    return Gz
+
+
+@pytest.mark.parametrize("method", ["csgm", "brgm", "iagan"])
+def test_noise_mode_none_turns_noise_inputs_off(G, truth, method):
+    """noise_mode='none' is the solver run on a generator whose noise maps are zero; the
+    caller's generator keeps its noise maps; 'const' (the default) differs from it."""
+    assert any(float(m.noise_const.abs().sum()) > 0 for m in G.modules()
+               if hasattr(m, "noise_const"))  # the tiny generator has noise inputs
+    op = sr_op()
+    y = op.A(truth[:2])
+    kw = dict(steps=6, device="cpu", seed=3)
+    if method == "iagan":
+        kw["stage1_options"] = dict(steps=4, probes=2)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    off = solve(y, op, G, method=method, noise_mode="none", **kw)
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+    ref = solve(y, op, _zero_noise_copy(G), method=method, **kw)
+    torch.testing.assert_close(off.image, ref.image, atol=1e-5, rtol=1e-4)
+    const = solve(y, op, G, method=method, **kw)
+    assert float((const.image - off.image).abs().max()) > 1e-4
+    if method == "iagan":
+        assert off.info["noise_mode"] == "none"
+        assert off.info["stage1_options"]["noise_mode"] == "none"
+
+
+@pytest.mark.parametrize("method", ["csgm", "brgm", "brgm_variational", "iagan"])
+def test_noise_mode_rejects_unknown(G, truth, method):
+    op = sr_op()
+    with pytest.raises(MedreconInputError, match="noise_mode='random'.*'const'.*'none'"):
+        solve(op.A(truth[:1]), op, G, method=method, noise_mode="random", steps=2,
+              device="cpu")
+
+
 def test_iagan_halves_steps_under_noise(G, truth):
     op = sr_op(noise_model=GaussianNoise(0.05))
     y = op.measure(truth[:1], generator=torch.Generator().manual_seed(0))

@@ -187,12 +187,34 @@ def _first_attr(obj: Any, names: tuple[str, ...]) -> torch.Tensor | None:
     return None
 
 
-def frozen_copy(G: nn.Module, device: torch.device) -> nn.Module:
+#: What the generative solvers do with StyleGAN2's per-layer noise inputs (``noise_mode``).
+NOISE_MODES = ("const", "none")
+
+
+def check_noise_mode(noise_mode: str) -> str:
+    """Validates a solver ``noise_mode`` (``'const'`` or ``'none'``)."""
+    if noise_mode not in NOISE_MODES:
+        raise MedreconInputError(
+            f"noise_mode={noise_mode!r}; expected one of {list(NOISE_MODES)} ('const': the "
+            "generator's stored noise maps, 'none': noise inputs off).")
+    return noise_mode
+
+
+def frozen_copy(G: nn.Module, device: torch.device, *, noise_mode: str = "const") -> nn.Module:
     """A deep copy of ``G`` on ``device`` in eval mode with every parameter frozen.
 
+    With ``noise_mode='none'`` the copy's stored noise maps (``noise_const`` buffers) are set to
+    zero, so every synthesis with ``noise_mode='const'`` runs without noise inputs (their mean).
     The caller's generator is never modified (not even moved).
     """
+    check_noise_mode(noise_mode)
     Gc = copy.deepcopy(G).eval().requires_grad_(False)
+    if noise_mode == "none":
+        with torch.no_grad():
+            for m in Gc.modules():
+                buf = getattr(m, "noise_const", None)
+                if isinstance(buf, torch.Tensor):
+                    buf.zero_()
     return Gc.to(device)
 
 

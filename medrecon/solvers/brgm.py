@@ -45,9 +45,10 @@ from medrecon.solvers.losses import colinearity, perceptual_applicable, resolve_
 from medrecon.solvers.result import Reconstruction
 
 
-def _setup(y, operator, prior, device, perceptual, hp):
+def _setup(y, operator, prior, device, perceptual, hp, noise_mode):
     y = C.check_measurements(y)
     operator = C.check_operator(operator)
+    C.check_noise_mode(noise_mode)
     for name in ("steps", "num_samples", "samples_per_step"):
         if name in hp:
             C.check_positive(name, hp[name], integer=True)
@@ -60,7 +61,7 @@ def _setup(y, operator, prior, device, perceptual, hp):
             C.check_positive(name, hp[name], allow_zero=True)
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
-    G = C.frozen_copy(parts.generator, dev)
+    G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
     img_shape = C.generator_resolution(G)
     op = operator.to(dev)
     yd = y.to(dev)
@@ -102,6 +103,7 @@ def brgm(
     tol: float = 1e-3,
     patience: int = 3,
     check_every: int = 10,
+    noise_mode: str = "const",
     device: str | torch.device = "auto",
     seed: int = 0,
     callback: C.ProgressCallback | None = None,
@@ -129,6 +131,11 @@ def brgm(
         sigma_floor: lower bound of the noise std used in the prior weights ([-1, 1] units).
             Default 0.01.
         tol, patience, check_every: early stopping as in :func:`csgm`.
+        noise_mode: StyleGAN2's per-layer noise inputs: ``'const'`` (the generator's stored
+            noise maps, held fixed, as BRGM and NVIDIA's projector do) or ``'none'`` (turned
+            off, i.e. set to their mean: the detail they add is random with respect to the
+            measurements). Default ``'const'``; the per-task defaults are in
+            :data:`medrecon.solvers.DEFAULTS`.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         seed: seed of the initial probes (private ``torch.Generator``).
         callback: progress callable.
@@ -144,7 +151,7 @@ def brgm(
     C.check_positive("patience", patience, integer=True)
     C.check_positive("check_every", check_every, integer=True, allow_zero=True)
     yd, op, dev, G, lat, perc_fn, perc_desc, s, M = _setup(y, operator, prior, device,
-                                                          perceptual, hp)
+                                                          perceptual, hp, noise_mode)
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
     B = yd.shape[0]
     C.check_positive("probes", probes, integer=True, allow_zero=True)
@@ -243,6 +250,7 @@ def brgm_variational(
     perceptual: Any = "auto",
     perceptual_weight: float = 0.06,
     sigma_floor: float = 0.01,
+    noise_mode: str = "const",
     device: str | torch.device = "auto",
     seed: int = 0,
     callback: C.ProgressCallback | None = None,
@@ -262,6 +270,11 @@ def brgm_variational(
         latent_weight, colinearity_weight, perceptual, perceptual_weight, sigma_floor:
             as in :func:`brgm`.
         entropy_weight: multiplier of the exact entropy weight ``2 s^2 / M`` (1 = the ELBO).
+        noise_mode: StyleGAN2's per-layer noise inputs: ``'const'`` (the generator's stored
+            noise maps, held fixed, as BRGM and NVIDIA's projector do) or ``'none'`` (turned
+            off, i.e. set to their mean: the detail they add is random with respect to the
+            measurements). Default ``'const'``; the per-task defaults are in
+            :data:`medrecon.solvers.DEFAULTS`.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         seed: seed of the Monte-Carlo draws (private ``torch.Generator``).
         callback: progress callable.
@@ -281,7 +294,7 @@ def brgm_variational(
         raise C.MedreconInputError(
             f"num_samples={num_samples}; expected >= 2 posterior samples for a std map.")
     yd, op, dev, G, lat, perc_fn, perc_desc, s, M = _setup(y, operator, prior, device,
-                                                          perceptual, hp)
+                                                          perceptual, hp, noise_mode)
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
     B = yd.shape[0]
     gen = torch.Generator(device=dev).manual_seed(int(seed))

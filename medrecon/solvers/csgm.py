@@ -163,6 +163,7 @@ def csgm(
     tol: float = 1e-3,
     patience: int = 3,
     check_every: int = 10,
+    noise_mode: str = "const",
     device: str | torch.device = "auto",
     seed: int = 0,
     callback: C.ProgressCallback | None = None,
@@ -189,6 +190,11 @@ def csgm(
             Default 1e-3.
         patience: consecutive flat checks before stopping early. Default 3.
         check_every: steps between early-stopping checks. Default 10 (0 disables).
+        noise_mode: StyleGAN2's per-layer noise inputs: ``'const'`` (the generator's stored
+            noise maps, held fixed, as BRGM and NVIDIA's projector do) or ``'none'`` (turned
+            off, i.e. set to their mean: the detail they add is random with respect to the
+            measurements). Default ``'const'``; the per-task defaults are in
+            :data:`medrecon.solvers.DEFAULTS`.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         seed: seed of the probes (private ``torch.Generator``).
         callback: progress callable, receives ``{stage, step, total_steps, loss, ...}``.
@@ -209,9 +215,10 @@ def csgm(
     C.check_positive("tol", tol, allow_zero=True)
     C.check_positive("patience", patience, integer=True)
     C.check_positive("check_every", check_every, integer=True, allow_zero=True)
+    C.check_noise_mode(noise_mode)
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
-    G = C.frozen_copy(parts.generator, dev)
+    G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
     img_shape = C.generator_resolution(G)
     op = operator.to(dev)
     yd = y.to(dev)

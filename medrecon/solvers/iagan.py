@@ -189,6 +189,7 @@ def iagan(
     lr_weights: float = 1e-3,
     noisy_step_factor: float = 0.5,
     ensemble: int = 1,
+    noise_mode: str = "const",
     device: str | torch.device = "auto",
     seed: int = 0,
     callback: C.ProgressCallback | None = None,
@@ -227,6 +228,12 @@ def iagan(
             as ``samples`` ``[K, B, C, H, W]`` and their per-pixel standard deviation as ``std``
             (an ensemble spread, not a calibrated posterior std); ``latents`` and
             ``info['stage1_info']`` are member 0's, ``info['member_objective']`` is ``[K][B]``.
+        noise_mode: StyleGAN2's per-layer noise inputs in both stages: ``'const'`` (the
+            generator's stored noise maps, held fixed) or ``'none'`` (turned off, i.e. set to
+            their mean). The noise inputs add fine detail that is random with respect to the
+            measurements; where much of the image is unmeasured (SR) it costs PSNR, and turning
+            it off scored higher on held-out images (``docs/solvers.md``). Default ``'const'``;
+            stage 1 uses the same mode unless ``stage1_options`` sets its own.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         seed: seed passed to stage 1 (of member 0; see ``ensemble``).
         callback: progress callable (stages ``'csgm'``/``'brgm'`` then ``'iagan'``).
@@ -252,7 +259,8 @@ def iagan(
     if not isinstance(stage1_options, (dict, type(None))):
         raise MedreconInputError(
             f"stage1_options is a {type(stage1_options).__name__}; expected a dict of options.")
-    opts = {**STAGE1_DEFAULTS, **(stage1_options or {})}
+    C.check_noise_mode(noise_mode)
+    opts = {**STAGE1_DEFAULTS, "noise_mode": noise_mode, **(stage1_options or {})}
     if stage1 == "brgm" and "restarts" not in (stage1_options or {}):
         opts.pop("restarts")
     K = ensemble
@@ -263,7 +271,7 @@ def iagan(
               for k, sk in enumerate(seeds)]
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
-    G = C.frozen_copy(parts.generator, dev)
+    G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
     op = operator.to(dev)
     B = y.shape[0]
     # every member's slices in one stacked batch, member-major: entry k * B + b
@@ -280,6 +288,7 @@ def iagan(
     info = dict(stage1=stage1, stage1_options=opts, stage1_info=firsts[0].info, steps=steps,
                 steps_run=n_steps, steps_done=done, lr_latent=lr_latent,
                 lr_weights=lr_weights, noisy_step_factor=noisy_step_factor, seed=seed,
+                noise_mode=noise_mode,
                 noise_sigma=s, ensemble=K, adaptation="stacked per-slice weights",
                 stages=[(stage1, len(f.loss_history)) for f in firsts] + [("iagan", len(hist))])
     if K == 1:
