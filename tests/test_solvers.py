@@ -242,6 +242,9 @@ def test_solve_merges_stage1_options_with_task_defaults(G, truth):
     used = rec.info["stage1_options"]
     assert used["steps"] == 4 and used["probes"] == 2
     assert used["restarts"] == DEFAULTS["sr"]["iagan"]["stage1_options"]["restarts"]
+    # the task's noise mode reaches both stages
+    mode = DEFAULTS["sr"]["iagan"]["noise_mode"]
+    assert rec.info["noise_mode"] == used["noise_mode"] == mode
 
 
 def test_iagan_ensemble_averages_seeded_member_runs(G, truth):
@@ -280,7 +283,7 @@ def test_iagan_ensemble_averages_seeded_member_runs(G, truth):
     torch.testing.assert_close(one.image, singles[0].image)
     assert one.samples is None and one.info["ensemble"] == 1
     # the option goes through solve, BP applies to the mean
-    rec2 = solve(y, op, G, method="iagan", ensemble=3, seed=5, bp=True, **kw)
+    rec2 = solve(y, op, G, method="iagan", ensemble=3, seed=5, bp=True, noise_mode="const", **kw)
     torch.testing.assert_close(rec2.samples, rec.samples)
     torch.testing.assert_close(op.A(rec2.image), y, atol=1e-4, rtol=1e-4)
 
@@ -304,7 +307,7 @@ def _zero_noise_copy(G):
 @pytest.mark.parametrize("method", ["csgm", "brgm", "iagan"])
 def test_noise_mode_none_turns_noise_inputs_off(G, truth, method):
     """noise_mode='none' is the solver run on a generator whose noise maps are zero; the
-    caller's generator keeps its noise maps; 'const' (the default) differs from it."""
+    caller's generator keeps its noise maps; 'const' differs from it."""
     assert any(float(m.noise_const.abs().sum()) > 0 for m in G.modules()
                if hasattr(m, "noise_const"))  # the tiny generator has noise inputs
     op = sr_op()
@@ -315,9 +318,9 @@ def test_noise_mode_none_turns_noise_inputs_off(G, truth, method):
     before = {k: v.clone() for k, v in G.state_dict().items()}
     off = solve(y, op, G, method=method, noise_mode="none", **kw)
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
-    ref = solve(y, op, _zero_noise_copy(G), method=method, **kw)
+    ref = solve(y, op, _zero_noise_copy(G), method=method, noise_mode="const", **kw)
     torch.testing.assert_close(off.image, ref.image, atol=1e-5, rtol=1e-4)
-    const = solve(y, op, G, method=method, **kw)
+    const = solve(y, op, G, method=method, noise_mode="const", **kw)
     assert float((const.image - off.image).abs().max()) > 1e-4
     if method == "iagan":
         assert off.info["noise_mode"] == "none"
