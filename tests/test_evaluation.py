@@ -412,6 +412,31 @@ def test_tuning_script_runs_a_grid(prior_path, tmp_path, offline_lpips):
     assert "| csgm-bp | steps=2, restarts=1 |" in (out / "tuning.md").read_text()
 
 
+def test_confirmation_set_avoids_report_and_validation_images(tmp_path):
+    """scripts/confirm_set.py lists held-out images that neither the report nor any tuning
+    validation set uses, and writes them as an image record ``medrecon eval --folds`` reads."""
+    tune = _tune_module()
+    path = Path(__file__).resolve().parents[1] / "scripts" / "confirm_set.py"
+    spec = importlib.util.spec_from_file_location("confirm_set", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ids = [f"c/{i:03d}.png" for i in range(100)]
+    got = mod.confirmation_set(ids, n=20, test_limit=8, validation_sizes=[6, 16])
+    test, _ = tune.validation_split(ids, test_limit=8, n=0)
+    used = set(test)
+    for k in (6, 16):
+        used |= set(tune.validation_split(ids, test_limit=8, n=k)[1])
+    assert len(got) == 20 == len(set(got)) and not set(got) & used
+    with pytest.raises(SystemExit, match="more than"):
+        mod.confirmation_set(ids, n=80, test_limit=8, validation_sizes=[6, 16])
+    held = tmp_path / "held.txt"
+    held.write_text("# header\n" + "".join(f"{i}\n" for i in ids))
+    out = tmp_path / "confirm" / "images.txt"
+    assert mod.main(["--held-out", str(held), "--n", "20", "--out", str(out)]) == 0
+    listed = [ln for ln in out.read_text().splitlines() if not ln.startswith("#")]
+    assert listed == got
+
+
 def test_paired_difference_script(tmp_path, capsys):
     path = Path(__file__).resolve().parents[1] / "scripts" / "paired_diff.py"
     spec = importlib.util.spec_from_file_location("paired_diff", path)
