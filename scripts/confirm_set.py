@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tune_defaults import validation_split  # noqa: E402
+from tune_defaults import evenly_spaced, validation_split  # noqa: E402
 
 
 def confirmation_set(held_out: list[str], *, n: int, test_limit: int,
@@ -31,8 +31,7 @@ def confirmation_set(held_out: list[str], *, n: int, test_limit: int,
     rest = [x for x in sorted(held_out) if x not in used]
     if n > len(rest):
         raise SystemExit(f"--n {n} is more than the {len(rest)} unused held-out images.")
-    M = len(rest)
-    return [rest[min(M - 1, int((i + 0.5) * M / n))] for i in range(n)]
+    return evenly_spaced(rest, n)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,9 +50,13 @@ def validation_split(held_out: list[str], *, test_limit: int, n: int) -> tuple[l
     rest = [x for i, x in enumerate(ids) if i not in test_idx]
     if n > len(rest):
         raise SystemExit(f"--n {n} is more than the {len(rest)} held-out images left after the test set.")
-    M = len(rest)
-    val = [rest[min(M - 1, int((i + 0.5) * M / n))] for i in range(n)]
-    return test, val
+    return test, evenly_spaced(rest, n)
+
+
+def evenly_spaced(items: list[str], n: int) -> list[str]:
+    """``n`` items evenly spaced over ``items`` (the centres of ``n`` equal bins)."""
+    M = len(items)
+    return [items[min(M - 1, int((i + 0.5) * M / n))] for i in range(n)]
 
 
 def _value(text: str):

@@ -131,11 +131,8 @@ def brgm(
         sigma_floor: lower bound of the noise std used in the prior weights ([-1, 1] units).
             Default 0.01.
         tol, patience, check_every: early stopping as in :func:`csgm`.
-        noise_mode: StyleGAN2's per-layer noise inputs: ``'const'`` (the generator's stored
-            noise maps, held fixed, as BRGM and NVIDIA's projector do) or ``'none'`` (turned
-            off, i.e. set to their mean: the detail they add is random with respect to the
-            measurements). Default ``'const'``; the per-task defaults are in
-            :data:`medrecon.solvers.DEFAULTS`.
+        noise_mode: ``'const'`` or ``'none'``, as in :func:`~medrecon.solvers.csgm`. Default
+            ``'const'``.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         seed: seed of the initial probes (private ``torch.Generator``).
         callback: progress callable.
@@ -270,11 +267,8 @@ def brgm_variational(
         latent_weight, colinearity_weight, perceptual, perceptual_weight, sigma_floor:
             as in :func:`brgm`.
         entropy_weight: multiplier of the exact entropy weight ``2 s^2 / M`` (1 = the ELBO).
-        noise_mode: StyleGAN2's per-layer noise inputs: ``'const'`` (the generator's stored
-            noise maps, held fixed, as BRGM and NVIDIA's projector do) or ``'none'`` (turned
-            off, i.e. set to their mean: the detail they add is random with respect to the
-            measurements). Default ``'const'``; the per-task defaults are in
-            :data:`medrecon.solvers.DEFAULTS`.
+        noise_mode: ``'const'`` or ``'none'``, as in :func:`~medrecon.solvers.csgm`. Default
+            ``'const'``.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         seed: seed of the Monte-Carlo draws (private ``torch.Generator``).
         callback: progress callable.
