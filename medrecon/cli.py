@@ -16,16 +16,19 @@ error (traceback with ``medrecon --debug ...``). Every reconstruction goes throu
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from medrecon import __version__
+from medrecon.cli_types import InputPath
 from medrecon.errors import MedreconInputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -79,9 +82,24 @@ def _debug_enabled(ctx: click.Context | None) -> bool:
     return bool(obj.get("debug")) or os.environ.get("MEDRECON_DEBUG", "") not in ("", "0")
 
 
-def _json_error(ctx: click.Context, message: str, code: int) -> None:
-    if ctx.meta.get("medrecon.log_format") == "json":
+def _json_mode(ctx: click.Context | None) -> bool:
+    return ctx is not None and ctx.meta.get("medrecon.log_format") == "json"
+
+
+def _json_error(ctx: click.Context | None, message: str, code: int) -> None:
+    if _json_mode(ctx):
         click.echo(json.dumps({"event": "error", "message": message, "exit_code": code}), err=True)
+
+
+def _show_warning(ctx: click.Context, message: Warning | str, category: type[Warning],
+                  filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line each (``Warning: ...``, or a JSON ``warning`` event), without the
+    source file and line that Python prints: they are messages for the user, not for us."""
+    text = " ".join(str(message).split())
+    if _json_mode(ctx):
+        click.echo(json.dumps({"event": "warning", "message": text}), err=True)
+    else:
+        click.echo(f"Warning: {text}", err=True)
 
 
 class MedreconGroup(click.Group):
@@ -124,13 +142,18 @@ class MedreconGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = functools.partial(_show_warning, ctx)
+                return super().invoke(ctx)
         except MedreconInputError as exc:
             # The whole message: some errors list choices on the following lines (the series
             # of a DICOM folder, the valid options of a task).
             message = str(exc).strip() or type(exc).__name__
-            _json_error(ctx, message, EXIT_USAGE)
-            raise InputError(message) from exc
+            err = InputError(message)
+            if _json_mode(ctx):
+                _json_error(ctx, message, EXIT_USAGE)
+                err.reported = True  # type: ignore[attr-defined]
+            raise err from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are reported
@@ -138,9 +161,11 @@ class MedreconGroup(click.Group):
             _json_error(ctx, msg, EXIT_INTERNAL)
             if _debug_enabled(ctx):
                 click.echo(traceback.format_exc(), err=True, nl=False)
-            click.echo(f"Error: {msg}", err=True)
-            if not _debug_enabled(ctx):
-                click.echo("Run `medrecon --debug ...` for the traceback, and please report it.", err=True)
+            if not _json_mode(ctx):
+                click.echo(f"Error: {msg}", err=True)
+                if not _debug_enabled(ctx):
+                    click.echo("Run `medrecon --debug ...` for the traceback, and please report it.",
+                               err=True)
             ctx.exit(EXIT_INTERNAL)
 
 
@@ -215,7 +240,7 @@ class _Reporter:
 # ---------------------------------------------------------------------------------------------
 def _common_options(task: str) -> Callable[[Callable], Callable]:
     opts: list[Callable] = [
-        click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path)),
+        click.argument("input_path", metavar="INPUT", type=InputPath()),
         click.option("-o", "--output", "output", type=click.Path(dir_okay=True, path_type=Path),
                       default=None, help="Output file (format from the suffix: .nii.gz, .nii, "
                       ".dcm or a folder for DICOM, .png). [default: <INPUT stem>_"
@@ -278,7 +303,7 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                                  help="Blur of the low-resolution acquisition model (box = pixel "
                                  "averaging / binning)."))
     if task == "inpaint":
-        opts.append(click.option("--mask", type=click.Path(exists=True, path_type=Path),
+        opts.append(click.option("--mask", type=InputPath(dir_okay=False),
                                  default=None, help="Image/volume on INPUT's grid; nonzero = "
                                  "missing pixel."))
     if task == "mri":
@@ -368,7 +393,7 @@ def _find_demo_sample(prior: str) -> tuple[Path, Path | None] | None:
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("medrecon_demo"), show_default=True, help="Folder for the outputs.")
 @click.option("--prior", default="chest_xray", show_default=True, help="Prior bundle.")
-@click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--input", "input_path", type=InputPath(dir_okay=False), default=None,
               help="A high-resolution image to downsample and recover instead of the bundle's "
               "sample (simulated low resolution; the image is the reference).")
 @click.option("--method", default=None, help="Reconstruction method. [default: the prior's]")
@@ -393,7 +418,8 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     """
     import numpy as np
 
-    from medrecon.io import load_image, save_image
+    from medrecon.io import check_image_output, load_image, save_image
+    from medrecon.io.outputs import OutputStage, check_output
     from medrecon.pipeline import reconstruct
 
     ctx.meta["medrecon.log_format"] = log_format
@@ -410,15 +436,16 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
         src, ref_path, simulate, kernel = found[0], found[1], False, "box"
     image = load_image(src)
     reference = load_image(ref_path) if ref_path is not None else None
-    output_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if src.name.endswith(".nii.gz") else (src.suffix or ".nii.gz")
     if suffix.lower() in (".dcm", ".jpg", ".jpeg"):
         suffix = ".nii.gz" if suffix.lower() == ".dcm" else ".png"
     outs = {k: output_dir / f"{k}{suffix}" for k in ("sr", "bicubic")}
     png = output_dir / "side_by_side.png"
-    for p in (*outs.values(), png):
-        if p.exists() and not overwrite:
-            raise MedreconInputError(f"{p} already exists; pass --overwrite or another --output-dir.")
+    protected = [src] + ([Path(ref_path)] if ref_path is not None else [])
+    is_2d = image.is_2d
+    for p in outs.values():  # every output checked before the reconstruction
+        check_image_output(p, is_2d=is_2d, overwrite=overwrite, inputs=protected)
+    check_output(png, overwrite=overwrite, protected=protected)
     reporter = _Reporter(log_format=log_format, quiet=quiet)
     common = dict(task="sr", prior=prior, scale=scale, device=device, seed=seed,
                   simulate=simulate, sr_kernel=kernel)
@@ -427,11 +454,8 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
         base = reconstruct(image, method="bicubic", **common)
     finally:
         reporter.close()
-    for key, r in (("sr", res), ("bicubic", base)):
-        save_image(r.image, outs[key], overwrite=overwrite, reference=image,
-                   method=r.info["method"], inputs=(str(src),))
     name = str(res.info["method"])
-    scores: dict[str, tuple[float, float]] = {}
+    scores: dict[str, tuple[float, float | None]] = {}
     gt = None
     if reference is not None and reference.shape == res.image.shape:
         gt = np.asarray(reference.array, dtype=np.float64)
@@ -445,7 +469,11 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     if gt is not None:
         panels.append(gt)
         titles.append("reference")
-    _side_by_side(png, panels, titles)
+    with OutputStage(overwrite=overwrite) as stage:  # all three outputs, or none
+        for key, r in (("sr", res), ("bicubic", base)):
+            save_image(r.image, outs[key], overwrite=overwrite, reference=image,
+                       method=r.info["method"], inputs=protected, stage=stage)
+        _side_by_side(stage.file(png), panels, titles)
     if log_format == "json":
         click.echo(json.dumps({"event": "done", "output": str(outs["sr"]), "std": None,
                                "seconds": round(res.info["seconds"], 3),
@@ -455,36 +483,33 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     if scores:
         click.echo(f"  vs reference {Path(str(ref_path)).name}:")
         for n, (p, s_) in scores.items():
-            click.echo(f"  {n:<16s} PSNR {p:6.2f} dB   SSIM {s_:.4f}")
+            ssim_text = f"SSIM {s_:.4f}" if s_ is not None else "SSIM n/a (image under 11 x 11)"
+            click.echo(f"  {n:<16s} PSNR {p:6.2f} dB   {ssim_text}")
     else:
         click.echo("  (no high-resolution reference of matching size: metrics skipped)")
     click.echo(f"medrecon sr: method {name}, device {res.info['device']}, "
                f"{res.info['seconds']:.1f} s -> {outs['sr']} (+ {outs['bicubic'].name}, {png.name})")
 
 
-def _psnr_ssim(x: Any, ref: Any, data_range: float) -> tuple[float, float]:
-    """PSNR (dB) and SSIM against ``ref`` with an explicit data range (per 2D slice, averaged)."""
+def _psnr_ssim(x: Any, ref: Any, data_range: float) -> tuple[float, float | None]:
+    """PSNR (dB) and SSIM against ``ref`` with an explicit data range (per 2D slice, averaged).
+
+    SSIM is ``None`` for slices smaller than its 11 x 11 window.
+    """
     import numpy as np
+    import torch
 
-    try:
-        from medrecon.metrics import psnr, ssim  # type: ignore[attr-defined]
-        import torch
+    from medrecon.metrics import psnr, ssim
 
-        def to_t(a: Any) -> Any:
-            a2 = np.moveaxis(np.asarray(a, dtype=np.float32), -1, 0)[:, None]  # slices along Z
-            return torch.from_numpy(np.ascontiguousarray(a2))
+    def to_t(a: Any) -> Any:
+        a2 = np.moveaxis(np.asarray(a, dtype=np.float32), -1, 0)[:, None]  # slices along Z
+        return torch.from_numpy(np.ascontiguousarray(a2))
 
-        p = torch.as_tensor(psnr(to_t(x), to_t(ref), data_range=data_range), dtype=torch.float64)
-        s = torch.as_tensor(ssim(to_t(x), to_t(ref), data_range=data_range), dtype=torch.float64)
-        return float(p.mean()), float(s.mean())
-    except ImportError:
-        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-        ps, ss = [], []
-        for k in range(ref.shape[-1]):
-            ps.append(peak_signal_noise_ratio(ref[..., k], x[..., k], data_range=data_range))
-            ss.append(structural_similarity(ref[..., k], x[..., k], data_range=data_range))
-        return float(np.mean(ps)), float(np.mean(ss))
+    p = torch.as_tensor(psnr(to_t(x), to_t(ref), data_range=data_range), dtype=torch.float64)
+    if min(ref.shape[:2]) < 11:
+        return float(p.mean()), None
+    s = torch.as_tensor(ssim(to_t(x), to_t(ref), data_range=data_range), dtype=torch.float64)
+    return float(p.mean()), float(s.mean())
 
 
 def _lowres_view(gt: Any, scale: int) -> Any:
@@ -523,9 +548,7 @@ def _side_by_side(path: Path, images: list, titles: list[str]) -> None:
     for p, t in zip(panels, titles):
         draw.text((x + 2, 1), t, fill=255)
         x += p.shape[1] + 2
-    tmp = path.with_name(path.name + ".tmp")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    grid.save(path, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,16 +585,44 @@ if MedreconGroup._lazy(cli, "priors") is None:  # type: ignore[arg-type]
     cli.add_command(_priors_fallback, "priors")
 
 
+#: Exit code of a run stopped by Ctrl-C (SIGINT), the shell convention 128 + 2.
+EXIT_INTERRUPTED = 130
+
+
+def _wants_json(argv: list[str]) -> bool:
+    for i, a in enumerate(argv):
+        if a == "--log-format=json" or (a == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point (``medrecon``); returns the exit code (0, 1 or 2)."""
+    """Console entry point (``medrecon``); returns the exit code.
+
+    0 success, 2 bad input or usage, 1 internal error, 130 interrupted (Ctrl-C). With
+    ``--log-format json`` every error is one JSON line on stderr and nothing else is printed.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(args)
     try:
-        rv = cli.main(args=argv, prog_name="medrecon", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="medrecon", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        if getattr(exc, "reported", False):
+            return int(exc.exit_code)
+        if as_json:
+            msg = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            click.echo(json.dumps({"event": "error", "message": msg, "exit_code": exc.exit_code}),
+                       err=True)
+        else:
+            exc.show()
         return int(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        return EXIT_INTERNAL
+    except (click.Abort, KeyboardInterrupt):
+        if as_json:
+            click.echo(json.dumps({"event": "error", "message": "interrupted",
+                                   "exit_code": EXIT_INTERRUPTED}), err=True)
+        else:
+            click.echo("Interrupted; no output was written.", err=True)
+        return EXIT_INTERRUPTED
     return int(rv) if isinstance(rv, int) else EXIT_OK

@@ -18,3 +18,9 @@ class MissingWeightsError(MedreconInputError, FileNotFoundError):
 
 class CheckpointError(MedreconInputError):
     """A network checkpoint is truncated, foreign, or holds objects we refuse to load."""
+
+
+class MedreconWarning(UserWarning):
+    """Something the user should know but that does not stop the run: a conversion that loses
+    information (colour to grey, a dropped alpha channel, extra pages), a result the prior
+    cannot fully support. The CLI prints each as one ``Warning: ...`` line."""

@@ -45,6 +45,7 @@ import click
 import numpy as np
 import torch
 
+from medrecon.cli_types import InputPath
 from medrecon.errors import MedreconInputError, MissingWeightsError
 
 __all__ = [
@@ -63,7 +64,10 @@ __all__ = [
     "parse_methods",
     "render_grid",
     "summarize",
+    "REPORT_FILES",
+    "check_report_dir",
     "write_grid",
+    "write_report",
     "write_results_csv",
     "write_summary_md",
 ]
@@ -585,6 +589,7 @@ def evaluate_run(
     lpips: bool = True,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
     **task_options: Any,
 ) -> EvalRun:
     """Simulate measurements of ground truths, reconstruct them with each method, score them.
@@ -609,8 +614,11 @@ def evaluate_run(
             ``[0, 1]`` scale). Default 0 (noiseless).
         seed: Base seed. The operator (mask/pattern) uses ``seed``; each image's noise and
             solver run use :func:`derive_seed` of ``(seed, image id)``. Default 0.
-        out_dir: When given, ``results.csv``, ``summary.md`` and ``grid.png`` are written there
-            (created if missing).
+        out_dir: When given, ``results.csv``, ``summary.md``, ``grid.png`` and
+            ``settings.json`` are written there (created if missing), all together at the end
+            (see :func:`write_report`). It is checked before any work: it may not be or lie
+            inside an images folder, nor name an input file; a folder with a previous report
+            is refused unless ``overwrite``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         batch_size: Images per solver call. Default 1, which makes every image's result
             independent of the others (its solver seed is its own). Larger batches are faster on
@@ -625,6 +633,8 @@ def evaluate_run(
             :func:`medrecon.solvers.solve`; they override ``steps``. Default: none (each
             solver's documented per-task defaults).
         progress: Optional callable receiving one-line progress messages.
+        overwrite: Replace the report files of a previous ``medrecon eval`` in ``out_dir``
+            (other files there are never touched). Default False refuses.
         **task_options: Forwarded to :func:`medrecon.physics.build_operator` (``scale``,
             ``mask_type``, ``acceleration``, ``center_fraction``, ``kernel``, ``size``,
             ``ratio``...; ``None`` values are dropped so the operator's defaults apply).
@@ -648,6 +658,10 @@ def evaluate_run(
         raise MedreconInputError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}.")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise MedreconInputError(f"steps must be a positive integer or None, got {steps!r}.")
+    for m in method_list:
+        solvers.check_method_task(_split_bp(m)[0], task)
+    if out_dir is not None:
+        check_report_dir(out_dir, images=images, overwrite=overwrite)
     say = progress or (lambda _msg: None)
     extra_opts = {str(k).lower(): dict(v) for k, v in (method_options or {}).items()}
     unknown = sorted(set(extra_opts) - set(method_list))
@@ -741,13 +755,7 @@ def evaluate_run(
                                      selection=_selection_text(folds, fold_used, limit)),
                   lpips_note=lp.note, grid=grid)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_results_csv(run.rows, out / "results.csv")
-        write_summary_md(run, out / "summary.md")
-        if grid:
-            write_grid(run.grid, out / "grid.png")
-        (out / "settings.json").write_text(json.dumps(run.settings, indent=2, default=str) + "\n")
+        write_report(run, out_dir, overwrite=overwrite)
     return run
 
 
@@ -762,6 +770,116 @@ def evaluate(**kwargs: Any) -> list[EvalRow]:
 # --------------------------------------------------------------------------------------------
 # Writers
 # --------------------------------------------------------------------------------------------
+#: The files ``medrecon eval`` writes into its ``--out`` folder (nothing else there is touched).
+REPORT_FILES = ("results.csv", "summary.md", "grid.png", "settings.json")
+
+
+def _input_files(images: Any) -> list[Path]:
+    """The files an evaluation reads: a list file and the paths it lists, or explicit paths."""
+    if images is None:
+        return []
+    if isinstance(images, (str, Path)):
+        root = Path(images).expanduser()
+        if root.is_file() and not _has_image_suffix(root):
+            files = [root]
+            try:
+                for line in root.read_text(encoding="utf-8").splitlines():
+                    line = line.split("#", 1)[0].strip()
+                    if line:
+                        p = Path(line).expanduser()
+                        files.append(p if p.is_absolute() else root.parent / p)
+            except (OSError, UnicodeDecodeError):
+                pass
+            return files
+        return [root] if root.is_file() else []
+    return [Path(p).expanduser() for p in images]
+
+
+def _is_report(folder: Path) -> bool:
+    """Whether ``folder`` holds a report written by ``medrecon eval`` (its settings.json)."""
+    try:
+        settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and "medrecon" in settings and "methods" in settings
+
+
+def check_report_dir(out_dir: str | Path, *, images: Any = None, overwrite: bool = False) -> Path:
+    """Validate an evaluation's output folder before any work.
+
+    Refused: a folder that is, or lies inside, the images folder (the next evaluation would
+    score ``grid.png`` as a ground truth); a report file name that is one of the inputs; a file
+    where the folder should be; report files of a previous evaluation without ``overwrite``;
+    report-named files that ``medrecon eval`` did not write (even with ``overwrite``); a place
+    that cannot be written.
+
+    Returns:
+        The folder (``~`` expanded).
+    """
+    from medrecon.io.outputs import OutputExistsError, check_writable_place, resolve_user_path
+
+    out = resolve_user_path(out_dir, what="--out folder")
+    if isinstance(images, (str, Path)) and Path(images).expanduser().is_dir():
+        root = Path(images).expanduser()
+        if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+            raise MedreconInputError(
+                f"--out {str(out)!r} is, or lies inside, the --images folder {str(root)!r}: the "
+                "report would be mixed with the ground truths (and grid.png scored as one next "
+                "time). Choose an --out folder outside --images.")
+    targets = {(out / name).resolve() for name in REPORT_FILES}
+    for f in _input_files(images):
+        if f.resolve() in targets:
+            raise MedreconInputError(
+                f"--out {str(out)!r} would write over the input {str(f)!r}; choose another --out.")
+    if out.exists() and not out.is_dir():
+        raise MedreconInputError(
+            f"--out {str(out)!r} exists and is a file; expected a folder. Choose another --out.")
+    present = [n for n in REPORT_FILES if (out / n).exists() or (out / n).is_symlink()]
+    if present:
+        if not _is_report(out):
+            raise MedreconInputError(
+                f"--out {str(out)!r} holds {', '.join(present)} that medrecon eval did not write "
+                "(no medrecon settings.json); they are never replaced. Choose another --out.")
+        if not overwrite:
+            raise OutputExistsError(
+                f"--out {str(out)!r} already holds a report ({', '.join(present)}); pass "
+                "--overwrite (overwrite=True) to replace it, or choose another --out.")
+        for n in present:
+            if not (out / n).is_file() or (out / n).is_symlink():
+                raise MedreconInputError(
+                    f"{str(out / n)!r} is not a regular file; medrecon eval does not replace it. "
+                    "Remove it or choose another --out.")
+    check_writable_place(out / REPORT_FILES[0])
+    return out
+
+
+def write_report(run: EvalRun, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the report files of ``run`` into ``out_dir``, all or none.
+
+    The files go through :class:`medrecon.io.outputs.OutputStage`: temporary names first, moved
+    into place together only when all are complete, exclusively unless ``overwrite`` (which
+    replaces the report files of a previous evaluation and removes those this run does not
+    produce, e.g. ``grid.png`` without grid images). Other files in the folder are never
+    touched.
+
+    Returns:
+        The folder.
+    """
+    from medrecon.io.outputs import OutputStage
+
+    out = check_report_dir(out_dir, overwrite=overwrite)
+    with OutputStage(overwrite=overwrite) as stage:
+        write_results_csv(run.rows, stage.file(out / "results.csv"))
+        write_summary_md(run, stage.file(out / "summary.md"))
+        if run.grid:
+            write_grid(run.grid, stage.file(out / "grid.png"))
+        stage.file(out / "settings.json").write_text(
+            json.dumps(run.settings, indent=2, default=str) + "\n", encoding="utf-8")
+    if overwrite and not run.grid and (out / "grid.png").is_file():
+        (out / "grid.png").unlink()  # a previous report's grid, stale now
+    return out
+
+
 def write_results_csv(rows: Iterable[EvalRow], path: str | Path) -> Path:
     """Write ``results.csv`` with the columns :data:`CSV_COLUMNS`.
 
@@ -942,7 +1060,7 @@ def write_grid(grid: Mapping[str, Sequence[torch.Tensor]], path: str | Path) -> 
     from PIL import Image
 
     path = Path(path)
-    Image.fromarray(render_grid(grid, min_tile=64)).save(path)
+    Image.fromarray(render_grid(grid, min_tile=64)).save(path, format="PNG")
     return path
 
 
@@ -970,7 +1088,7 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--methods", required=True, callback=_methods_callback,
               help="Comma-separated methods, e.g. bicubic,lanczos-bp,csgm-bp,brgm,iagan-bp "
                    "(a -bp suffix back-projects any method onto the measurements).")
-@click.option("--images", required=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--images", required=True, type=InputPath(),
               help="Folder of ground truths (PNG/JPEG/DICOM/NIfTI) or a text file listing them.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder for results.csv, summary.md and grid.png.")
@@ -1013,13 +1131,16 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
               metavar="METHOD.KEY=VALUE",
               help="Solver option for one method (repeatable), e.g. csgm.restarts=2; VALUE "
                    "parsed as JSON if it can.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the report of a previous medrecon eval in --out (other files there "
+                   "are never touched).")
 @click.option("--option", "extra_options", multiple=True, metavar="KEY=VALUE",
               help="Any other build_operator option (repeatable); VALUE parsed as JSON if it can.")
 def eval_command(prior: str, task: str, methods: list[str], images: Path, out_dir: Path,
                  limit: int | None, folds: str | None, fold: int | None, steps: int | None, noise_sigma: float, seed: int,
                  device: str, batch_size: int, grid_images: int, lpips: bool,
                  method_option_items: tuple[str, ...], extra_options: tuple[str, ...],
-                 **task_options: Any) -> None:
+                 overwrite: bool, **task_options: Any) -> None:
     """Evaluate reconstruction methods on ground truths with simulated, seeded measurements.
 
     Writes OUT/results.csv (one row per image and method), OUT/summary.md (mean +- std per
@@ -1045,7 +1166,8 @@ def eval_command(prior: str, task: str, methods: list[str], images: Path, out_di
                            folds=folds, fold=fold,
                         steps=steps, noise_sigma=noise_sigma, seed=seed, out_dir=out_dir,
                         device=device, batch_size=batch_size, grid_images=grid_images,
-                        lpips=lpips, method_options=method_options, progress=lambda m: click.echo(m, err=True), **task_options)
+                        lpips=lpips, method_options=method_options, overwrite=overwrite,
+                        progress=lambda m: click.echo(m, err=True), **task_options)
     except MedreconInputError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(summary_table(run.rows))

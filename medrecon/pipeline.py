@@ -51,8 +51,8 @@ SIMULATE_ONLY_TASKS = ("cs",)
 #: File suffixes read as fastMRI-style complex k-space for ``task='mri'``.
 KSPACE_SUFFIXES = (".npy", ".h5", ".hdf5")
 #: File suffixes :func:`reconstruct_directory` picks up.
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
-                  ".mha", ".mhd", ".nrrd", ".npy", ".h5")
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy",
+                  ".h5")
 #: Fallback method per task when neither the caller nor the prior's metadata picks one.
 DEFAULT_METHOD = "iagan"
 
@@ -165,6 +165,9 @@ def _choose_method(method: str | None, task: str, prior: Any, samples: int = 0) 
         raise MedreconInputError(
             f"unknown method {method!r}; expected one of {', '.join(methods)}."
         )
+    from medrecon.solvers import check_method_task
+
+    check_method_task(method, _SOLVER_TASK.get(task, task))
     return _method_for_samples(method, samples)
 
 
@@ -426,6 +429,99 @@ def _slice_axis(affine: np.ndarray, plane: str) -> int | None:
     return int(slice_axis_for_plane(affine, plane))
 
 
+#: Smallest slice side medrecon reconstructs (pixels).
+MIN_SLICE_SIDE = 4
+#: A plane of a 3D volume whose slices are narrower than this is refused when another plane
+#: gives wider slices (e.g. axial cuts of a thin coronal slab).
+THIN_SLICE_SIDE = 8
+
+
+def acquisition_axis(shape: Sequence[int], spacing: Sequence[float], *,
+                     dicom_series: bool = False) -> int | None:
+    """The array axis across the acquired slices of a 3D volume, or ``None`` when no plane
+    stands out.
+
+    A DICOM series is stacked along axis 2 (one acquired slice per file or frame). Otherwise
+    the acquired plane holds the two axes with the largest matrix: the sliced axis is the one
+    with the fewest voxels, ties broken by the coarsest spacing (thick slices); an isotropic
+    cube (equal matrix and spacing within 1%) has no acquired plane.
+    """
+    shape = [int(v) for v in shape]
+    if dicom_series and shape[2] > 1:
+        return 2
+    smallest = min(shape)
+    cand = [a for a in range(3) if shape[a] == smallest]
+    if len(cand) == 1:
+        return cand[0]
+    coarse = max(float(spacing[a]) for a in cand)
+    thick = [a for a in cand if float(spacing[a]) >= coarse * 0.99]
+    return thick[0] if len(thick) == 1 else None
+
+
+def _slice_orientation(image: Any, vol: torch.Tensor, affine: np.ndarray,
+                       spacing: Sequence[float], plane: str | None,
+                       prior: Any) -> tuple[SliceOrientation, str]:
+    """How to cut ``vol`` into 2D slices, and why (``'--plane'``, ``'acquisition'``,
+    ``'prior'``, ``'default'`` or ``'2D image'``).
+
+    Order: the requested plane; for a 2D image its stored layout; the acquired plane of a 3D
+    volume (:func:`acquisition_axis`); the prior's ``default_plane``; axial. Slices narrower
+    than :data:`THIN_SLICE_SIDE` are refused when another plane is wider (naming it), and any
+    slice under :data:`MIN_SLICE_SIDE` pixels is refused.
+    """
+    shape = tuple(int(v) for v in vol.shape)
+    singleton = any(v == 1 for v in shape)
+    source = "--plane"
+    axis = None
+    if plane is None and singleton:
+        orient = SliceOrientation.from_affine(affine, shape)
+        source = "2D image"
+    else:
+        if plane is None:
+            meta = getattr(image, "meta", None) or {}
+            axis = acquisition_axis(shape, spacing, dicom_series=meta.get("format") == "dicom")
+            if axis is not None:
+                source = "acquisition"
+            else:
+                pmeta = _prior_meta(prior)
+                meta_plane = pmeta.get("default_plane", pmeta.get("plane"))
+                plane, source = (meta_plane, "prior") if meta_plane in PLANES else ("axial", "default")
+        if axis is None:
+            axis = _slice_axis(affine, plane)
+        orient = SliceOrientation.from_affine(affine, shape, plane=plane if source != "acquisition" else None,
+                                              axis=axis)
+    def inplane(ax: int) -> tuple[int, int]:
+        return tuple(shape[b] for b in range(3) if b != ax)  # type: ignore[return-value]
+
+    side = min(inplane(orient.axis))
+    best_axis = max(range(3), key=lambda a: (min(inplane(a)), -a))
+    best_side = min(inplane(best_axis))
+    if best_side < MIN_SLICE_SIDE:
+        raise MedreconInputError(
+            f"the image is {'x'.join(map(str, shape))} voxels: too small to reconstruct (slices "
+            f"need at least {MIN_SLICE_SIDE} x {MIN_SLICE_SIDE} pixels). Check that this is the "
+            "intended file.")
+    if side < MIN_SLICE_SIDE or (side < THIN_SLICE_SIDE and best_side > side):
+        rows, cols = inplane(orient.axis)
+        if singleton:
+            fix = "omit --plane (plane=None) to keep the 2D image's own layout"
+        else:
+            good = plane_name_of_axis(affine, best_axis)
+            fix = (f"use --plane {good} (plane={good!r}: {shape[best_axis]} slice(s) of "
+                   f"{'x'.join(map(str, inplane(best_axis)))} pixels)")
+        raise MedreconInputError(
+            f"slicing the {'x'.join(map(str, shape))} volume in the {orient.plane} plane gives "
+            f"{shape[orient.axis]} slice(s) of only {rows}x{cols} pixels; {fix}.")
+    return orient, source
+
+
+def plane_name_of_axis(affine: np.ndarray, axis: int) -> str:
+    """The anatomical plane obtained by slicing along ``axis`` (``medrecon.io.plane_of_axis``)."""
+    from medrecon.io import plane_of_axis
+
+    return plane_of_axis(affine, axis)
+
+
 def reconstruct(
     image: Any,
     *,
@@ -530,20 +626,9 @@ def reconstruct(
     spacing = _spacing(image, affine)
 
     # ---- slicing
-    singleton = any(s == 1 for s in vol.shape)
-    if plane is None and not singleton:
-        meta = _prior_meta(prior)
-        meta_plane = meta.get("default_plane", meta.get("plane"))
-        plane = meta_plane if meta_plane in PLANES else "axial"
-    axis = _slice_axis(affine, plane) if plane is not None else None
-    orient = SliceOrientation.from_affine(affine, vol.shape, plane=plane, axis=axis)
+    orient, plane_source = _slice_orientation(image, vol, affine, spacing, plane, prior)
     slices = orient.volume_to_slices(vol)  # [N, h, w]
     n, h, w = slices.shape
-    if min(h, w) == 1:
-        raise MedreconInputError(
-            f"slicing the {tuple(vol.shape)} image in the {orient.plane} plane gives {h}x{w} "
-            "slices; expected 2D slices. Choose another --plane (or none for a 2D image)."
-        )
     if mask is not None and task != "inpaint":
         raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} with a mask.")
     if task == "denoise" and bp is None:
@@ -598,6 +683,13 @@ def reconstruct(
                 "image grid (same size and orientation)."
             )
         mslices = orient.volume_to_slices(m.float())[:, None]  # [N, 1, h, w]
+        full = mslices.flatten(1).min(dim=1).values > 0
+        if bool(full.any()):
+            k = int(torch.nonzero(full)[0])
+            raise MedreconInputError(
+                f"the mask marks every pixel of slice {k + 1} of {n} as missing, so nothing is "
+                f"measured there ({int(full.sum())} such slice(s)); inpainting needs observed "
+                "pixels. Fix the mask (nonzero = missing, zero = observed).")
         # any overlap with a missing input pixel makes a grid pixel missing (conservative)
         mgrid = fit.to_grid(mslices, pad_value=0.0, mode="bilinear") > 1e-3
         keyed: dict[bytes, list[int]] = {}
@@ -655,6 +747,7 @@ def reconstruct(
         "solver_seconds": sinfo["solver_seconds"],
         "slices": n,
         "plane": orient.plane,
+        "plane_source": plane_source,
         "slice_axis": orient.axis,
         "input_shape": tuple(int(s) for s in vol.shape),
         "output_shape": tuple(int(s) for s in out_vol.shape),
@@ -695,8 +788,12 @@ def load_kspace(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     Raises:
         MedreconInputError: unreadable file, missing ``kspace`` dataset, wrong dimensionality.
     """
-    p = Path(path)
+    from medrecon.io._paths import check_claimed_size, check_input_file, check_numpy_file
+
+    p = check_input_file(path)
     mask = None
+    if p.suffix.lower() not in (".h5", ".hdf5"):
+        check_numpy_file(p)
     try:
         if p.suffix.lower() in (".h5", ".hdf5"):
             import h5py
@@ -707,7 +804,10 @@ def load_kspace(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
                         f"{p.name} has no 'kspace' dataset (found {sorted(f.keys())}); expected "
                         "the fastMRI single-coil layout."
                     )
-                k = np.asarray(f["kspace"][()])
+                ds = f["kspace"]
+                check_claimed_size(p, shape=tuple(ds.shape), itemsize=ds.dtype.itemsize,
+                                   compressed=ds.compression is not None)
+                k = np.asarray(ds[()])
                 if "mask" in f:
                     mask = np.asarray(f["mask"][()]).astype(bool)
         else:
@@ -922,18 +1022,45 @@ def std_path_for(output_path: str | Path) -> Path:
     return p.with_name(f"{stem}_std{suffix}")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and a.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
 def _is_kspace_input(path: Path, task: str, simulate: bool) -> bool:
     if task != "mri" or simulate:
         return False
     name = path.name.lower()
     return any(name.endswith(s) for s in KSPACE_SUFFIXES)
+
+
+def prior_files(prior: Any) -> list[Path]:
+    """The files or folders a prior was read from (protected from being written over).
+
+    A shipped name or a path resolves to its prior folder (a bundle's whole folder for its
+    ``models/``) or file (with its ``.json`` twin); a loaded :class:`~medrecon.priors.Prior`
+    gives the folder of its statistics cache when it has one.
+    """
+    out: list[Path] = []
+    if isinstance(prior, (str, Path)):
+        from medrecon.priors import resolve_prior_path
+
+        try:
+            target = resolve_prior_path(prior)
+        except MedreconInputError:
+            return out
+        if target.is_dir():
+            out.append(target.parent if target.name == "models" else target)
+        else:
+            out += [target, target.with_suffix(".json"), target.with_suffix(".safetensors")]
+    else:
+        stats = getattr(prior, "stats_path", None)
+        if stats is not None and Path(stats).parent.is_dir():
+            out.append(Path(stats).parent)
+    return out
+
+
+def _check_mri_input(inp: Path, task: str, simulate: bool) -> None:
+    if task == "mri" and not simulate and not _is_kspace_input(inp, task, simulate):
+        raise MedreconInputError(
+            f"task 'mri' reconstructs measured k-space (.npy, fastMRI .h5), but {str(inp)!r} is "
+            "an image. Pass --simulate (simulate=True) to undersample the image "
+            "retrospectively, or give the k-space file.")
 
 
 def reconstruct_file(
@@ -949,20 +1076,24 @@ def reconstruct_file(
     mask: Any = None,
     series_uid: str | None = None,
     volume: int | None = None,
+    _protected: Sequence[Path] = (),
     **options: Any,
 ) -> PipelineResult:
     """Read a scan, reconstruct it and write the result (and the std map when ``samples > 0``).
 
-    The input is only ever read. Outputs are written atomically by :func:`medrecon.io.save_image`
-    (the format follows the output suffix: ``.nii.gz``, ``.nii``, ``.dcm`` / a directory for a
-    DICOM series, ``.png``, ...); DICOM outputs reuse the input's patient/study tags.
+    Files are handled by the rules of :mod:`medrecon.io.outputs`: every input (the scan, the
+    mask file, the prior's files) is only read and never written over, even with
+    ``overwrite``; the outputs are validated (format, dimensionality, inputs, an existing
+    output, a writable place) before the reconstruction starts; the result and its std map
+    are written under temporary names and put in place together, exclusively, only when both
+    are complete. DICOM outputs reuse the input's patient/study tags.
 
     Args:
         input_path: NIfTI / DICOM file or series directory / PNG / ...; for ``task="mri"``
             without ``simulate``, fastMRI ``.h5`` or ``.npy`` k-space.
         output_path: Output file; default :func:`default_output_path` beside the input.
         task, prior, method, samples, simulate, mask: as in :func:`reconstruct`.
-        overwrite: Replace existing outputs (never the input). Default False.
+        overwrite: Replace existing outputs that medrecon wrote (never an input). Default False.
         series_uid: Pick one series from a multi-series DICOM directory.
         volume: Pick one volume of a 4D file.
         **options: Any other :func:`reconstruct` keyword (steps, bp, plane, scale, ...).
@@ -972,40 +1103,29 @@ def reconstruct_file(
 
     Raises:
         MedreconInputError: missing/unreadable input, output exists without ``overwrite``,
-            output equal to the input, plus everything :func:`reconstruct` raises.
+            output equal to (or inside) an input, an output that cannot be written, an image
+            given to ``mri`` without ``simulate``, plus everything :func:`reconstruct` raises.
     """
-    from medrecon.io import load_image, save_image
+    from medrecon.io import check_image_output, load_image, save_image
+    from medrecon.io._paths import check_input_file
+    from medrecon.io.outputs import OutputStage
 
     task = _check_task(task)
-    inp = Path(input_path)
-    if not inp.exists():
-        raise MedreconInputError(f"input {str(inp)!r} does not exist; pass an existing file or DICOM directory.")
+    inp = check_input_file(input_path)
+    protected: list[Path] = [inp]
+    if isinstance(mask, (str, Path)):
+        protected.append(check_input_file(mask, what="mask"))
+    protected += prior_files(prior) + list(_protected)
     prior_obj = _resolve_prior(prior)
     method_name = _choose_method(method, task, prior_obj, samples)
-    out = (Path(output_path) if output_path is not None
-           else default_output_path(inp, task, _output_label(method_name, options)))
-    std_out = std_path_for(out) if samples else None
-    for target in (out, std_out):
-        if target is None:
-            continue
-        if _same_file(inp, target) or inp.resolve() in target.resolve().parents:
-            raise MedreconInputError(
-                f"output {str(target)!r} would overwrite the input; choose another -o/--output path."
-            )
-        if target.exists() and not overwrite:
-            raise MedreconInputError(
-                f"output {str(target)!r} already exists; pass --overwrite (overwrite=True) to "
-                "replace it, or choose another -o/--output path."
-            )
+    _check_mri_input(inp, task, simulate)
 
+    # read the input first (cheap), then validate the outputs before the long computation
+    kspace = None
+    image = None
     if _is_kspace_input(inp, task, simulate):
-        k, sampled = load_kspace(inp)
-        kopts = {k_: v for k_, v in options.items()
-                 if k_ in ("steps", "bp", "noise_sigma", "ensemble", "device", "batch_size", "seed",
-                           "callback")}
-        result = reconstruct_kspace(k, prior=prior_obj, sampled=sampled, method=method_name,
-                                    samples=samples, **kopts)
-        reference = None
+        kspace = load_kspace(inp)
+        is_2d = kspace[0].shape[0] == 1 if kspace[0].ndim == 3 else True
     else:
         load_kw: dict[str, Any] = {}
         if series_uid is not None:
@@ -1013,17 +1133,35 @@ def reconstruct_file(
         if volume is not None:
             load_kw["volume"] = volume
         image = load_image(inp, **load_kw)
+        protected += [Path(s) for s in image.meta.get("source_paths") or []]
+        is_2d = image.is_2d
+    out = (Path(output_path) if output_path is not None
+           else default_output_path(inp, task, _output_label(method_name, options)))
+    out, _ = check_image_output(out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
+    std_out = std_path_for(out) if samples else None
+    if std_out is not None:
+        std_out, _ = check_image_output(std_out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
+
+    if kspace is not None:
+        k, sampled = kspace
+        kopts = {k_: v for k_, v in options.items()
+                 if k_ in ("steps", "bp", "noise_sigma", "ensemble", "device", "batch_size", "seed",
+                           "callback")}
+        result = reconstruct_kspace(k, prior=prior_obj, sampled=sampled, method=method_name,
+                                    samples=samples, **kopts)
+    else:
         result = reconstruct(image, task=task, prior=prior_obj, method=method_name, samples=samples,
                              simulate=simulate, mask=mask, **options)
-        reference = image
     desc = f"medrecon {task} {result.info['method']}"
-    save_image(result.image, out, overwrite=overwrite, reference=reference, series_description=desc,
-               method=result.info["method"], inputs=(str(inp),))
+    with OutputStage(overwrite=overwrite) as stage:
+        save_image(result.image, out, overwrite=overwrite, reference=image, series_description=desc,
+                   method=result.info["method"], inputs=protected, stage=stage)
+        if std_out is not None and result.std is not None:
+            save_image(result.std, std_out, overwrite=overwrite, reference=image,
+                       series_description=desc + " std", method=result.info["method"],
+                       inputs=protected, stage=stage)
+            result.std_path = std_out
     result.output_path = out
-    if std_out is not None and result.std is not None:
-        save_image(result.std, std_out, overwrite=overwrite, reference=reference,
-                   series_description=desc + " std", method=result.info["method"], inputs=(str(inp),))
-        result.std_path = std_out
     result.info["output"] = str(out)
     result.info["std"] = str(result.std_path) if result.std_path else None
     return result
@@ -1053,11 +1191,15 @@ def reconstruct_directory(
     Returns:
         One :class:`PipelineResult` per input, in order.
     """
-    src, dst = Path(dataset_dir), Path(output_dir)
+    from medrecon.io.outputs import overlaps_input
+
+    src, dst = Path(dataset_dir).expanduser(), Path(output_dir).expanduser()
     if not src.is_dir():
         raise MedreconInputError(f"dataset folder {str(src)!r} does not exist or is not a folder.")
-    if _same_file(src, dst):
-        raise MedreconInputError("output_dir must differ from dataset_dir so inputs are never touched.")
+    if overlaps_input(dst, src):
+        raise MedreconInputError(
+            f"output_dir {str(dst)!r} is, lies inside, or contains dataset_dir {str(src)!r}; "
+            "choose an output folder outside the inputs so they are never touched.")
     inputs = [p for p in sorted(src.iterdir())
               if not p.name.startswith(".") and (p.is_dir() or any(p.name.lower().endswith(s) for s in IMAGE_SUFFIXES))]
     if not inputs:
@@ -1065,12 +1207,20 @@ def reconstruct_directory(
             f"no images found in {str(src)!r}; expected files ending in {', '.join(IMAGE_SUFFIXES)} "
             "or DICOM series folders."
         )
-    dst.mkdir(parents=True, exist_ok=True)
+    task = _check_task(task)
+    prior_protected = prior_files(prior)
     prior_obj = _resolve_prior(prior)
-    method_name = _choose_method(method, _check_task(task), prior_obj)
+    method_name = _choose_method(method, task, prior_obj)
+    outs = [dst / default_output_path(p, task, _output_label(method_name, options)).name for p in inputs]
     results = []
-    for p in inputs:
-        out = dst / default_output_path(p, task, _output_label(method_name, options)).name
+    for p, out in zip(inputs, outs):
+        _check_mri_input(p, task, bool(options.get("simulate")))
+        if out.exists() and not overwrite:  # every existing output is named before any work
+            existing = [str(o) for o in outs if o.exists()]
+            raise MedreconInputError(
+                f"{len(existing)} output(s) exist already in {str(dst)!r} (e.g. {existing[0]!r}); "
+                "pass overwrite=True (--overwrite) to replace them, or choose another output_dir.")
+    for p, out in zip(inputs, outs):
         results.append(reconstruct_file(p, out, task=task, prior=prior_obj, method=method_name,
-                                        overwrite=overwrite, **options))
+                                        overwrite=overwrite, _protected=prior_protected, **options))
     return results

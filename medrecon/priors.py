@@ -341,6 +341,31 @@ def save_prior(prior: Prior, directory: str | os.PathLike, *, dtype: str = "floa
     return d
 
 
+#: The files a prior folder written by medrecon holds (``save_prior``, training export).
+PRIOR_FILES = frozenset({"generator.safetensors", "generator.json", "w_stats.safetensors",
+                         "prior.json", "folds.json", "training.json", "discriminator.safetensors",
+                         "discriminator.json"})
+
+
+def prior_folder_foreign(folder: Path) -> list[str]:
+    """Entries of an existing output folder that are not part of a medrecon prior.
+
+    Everything counts as foreign unless the folder holds a ``prior.json`` of ours; then the
+    files of :data:`PRIOR_FILES` are medrecon's and may be replaced with ``overwrite``.
+    """
+    entries = sorted(e.name for e in folder.iterdir())
+    if not entries:
+        return []
+    try:
+        info = json.loads((folder / "prior.json").read_text())
+        ours = isinstance(info, dict) and info.get("format") is not None
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        return entries
+    return [e for e in entries if e not in PRIOR_FILES or not (folder / e).is_file()]
+
+
 def bundle_search_paths() -> list[Path]:
     """Folders searched for shipped bundles: package data ``medrecon.bundles``, then ``<repo>/bundles``."""
     paths: list[Path] = []

@@ -175,7 +175,7 @@ The same prior from the command line: `medrecon sr INPUT --prior {name} -o OUT`.
 ```bash
 medrecon train run --data DATA/{folder} --out runs/{name} --resolution 128 --fold 0 --folds 5 \\
     --kimg 5000 --batch 32 --channel-base {cb} --channel-max {cm}      # resumable
-medrecon train export runs/{name}/checkpoint-latest.pt --bundle bundles/{name}_stylegan2
+medrecon train export runs/{name}/checkpoint-latest.pt --bundle bundles/{name}_stylegan2 --overwrite
 ```
 Multi-GPU: `torchrun --nproc_per_node N -m medrecon train run ...`.
 

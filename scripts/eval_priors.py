@@ -60,7 +60,7 @@ def main() -> None:
         run = evaluate_run(prior=args.prior, task=exp["task"], methods=exp["methods"],
                            images=args.data, folds=args.prior, fold=args.fold, limit=args.limit,
                            steps=args.steps, out_dir=args.out / key, device=args.device,
-                           lpips=False, method_options=_one_run(exp["methods"]),
+                           lpips=False, method_options=_one_run(exp["methods"]), overwrite=True,
                            **exp["task_options"])
         for method, s in summarize(run.rows).items():
             for m in ("psnr", "ssim", "seconds"):

@@ -14,7 +14,7 @@ run() {  # prior dataset task out methods [task options...]
   local prior=$1 dataset=$2 task=$3 out=$4 methods=$5; shift 5
   python -m medrecon eval --prior "$prior" --task "$task" --methods "$methods" \
     --images "$data/$dataset" --folds "docs/results/${prior}_fold0_held_out.txt" --fold 0 \
-    --limit "$n" --device "$device" --seed 0 --out "docs/results/$out" "$@"
+    --limit "$n" --device "$device" --seed 0 --out "docs/results/$out" --overwrite "$@"
 }
 run chest_xray chest_xray_kermany sr chest_xray_sr4 bicubic,lanczos,bicubic-bp,lanczos-bp,csgm-bp,brgm-bp,iagan-bp --scale 4 &
 run brain_mri brain_mri_cheng mri brain_mri_mri4 zero_filled,tv,csgm-bp,brgm-bp,iagan-bp --acceleration 4 &

@@ -3,7 +3,7 @@
 # runs/<prior>_gpu/checkpoint-latest.pt (slim: resumable, exportable) with its run records.
 # Usage: scripts/gpu_fetch.sh FILES_AT PRIOR     (FILES_AT: the folder the device tool named)
 # Then:  medrecon train export runs/<prior>_gpu/checkpoint-latest.pt \
-#            --bundle bundles/<prior>_stylegan2 --name <prior>
+#            --bundle bundles/<prior>_stylegan2 --name <prior> --overwrite
 set -euo pipefail
 src=${1:?FILES_AT folder}/${2:?PRIOR}
 cd "$(dirname "$0")/.."

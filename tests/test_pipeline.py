@@ -330,7 +330,7 @@ def test_reconstruct_file_and_directory(tmp_path, prior):
     np.testing.assert_allclose(back.affine, res.image.affine, atol=1e-5)
     with pytest.raises(MedreconInputError, match="already exists"):
         reconstruct_file(src / "case0.nii.gz", task="sr", prior=prior, method="bicubic", scale=4)
-    with pytest.raises(MedreconInputError, match="overwrite the input"):
+    with pytest.raises(MedreconInputError, match="never writes over"):
         reconstruct_file(src / "case0.nii.gz", src / "case0.nii.gz", task="sr", prior=prior,
                          method="bicubic", overwrite=True)
     res.output_path.unlink()

@@ -521,6 +521,18 @@ def test_cli_folds_run_export(tmp_path):
     assert (tmp_path / "toy_stylegan2" / "models" / "folds.json").is_file()
     with torch.no_grad():
         assert torch.isfinite(prior.generator(torch.zeros(1, 8), None)).all()
+    # an existing prior is replaced only with --overwrite; a models/ of other files never
+    export = ["export", str(tmp_path / "run" / "checkpoint-latest.pt"), "--w-samples", "64",
+              "--bundle"]
+    again = runner.invoke(train, [*export, str(tmp_path / "toy_stylegan2")])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(train, [*export, str(tmp_path / "toy_stylegan2"), "--overwrite"]
+                         ).exit_code == 0
+    (tmp_path / "other" / "models").mkdir(parents=True)
+    (tmp_path / "other" / "models" / "notes.txt").write_text("mine")
+    foreign = runner.invoke(train, [*export, str(tmp_path / "other"), "--overwrite"])
+    assert foreign.exit_code == 2 and "did not write" in foreign.output
+    assert (tmp_path / "other" / "models" / "notes.txt").read_text() == "mine"
     bad = runner.invoke(train, ["run", "--data", str(data), "--out", str(tmp_path / "r2"),
                                 "--resolution", "24", "--kimg", "0.004"])
     assert bad.exit_code == 2 and "power of two" in bad.output

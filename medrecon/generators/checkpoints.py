@@ -22,6 +22,7 @@ Every loader returns our own :class:`~medrecon.generators.Generator` /
 from __future__ import annotations
 
 import _compat_pickle
+import contextvars
 import hashlib
 import io
 import json
@@ -269,8 +270,56 @@ class _TFNetwork:
         return f"<tf Network {getattr(self, 'state', {}).get('name')!r}>"
 
 
+_STORAGE_ITEMSIZE = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
+    "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
+    "BoolStorage": 1, "UntypedStorage": 1,
+}
+
+
+def _legacy_storage_bytes(b: bytes) -> int:
+    """Bytes of storage a legacy ``torch.save`` payload claims, read without allocating them.
+
+    The payload is three small pickles (magic number, protocol, system info), then the object
+    pickle whose persistent ids ``('storage', type, key, location, numel, ...)`` name each
+    storage's size; torch allocates that size before reading the data.
+    """
+    total = 0
+
+    class _Peek(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "torch" and name in _STORAGE_ITEMSIZE:
+                return name
+            if module == "torch" and name in ("float32", "float16", "float64", "bfloat16", "int64",
+                                              "int32", "int16", "int8", "uint8", "bool"):
+                return name
+            if (module, name) == ("collections", "OrderedDict"):
+                return OrderedDict
+            raise CheckpointError(f"refusing {module}.{name} inside a tensor storage payload.")
+
+        def persistent_load(self, pid: Any) -> Any:
+            nonlocal total
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+                total += int(pid[4]) * _STORAGE_ITEMSIZE.get(str(pid[1]), 8)
+            return None
+
+    f = io.BytesIO(b)
+    for _ in range(4):  # magic number, protocol version, sys info, the object
+        _Peek(f).load()
+    return total
+
+
 def _load_storage_from_bytes(b: bytes) -> Any:
-    # torch storages pickle as a legacy torch.save payload; read it with the weights-only loader.
+    # torch storages pickle as a legacy torch.save payload; read it with the weights-only loader,
+    # after checking that the storage it claims is in the payload (torch allocates first).
+    try:
+        claimed = _legacy_storage_bytes(b)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise CheckpointError(f"a tensor storage payload is malformed ({type(exc).__name__}).") from None
+    if claimed > len(b):
+        raise CheckpointError(
+            f"a tensor storage claims {claimed:,} bytes but its payload holds {len(b):,}; the "
+            "pickle is corrupt or hostile.")
     return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
 
 
@@ -290,6 +339,21 @@ def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise CheckpointError(f"Refusing numpy array subclass {subtype!r}.")
+    try:
+        dt = np.dtype(dtype)
+        n = 1
+        for d in (shape if isinstance(shape, (tuple, list)) else (shape,)):
+            n *= int(d)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"Refusing numpy array of shape {shape!r} / dtype {dtype!r}.") from None
+    # numpy pickles rebuild empty arrays and fill them from bytes in the file (__setstate__
+    # checks the sizes), so a legitimate file never asks for more than it holds
+    budget = _ALLOC_BUDGET.get()
+    if n * dt.itemsize > budget[0]:
+        raise CheckpointError(
+            f"the pickle asks for a numpy array of {n * dt.itemsize:,} bytes (shape {shape!r}), "
+            f"more than the file could hold ({budget[1]:,} bytes); it is corrupt or hostile.")
+    budget[0] -= n * dt.itemsize
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
@@ -363,19 +427,42 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+_ALLOC_BUDGET: contextvars.ContextVar[list[int]] = contextvars.ContextVar("_ALLOC_BUDGET",
+                                                                        default=[0, 0])
+
+
 def _restricted_load(path: Path) -> Any:
     try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f).load()
+        data = path.read_bytes()  # bounded by the file; no reader pre-allocates a claimed length
+    except OSError as e:
+        raise MissingWeightsError(f"Cannot read {path}: {e}") from None
+    if data[:4] == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{path} is a torch.save zip checkpoint (a state dict or a training checkpoint), not "
+            "an NVIDIA network pickle; medrecon never unpickles those. For a medrecon training "
+            "checkpoint use `medrecon train export`; for a plain state dict of our Generator, "
+            "load it with torch.load(weights_only=True) and save it with "
+            "medrecon.generators.save_generator.")
+    token = _ALLOC_BUDGET.set([len(data) + (1 << 20), len(data)])
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    except MemoryError:
+        raise CheckpointError(
+            f"{path} asks for more memory than this machine has while unpickling; it is corrupt "
+            "or hostile.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "allocate" in str(e).lower():
+            raise CheckpointError(
+                f"{path} asks for more memory than this machine has while unpickling; it is "
+                "corrupt or hostile.") from None
         raise CheckpointError(
             f"{path} is not a readable network pickle ({type(e).__name__}: {e}). It may be truncated "
             "(re-download it) or not a StyleGAN2 pickle."
         ) from None
-    except OSError as e:
-        raise MissingWeightsError(f"Cannot read {path}: {e}") from None
+    finally:
+        _ALLOC_BUDGET.reset(token)
 
 
 # ----------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import click
 
+from medrecon.cli_types import InputPath
+from medrecon.errors import MedreconInputError
+
 from medrecon.generators.checkpoints import NETWORK_KEYS, load_generator, save_generator, sha256_file
 
 
@@ -23,8 +26,24 @@ def priors_cli() -> None:
     """Import, list and inspect StyleGAN2 priors."""
 
 
+def _check_network_target(target: Path, *, overwrite: bool, protected: list[Path]) -> None:
+    """A bare network ``<stem>.safetensors`` + ``<stem>.json``: never inside a prior folder
+    (its prior.json and statistics would no longer match), replaced only with ``overwrite``."""
+    from medrecon.io.outputs import check_output
+
+    folder = target.parent
+    if target.stem == "generator" and ((folder / "prior.json").is_file()
+                                       or (folder / "generator.json").is_file()):
+        raise MedreconInputError(
+            f"-o {str(target)!r} is the generator file of the prior in {str(folder)!r}; "
+            "replacing it alone would leave that prior's prior.json and W statistics stale (it "
+            f"would no longer load). Import into the folder instead: -o {str(folder)} --overwrite.")
+    for f in (target, target.with_suffix(".json")):
+        check_output(f, overwrite=overwrite, protected=protected, what="-o")
+
+
 @priors_cli.command("import")
-@click.argument("pkl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("pkl", type=InputPath(dir_okay=False))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Output prior directory (e.g. a bundle's models/), or a NAME.safetensors file for the bare network.")
 @click.option("--network", type=click.Choice(NETWORK_KEYS), default="G_ema", show_default=True,
@@ -38,28 +57,52 @@ def priors_cli() -> None:
 @click.option("--w-samples", type=click.IntRange(min=2), default=10_000, show_default=True,
               help="Mapped z behind the W statistics.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the W-statistics z draw.")
-def import_cmd(pkl, out, network, name, modality, default_plane, description, dtype, w_samples, seed):
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing prior folder (one medrecon wrote: nothing else in it) or "
+                   "network file.")
+def import_cmd(pkl, out, network, name, modality, default_plane, description, dtype, w_samples, seed,
+               overwrite):
     """Convert PKL (NVIDIA stylegan2-ada-pytorch or TF StyleGAN2) once into our safe format.
 
     Nothing in PKL is executed: a restricted unpickler reads only tensors and constructor
-    arguments and refuses anything else.
+    arguments and refuses anything else. An existing output is replaced only with
+    --overwrite, and a prior folder only when it holds nothing but a medrecon prior (its
+    folds.json and training.json go with it: they describe the replaced network).
     """
-    from medrecon.priors import Prior, save_prior
+    from medrecon.io.outputs import OutputStage, check_output, resolve_user_path
+    from medrecon.priors import Prior, prior_folder_foreign, save_prior
 
+    out = resolve_user_path(out, what="-o")
+    protected = [pkl]
+    bare = out.suffix == ".safetensors" or network == "D"
+    if bare:
+        target = out if out.suffix == ".safetensors" else out / "discriminator.safetensors"
+        if out.suffix != ".safetensors" and out.exists() and not out.is_dir():
+            raise MedreconInputError(f"-o {str(out)!r} exists and is a file; give a folder or a "
+                                     "NAME.safetensors path.")
+        _check_network_target(target, overwrite=overwrite, protected=protected)
+    else:
+        check_output(out, overwrite=overwrite, protected=protected, want_dir=True,
+                     foreign=prior_folder_foreign, what="-o prior folder")
     net = load_generator(pkl, network=network)
-    if out.suffix == ".safetensors" or network == "D":
-        target = out if out.suffix == ".safetensors" else out / "discriminator"
-        weights = save_generator(net, target, dtype=dtype, metadata={"source": pkl.name, "network": network})
-        click.echo(f"{network} from {pkl} -> {weights} (sha256 {sha256_file(weights)})")
+    if bare:
+        with OutputStage(overwrite=overwrite) as stage:
+            # the pair goes to one private folder under its final names (the JSON names the
+            # weights file), then both are moved into place together
+            tmp = stage.file(target, keep_name=True)
+            stage.file(target.with_suffix(".json"), together_with=tmp)
+            save_generator(net, tmp, dtype=dtype, metadata={"source": pkl.name, "network": network})
+        click.echo(f"{network} from {pkl} -> {target} (sha256 {sha256_file(target)})")
         return
     metadata = {k: v for k, v in dict(modality=modality, default_plane=default_plane, description=description,
                                       source=pkl.name).items() if v is not None}
     prior = Prior(net, name=name or pkl.stem, metadata=metadata)
     prior.compute_w_stats(num_samples=w_samples, seed=seed)
-    d = save_prior(prior, out, dtype=dtype)
-    click.echo(f"{network} from {pkl} -> prior {prior.name!r} in {d} "
+    with OutputStage(overwrite=overwrite) as stage:
+        save_prior(prior, stage.folder(out, foreign=prior_folder_foreign), dtype=dtype)
+    click.echo(f"{network} from {pkl} -> prior {prior.name!r} in {out} "
                f"({prior.resolution}x{prior.resolution}, {prior.channels} channel(s), num_ws {prior.num_ws}; "
-               f"sha256 {sha256_file(d / 'generator.safetensors')})")
+               f"sha256 {sha256_file(out / 'generator.safetensors')})")
 
 
 @priors_cli.command("list")

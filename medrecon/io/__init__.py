@@ -12,7 +12,14 @@ conversions stay inside this package) and a ``meta`` dict.
   :func:`plane_of_axis`, :func:`lps_to_ras`, :func:`ras_to_lps`.
 """
 
-from medrecon.io.api import SUPPORTED_READ, SUPPORTED_WRITE, load_array, load_image, save_image
+from medrecon.io.api import (
+    SUPPORTED_READ,
+    SUPPORTED_WRITE,
+    check_image_output,
+    load_array,
+    load_image,
+    save_image,
+)
 from medrecon.io.dicom_read import list_series
 from medrecon.io.geometry import (
     lps_to_ras,
@@ -28,6 +35,7 @@ __all__ = [
     "load_image",
     "load_array",
     "save_image",
+    "check_image_output",
     "list_series",
     "resample_affine_for_zoom",
     "slice_axis_for_plane",

@@ -1,12 +1,13 @@
-"""Path handling shared by the readers and writers: suffixes, sniffing, safe atomic writes."""
+"""Path handling shared by the readers: suffixes, sniffing, input checks, size bounds.
+
+Writing (exclusive, atomic, all-or-nothing) lives in :mod:`medrecon.io.outputs`.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -64,30 +65,200 @@ def describe_head(path: Path, n: int = 40) -> str:
     return repr(head)
 
 
-def check_input_file(path: str | os.PathLike) -> Path:
-    """Resolve ``path`` and check it exists and is non-empty; raise a clear error otherwise."""
+def check_input_file(path: str | os.PathLike, *, what: str = "input") -> Path:
+    """Check ``path`` is an existing regular file or folder medrecon may read; return it.
+
+    Refused with a clear message: a missing path (with similar names nearby), a broken
+    symbolic link, a symbolic link loop, a device / pipe / socket (``/dev/zero`` would be read
+    forever), an empty file and an unreadable one.
+    """
     p = Path(path).expanduser()
-    if not p.exists():
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MedreconInputError(
+                f"{what} {str(p)!r} is (or goes through) a symbolic link loop; fix the link "
+                f"(ls -l {str(p)!r}) or pass the file it should point to."
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise MedreconInputError(
+                f"{what} {str(p)!r} cannot be read: permission denied. Fix its permissions or "
+                "copy it somewhere you can read."
+            ) from None
+        if exc.errno == errno.ENOTDIR:
+            raise MedreconInputError(
+                f"{what} {str(p)!r} does not exist: a part of the path is a file, not a folder."
+            ) from None
+        if p.is_symlink():
+            raise MedreconInputError(
+                f"{what} {str(p)!r} is a symbolic link to {os.readlink(p)!r}, which does not "
+                "exist. Fix the link or pass the real file."
+            ) from None
         parent = p.parent if str(p.parent) else Path(".")
         hint = ""
         if parent.is_dir():
-            near = sorted(
-                c.name for c in parent.iterdir() if c.name.lower().startswith(p.name[:3].lower())
-            )[:5]
+            try:
+                near = sorted(c.name for c in parent.iterdir()
+                              if c.name.lower().startswith(p.name[:3].lower()))[:5]
+            except OSError:
+                near = []
             if near:
                 hint = f" Similar names in {parent}: {near}."
         else:
             hint = f" The folder {parent} does not exist either."
         raise MedreconInputError(
-            f"input {str(p)!r} does not exist.{hint} Check the path (and the current directory "
+            f"{what} {str(p)!r} does not exist.{hint} Check the path (and the current directory "
             f"{os.getcwd()!r})."
-        )
-    if p.is_file() and p.stat().st_size == 0:
+        ) from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device"
+                if stat.S_ISBLK(st.st_mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        link = f" (through the symbolic link to {os.path.realpath(p)!r})" if p.is_symlink() else ""
         raise MedreconInputError(
-            f"input {str(p)!r} is an empty file (0 bytes); expected an image file. The copy or "
-            "download probably failed: fetch it again."
+            f"{what} {str(p)!r} is {kind}{link}, not a regular file; medrecon reads only image "
+            "files and folders. Pass the image file itself."
         )
+    if stat.S_ISREG(st.st_mode):
+        if st.st_size == 0:
+            raise MedreconInputError(
+                f"{what} {str(p)!r} is an empty file (0 bytes); expected an image file. The copy "
+                "or download probably failed: fetch it again."
+            )
+        if not os.access(p, os.R_OK):
+            raise MedreconInputError(
+                f"{what} {str(p)!r} cannot be read: permission denied. Fix its permissions or copy "
+                "it somewhere you can read."
+            )
     return p
+
+
+def is_regular_file(path: Path) -> bool:
+    """Whether ``path`` (links followed) is a regular file; False for devices, pipes, loops."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+#: Most voxels medrecon allocates for one input array (``MEDRECON_MAX_VOXELS`` overrides):
+#: 2**30 float32 voxels are 4 GiB, e.g. a 1024^3 volume; far beyond what a 128-pixel prior uses.
+DEFAULT_MAX_VOXELS = 2**30
+#: Deflate cannot expand data by more than ~1032:1; a gzip file claiming more is lying.
+GZIP_MAX_RATIO = 1100
+
+
+def max_voxels() -> int:
+    """The voxel bound of :func:`check_claimed_size` (``$MEDRECON_MAX_VOXELS`` or the default)."""
+    raw = os.environ.get("MEDRECON_MAX_VOXELS", "")
+    try:
+        return int(raw) if raw.strip() else DEFAULT_MAX_VOXELS
+    except ValueError:
+        return DEFAULT_MAX_VOXELS
+
+
+def check_claimed_size(
+    path: Path,
+    *,
+    shape: tuple[int, ...],
+    itemsize: int,
+    data_offset: int = 0,
+    compressed: bool = False,
+    voxels: int | None = None,
+    bound_by_file: bool = True,
+) -> None:
+    """Refuse a header whose claimed array cannot be in the file, before anything is allocated.
+
+    Args:
+        path: The file (its size on disk is the evidence).
+        shape: The array shape the header claims.
+        itemsize: Bytes per stored element.
+        data_offset: Bytes before the array in the (uncompressed) stream.
+        compressed: The file is gzip/deflate: the claim is bounded by the maximal deflate ratio.
+        voxels: Voxels medrecon will actually allocate (e.g. one volume of a 4D file); default
+            the whole claimed array. Bounded by :func:`max_voxels`.
+        bound_by_file: Compare the claim with the file size (False for codecs such as JPEG-LS
+            or RLE that may legitimately compress beyond the deflate bound).
+
+    Raises:
+        MedreconInputError: The claim exceeds the file's content or the voxel bound.
+    """
+    dims = [int(s) for s in shape]
+    if any(d < 0 for d in dims):
+        raise MedreconInputError(
+            f"{str(path)!r}: its header claims a negative size {tuple(dims)}; the file is corrupt. "
+            "Re-export it.")
+    claimed = itemsize
+    for d in dims:
+        claimed *= d
+    size = path.stat().st_size
+    available = size * GZIP_MAX_RATIO if compressed else size - data_offset
+    if bound_by_file and claimed > available:
+        raise MedreconInputError(
+            f"{str(path)!r}: its header claims {'x'.join(map(str, dims))} voxels "
+            f"({_human(claimed)}), but the file holds only {_human(size)}"
+            f"{' compressed' if compressed else ''}; it is truncated or its header is corrupt. "
+            "Re-export or copy the file again.")
+    n = voxels
+    if n is None:
+        n = 1
+        for d in dims:
+            n *= d
+    limit = max_voxels()
+    if n > limit:
+        raise MedreconInputError(
+            f"{str(path)!r} holds {n:,} voxels ({'x'.join(map(str, dims))}), more than medrecon "
+            f"reads at once ({limit:,}, {_human(4 * limit)} as float32). Crop or downsample it "
+            "first, or raise the bound with MEDRECON_MAX_VOXELS if you have the memory.")
+
+
+def check_numpy_file(path: Path) -> None:
+    """Bound a ``.npy`` / ``.npz`` file's claimed arrays by its size before numpy allocates them.
+
+    ``.npy``: the header's shape and dtype against the bytes after the header. ``.npz``: every
+    member's declared uncompressed size (and its own ``.npy`` header when stored) against the
+    voxel bound and the maximal deflate ratio.
+
+    Raises:
+        MedreconInputError: A claim the file cannot back, or more voxels than allowed.
+    """
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                limit = max(info.compress_size, 1) * GZIP_MAX_RATIO
+                if info.file_size > limit or info.file_size > 8 * max_voxels():
+                    raise MedreconInputError(
+                        f"{str(path)!r}: member {info.filename!r} claims {_human(info.file_size)} "
+                        f"uncompressed from {_human(info.compress_size)}; the archive is corrupt or "
+                        "hostile. Re-export the array with numpy.save.")
+        return
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _fortran, dtype = read(fh, max_header_size=100_000)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise MedreconInputError(
+            f"cannot read {str(path)!r} as a numpy array: {exc}. Expected a file written by "
+            "numpy.save.") from None
+    if dtype.hasobject:
+        raise MedreconInputError(
+            f"{str(path)!r} holds Python objects (dtype {dtype}); medrecon never unpickles data. "
+            "Save a numeric array with numpy.save.")
+    check_claimed_size(path, shape=tuple(shape), itemsize=dtype.itemsize, data_offset=offset)
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} EiB"
 
 
 def check_finite(array: np.ndarray, *, what: str) -> None:
@@ -103,97 +274,3 @@ def check_finite(array: np.ndarray, *, what: str) -> None:
         f"{array.size}, the first at index {first}; expected finite intensities. Replace them "
         "(e.g. numpy.nan_to_num(x, nan=0.0)) or mask them out before reconstruction."
     )
-
-
-def same_path(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` name the same filesystem entry (or would, once created)."""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
-
-
-def is_within(child: Path, folder: Path) -> bool:
-    """True when ``child`` lies inside ``folder`` (after resolving symlinks)."""
-    try:
-        child.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def check_output_path(
-    out: Path, *, overwrite: bool, protected: Iterable[str | os.PathLike], want_dir: bool
-) -> None:
-    """Refuse to write onto an input or onto an existing path without ``overwrite``."""
-    for src in protected:
-        s = Path(src)
-        if same_path(out, s) or (out.is_dir() and is_within(s, out)):
-            raise MedreconInputError(
-                f"refusing to write {str(out)!r}: it is (or contains) the input {str(s)!r}, which "
-                "medrecon never overwrites, even with overwrite=True. Choose another output path."
-            )
-    if out.exists() and not overwrite:
-        raise MedreconInputError(
-            f"output {str(out)!r} already exists; refusing to replace it. Choose a new path or pass "
-            "overwrite=True (CLI: --overwrite)."
-        )
-    if out.exists() and out.is_dir() != want_dir:
-        kind = "a folder" if out.is_dir() else "a file"
-        raise MedreconInputError(
-            f"output {str(out)!r} exists and is {kind}; cannot replace it with "
-            f"{'a file' if out.is_dir() else 'a folder'}. Remove it or choose another path."
-        )
-
-
-@contextlib.contextmanager
-def atomic_file(out: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``out`` (same suffix); move it onto ``out`` on success.
-
-    The move is :func:`os.replace`, atomic on POSIX and Windows within one filesystem, so a
-    reader never sees a half-written file and a failure leaves any previous file intact.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{out.name}.", suffix=f".part{full_suffix(out)}", dir=out.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, out)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``out``; swap it in place of ``out`` on success.
-
-    An existing ``out`` folder is first renamed aside and removed only after the new folder is
-    in place, so a failure at any point leaves either the old or the new complete folder.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    backup: Path | None = None
-    try:
-        yield tmp
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            backup.rmdir()
-            os.replace(out, backup)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if backup is not None:
-                os.replace(backup, out)
-                backup = None
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if backup is not None and backup.exists():
-            shutil.rmtree(backup, ignore_errors=True)

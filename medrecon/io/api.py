@@ -11,7 +11,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medrecon.errors import MedreconInputError
-from medrecon.io import _paths
+from medrecon.io import _paths, outputs
 from medrecon.io._paths import (
     DICOM_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -30,7 +30,8 @@ from medrecon.io.image import MedicalImage
 from medrecon.io.nifti import read_nifti, write_nifti
 from medrecon.io.raster import read_numpy, read_raster, write_numpy, write_raster
 
-__all__ = ["load_image", "load_array", "save_image", "SUPPORTED_READ", "SUPPORTED_WRITE"]
+__all__ = ["load_image", "load_array", "save_image", "check_image_output", "SUPPORTED_READ",
+           "SUPPORTED_WRITE"]
 
 SUPPORTED_READ = READ_SUFFIXES + ("<DICOM folder>", "<DICOM file without suffix>")
 SUPPORTED_WRITE = WRITE_SUFFIXES + ("<folder: DICOM series>",)
@@ -163,6 +164,56 @@ def _references(reference: Any, image: MedicalImage) -> list[Dataset]:
     )
 
 
+def _dicom_series_foreign(folder: Path) -> list[str]:
+    """Entries of ``folder`` that are not a DICOM slice written by medrecon (``IM00001.dcm``...)."""
+    from medrecon.io.dicom_write import is_medrecon_slice
+
+    return sorted(e.name for e in folder.iterdir() if not is_medrecon_slice(e))
+
+
+def check_image_output(
+    path: str | os.PathLike,
+    *,
+    is_2d: bool,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> tuple[Path, bool]:
+    """Validate where an image will be written, before any computation.
+
+    Checks the format (suffix), that a 3D image is not sent to a one-image format, that the
+    target is none of ``inputs`` (nor inside nor around one), that an existing output is only
+    replaced with ``overwrite`` and that a DICOM series folder holds only medrecon's slices, and
+    that the place is writable (see :func:`medrecon.io.outputs.check_output`).
+
+    Args:
+        path: The output path (a folder, ending in ``/`` or without suffix, for a DICOM series).
+        is_2d: The image to write has one slice.
+        overwrite: Allow replacing a previous medrecon output.
+        inputs: Files and folders that must never be written over.
+
+    Returns:
+        ``(path, as_dir)``: the output path and whether it is a DICOM series folder.
+
+    Raises:
+        MedreconInputError: Any of the problems above, with the fix.
+    """
+    raw = os.fspath(path)
+    out = outputs.resolve_user_path(raw)
+    suffix = full_suffix(out)
+    as_dir = raw.endswith(("/", os.sep)) or (out.is_dir() and suffix not in WRITE_SUFFIXES) or suffix == ""
+    if not as_dir and suffix not in WRITE_SUFFIXES:
+        raise _unsupported(out, "cannot write")
+    if suffix in (".png", ".tif", ".tiff", ".dcm") and not as_dir and not is_2d:
+        hint = ("a folder path (e.g. out_dicom/) for a DICOM series" if suffix == ".dcm"
+                else ".nii.gz, or a folder path for a DICOM series")
+        raise MedreconInputError(
+            f"cannot write a 3D result to {str(out)!r}: {suffix} holds one 2D image. Use {hint}."
+        )
+    outputs.check_output(out, overwrite=overwrite, protected=inputs, want_dir=as_dir,
+                         foreign=_dicom_series_foreign if as_dir else None)
+    return out, as_dir
+
+
 def save_image(
     image: MedicalImage,
     path: str | os.PathLike,
@@ -172,14 +223,18 @@ def save_image(
     series_description: str | None = None,
     method: str | None = None,
     inputs: Iterable[str | os.PathLike] = (),
+    stage: outputs.OutputStage | None = None,
 ) -> Path:
-    """Write ``image`` atomically, in the format given by the output path.
+    """Write ``image`` in the format given by the output path, exclusively and atomically.
 
     Formats by suffix: ``.nii`` / ``.nii.gz`` (float32 NIfTI-1, exact affine); ``.dcm`` (one 2D
     DICOM image); a path ending in ``/`` or without a suffix (a DICOM series folder, one file per
     slice, see :mod:`medrecon.io.dicom_write`); ``.png`` (2D, 8/16-bit) and ``.tif`` / ``.tiff``
-    (2D, float32); ``.npy`` (raw array). Writing goes to a temporary file or folder in the same
-    directory, then :func:`os.replace` puts it in place, so a crash never leaves a partial output.
+    (2D, float32); ``.npy`` (raw array). The rules of :mod:`medrecon.io.outputs` apply: the
+    result is written under a temporary name in the same folder and moved into place only when
+    complete, a new output is created exclusively (a concurrent writer cannot be replaced), an
+    existing one only with ``overwrite`` and only if medrecon wrote it, never an input, and
+    the file gets the user's default permissions.
 
     Args:
         image: The image to write; must be finite.
@@ -196,37 +251,29 @@ def save_image(
         method: Reconstruction method name recorded in the descriptions (e.g. ``"iagan"``).
         inputs: Paths that must never be written over, even with ``overwrite`` (the CLI passes
             its input files). ``image.meta['source_paths']`` are always protected too.
+        stage: Write into this :class:`~medrecon.io.outputs.OutputStage` (committed by the
+            caller together with other outputs). Default: a stage of its own, committed at once.
 
     Returns:
         The output path (a folder for a DICOM series).
 
     Raises:
         MedreconInputError: Unsupported suffix, 3D image to a 2D format, non-finite values,
-            existing output without ``overwrite``, or an output that is one of the inputs.
+            existing output without ``overwrite``, an output that is one of the inputs, or a
+            place that cannot be written (no space, permission, read-only).
     """
     if not isinstance(image, MedicalImage):
         raise MedreconInputError(
             f"save_image expects a medrecon.io.MedicalImage; got {type(image).__name__}. Wrap "
             "an array with MedicalImage(array, affine)."
         )
-    raw = os.fspath(path)
-    out = Path(raw).expanduser()
-    suffix = full_suffix(out)
-    as_dir = raw.endswith(("/", os.sep)) or (out.is_dir() and suffix not in WRITE_SUFFIXES) or suffix == ""
-    if not as_dir and suffix not in WRITE_SUFFIXES:
-        raise _unsupported(out, "cannot write")
-    if suffix in (".png", ".tif", ".tiff", ".dcm") and not as_dir and not image.is_2d:
-        hint = ("a folder path (e.g. out_dicom/) for a DICOM series" if suffix == ".dcm"
-                else ".nii.gz, or a folder path for a DICOM series")
-        raise MedreconInputError(
-            f"cannot write a 3D image of shape {image.shape} to {str(out)!r}: {suffix} holds one "
-            f"2D image. Use {hint}, or select one slice first."
-        )
     check_finite(image.array, what="the image to save")
     protected = list(inputs) + list(image.meta.get("source_paths") or [])
     if image.meta.get("path"):
         protected.append(image.meta["path"])
-    _paths.check_output_path(out, overwrite=overwrite, protected=protected, want_dir=as_dir)
+    overwrite = bool(overwrite or (stage is not None and stage.overwrite))
+    out, as_dir = check_image_output(path, is_2d=image.is_2d, overwrite=overwrite, inputs=protected)
+    suffix = full_suffix(out)
 
     description = "medrecon" + (f" {method}" if method else "")
     if series_description and "medrecon" in series_description.lower():
@@ -243,21 +290,35 @@ def save_image(
             "window_center": reference.meta["window_center"],
             "window_width": reference.meta.get("window_width"),
         })
-    if as_dir or suffix == ".dcm":
-        refs = _references(reference, image)
-        kwargs = dict(references=refs, series_description=series_description, method=method)
+    refs = _references(reference, image) if (as_dir or suffix == ".dcm") else []
+    own = stage is None
+    st = outputs.OutputStage(overwrite=overwrite) if own else stage
+    try:
         if as_dir:
-            with _paths.atomic_dir(out) as tmp:
-                write_dicom(image, tmp, single_file=False, **kwargs)
+            tmp = st.folder(out, foreign=_dicom_series_foreign)
+            write_dicom(image, tmp, single_file=False, references=refs,
+                        series_description=series_description, method=method)
         else:
-            with _paths.atomic_file(out) as tmp:
-                write_dicom(image, tmp, single_file=True, **kwargs)
-    else:
-        with _paths.atomic_file(out) as tmp:
-            if suffix in NIFTI_SUFFIXES:
+            tmp = st.file(out)
+            if suffix == ".dcm":
+                write_dicom(image, tmp, single_file=True, references=refs,
+                            series_description=series_description, method=method)
+            elif suffix in NIFTI_SUFFIXES:
                 write_nifti(image, tmp, description=description)
             elif suffix == ".npy":
                 write_numpy(image, tmp)
             else:
                 write_raster(image, tmp, suffix=suffix, out=out)
+    except BaseException as exc:
+        if own:
+            st.discard()
+        if isinstance(exc, OSError):
+            raise MedreconInputError(outputs.os_error_message(exc, out)) from None
+        raise
+    if own:
+        try:
+            st.commit()
+        except BaseException:
+            st.discard()
+            raise
     return out

@@ -36,8 +36,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medrecon.errors import MedreconInputError
-from medrecon.io._paths import check_finite, describe_head, sniff
+from medrecon.errors import MedreconInputError, MedreconWarning
+from medrecon.io._paths import check_claimed_size, check_finite, describe_head, is_regular_file, max_voxels, sniff
 from medrecon.io.geometry import lps_to_ras
 from medrecon.io.image import MedicalImage
 from medrecon.io.raster import rgb_to_gray
@@ -223,6 +223,34 @@ def _slices_of(path: Path, ds: Dataset) -> list[_Slice]:
 
 
 # ---------------------------------------------------------------------------------- pixels
+def _check_pixel_claim(path: Path, ds: Dataset) -> None:
+    """Bound the pixel array the header claims before pydicom allocates it: uncompressed data
+    must be in the file, and any image within :func:`medrecon.io._paths.max_voxels`."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(_first(ds.get("NumberOfFrames")) or 1)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError):
+        return  # malformed tags: pydicom reports them when decoding
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    shape = (frames, rows, cols, spp)
+    if ts is not None and getattr(ts, "is_compressed", False):
+        check_claimed_size(path, shape=shape, itemsize=max(1, bits // 8), bound_by_file=False,
+                           voxels=frames * rows * cols)
+        return
+    data = ds.get("PixelData") if "PixelData" in ds else None
+    held = len(data) if isinstance(data, (bytes, bytearray)) else path.stat().st_size
+    n = frames * rows * cols * spp
+    if n * bits > 8 * held + 64:
+        raise MedreconInputError(
+            f"{str(path)!r}: its header claims {frames} frame(s) of {rows}x{cols} pixels "
+            f"({bits}-bit), but the file holds only {held} bytes of pixel data; it is truncated "
+            "or its header is wrong. Copy it again from the source.")
+    check_claimed_size(path, shape=shape, itemsize=max(1, bits // 8), bound_by_file=False,
+                       voxels=frames * rows * cols)
+
+
 def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     ds = read_dicom_header(path, stop_before_pixels=False)
     if ds is None:
@@ -233,6 +261,7 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
             f"{ds.get('Modality', '?')}, SOP class {ds.get('SOPClassUID', '?')}); expected an "
             "image. Pass an image file or the folder of an image series."
         )
+    _check_pixel_claim(path, ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -261,6 +290,9 @@ def _frame_values(s: _Slice, arr: np.ndarray, ds: Dataset) -> np.ndarray:
     n_frames = int(_first(ds.get("NumberOfFrames")) or 1)
     frame = arr[s.frame] if (n_frames > 1 and s.frame is not None) else arr
     if frame.ndim == 3:  # colour (R, C, 3)
+        if s.frame in (None, 0):  # once per file
+            warnings.warn(f"{s.path.name} is a colour DICOM image; it was converted to grey "
+                          "(BT.601 luminance).", MedreconWarning, stacklevel=2)
         return rgb_to_gray(frame).astype(np.float64)
     frame = frame.astype(np.float64)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -391,6 +423,12 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
     affine_lps[:3, 3] = first.position if located else 0.0
 
     # Decode each file once; fill (cols, rows, slices).
+    n_vox = first.cols * first.rows * len(stack)
+    if n_vox > max_voxels():
+        raise MedreconInputError(
+            f"{source}: {len(stack)} slice(s) of {first.rows}x{first.cols} pixels are {n_vox:,} "
+            f"voxels, more than medrecon reads at once ({max_voxels():,}); crop or downsample "
+            "the series first, or raise MEDRECON_MAX_VOXELS if you have the memory.")
     data = np.empty((first.cols, first.rows, len(stack)), dtype=np.float32)
     cache: dict[Path, tuple[Dataset, np.ndarray]] = {}
     for k, s in enumerate(stack):
@@ -445,6 +483,8 @@ def read_dicom_file(path: Path, *, volume: int | None = None) -> MedicalImage:
             f"SOP class {getattr(ds.get('SOPClassUID'), 'name', ds.get('SOPClassUID', '?'))}); "
             "expected an image. Pass an image file or the folder of an image series."
         )
+    if "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        _check_pixel_claim(path, ds)  # before anything is allocated
     image = _assemble(_slices_of(path, ds), volume=volume, source=repr(str(path)))
     image.meta["path"] = str(path)
     return image
@@ -458,7 +498,8 @@ def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], list[Pat
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             p = Path(root) / name
-            if name.startswith(".") or name.upper() == "DICOMDIR" or p.stat().st_size == 0:
+            if (name.startswith(".") or name.upper() == "DICOMDIR" or not is_regular_file(p)
+                    or p.stat().st_size == 0):  # devices, pipes and link loops are never read
                 skipped.append(p)
                 continue
             try:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,6 +149,29 @@ def _base_from_scratch(ref: Dataset | None) -> Dataset:
     base.ConversionType = "WSD"
     base.PatientOrientation = ""
     return base
+
+
+#: File names of the slices of a series folder medrecon writes (``IM00001.dcm`` ...).
+SLICE_NAME = re.compile(r"IM\d{5}\.dcm")
+
+
+def is_medrecon_slice(path: Path) -> bool:
+    """Whether ``path`` is a slice file medrecon wrote into a series folder.
+
+    True for a regular file named like :data:`SLICE_NAME` whose DICOM header says medrecon
+    made it (``Manufacturer`` "medrecon" and our ``ImplementationVersionName``). ``--overwrite``
+    replaces a series folder only when every entry passes this test.
+    """
+    if not SLICE_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+    except Exception:  # noqa: BLE001 - unreadable means not ours
+        return False
+    impl = str(getattr(getattr(ds, "file_meta", None), "ImplementationVersionName", "") or "")
+    return str(ds.get("Manufacturer", "")) == "medrecon" and impl.startswith("MEDRECON")
 
 
 def write_dicom(

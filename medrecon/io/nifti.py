@@ -14,8 +14,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medrecon.errors import MedreconInputError
-from medrecon.io._paths import check_finite
+from medrecon.errors import MedreconInputError, MedreconWarning
+from medrecon.io._paths import check_claimed_size, check_finite
 from medrecon.io.image import MedicalImage
 
 __all__ = ["read_nifti", "write_nifti"]
@@ -70,10 +70,16 @@ def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
     hdr = img.header
     dtype = hdr.get_data_dtype()
     index = _select_volume(img.shape, volume, path)
+    check_claimed_size(path, shape=tuple(img.shape), itemsize=dtype.itemsize,
+                       data_offset=int(hdr.get_data_offset()),
+                       compressed=str(path).lower().endswith(".gz"),
+                       voxels=int(np.prod(img.shape[:3], dtype=np.int64)))
     try:
         if dtype.names is not None:  # RGB24 / RGBA32 structured dtype
             raw = np.asanyarray(img.dataobj)[index]
             data = 0.299 * raw["R"].astype(np.float32) + 0.587 * raw["G"] + 0.114 * raw["B"]
+            warnings.warn(f"{path.name} holds RGB voxels; they were converted to grey (BT.601 "
+                          "luminance).", MedreconWarning, stacklevel=2)
         else:
             if dtype.kind == "c":
                 raise MedreconInputError(

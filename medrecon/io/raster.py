@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medrecon.errors import MedreconInputError
-from medrecon.io._paths import check_finite
+from medrecon.errors import MedreconInputError, MedreconWarning
+from medrecon.io._paths import check_finite, check_numpy_file
 from medrecon.io.geometry import LPS_TO_RAS
 from medrecon.io.image import MedicalImage
 
@@ -40,29 +40,45 @@ def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
 def read_raster(path: Path) -> MedicalImage:
     """Read a PNG/JPEG/TIFF file (first page only for multi-page TIFF)."""
     try:
-        with Image.open(path) as im:
-            n_frames = getattr(im, "n_frames", 1)
-            mode = im.mode
-            if mode == "P" or mode == "PA":
-                im = im.convert("RGBA")
-            elif mode in ("LA", "La"):
-                im = im.convert("L")
-            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                im = im.convert("RGB")
-            data = np.array(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                n_frames = getattr(im, "n_frames", 1)
+                mode = im.mode
+                if mode == "P" or mode == "PA":
+                    im = im.convert("RGBA")
+                elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGB")
+                data = np.array(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MedreconInputError(
+            f"{str(path)!r} claims more pixels than medrecon opens as an image ({exc}); it is "
+            "corrupt or hostile, or far larger than a scan. Check the file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise MedreconInputError(
             f"cannot read {str(path)!r} as a {path.suffix.lower() or 'raster'} image: {exc}. "
             "Expected a valid PNG/JPEG/TIFF file; re-export it, or give the right suffix."
         ) from None
+    notes: list[str] = []
     if n_frames > 1:
-        warnings.warn(
-            f"{path} has {n_frames} pages; medrecon reads the first one only.", stacklevel=3
-        )
+        notes.append(f"{path.name} has {n_frames} pages; only the first is read.")
     photometric = "MONOCHROME2"
     if data.ndim == 3:
-        data = rgb_to_gray(data)
-        photometric = "RGB"
+        colour, alpha = data[..., : min(3, data.shape[-1])], None
+        if data.shape[-1] in (2, 4):  # LA / RGBA
+            alpha = data[..., -1]
+            colour = data[..., :1] if data.shape[-1] == 2 else data[..., :3]
+        if alpha is not None and np.any(alpha != alpha.max()):
+            notes.append(f"{path.name}: its alpha (transparency) channel was dropped; "
+                         "transparent pixels keep their stored grey values.")
+        if colour.shape[-1] == 3 and not (np.array_equal(colour[..., 0], colour[..., 1])
+                                          and np.array_equal(colour[..., 0], colour[..., 2])):
+            notes.append(f"{path.name} is a colour image; it was converted to grey "
+                         "(BT.601 luminance 0.299 R + 0.587 G + 0.114 B).")
+            photometric = "RGB"
+        data = rgb_to_gray(colour) if colour.shape[-1] == 3 else colour[..., 0]
+    for note in notes:
+        warnings.warn(note, MedreconWarning, stacklevel=3)
     data = data.astype(np.float32)
     check_finite(data, what=f"{str(path)!r}")
     bit_depth = 8 if mode in ("1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "CMYK", "YCbCr") else (
@@ -124,6 +140,7 @@ def write_raster(image: MedicalImage, tmp: Path, *, suffix: str, out: Path) -> N
 
 def read_numpy(path: Path) -> MedicalImage:
     """Read a ``.npy`` (or single-array ``.npz``) file as ``(X, Y[, Z])`` with identity affine."""
+    check_numpy_file(path)
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as npz:

@@ -41,12 +41,14 @@ class MethodSpec:
         generative: whether it needs a prior.
         defaults: its keyword defaults (read from the signature).
         description: one line for ``--help`` texts.
+        tasks: the tasks it solves (``None``: any linear problem).
     """
 
     fn: Callable[..., Reconstruction]
     generative: bool
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[str, ...] | None = None
 
 
 def _sig_defaults(fn) -> dict[str, Any]:
@@ -57,9 +59,9 @@ def _sig_defaults(fn) -> dict[str, Any]:
     return out
 
 
-def _spec(fn, generative, description):
+def _spec(fn, generative, description, tasks=None):
     return MethodSpec(fn=fn, generative=generative, description=description,
-                      defaults=_sig_defaults(fn))
+                      defaults=_sig_defaults(fn), tasks=tasks)
 
 
 #: Registry of every method ``solve`` accepts.
@@ -71,12 +73,12 @@ METHODS: dict[str, MethodSpec] = {
     "iagan": _spec(iagan, True, "IAGAN: CSGM then per-slice latent + weight adaptation"),
     "adjoint": _spec(BL.adjoint, False, "A^H y"),
     "pseudo_inverse": _spec(BL.pseudo_inverse, False, "minimum-norm least squares A^+ y"),
-    "zero_filled": _spec(BL.zero_filled, False, "MRI: zero-filled inverse FFT"),
-    "bicubic": _spec(BL.bicubic, False, "SR: bicubic upsampling"),
-    "lanczos": _spec(BL.lanczos, False, "SR: Lanczos-3 upsampling"),
+    "zero_filled": _spec(BL.zero_filled, False, "MRI: zero-filled inverse FFT", ("mri",)),
+    "bicubic": _spec(BL.bicubic, False, "SR: bicubic upsampling", ("sr",)),
+    "lanczos": _spec(BL.lanczos, False, "SR: Lanczos-3 upsampling", ("sr",)),
     "tv": _spec(BL.tv, False, "TV-regularised least squares (PDHG), any linear operator"),
-    "biharmonic": _spec(BL.biharmonic, False, "inpainting: biharmonic extension"),
-    "wiener": _spec(BL.wiener, False, "deblurring: Wiener filter"),
+    "biharmonic": _spec(BL.biharmonic, False, "inpainting: biharmonic extension", ("inpainting",)),
+    "wiener": _spec(BL.wiener, False, "deblurring: Wiener filter", ("deblur",)),
 }
 
 #: Tasks and the operator class names they correspond to (for ``task=None`` inference).
@@ -170,6 +172,35 @@ def infer_task(operator: nn.Module) -> str | None:
     return None
 
 
+def methods_for_task(task: str) -> list[str]:
+    """The registered methods that solve ``task`` (solver task names, e.g. ``'inpainting'``)."""
+    return [m for m, spec in METHODS.items() if spec.tasks is None or task in spec.tasks]
+
+
+def check_method_task(method: str, task: str | None) -> None:
+    """Refuse a method that does not solve ``task`` (a baseline of another task), saying which
+    methods do."""
+    spec = _get(method)
+    task = "inpainting" if task == "inpaint" else task
+    if task is None or spec.tasks is None or task in spec.tasks:
+        return
+    raise MedreconInputError(
+        f"method {method!r} ({spec.description}) solves {' / '.join(spec.tasks)}, not {task}; "
+        f"for {task} use one of {', '.join(methods_for_task(task))}.")
+
+
+def _check_observed(operator: nn.Module) -> None:
+    """One rule for every method: an inpainting slice must observe at least one pixel."""
+    mask = getattr(operator, "mask", None)
+    if not isinstance(mask, torch.Tensor) or mask.ndim < 2:
+        return
+    empty = mask.reshape(-1, mask.shape[-2] * mask.shape[-1]).eq(0).all(dim=1)
+    if bool(empty.any()):
+        raise MedreconInputError(
+            "the inpainting mask marks every pixel of a slice as missing, so nothing is measured "
+            "there; every method needs observed pixels. Fix the mask (nonzero = missing).")
+
+
 def method_options(method: str, task: str | None) -> dict[str, Any]:
     """Effective defaults of ``method`` for ``task`` (signature defaults + task overrides)."""
     spec = _get(method)
@@ -246,6 +277,9 @@ def solve(
         task = infer_task(operator)
     elif task not in DEFAULTS:
         raise MedreconInputError(f"task={task!r}; expected one of {sorted(DEFAULTS)} or None.")
+    check_method_task(method, task)
+    if task == "inpainting":
+        _check_observed(operator)
     allowed = set(spec.defaults) - {"device", "seed", "callback"}
     C.check_options(options, allowed, method)
     if bp not in (None, True, False):

@@ -119,13 +119,15 @@ def folds_cmd(data_dir, out_file, folds, scheme, seed):
               help="z samples for the W statistics (mean / std of w).")
 @click.option("--fp16/--fp32", default=True, show_default=True, help="Storage precision.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def export_cmd(checkpoint, bundle_dir, name, w_samples, fp16, seed):
+@click.option("--overwrite", is_flag=True,
+              help="Replace the bundle's existing prior (its models/ must hold nothing else).")
+def export_cmd(checkpoint, bundle_dir, name, w_samples, fp16, seed, overwrite):
     """Export CHECKPOINT's EMA generator (+ W statistics, folds) into a bundle."""
     from medrecon.training.export import export_checkpoint
 
     try:
         path = export_checkpoint(checkpoint, Path(bundle_dir) / "models", name=name,
-                                 w_samples=w_samples, fp16=fp16, seed=seed)
+                                 w_samples=w_samples, fp16=fp16, seed=seed, overwrite=overwrite)
     except MedreconInputError as exc:
         _fail(exc)
     click.echo(f"prior written to {path}")

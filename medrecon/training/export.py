@@ -63,8 +63,13 @@ def export_checkpoint(
     w_samples: int = 10_000,
     fp16: bool = True,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a checkpoint's EMA generator as a prior into ``models_dir``.
+
+    The folder is written whole (prior, statistics, ``folds.json``, ``training.json``) under a
+    temporary name and moved into place at the end. An existing prior there is replaced only
+    with ``overwrite``, and a folder holding anything but a medrecon prior never.
 
     Args:
         checkpoint: ``checkpoint-latest.pt`` of a run (its folder's ``folds.json`` and
@@ -76,14 +81,18 @@ def export_checkpoint(
         w_samples: number of seeded z behind the W statistics (default 10,000 as in BRGM).
         fp16: store weights as float16 (half the size; loaded back as float32). Default True.
         seed: seed of the z draw for the W statistics (default 0).
+        overwrite: replace an existing prior in ``models_dir`` (default False refuses).
 
     Returns:
         ``models_dir``.
     """
-    from medrecon.priors import Prior, save_prior
+    from medrecon.io.outputs import OutputStage, check_output
+    from medrecon.priors import Prior, prior_folder_foreign, save_prior
 
     checkpoint = Path(checkpoint)
-    models_dir = Path(models_dir)
+    models_dir = check_output(models_dir, overwrite=overwrite, protected=[checkpoint],
+                              want_dir=True, foreign=prior_folder_foreign,
+                              what="prior folder")
     if name is None:
         parent = models_dir.parent.name if models_dir.name == "models" else models_dir.name
         name = parent[: -len("_stylegan2")] if parent.endswith("_stylegan2") else parent
@@ -106,8 +115,10 @@ def export_checkpoint(
     meta = {**PRIOR_INFO.get(name, {}), **(metadata or {}), "training": training}
     prior = Prior(G, name=name, metadata=meta)
     prior.compute_w_stats(num_samples=w_samples, seed=seed)
-    save_prior(prior, models_dir, dtype="float16" if fp16 else "float32")
-    if (run_dir / "folds.json").is_file():
-        shutil.copyfile(run_dir / "folds.json", models_dir / "folds.json")
-    (models_dir / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+    with OutputStage(overwrite=overwrite) as stage:
+        tmp = stage.folder(models_dir, foreign=prior_folder_foreign)
+        save_prior(prior, tmp, dtype="float16" if fp16 else "float32")
+        if (run_dir / "folds.json").is_file():
+            shutil.copyfile(run_dir / "folds.json", tmp / "folds.json")
+        (tmp / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     return models_dir

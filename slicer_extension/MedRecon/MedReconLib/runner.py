@@ -13,6 +13,7 @@ object per line::
     {"event": "progress", "fraction": 0.37, "message": "slice 3/10, step 120/300"}
     {"event": "done", "output": "/tmp/.../output.nii", "std": null, "seconds": 12.5}
     {"event": "error", "message": "...", "exit_code": 2}
+    {"event": "warning", "message": "scan.png is a colour image; it was converted to grey ..."}
 
 Every other line (warnings, the CLI's one-line ``Error: ...`` message, a traceback) is passed on
 as a ``log`` event and the last lines are kept for error reports.
@@ -258,8 +259,9 @@ def parse_line(line: str, *, stream: str = "stderr") -> Event:
     """Turn one output line into an :class:`Event`.
 
     JSON objects with ``"event"`` ``"progress"``, ``"done"`` or ``"error"`` become those events (a progress
-    fraction outside [0, 1] is clipped; a missing or non-numeric one gives ``None``); anything
-    else, including malformed JSON, is a ``"log"`` event carrying the line unchanged.
+    fraction outside [0, 1] is clipped; a missing or non-numeric one gives ``None``); a
+    ``"warning"`` object becomes a ``"log"`` event ``"Warning: <message>"``; anything else,
+    including malformed JSON, is a ``"log"`` event carrying the line unchanged.
 
     Args:
         line: One line of the child's output, with or without the trailing newline.
@@ -284,6 +286,9 @@ def parse_line(line: str, *, stream: str = "stderr") -> Event:
                 fraction = 1.0 if kind == "done" else None
             message = "done" if kind == "done" else str(data.get("message", ""))
             return Event(kind=kind, message=message, fraction=fraction, data=data, stream=stream)
+        if isinstance(data, dict) and data.get("event") == "warning":
+            return Event(kind="log", message=f"Warning: {data.get('message', '')}", data=data,
+                         stream=stream)
     return Event(kind="log", message=text, stream=stream)
 
 

@@ -1,0 +1,46 @@
+"""Click parameter types shared by the command groups (``medrecon``, ``eval``, ``priors``).
+
+:class:`InputPath` checks an input the way :func:`medrecon.io._paths.check_input_file` does,
+so a symbolic-link loop, a device such as ``/dev/zero`` or an empty file is named as what it
+is (exit 2) instead of click's generic "does not exist".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medrecon.errors import MedreconInputError
+
+__all__ = ["InputPath"]
+
+
+class InputPath(click.ParamType):
+    """An existing regular file or folder that medrecon may read.
+
+    Args:
+        dir_okay: Accept folders (DICOM series, image folders).
+        file_okay: Accept files.
+    """
+
+    name = "path"
+
+    def __init__(self, *, dir_okay: bool = True, file_okay: bool = True) -> None:
+        self.dir_okay = dir_okay
+        self.file_okay = file_okay
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        from medrecon.io._paths import check_input_file
+
+        what = param.human_readable_name if param is not None else "input"
+        try:
+            p = check_input_file(value, what=f"{what}")
+        except MedreconInputError as exc:
+            self.fail(str(exc), param, ctx)
+        if p.is_dir() and not self.dir_okay:
+            self.fail(f"{str(p)!r} is a folder; expected a file.", param, ctx)
+        if not p.is_dir() and not self.file_okay:
+            self.fail(f"{str(p)!r} is a file; expected a folder.", param, ctx)
+        return p
