@@ -248,6 +248,18 @@ class GridFit:
         m[t : t + self.content[0], l : l + self.content[1]] = True
         return m
 
+    def operator(self, shape: Sequence[int] | None = None, *, mode: str = "bicubic"):
+        """:meth:`from_grid` as a linear operator with exact adjoint and pseudo-inverse.
+
+        Returns:
+            :class:`medrecon.physics.GridResample` from the ``size x size`` grid to ``shape``
+            (default the slice's own shape) over the slice's field of view.
+        """
+        from medrecon.physics.resample import GridResample
+
+        out = self.shape if shape is None else (int(shape[0]), int(shape[1]))
+        return GridResample(self.size, out, content=self.content, offset=self.offset, mode=mode)
+
     def to_grid(self, x: torch.Tensor, *, pad_value: float = -1.0, mode: str = "bicubic") -> torch.Tensor:
         """Resample ``[B, C, H, W]`` slices to the content size and pad to ``size x size``.
 

@@ -15,6 +15,7 @@ from medrecon.physics import (
     Blur,
     CompressedSensing,
     GaussianNoise,
+    GridResample,
     Identity,
     Inpainting,
     LinearPhysics,
@@ -76,6 +77,17 @@ REGISTRY: dict[str, tuple[Callable[[int], LinearPhysics], tuple[int, int, int], 
     "identity": (lambda s: Identity(), (2, 15, 21), True),
     "composed_sr_blur": (lambda s: SuperResolution(3, img_size=(15, 21), kernel="box") @
                          Blur(_SHARP, padding="circular"), (1, 15, 21), False),
+    # the prior's grid inside the forward model: crop + resample onto a scan's own grid
+    "grid_upsample": (lambda s: GridResample(16, (21, 15), content=(16, 12), offset=(0, 2)),
+                      (1, 16, 16), True),
+    "grid_downsample": (lambda s: GridResample(16, (9, 7), content=(14, 11), offset=(1, 2)),
+                        (2, 16, 16), True),
+    "sr_native_of_grid": (lambda s: SuperResolution(3, img_size=(24, 18)) @
+                          GridResample(16, (24, 18), content=(16, 12), offset=(0, 2)),
+                          (1, 16, 16), False),
+    "inpaint_native_of_grid": (lambda s: Inpainting(masks.random_pixels((21, 15), seed=s)) @
+                               GridResample(16, (21, 15), content=(16, 12), offset=(0, 2)),
+                               (1, 16, 16), False),
 }
 NAMES = sorted(REGISTRY)
 

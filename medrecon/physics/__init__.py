@@ -31,6 +31,7 @@ from medrecon.physics.kernels import (
 )
 from medrecon.physics.mri import MRI, MultiCoilMRI, SubsampledFourier
 from medrecon.physics.noise import GaussianNoise, NoiseModel, RicianNoise
+from medrecon.physics.resample import GridResample, resample_matrix
 from medrecon.physics.superres import SR_KERNELS, SuperResolution, sr_kernel
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "ComposedPhysics",
     "CompressedSensing",
     "GaussianNoise",
+    "GridResample",
     "Identity",
     "Inpainting",
     "LinearPhysics",
@@ -63,6 +65,7 @@ __all__ = [
     "gaussian_kernel",
     "ifft2c",
     "masks",
+    "resample_matrix",
     "sr_kernel",
     "uniform_kernel",
 ]
