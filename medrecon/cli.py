@@ -109,6 +109,7 @@ class MedreconGroup(click.Group):
         "priors": ("medrecon.priors", ("priors_cli", "priors", "cli")),
         "train": ("medrecon.training.cli", ("train", "cli")),
         "eval": ("medrecon.evaluation", ("eval_command",)),
+        "eval-scans": ("medrecon.realscan", ("eval_scans_command",)),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -224,15 +225,24 @@ class _Reporter:
 
     def done(self, info: dict, output: str, std: str | None) -> None:
         self.close()
+        eff = info.get("effective_factor")
         if self.json:
             click.echo(json.dumps({"event": "done", "output": output, "std": std,
                                    "seconds": round(float(info.get("seconds", 0.0)), 3),
-                                   "method": info.get("method"), "device": info.get("device")}), err=True)
+                                   "method": info.get("method"), "device": info.get("device"),
+                                   "plane": info.get("plane"),
+                                   "effective_factor": [round(float(e), 4) for e in eff]
+                                   if eff else None}), err=True)
         if not self.quiet:
             extra = f", std {std}" if std else ""
+            prior = ""
+            if eff:
+                what = "magnification" if info.get("task") == "sr" else "resolution"
+                prior = f", prior {what} x{min(eff):.2f}"
             click.echo(f"medrecon {info.get('task')}: method {info.get('method')}, device "
-                       f"{info.get('device')}, {info.get('slices')} slice(s), "
-                       f"{float(info.get('seconds', 0.0)):.1f} s -> {output}{extra}")
+                       f"{info.get('device')}, {info.get('slices')} {info.get('plane', '')} "
+                       f"slice(s){prior}, {float(info.get('seconds', 0.0)):.1f} s -> "
+                       f"{output}{extra}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,8 +306,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                                  "(retrospective degradation, seeded by --seed)."))
     if task == "sr":
         opts.append(click.option("--scale", type=click.IntRange(min=2, max=32), default=4,
-                                 show_default=True, help="Super-resolution factor; must divide "
-                                 "the prior's resolution."))
+                                 show_default=True, help="Super-resolution factor: the output "
+                                 "grid has --scale times the input's pixels per axis."))
         opts.append(click.option("--sr-kernel", type=click.Choice(["bicubic", "box", "gaussian"]),
                                  default="bicubic", show_default=True,
                                  help="Blur of the low-resolution acquisition model (box = pixel "

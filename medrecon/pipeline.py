@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from medrecon.errors import MedreconInputError
+from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.transforms import PLANES, GridFit, IntensityWindow, SliceOrientation, resize_fov
 
 __all__ = [
@@ -238,6 +239,83 @@ def _mask_array(mask: Any) -> np.ndarray | None:
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise MedreconInputError("the mask holds non-numeric or NaN values; expected 0 (observed) / 1 (missing).")
     return arr != 0
+
+
+#: Tasks whose measurements are images on the scan's own grid (:mod:`medrecon.native`).
+NATIVE_TASKS = ("sr", "inpaint", "deblur", "denoise")
+#: Below this fraction of the scan's resolution, a generative denoise / deblur is refused: the
+#: result would be the prior's coarse image (deblurring back-projection cannot restore what the
+#: blur removed, denoising has none). Above it but below 1 the CLI warns.
+MIN_COVERAGE = 0.5
+
+
+def _missing_slices(mask: Any, vol: torch.Tensor, orient: SliceOrientation,
+                    task: str) -> torch.Tensor | None:
+    """The inpainting mask as display-oriented bool slices ``[N, h, w]`` (True = missing)."""
+    missing = _mask_array(mask)
+    if missing is None:
+        return None
+    m = torch.from_numpy(missing)
+    if m.ndim == 2 and vol.shape[2] == 1:
+        m = m[:, :, None]  # a 2D mask for a 2D image (X, Y, 1)
+    if tuple(m.shape) != tuple(vol.shape):
+        raise MedreconInputError(
+            f"the mask has shape {tuple(missing.shape)} but the image has shape "
+            f"{tuple(vol.shape)}; expected the same voxel grid. Resample the mask onto the "
+            "image grid (same size and orientation).")
+    ms = orient.volume_to_slices(m.float()) > 0  # [N, h, w]
+    full = ms.flatten(1).all(dim=1)
+    if bool(full.any()):
+        k = int(torch.nonzero(full)[0])
+        raise MedreconInputError(
+            f"the mask marks every pixel of slice {k + 1} of {ms.shape[0]} as missing, so "
+            f"nothing is measured there ({int(full.sum())} such slice(s)); inpainting needs "
+            "observed pixels. Fix the mask (nonzero = missing, zero = observed).")
+    return ms
+
+
+def _check_prior_coverage(task: str, method: str, eff: tuple[float, float], problem: Any,
+                          prior: Any, scale: int, simulate: bool) -> None:
+    """Say up front how much of the output resolution the prior supplies.
+
+    SR: warn when the prior adds less than the requested factor (the output grid is filled by
+    the prior's image resampled and made consistent with every measured pixel). Other tasks:
+    warn when the scan is finer than the prior's grid; refuse a generative denoise / deblur
+    below :data:`MIN_COVERAGE` (it would return the prior's coarse image).
+    """
+    from medrecon.solvers import METHODS
+
+    if not METHODS[method].generative:
+        return
+    R, _ = _prior_resolution(prior)
+    e = min(eff)
+    h, w = problem.in_hw
+    name = _prior_name(prior)
+    if task == "sr":
+        if not simulate and e < scale * 0.99:
+            warnings.warn(
+                f"the prior {name!r} ({R}x{R}) supplies x{e:.2f} of the requested x{scale} for "
+                f"these {h}x{w} slices; the {problem.out_hw[0]}x{problem.out_hw[1]} output is its "
+                "image resampled there and made consistent with every measured pixel. For the "
+                f"full x{scale}, give slices of about {R // scale} pixels or use a prior of "
+                "higher resolution.", MedreconWarning, stacklevel=3)
+        return
+    if e >= 0.99:
+        return
+    if task in ("denoise", "deblur") and e < MIN_COVERAGE:
+        alt = "tv" if task == "denoise" else "wiener"
+        raise MedreconInputError(
+            f"{task} of {h}x{w} slices with the {R}x{R} prior {name!r} would return the prior's "
+            f"{R}-pixel image (x{e:.2f} of the scan's resolution): the detail finer than "
+            f"{1 / e:.0f} pixels would be lost. Use --method {alt} (it works at the scan's "
+            f"resolution), downsample the scan to about {R} pixels, or use a prior of higher "
+            "resolution.")
+    what = ("measured pixels are kept exactly; the missing ones come from the prior"
+            if task == "inpaint" else "the result is made consistent with the scan there")
+    warnings.warn(
+        f"the prior {name!r} ({R}x{R}) is coarser than these {h}x{w} slices (x{e:.2f}); "
+        f"{what}, but it adds no detail finer than {1 / e:.1f} pixels.",
+        MedreconWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,7 +647,8 @@ def reconstruct(
         plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``. Default: the prior's ``plane``
             metadata (``default_plane``) for 3D volumes, else axial; 2D images (one singleton
             axis) keep their stored layout.
-        scale: Super-resolution factor (``sr``); must divide the prior's resolution. Default 4.
+        scale: Super-resolution factor (``sr``): the output grid has ``scale`` times the
+            input's pixels along each in-plane axis. Default 4.
         sr_kernel: Anti-aliasing kernel of the SR forward model: ``"bicubic"`` (default, the
             papers' setting), ``"box"`` (pixel averaging, e.g. binned acquisitions) or
             ``"gaussian"``.
@@ -639,104 +718,86 @@ def reconstruct(
     window = IntensityWindow.fit(vol, lower=percentiles[0], upper=percentiles[1])
     x = window.apply(slices)[:, None]  # [N, 1, h, w] generator units
 
-    # ---- grid, operator, measurements
-    options: dict[str, Any] = {"noise_sigma": float(noise_sigma) if noise_sigma else None}
-    zoom = [1.0, 1.0, 1.0]
-    out_hw = (h, w)
+    # ---- measurements on the scan's own grid, the prior's grid inside the forward model
     if task == "sr":
         scale = _check_int("scale", scale, minimum=1)
-        if R % scale:
-            raise MedreconInputError(
-                f"scale={scale} does not divide the prior resolution {R}; expected a divisor of "
-                f"{R} such as {', '.join(str(d) for d in (2, 4, 8) if R % d == 0)}."
-            )
-        options["scale"] = scale
-        options["kernel"] = sr_kernel
-        if simulate:
-            fit = GridFit.fit((h, w), sp_hw, R)
-            out_fit = fit
-        else:
-            lr = GridFit.fit((h, w), sp_hw, R // scale)
-            fit, out_fit = lr, lr.scaled(scale)
-            out_hw = (h * scale, w * scale)
+    missing = _missing_slices(mask, vol, orient, task) if task == "inpaint" else None
+    if C > 1:
+        x = x.expand(-1, C, -1, -1)
+    progress = _Progress(callback, n, method)
+    zoom = [1.0, 1.0, 1.0]
+    extra: dict[str, Any] = {}
+    if task in NATIVE_TASKS:
+        from medrecon.native import build_native_problem, solve_native_problem
+
+        problem = build_native_problem(
+            task, x, prior_resolution=R, spacing_hw=sp_hw, simulate=simulate, seed=seed,
+            noise_sigma=noise_sigma, scale=scale, sr_kernel=sr_kernel, missing=missing)
+        eff = problem.effective_factor
+        _check_prior_coverage(task, method, eff, problem, prior, scale if task == "sr" else 1,
+                              simulate)
+        if task == "sr" and not simulate:
             r_ax, c_ax = orient.inplane_axes()
             zoom[r_ax] = zoom[c_ax] = float(scale)
-    else:
-        fit = out_fit = GridFit.fit((h, w), sp_hw, R)
-    if task == "mri":
-        options.update(acceleration=acceleration, center_fraction=center_fraction, mask_type=mask_type)
+        progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {problem.out_hw[0]}x{problem.out_hw[1]} "
+                      f"(prior {R}x{R}), method {method}")
+        img_g, std_g, sinfo = solve_native_problem(
+            problem, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
+            batch_size=batch_size, seed=seed, progress=progress, ensemble=ensemble,
+            solver_task=_SOLVER_TASK.get(task, task))
+        out_hw = problem.out_hw
+        extra["grid"] = problem.info["grid"]
+        extra["effective_factor"] = eff
+    elif task == "mri":  # simulated: k-space of the slices at their own resolution
+        from medrecon.physics import fft2c
 
-    x_grid = fit.to_grid(x, pad_value=-1.0)  # [N, 1, r, r]
-    if C > 1:
-        x_grid = x_grid.expand(-1, C, -1, -1)
-
-    groups: list[tuple[Any, list[int]]] = []
-    missing = _mask_array(mask)
-    if task == "inpaint" and missing is not None:
-        m = torch.from_numpy(missing)
-        if m.ndim == 2 and vol.shape[2] == 1:
-            m = m[:, :, None]  # a 2D mask for a 2D image (X, Y, 1)
-        if tuple(m.shape) != tuple(vol.shape):
-            raise MedreconInputError(
-                f"the mask has shape {tuple(missing.shape)} but the image has shape "
-                f"{tuple(vol.shape)}; expected the same voxel grid. Resample the mask onto the "
-                "image grid (same size and orientation)."
-            )
-        mslices = orient.volume_to_slices(m.float())[:, None]  # [N, 1, h, w]
-        full = mslices.flatten(1).min(dim=1).values > 0
-        if bool(full.any()):
-            k = int(torch.nonzero(full)[0])
-            raise MedreconInputError(
-                f"the mask marks every pixel of slice {k + 1} of {n} as missing, so nothing is "
-                f"measured there ({int(full.sum())} such slice(s)); inpainting needs observed "
-                "pixels. Fix the mask (nonzero = missing, zero = observed).")
-        # any overlap with a missing input pixel makes a grid pixel missing (conservative)
-        mgrid = fit.to_grid(mslices, pad_value=0.0, mode="bilinear") > 1e-3
-        keyed: dict[bytes, list[int]] = {}
-        for i in range(n):
-            keyed.setdefault(mgrid[i, 0].numpy().tobytes(), []).append(i)
-        for idx in keyed.values():
-            observed = ~mgrid[idx[0], 0]
-            groups.append((_build_operator(task, (R, R), C, seed, mask=observed, **options), idx))
-    else:
-        if task == "inpaint" and not simulate:
-            raise MedreconInputError(
-                "inpainting needs a mask of the missing pixels (nonzero = missing); pass "
-                "mask=... / --mask FILE, or simulate=True / --simulate to draw one."
-            )
-        groups.append((_build_operator(task, (R, R), C, seed, **options), list(range(n))))
-
-    gen = torch.Generator().manual_seed(seed)
-    ys: list[torch.Tensor | None] = [None] * n
-    for op, idx in groups:
-        if simulate:
-            meas = op.measure(x_grid[idx], generator=gen)
-        elif task in ("sr", "deblur", "denoise"):
-            meas = x_grid[idx]
-        else:  # inpaint: zero the missing pixels the way the operator represents them
-            meas = op.A(x_grid[idx])
-        for j, i in enumerate(idx):
-            ys[i] = meas[j]
-    y = torch.stack([t for t in ys if t is not None])
-
-    progress = _Progress(callback, n, method)
-    progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {method}")
-    img_g, std_g, sinfo = _solve_batches(
-        y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
-        batch_size=batch_size, seed=seed, progress=progress, task=task, ensemble=ensemble,
-    )
+        gen = torch.Generator().manual_seed(seed)
+        native = _build_operator("mri", (h, w), 1, seed, acceleration=acceleration,
+                                 center_fraction=center_fraction, mask_type=mask_type,
+                                 noise_sigma=float(noise_sigma) if noise_sigma else None)
+        m = (native.mask.reshape(-1, h, w)[0] > 0).expand(n, h, w).contiguous()
+        v = window.invert(x[:, 0].double()).float()  # intensities
+        k = native.measure(v[:, None], generator=gen)[:, 0] if noise_sigma else fft2c(
+            v.to(torch.complex64)) * m
+        if noise_sigma:  # the noise is in generator units: scale it to intensities
+            clean = fft2c(v.to(torch.complex64)) * m
+            k = clean + (k - clean) / window.scale
+        progress.emit(0.0, f"{n} slice(s) {h}x{w} (k-space), method {method}")
+        img_g, std_g, sinfo = _solve_kspace(
+            k * m, m, window, prior, method=method, steps=steps, bp=bp, noise_sigma=noise_sigma,
+            samples=samples, ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
+            progress=progress)
+        out_hw = (h, w)
+        extra["effective_factor"] = (min(R, h) / h, min(R, w) / w)
+        extra["sampling_fraction"] = float(m.float().mean())
+    else:  # cs: a research benchmark of random projections of the prior's grid
+        fit = GridFit.fit((h, w), sp_hw, R)
+        x_grid = fit.to_grid(x, pad_value=-1.0)
+        op = _build_operator(task, (R, R), C, seed,
+                             noise_sigma=float(noise_sigma) if noise_sigma else None)
+        y = op.measure(x_grid, generator=torch.Generator().manual_seed(seed))
+        progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {method}")
+        img_r, std_r, sinfo = _solve_batches(
+            y, [(op, list(range(n)))], prior, method=method, steps=steps, bp=bp,
+            samples=samples, device=device, batch_size=batch_size, seed=seed,
+            progress=progress, task=task, ensemble=ensemble)
+        out_hw = (h, w)
+        img_g = fit.from_grid(img_r.float(), shape=out_hw)
+        std_g = None if std_r is None else fit.from_grid(std_r.float(), shape=out_hw,
+                                                         mode="bilinear").clamp_min(0)
+        extra["grid"] = {"size": fit.size, "content": fit.content, "offset": fit.offset}
 
     # ---- back to image space
     img_g = img_g.float().mean(dim=1, keepdim=True)
-    rec = window.invert(out_fit.from_grid(img_g, shape=out_hw))[:, 0]  # [N, H', W']
+    rec = window.invert(img_g)[:, 0]  # [N, H', W']
     out_vol = orient.slices_to_volume(rec)
     out_affine = _zoom_affine(affine, zoom) if zoom != [1.0, 1.0, 1.0] else affine.copy()
     out_image = image.with_array(out_vol.numpy().astype(np.float32), affine=out_affine)
     std_image = None
     if std_g is not None:
-        s = std_g.float().pow(2).mean(dim=1, keepdim=True).sqrt()
-        s = window.invert_scale(out_fit.from_grid(s, shape=out_hw, mode="bilinear").clamp_min(0))[:, 0]
-        std_image = image.with_array(orient.slices_to_volume(s).numpy().astype(np.float32), affine=out_affine)
+        sd = window.invert_scale(std_g.float().pow(2).mean(dim=1).sqrt())
+        std_image = image.with_array(orient.slices_to_volume(sd).numpy().astype(np.float32),
+                                     affine=out_affine)
 
     seconds = time.perf_counter() - t0
     info = {
@@ -754,7 +815,6 @@ def reconstruct(
         "prior": _prior_name(prior),
         "prior_resolution": R,
         "window": window.to_dict(),
-        "grid": {"size": out_fit.size, "content": out_fit.content, "offset": out_fit.offset},
         "simulated": bool(simulate),
         "seed": seed,
         "steps": steps,
@@ -763,12 +823,10 @@ def reconstruct(
         "ensemble": sinfo.get("solver_info", {}).get("ensemble"),
         "noise_sigma": float(noise_sigma),
     }
+    info.update(extra)
     if task == "sr":
         info["scale"] = int(scale)
         info["sr_kernel"] = sr_kernel
-        # resolution the prior actually adds: HR grid pixels per input pixel along each axis
-        if not simulate:
-            info["effective_factor"] = (out_fit.content[0] / h, out_fit.content[1] / w)
     if callback is not None:
         progress.emit(1.0, f"done in {seconds:.1f} s")
     return PipelineResult(out_image, std_image, info)
@@ -853,6 +911,109 @@ def _fourier_resize(k: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out * math.sqrt((h * w) / (H * W))
 
 
+def _solve_kspace(
+    k: torch.Tensor,
+    m: torch.Tensor,
+    window: IntensityWindow,
+    prior: Any,
+    *,
+    method: str,
+    steps: int | None,
+    bp: bool | None,
+    noise_sigma: float,
+    samples: int,
+    ensemble: int | None,
+    device: str,
+    batch_size: int,
+    seed: int,
+    progress: _Progress,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Reconstruct measured k-space ``k [N, H, W]`` (samples where ``m``) in generator units.
+
+    The generator's ``R x R`` image is compared with the samples through the exact Fourier
+    resize (centred crop / zero-fill of k-space, orthonormal scaling: the same field of view),
+    so no measured sample is interpolated; samples outside the prior's band only add a
+    constant to the data term. The result is Fourier-resized to ``H x W`` and, like every
+    task, made consistent with all the samples there by back-projection with the ``H x W``
+    operator. Baselines (zero-filled, TV) run on the ``H x W`` grid directly.
+
+    Returns:
+        Images ``[N, 1, H, W]`` and std ``[N, 1, H, W]`` (or None) in generator units, solver info.
+    """
+    from medrecon.physics import fft2c, ifft2c
+    from medrecon.solvers import METHODS, auto_eta, back_project, solve, will_back_project
+
+    n, H, W = k.shape
+    R, C = _prior_resolution(prior)
+    generative = METHODS[method].generative
+    a, b = window.scale, -1.0 - window.low * window.scale
+    # generator units: g = a v + b  =>  F(g) = a F(v) + b F(1), F(1) a DC spike
+    y_native = (a * k + b * fft2c(torch.ones(1, H, W, dtype=torch.complex64))) * m
+    mr = _fourier_resize(m.to(torch.complex64), (R, R)).abs() > 0
+    y_grid = _fourier_resize(y_native, (R, R)) * mr
+    noise = float(noise_sigma) if noise_sigma else None
+    keyed: dict[bytes, list[int]] = {}
+    for i in range(n):
+        keyed.setdefault(m[i].numpy().tobytes(), []).append(i)
+
+    def back(t: torch.Tensor) -> torch.Tensor:  # [B, C, R, R] generator -> [B, 1, H, W]
+        kk = _fourier_resize(fft2c(t.float().mean(1).to(torch.complex64)), (H, W))
+        return ifft2c(kk).real[:, None]
+
+    images: list[torch.Tensor | None] = [None] * n
+    stds: list[torch.Tensor | None] = [None] * n
+    info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
+    for idx in keyed.values():
+        native = _build_operator("mri", (H, W), 1, seed, mask=m[idx[0]], noise_sigma=noise)
+        grid_op = _build_operator("mri", (R, R), C, seed, mask=mr[idx[0]], noise_sigma=noise)
+        do_bp = generative and will_back_project(method, bp=bp, noise_sigma=noise)
+        for b0 in range(0, len(idx), batch_size):
+            chunk = idx[b0:b0 + batch_size]
+            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
+                                  "callback": progress.solver_callback(chunk[0], chunk[-1] + 1),
+                                  "task": "mri", "bp": False if generative else bp}
+            if steps is not None and _accepts(method, "steps"):
+                kw["steps"] = steps
+                if _accepts(method, "stage1_options"):
+                    kw["stage1_options"] = {"steps": steps}
+            if samples:
+                kw["num_samples"] = samples
+            if ensemble is not None:
+                kw["ensemble"] = ensemble
+            yn = y_native[chunk][:, None]
+            if generative:
+                yg = y_grid[chunk][:, None].expand(-1, C, -1, -1).contiguous()
+                rec = solve(yg, grid_op, prior, **kw)
+                img = back(rec.image)
+                label = rec.method or method
+                if do_bp:
+                    img = back_project(img, yn, native, eta=auto_eta(noise or 0.0))
+                    label += "+bp"
+            else:
+                rec = solve(yn, native, None, **kw)
+                img, label = rec.image.float(), rec.method or method
+            std = None
+            if samples and rec.samples is not None:
+                S, B = rec.samples.shape[:2]
+                ups = back(rec.samples.reshape(S * B, *rec.samples.shape[2:]))
+                if do_bp:  # back_project(s, 0) = (I - A^+ A) s: measured parts are certain
+                    ups = back_project(ups, torch.zeros_like(yn).repeat(S, 1, 1, 1), native,
+                                       eta=auto_eta(noise or 0.0))
+                ups = ups.reshape(S, B, *ups.shape[1:])
+                std = ups.std(dim=0) if S > 1 else torch.zeros_like(ups[0])
+            for j, i in enumerate(chunk):
+                images[i] = img[j]
+                if std is not None:
+                    stds[i] = std[j]
+            info.update(device=str(rec.device), method=label, solver_info=rec.info)
+            info["solver_seconds"] += float(rec.seconds)
+            progress.done += len(chunk)
+            progress.emit(progress.done / progress.n, f"slice {progress.done}/{progress.n} done")
+    img_all = torch.stack([t for t in images if t is not None])
+    std_all = torch.stack([t for t in stds]) if all(t is not None for t in stds) else None  # type: ignore[misc]
+    return img_all, std_all, info
+
+
 def reconstruct_kspace(
     kspace: np.ndarray | torch.Tensor,
     *,
@@ -872,11 +1033,13 @@ def reconstruct_kspace(
 ) -> PipelineResult:
     """Reconstruct measured single-coil k-space ``[N, H, W]`` (centred, orthonormal FFT).
 
-    The k-space grid is Fourier-resized (centred crop / zero-fill) to the prior's ``R x R``:
-    this resamples the image over the same field of view exactly and keeps the measured samples
-    as measurements. Non-square k-space is therefore stretched to a square grid (documented in
-    ``docs/pipeline.md``). The generator is real-valued, so the reconstruction is the real image
-    whose spectrum best matches the samples (magnitude data with smooth phase).
+    The prior's ``R x R`` image is compared with the samples through the exact Fourier resize
+    (centred crop / zero-fill, the same field of view), and the result, Fourier-resized to
+    ``H x W``, is made consistent with every measured sample on that grid (see
+    :func:`_solve_kspace`). Non-square k-space is therefore stretched to a square prior grid
+    (documented in ``docs/pipeline.md``). The generator is real-valued, so the reconstruction
+    is the real image whose spectrum best matches the samples (magnitude data with smooth
+    phase).
 
     Args:
         kspace: Complex k-space ``[N, H, W]`` or ``[H, W]``, unsampled entries zero.
@@ -892,7 +1055,7 @@ def reconstruct_kspace(
         with a diagonal LPS-display affine of ``spacing``.
     """
     from medrecon.io import MedicalImage
-    from medrecon.physics import fft2c, ifft2c
+    from medrecon.physics import ifft2c
 
     t0 = time.perf_counter()
     k = torch.as_tensor(np.asarray(kspace)).to(torch.complex64)
@@ -916,50 +1079,29 @@ def reconstruct_kspace(
             ) from exc
     if not bool(m.any()):
         raise MedreconInputError("the k-space holds no sampled (nonzero) entries; expected measured data.")
+    m = m.contiguous()
     prior = _resolve_prior(prior)
-    R, C = _prior_resolution(prior)
+    R, _ = _prior_resolution(prior)
     method = _choose_method(method, "mri", prior, samples)
     batch_size = default_batch_size(batch_size, device)
     samples = _check_int("samples", samples, minimum=0)
     seed = _check_int("seed", seed, minimum=0)
     ensemble = _check_ensemble(ensemble, method)
 
-    kr = _fourier_resize(k * m, (R, R))
-    mr = _fourier_resize(m.to(torch.complex64), (R, R)).abs() > 0
-    zf = ifft2c(kr).real
-    # window on the zero-filled image; generator space g = a * v + b  =>  F(g) = a F(v) + b F(1)
-    window = IntensityWindow.fit(zf)
-    a, b = window.scale, -1.0 - window.low * window.scale
-    ones_k = fft2c(torch.ones(1, R, R, dtype=torch.complex64))
-    groups: list[tuple[Any, list[int]]] = []
-    keyed: dict[bytes, list[int]] = {}
-    for i in range(n):
-        keyed.setdefault(mr[i].numpy().tobytes(), []).append(i)
-    yk = (a * kr + b * ones_k) * mr
-    for idx in keyed.values():
-        op = _build_operator("mri", (R, R), C, seed, mask=mr[idx[0]],
-                             noise_sigma=float(noise_sigma) if noise_sigma else None)
-        groups.append((op, idx))
-    # measurements in the MRI operator's format: masked centred k-space [N, C, R, R] complex64
-    y = yk[:, None].expand(-1, C, -1, -1).contiguous()
+    # window on the zero-filled image of the prior's grid (what the generator will match)
+    window = IntensityWindow.fit(ifft2c(_fourier_resize(k * m, (R, R))).real)
     progress = _Progress(callback, n, method)
-    img_g, std_g, sinfo = _solve_batches(
-        y, groups, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
-        batch_size=batch_size, seed=seed, progress=progress, task="mri", ensemble=ensemble,
-    )
-
-    def back(t: torch.Tensor) -> torch.Tensor:  # [N, 1, R, R] generator -> [N, H, W]
-        kk = _fourier_resize(fft2c(t[:, 0].to(torch.complex64)), (H, W))
-        return ifft2c(kk).real
-
-    rec = window.invert(back(img_g.float().mean(1, keepdim=True)))
+    img_g, std_g, sinfo = _solve_kspace(
+        k * m, m, window, prior, method=method, steps=steps, bp=bp, noise_sigma=noise_sigma,
+        samples=samples, ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
+        progress=progress)
+    rec = window.invert(img_g[:, 0])
     affine = np.diag([-spacing[1], -spacing[0], 1.0, 1.0])
     vol = rec.permute(2, 1, 0).contiguous().numpy().astype(np.float32)  # (W=X, H=Y, N=Z)
     out = MedicalImage(vol, affine)
     std_image = None
     if std_g is not None:
-        s = std_g.float().pow(2).mean(1, keepdim=True).sqrt()
-        s = window.invert_scale(resize_fov(s, (H, W), mode="bilinear").clamp_min(0))[:, 0]
+        s = window.invert_scale(std_g[:, 0].clamp_min(0))
         std_image = MedicalImage(s.permute(2, 1, 0).contiguous().numpy().astype(np.float32), affine)
     info = {
         "task": "mri", "method": sinfo["method"], "device": sinfo["device"],
@@ -969,6 +1111,7 @@ def reconstruct_kspace(
         "sampling_fraction": float(m.float().mean()), "seed": seed, "steps": steps, "bp": bp,
         "samples": samples, "ensemble": sinfo.get("solver_info", {}).get("ensemble"),
         "noise_sigma": float(noise_sigma), "simulated": False,
+        "effective_factor": (min(R, H) / H, min(R, W) / W),
     }
     return PipelineResult(out, std_image, info)
 

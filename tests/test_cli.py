@@ -320,7 +320,6 @@ def test_usage_errors_exit_2(tmp_path, prior_dir):
         (["inpaint", src, "--mask", bad_mask, "--prior", prior_dir, "--method", "pseudo_inverse"], "mask"),
         (["sr", src, "--prior", "no_such_prior"], "no_such_prior"),
         (["sr", src, "--prior", prior_dir, "--method", "magic"], "magic"),
-        (["sr", src, "--prior", prior_dir, "--scale", "3", "--method", "bicubic"], "divide"),
         (["sr", tmp_path / "missing.nii.gz", "--prior", prior_dir], "does not exist"),
         (["sr", src, "--device", "tpu"], "tpu"),
         (["sr", src, "--prior", prior_dir, "--ensemble", "0"], "--ensemble"),

@@ -1,0 +1,255 @@
+"""Measurements on the scan's own grid: the forward model ``A_native o U`` and its solve.
+
+A StyleGAN2 prior makes ``R x R`` images; a scan's slices have any size and spacing. Nothing
+measured is resampled: the measurements ``y`` stay on the grid they were acquired on, and the
+prior's grid enters the forward model instead (``docs/pipeline.md``)::
+
+    G(w)  [R x R]  --U-->  output grid [H x W]  --A_native-->  y  (the scan's own samples)
+
+``U`` (:class:`medrecon.physics.GridResample`) crops the part of the prior grid that covers the
+slice's field of view and resamples it onto the output grid, with an exact adjoint.
+``A_native`` is the acquisition on the output grid: decimation by the SR kernel onto the input
+pixels (SR), the mask at the input's resolution (inpainting), the blur (deblurring) or the
+identity (denoising). Generative solvers fit ``A_native(U(G(w)))`` to ``y``; their image is
+brought to the output grid with ``U`` and made consistent with ``y`` there by back-projection
+with ``A_native`` (``x + A_native^+ (y - A_native x)``, regularised under noise), so what was
+measured is never lost, whatever the prior can represent. Classical baselines run on the
+output grid directly (bicubic interpolation of the scan itself, TV, biharmonic, Wiener).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from medrecon.errors import MedreconInputError
+from medrecon.physics import GridResample, LinearPhysics, build_operator, compose
+
+__all__ = ["NativeProblem", "build_native_problem", "solve_native_problem"]
+
+
+@dataclass
+class NativeProblem:
+    """The measurements of ``N`` slices on their own grid and the operators that explain them.
+
+    Attributes:
+        task: ``"sr"``, ``"inpaint"``, ``"deblur"`` or ``"denoise"``.
+        y: Measurements ``[N, C, h, w]`` in generator units, on the measurement grid.
+        groups: ``(A_native, slice indices)``: the acquisition operator on the output grid
+            (one per distinct inpainting mask, else one for all slices) with its noise model.
+        grid: ``U``, the prior's ``R x R`` grid onto the output grid over the same field of view.
+        in_hw: The measurement grid (the input's in-plane size).
+        out_hw: The output grid.
+    """
+
+    task: str
+    y: torch.Tensor
+    groups: list[tuple[LinearPhysics, list[int]]]
+    grid: GridResample
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def effective_factor(self) -> tuple[float, float]:
+        """Prior pixels over the field of view per measured pixel, per axis.
+
+        For SR this is the magnification the prior itself supplies (``scale`` on the ideal
+        grid ``R / scale``); for the other tasks it is ``1`` when the prior's grid matches the
+        scan's and below ``1`` when the scan is finer than the prior can represent.
+        """
+        c = self.grid.content
+        return c[0] / self.in_hw[0], c[1] / self.in_hw[1]
+
+
+def build_native_problem(
+    task: str,
+    x: torch.Tensor,
+    *,
+    prior_resolution: int,
+    spacing_hw: Sequence[float],
+    simulate: bool,
+    seed: int,
+    noise_sigma: float = 0.0,
+    scale: int = 4,
+    sr_kernel: str = "bicubic",
+    missing: torch.Tensor | None = None,
+) -> NativeProblem:
+    """Set up the measurements of ``x`` on its own grid.
+
+    Args:
+        task: ``"sr"``, ``"inpaint"``, ``"deblur"`` or ``"denoise"``.
+        x: Slices ``[N, C, h, w]`` in generator units: the measurements themselves, or with
+            ``simulate`` the clean images to measure.
+        prior_resolution: ``R``.
+        spacing_hw: In-plane pixel size of ``x`` in mm (``(dh, dw)``).
+        simulate: Measure ``x`` with the operator (seeded noise) instead of taking it as ``y``.
+        seed: Seed of simulated masks and noise.
+        noise_sigma: Noise std of the measurements (generator units).
+        scale: SR factor. Without ``simulate`` ``x`` is the low-resolution scan and the output
+            grid is ``scale`` times finer; with it ``x`` is the high-resolution truth and its
+            size must be divisible by ``scale``.
+        sr_kernel: Blur of the SR acquisition (``"bicubic"``, ``"box"``, ``"gaussian"``).
+        missing: Bool ``[N, h, w]`` of missing pixels (inpainting), on ``x``'s grid.
+
+    Returns:
+        The :class:`NativeProblem`.
+    """
+    from medrecon.transforms import GridFit
+
+    n, c, h, w = x.shape
+    noise = {"noise_sigma": float(noise_sigma)} if noise_sigma else {}
+    out_hw, out_sp, in_hw = (h, w), (float(spacing_hw[0]), float(spacing_hw[1])), (h, w)
+    task_opts: dict[str, Any] = {}
+    if task == "sr":
+        task_opts = {"scale": int(scale), "kernel": sr_kernel}
+        if simulate:
+            if h % scale or w % scale:
+                raise MedreconInputError(
+                    f"simulated SR x{scale} needs slices whose size is a multiple of {scale}; got "
+                    f"{h}x{w}. Crop the image to {h - h % scale}x{w - w % scale} pixels first.")
+            in_hw = (h // scale, w // scale)
+        else:
+            out_hw = (h * scale, w * scale)
+            out_sp = (out_sp[0] / scale, out_sp[1] / scale)
+    fit = GridFit.fit(out_hw, out_sp, prior_resolution)
+    grid = fit.operator(out_hw)
+    groups: list[tuple[LinearPhysics, list[int]]] = []
+    if task == "inpaint" and missing is not None:
+        keyed: dict[bytes, list[int]] = {}
+        for i in range(n):
+            keyed.setdefault(missing[i].numpy().tobytes(), []).append(i)
+        for idx in keyed.values():
+            observed = ~missing[idx[0]]
+            groups.append((build_operator(task, img_size=out_hw, channels=c, seed=seed,
+                                          mask=observed, **noise), idx))
+    else:
+        if task == "inpaint" and not simulate:
+            raise MedreconInputError(
+                "inpainting needs a mask of the missing pixels (nonzero = missing); pass "
+                "mask=... / --mask FILE, or simulate=True / --simulate to draw one.")
+        groups.append((build_operator(task, img_size=out_hw, channels=c, seed=seed, **noise,
+                                      **task_opts), list(range(n))))
+    gen = torch.Generator().manual_seed(seed)
+    ys: list[torch.Tensor | None] = [None] * n
+    for op, idx in groups:
+        with torch.no_grad():
+            if simulate:
+                meas = op.measure(x[idx], generator=gen)
+            elif task in ("sr", "deblur", "denoise"):
+                meas = x[idx]
+            else:  # inpaint: zero the missing pixels the way the operator represents them
+                meas = op.A(x[idx])
+        for j, i in enumerate(idx):
+            ys[i] = meas[j]
+    y = torch.stack([t for t in ys if t is not None])
+    return NativeProblem(task, y, groups, grid, in_hw, out_hw,
+                         {"grid": {"size": fit.size, "content": fit.content, "offset": fit.offset}})
+
+
+def _std_of_samples(samples: torch.Tensor, grid: GridResample, op: LinearPhysics,
+                    projected: bool, eta: float = 0.0) -> torch.Tensor:
+    """Per-pixel std ``[B, C, H, W]`` of posterior samples ``[S, B, C, R, R]`` on the output grid.
+
+    With back-projection every sample ``s`` becomes ``s + A^+ (y - A s)``, whose spread is that
+    of ``(I - A^+ A) s``: measured components carry no uncertainty.
+    """
+    S, B = samples.shape[:2]
+    flat = samples.reshape(S * B, *samples.shape[2:]).float()
+    up = flat if grid.is_identity else grid.A(flat)
+    if projected:  # back_project(s, y=0) = s - A^+ A s
+        from medrecon.solvers import back_project
+
+        zeros = torch.zeros_like(op.A(up[:1])).expand(up.shape[0], *([-1] * (up.ndim - 1)))
+        up = back_project(up, zeros.contiguous(), op, eta=eta)
+    up = up.reshape(S, B, *up.shape[1:])
+    return up.std(dim=0, unbiased=S > 1) if S > 1 else torch.zeros_like(up[0])
+
+
+def solve_native_problem(
+    problem: NativeProblem,
+    prior: Any,
+    *,
+    method: str,
+    batch_size: int,
+    seed: int,
+    progress: Any,
+    steps: int | None = None,
+    bp: bool | None = None,
+    samples: int = 0,
+    ensemble: int | None = None,
+    device: str = "auto",
+    solver_task: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Solve every slice of ``problem``; return images ``[N, C, H, W]`` on the output grid,
+    the posterior std (when ``samples``) and the solver information.
+
+    Generative methods solve with ``A_native o U`` and no back-projection of their own; their
+    image is mapped with ``U`` and back-projected with ``A_native`` on the output grid when the
+    solver would back-project (:func:`medrecon.solvers.will_back_project`). Baselines solve
+    with ``A_native`` on the output grid (their ``bp`` applies there too). Every batch uses the
+    same ``seed``, so a slice's result does not depend on ``batch_size``.
+    """
+    from medrecon.solvers import METHODS, auto_eta, back_project, solve, will_back_project
+    from medrecon.solvers import _common as C
+
+    generative = METHODS[method].generative
+    n = problem.y.shape[0]
+    images: list[torch.Tensor | None] = [None] * n
+    stds: list[torch.Tensor | None] = [None] * n
+    info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
+    U = problem.grid
+    for op_native, idx in problem.groups:
+        sigma = C.noise_sigma(op_native)
+        do_bp = generative and will_back_project(method, bp=bp, noise_sigma=sigma)
+        op = op_native if (not generative or U.is_identity) else compose(op_native, U)
+        for b0 in range(0, len(idx), batch_size):
+            chunk = idx[b0:b0 + batch_size]
+            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
+                                  "callback": progress.solver_callback(chunk[0], chunk[-1] + 1),
+                                  "bp": False if generative else bp}
+            if steps is not None and "steps" in METHODS[method].defaults:
+                kw["steps"] = steps
+                if "stage1_options" in METHODS[method].defaults:  # IAGAN: both stages
+                    kw["stage1_options"] = {"steps": steps}
+            if samples:
+                kw["num_samples"] = samples
+            if ensemble is not None:
+                kw["ensemble"] = ensemble
+            if solver_task is not None:
+                kw["task"] = solver_task
+            y = problem.y[chunk]
+            rec = solve(y, op, prior if generative else None, **kw)
+            img = rec.image
+            label = rec.method or method
+            if generative:
+                if not U.is_identity:
+                    with torch.no_grad():
+                        img = U.A(img.float())
+                if do_bp:
+                    eta = auto_eta(sigma)
+                    img = back_project(img, y, op_native, eta=eta)
+                    label += "+bp"
+                    info["bp_eta"] = eta
+            std = None
+            if samples and rec.samples is not None:
+                std = _std_of_samples(rec.samples, U, op_native, projected=do_bp,
+                                      eta=auto_eta(sigma))
+            elif samples and rec.std is not None:
+                std = rec.std if U.is_identity else U.A(rec.std.float()).clamp_min(0)
+            for j, i in enumerate(chunk):
+                images[i] = img[j]
+                if std is not None:
+                    stds[i] = std[j]
+            info["device"] = str(rec.device)
+            info["method"] = label
+            info["solver_seconds"] += float(rec.seconds)
+            info["solver_info"] = rec.info
+            progress.done += len(chunk)
+            progress.emit(progress.done / progress.n, f"slice {progress.done}/{progress.n} done")
+    img_all = torch.stack([t for t in images if t is not None])
+    std_all = (torch.stack([t for t in stds]) if all(t is not None for t in stds)  # type: ignore[misc]
+               else None)
+    return img_all, std_all, info
