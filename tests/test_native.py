@@ -237,3 +237,28 @@ def test_real_scan_evaluation_end_to_end(tmp_path, prior):
         "results.csv", "summary.md", "grid.png", "settings.json"}
     assert "Default against the best native-grid baseline" in (
         tmp_path / "report" / "summary.md").read_text()
+
+
+def test_off_grid_defaults_reach_the_solver(prior, monkeypatch):
+    """Off the prior's grid the SR default adapts longer (OFF_GRID_DEFAULTS); on it, and when
+    the user gives steps, the per-task defaults and the user's value hold."""
+    import medrecon.solvers as S
+
+    seen: list[dict] = []
+    real = S.solve
+
+    def spy(y, op, pr, **kw):
+        if kw.get("method") != "iagan":
+            return real(y, op, pr, **kw)
+        seen.append(dict(kw))
+        return real(y, op, pr, **{**kw, "steps": 1, "stage1_options": {"steps": 1}})
+
+    monkeypatch.setattr(S, "solve", spy)
+    off = MedicalImage(_smooth((6, 6, 1)), np.eye(4))  # 6 != 16 / 4
+    reconstruct(off, task="sr", prior=prior, method="iagan", scale=4, ensemble=1)
+    assert seen[-1]["steps"] == S.OFF_GRID_DEFAULTS["sr"]["iagan"]["steps"]
+    on = MedicalImage(_smooth((4, 4, 1)), np.eye(4))  # exactly 16 / 4
+    reconstruct(on, task="sr", prior=prior, method="iagan", scale=4, ensemble=1)
+    assert "steps" not in seen[-1]
+    reconstruct(off, task="sr", prior=prior, method="iagan", scale=4, ensemble=1, steps=7)
+    assert seen[-1]["steps"] == 7

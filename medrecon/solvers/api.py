@@ -172,6 +172,18 @@ def infer_task(operator: nn.Module) -> str | None:
     return None
 
 
+#: Overrides of :data:`DEFAULTS` when the prior's grid is not the measurement grid (an input
+#: off the ideal ``R / scale`` size, so the prior reaches the measurements through the
+#: field-of-view resampling of :mod:`medrecon.native`). Chosen on validation images degraded
+#: at their native size (``scripts/tune_native_sr.py``; docs/results/tuning/*_sr4_native):
+#: 200 adaptation steps instead of 100 - brain, 45 -> 180 px, box kernel: 28.20 / 0.832 ->
+#: 28.67 / 0.847 (Lanczos + BP 27.93 / 0.840); chest, 56 -> 224 px, bicubic kernel:
+#: 32.48 / 0.9043 -> 32.52 / 0.9055 (Lanczos + BP 32.63 / 0.9047).
+OFF_GRID_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "sr": {"iagan": {"steps": 200}},
+}
+
+
 def methods_for_task(task: str) -> list[str]:
     """The registered methods that solve ``task`` (solver task names, e.g. ``'inpainting'``)."""
     return [m for m, spec in METHODS.items() if spec.tasks is None or task in spec.tasks]
