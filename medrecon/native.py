@@ -168,6 +168,28 @@ def _std_of_samples(samples: torch.Tensor, grid: GridResample, op: LinearPhysics
     return up.std(dim=0, unbiased=S > 1) if S > 1 else torch.zeros_like(up[0])
 
 
+#: The classical estimate whose detail beyond the prior's grid completes a generative result
+#: (see :func:`_detail_beyond_grid`), per task.
+DETAIL_BASELINE = {"sr": "lanczos"}
+
+
+def _detail_beyond_grid(y: torch.Tensor, op: LinearPhysics, grid: GridResample, method: str,
+                        device: str) -> torch.Tensor:
+    """The part of a classical estimate that the prior's grid cannot represent.
+
+    ``(I - U U^+) B(y)`` with ``B`` the baseline ``method`` on the output grid: detail finer
+    than the prior's pixels, which ``U G(w)`` lacks by construction. Added to ``U G(w)``
+    before the back-projection, each band of the result comes from the best source: the
+    measurements (kept by back-projection), the prior (up to its own grid), interpolation
+    (above it). On the ideal grid the term is zero.
+    """
+    from medrecon.solvers import solve
+
+    base = solve(y, op, None, method=method, device=device, bp=False).image.float()
+    with torch.no_grad():
+        return base - grid.A(grid.A_dagger(base))
+
+
 def solve_native_problem(
     problem: NativeProblem,
     prior: Any,
@@ -182,6 +204,7 @@ def solve_native_problem(
     ensemble: int | None = None,
     device: str = "auto",
     solver_task: str | None = None,
+    complete: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve every slice of ``problem``; return images ``[N, C, H, W]`` on the output grid,
     the posterior std (when ``samples``) and the solver information.
@@ -192,7 +215,14 @@ def solve_native_problem(
     with ``A_native`` on the output grid (their ``bp`` applies there too). Every batch uses the
     same ``seed``, so a slice's result does not depend on ``batch_size``.
     """
-    from medrecon.solvers import METHODS, auto_eta, back_project, solve, will_back_project
+    from medrecon.solvers import (
+        METHODS,
+        OFF_GRID_DEFAULTS,
+        auto_eta,
+        back_project,
+        solve,
+        will_back_project,
+    )
     from medrecon.solvers import _common as C
 
     generative = METHODS[method].generative
@@ -210,6 +240,8 @@ def solve_native_problem(
             kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
                                   "callback": progress.solver_callback(chunk[0], chunk[-1] + 1),
                                   "bp": False if generative else bp}
+            if generative and not U.is_identity:  # the prior reaches y through U
+                kw.update(OFF_GRID_DEFAULTS.get(problem.task, {}).get(method, {}))
             if steps is not None and "steps" in METHODS[method].defaults:
                 kw["steps"] = steps
                 if "stage1_options" in METHODS[method].defaults:  # IAGAN: both stages
@@ -228,6 +260,9 @@ def solve_native_problem(
                 if not U.is_identity:
                     with torch.no_grad():
                         img = U.A(img.float())
+                        if complete and DETAIL_BASELINE.get(problem.task):
+                            img = img + _detail_beyond_grid(
+                                y, op_native, U, DETAIL_BASELINE[problem.task], device)
                 if do_bp:
                     eta = auto_eta(sigma)
                     img = back_project(img, y, op_native, eta=eta)

@@ -298,7 +298,7 @@ def _check_prior_coverage(task: str, method: str, eff: tuple[float, float], prob
                 f"these {h}x{w} slices; the {problem.out_hw[0]}x{problem.out_hw[1]} output is its "
                 "image resampled there and made consistent with every measured pixel. For the "
                 f"full x{scale}, give slices of about {R // scale} pixels or use a prior of "
-                "higher resolution.", MedreconWarning, stacklevel=3)
+                "higher resolution.", MedreconWarning, stacklevel=4)
         return
     if e >= 0.99:
         return
@@ -315,7 +315,7 @@ def _check_prior_coverage(task: str, method: str, eff: tuple[float, float], prob
     warnings.warn(
         f"the prior {name!r} ({R}x{R}) is coarser than these {h}x{w} slices (x{e:.2f}); "
         f"{what}, but it adds no detail finer than {1 / e:.1f} pixels.",
-        MedreconWarning, stacklevel=3)
+        MedreconWarning, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,6 +603,7 @@ def plane_name_of_axis(affine: np.ndarray, axis: int) -> str:
 def reconstruct(
     image: Any,
     *,
+    affine: Any = None,
     task: str,
     prior: Any,
     method: str | None = None,
@@ -628,10 +629,15 @@ def reconstruct(
     """Reconstruct a scan with a StyleGAN2 prior (or a classical baseline).
 
     Args:
-        image: The input :class:`medrecon.io.MedicalImage` (array ``(X, Y, Z)``, RAS affine).
-            For ``sr`` it IS the low-resolution scan; for ``inpaint`` the scan with missing
+        image: The input: a :class:`medrecon.io.MedicalImage` (array ``(X, Y, Z)``, RAS
+            affine), a channel-first :class:`monai.data.MetaTensor` ``(1, X, Y[, Z])`` (as
+            from ``LoadImage(image_only=True, ensure_channel_first=True)``), or an array
+            ``(X, Y[, Z])`` with ``affine``. The result comes back as the same kind (a
+            MetaTensor with its affine, ``pixdim`` and ``spatial_shape`` updated and the
+            reconstruction recorded in ``applied_operations``). For ``sr`` it IS the low-resolution scan; for ``inpaint`` the scan with missing
             pixels (marked by ``mask``); for ``deblur``/``denoise`` the degraded scan. With
             ``simulate=True`` it is a clean scan that is degraded retrospectively first.
+        affine: The 4x4 voxel-to-RAS affine of an array input (default identity).
         task: ``"sr"``, ``"inpaint"``, ``"mri"``, ``"deblur"``, ``"denoise"`` or ``"cs"``
             (``mri`` on an image and ``cs`` always simulate; k-space goes through
             :func:`reconstruct_kspace`).
@@ -677,12 +683,54 @@ def reconstruct(
         percentiles: Intensity percentiles mapped to ``-1``/``+1``. Default ``(0.5, 99.5)``.
 
     Returns:
-        :class:`PipelineResult` with the reconstruction in the input's field of view.
+        :class:`PipelineResult` with the reconstruction (and std map) in the input's field of
+        view, as the input's kind.
 
     Raises:
         MedreconInputError: bad image (4D, NaN, empty), unknown task/method/plane, scale not
             dividing the prior resolution, mask shape mismatch.
     """
+    from medrecon.monai.convert import to_medical_image
+
+    med, back = to_medical_image(image, affine=affine)
+    res = _reconstruct_image(
+        med, task=task, prior=prior, method=method, steps=steps, bp=bp, plane=plane, scale=scale,
+        sr_kernel=sr_kernel, mask=mask, acceleration=acceleration,
+        center_fraction=center_fraction, mask_type=mask_type, noise_sigma=noise_sigma,
+        samples=samples, ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
+        simulate=simulate, callback=callback, percentiles=percentiles)
+    res.image = back(res.image, res.info)
+    if res.std is not None:
+        res.std = back(res.std, {**res.info, "method": f"{res.info.get('method')} std"})
+    return res
+
+
+def _reconstruct_image(
+    image: Any,
+    *,
+    task: str,
+    prior: Any,
+    method: str | None = None,
+    steps: int | None = None,
+    bp: bool | None = None,
+    plane: str | None = None,
+    scale: int = 4,
+    sr_kernel: str = "bicubic",
+    mask: Any = None,
+    acceleration: int = 4,
+    center_fraction: float = 0.08,
+    mask_type: str = "random",
+    noise_sigma: float = 0.0,
+    samples: int = 0,
+    ensemble: int | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    seed: int = 0,
+    simulate: bool = False,
+    callback: ProgressCallback | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> PipelineResult:
+    """:func:`reconstruct` of a :class:`~medrecon.io.MedicalImage` (see there)."""
     t0 = time.perf_counter()
     task = _check_task(task)
     batch_size = default_batch_size(batch_size, device)

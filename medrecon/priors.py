@@ -39,6 +39,7 @@ from medrecon.generators.checkpoints import (
     load_generator,
     read_generator_config,
     save_generator,
+    save_state_dict,
     sha256_file,
 )
 
@@ -310,7 +311,8 @@ def _write_stats(prior: Prior, path: Path) -> None:
 
 def save_prior(prior: Prior, directory: str | os.PathLike, *, dtype: str = "float32") -> Path:
     """Write ``prior`` into ``directory`` (``generator.safetensors``/``.json``,
-    ``w_stats.safetensors``, ``prior.json``), computing W statistics if needed.
+    ``w_stats.safetensors``, ``prior.json``, and ``model.pt``: the generator's plain state
+    dict that a MONAI bundle's ``network_def`` loads), computing W statistics if needed.
 
     Args:
         prior: The prior.
@@ -326,6 +328,7 @@ def save_prior(prior: Prior, directory: str | os.PathLike, *, dtype: str = "floa
     d.mkdir(parents=True, exist_ok=True)
     mean, std = prior.w_stats()
     weights = save_generator(prior.generator, d / "generator", dtype=dtype, metadata={"prior": prior.name})
+    save_state_dict(prior.generator, d / "model.pt", dtype=dtype)  # MONAI bundles' network weights
     prior.weights_sha256 = sha256_file(weights)
     prior.stats_path = d / _STATS_FILE
     _write_stats(prior, prior.stats_path)
@@ -343,6 +346,7 @@ def save_prior(prior: Prior, directory: str | os.PathLike, *, dtype: str = "floa
 
 #: The files a prior folder written by medrecon holds (``save_prior``, training export).
 PRIOR_FILES = frozenset({"generator.safetensors", "generator.json", "w_stats.safetensors",
+                         "model.pt",
                          "prior.json", "folds.json", "training.json", "discriminator.safetensors",
                          "discriminator.json"})
 

@@ -429,7 +429,7 @@ def test_cli_import_list_show(tmp_path, nets):
     out = tmp_path / "prior"
     res = runner.invoke(priors_cli, ["import", str(pkl), "-o", str(out), "--modality", "xray", "--w-samples", "200"])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["generator.json", "generator.safetensors", "prior.json", "w_stats.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["generator.json", "generator.safetensors", "model.pt", "prior.json", "w_stats.safetensors"]
     res = runner.invoke(priors_cli, ["show", str(out)])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)

@@ -217,7 +217,7 @@ def test_priors_import_never_replaces_without_overwrite(work, capsys):
     # with --overwrite the whole prior is replaced: the stale folds.json goes with it
     assert cli(*imp, work / "p", "--overwrite")[0] == 0
     assert tree(work / "p") == {"generator.safetensors", "generator.json", "w_stats.safetensors",
-                                "prior.json"}
+                                "prior.json", "model.pt"}
     load_prior(work / "p")
     # a folder of other files is never replaced
     (work / "mine").mkdir()

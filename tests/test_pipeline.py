@@ -286,8 +286,10 @@ def test_bad_inputs_raise_clear_errors(prior):
         reconstruct(img, task="sr", prior=prior, method="csgm", samples=2)
     with pytest.raises(MedreconInputError, match="plane"):
         reconstruct(img, task="sr", prior=prior, plane="oblique")
-    with pytest.raises(MedreconInputError, match="MedicalImage"):
-        reconstruct(vol, task="sr", prior=prior)
+    with pytest.raises(MedreconInputError, match="MetaTensor, a medrecon.io.MedicalImage"):
+        reconstruct(vol.tolist(), task="sr", prior=prior)
+    with pytest.raises(MedreconInputError, match="4x4"):
+        reconstruct(vol, affine=np.eye(3), task="sr", prior=prior)
 
 
 # ------------------------------------------------------------------ files

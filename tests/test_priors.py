@@ -72,7 +72,7 @@ def test_save_and_load_prior(tmp_path):
     p = tiny_prior(resolution=16, channels=3, name="rgb")
     p.metadata.update(default_plane="coronal")
     d = save_prior(p, tmp_path / "rgb", dtype="float16")
-    assert sorted(f.name for f in d.iterdir()) == ["generator.json", "generator.safetensors", "prior.json", "w_stats.safetensors"]
+    assert sorted(f.name for f in d.iterdir()) == ["generator.json", "generator.safetensors", "model.pt", "prior.json", "w_stats.safetensors"]
     info = json.loads((d / "prior.json").read_text())
     assert info["name"] == "rgb" and info["resolution"] == 16 and info["channels"] == 3
     q = load_prior(d)

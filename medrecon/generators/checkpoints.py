@@ -47,6 +47,7 @@ __all__ = [
     "load_network_pickle",
     "read_generator_config",
     "save_generator",
+    "save_state_dict",
     "sha256_file",
 ]
 
@@ -131,6 +132,21 @@ def save_generator(
     }
     json_path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
     return weights_path
+
+
+def save_state_dict(net: nn.Module, path: str | os.PathLike, *, dtype: str = "float32") -> Path:
+    """Write ``net``'s plain state dict with ``torch.save`` (MONAI bundles' ``models/model.pt``).
+
+    Only tensors (float ones stored as ``dtype``), so ``torch.load(path, weights_only=True)``
+    reads it and ``load_state_dict`` casts to the network's precision.
+    """
+    if dtype not in ("float32", "float16"):
+        raise MedreconInputError(f"dtype={dtype!r}: expected 'float32' or 'float16'.")
+    store = getattr(torch, dtype)
+    state = {k: (v.detach().to("cpu", store) if v.is_floating_point() else v.detach().cpu())
+             for k, v in net.state_dict().items()}
+    torch.save(state, Path(path))
+    return Path(path)
 
 
 def read_generator_config(path: str | os.PathLike) -> dict[str, Any]:

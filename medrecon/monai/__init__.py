@@ -1,0 +1,35 @@
+"""medrecon as a MONAI plugin: MetaTensors in and out, transforms, an Inferer.
+
+* :class:`Reconstruct` / :class:`Reconstructd`: the reconstruction (the same pipeline as the
+  CLI) as an array / dictionary transform for a ``Compose``.
+* :class:`SimulateDegradation` / :class:`SimulateDegradationd`: seeded degradations at the
+  image's native resolution (k-space with ``monai.apps.reconstruction``'s keys).
+* :class:`IntensityWindowd`: the generator-space intensity window, invertible (``Invertd``).
+* :class:`ReconstructionInferer`: the solver as the inferer of a ``SupervisedEvaluator``.
+* :func:`to_medical_image`: MetaTensor / MedicalImage / array conversion.
+
+See ``docs/monai.md``.
+"""
+
+from medrecon.monai.bundle import bundle_datalist
+from medrecon.monai.convert import record_operation, to_medical_image
+from medrecon.monai.inferer import ReconstructionInferer
+from medrecon.monai.transforms import (
+    IntensityWindowd,
+    Reconstruct,
+    Reconstructd,
+    SimulateDegradation,
+    SimulateDegradationd,
+)
+
+__all__ = [
+    "IntensityWindowd",
+    "Reconstruct",
+    "Reconstructd",
+    "ReconstructionInferer",
+    "SimulateDegradation",
+    "SimulateDegradationd",
+    "bundle_datalist",
+    "record_operation",
+    "to_medical_image",
+]

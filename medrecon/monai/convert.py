@@ -1,0 +1,148 @@
+"""MetaTensor, MedicalImage and plain arrays: one image in, the same kind out.
+
+MONAI loads a scan as a channel-first :class:`monai.data.MetaTensor` ``(C, X, Y[, Z])`` whose
+``affine`` maps voxels to RAS millimetres (``LoadImage(image_only=True,
+ensure_channel_first=True)``). medrecon's pipeline works on :class:`medrecon.io.MedicalImage`
+``(X, Y, Z)``. :func:`to_medical_image` converts any of MetaTensor, MedicalImage or an array
+with an affine, checking it before any work, and returns the function that turns a result
+back into the input's kind, with the affine, ``pixdim`` and ``spatial_shape`` of the result and the operation
+recorded in ``applied_operations`` (MONAI's trace of what was done to the data).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from medrecon.errors import MedreconInputError
+
+__all__ = ["to_medical_image", "record_operation"]
+
+
+def _is_metatensor(x: Any) -> bool:
+    try:
+        from monai.data import MetaTensor
+    except ImportError:  # pragma: no cover - MONAI is a dependency
+        return False
+    return isinstance(x, MetaTensor)
+
+
+def to_medical_image(image: Any, *, affine: Any = None) -> tuple[Any, Callable[[Any, dict], Any]]:
+    """Convert ``image`` for the pipeline; return it and the function that converts a result
+    back to the input's kind.
+
+    Args:
+        image: A :class:`medrecon.io.MedicalImage`; a channel-first MetaTensor ``(1, X, Y)`` or
+            ``(1, X, Y, Z)`` (one channel: the priors are grey-scale); or a numpy array / tensor
+            ``(X, Y)`` or ``(X, Y, Z)`` (then ``affine`` gives its geometry, default identity).
+        affine: 4x4 voxel-to-RAS affine of an array input. Not allowed with the other kinds
+            (they carry their own).
+
+    Returns:
+        ``(MedicalImage, back)`` where ``back(result_image, info)`` returns the result as the
+        input's kind.
+
+    Raises:
+        MedreconInputError: a MetaTensor with several channels or no channel axis, an affine
+            given twice, a wrong-sized affine.
+    """
+    from medrecon.io import MedicalImage
+
+    if isinstance(image, MedicalImage):
+        if affine is not None:
+            raise MedreconInputError("affine= is only for arrays; a MedicalImage carries its own.")
+        return image, lambda out, info: out
+    if _is_metatensor(image):
+        if affine is not None:
+            raise MedreconInputError("affine= is only for arrays; a MetaTensor carries its own.")
+        if image.ndim not in (3, 4):
+            raise MedreconInputError(
+                f"the MetaTensor has shape {tuple(image.shape)}; expected channel-first (1, X, Y) "
+                "or (1, X, Y, Z), e.g. from LoadImage(image_only=True, ensure_channel_first=True).")
+        if image.shape[0] != 1:
+            raise MedreconInputError(
+                f"the MetaTensor has {image.shape[0]} channels (shape {tuple(image.shape)}); the "
+                "priors are grey-scale. Select one channel or convert colour to grey first "
+                "(e.g. monai.transforms.Lambda(lambda x: x.mean(0, keepdim=True))).")
+        arr = image.detach().cpu().as_tensor()[0].numpy() if hasattr(image, "as_tensor") else \
+            np.asarray(image.detach().cpu())[0]
+        aff = np.asarray(image.affine.detach().cpu() if isinstance(image.affine, torch.Tensor)
+                         else image.affine, dtype=np.float64)
+        if aff.shape == (3, 3):  # a 2D affine of a 2D image: embed in 3D
+            full = np.eye(4)
+            full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]
+            aff = full
+        two_d = arr.ndim == 2
+        med = MedicalImage(arr if not two_d else arr[:, :, None], aff,
+                           {"format": "metatensor"})
+        source = image
+
+        def back(out: Any, info: dict) -> Any:
+            return _to_metatensor(out, source, info, two_d=two_d)
+
+        return med, back
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise MedreconInputError(f"affine must be a finite 4x4 matrix; got shape {aff.shape}.")
+        if arr.ndim not in (2, 3):
+            raise MedreconInputError(
+                f"the array has shape {arr.shape}; expected (X, Y) or (X, Y, Z). For MONAI "
+                "channel-first data pass the MetaTensor itself.")
+        two_d = arr.ndim == 2
+        med = MedicalImage(arr[:, :, None] if two_d else arr, aff, {"format": "array"})
+        as_tensor = isinstance(image, torch.Tensor)
+
+        def back_array(out: Any, info: dict) -> Any:
+            a = np.asarray(out.array)
+            a = a[:, :, 0] if two_d else a
+            return torch.from_numpy(np.ascontiguousarray(a)) if as_tensor else a
+
+        return med, back_array
+    raise MedreconInputError(
+        f"expected a MetaTensor, a medrecon.io.MedicalImage or an array with an affine; got "
+        f"{type(image).__name__}. Load files with monai.transforms.LoadImage or "
+        "medrecon.io.load_image.")
+
+
+def record_operation(info: dict, orig_size: tuple[int, ...], orig_affine: np.ndarray) -> dict:
+    """The ``applied_operations`` entry of a reconstruction (MONAI's trace format)."""
+    from monai.utils import TraceKeys
+
+    extra = {k: info[k] for k in ("task", "method", "scale", "plane", "prior", "seed")
+             if k in info}
+    extra["affine"] = np.asarray(orig_affine).tolist()
+    return {TraceKeys.CLASS_NAME: "Reconstruct", TraceKeys.ID: 0,
+            TraceKeys.ORIG_SIZE: tuple(int(s) for s in orig_size),
+            TraceKeys.EXTRA_INFO: extra, TraceKeys.DO_TRANSFORM: True}
+
+
+def _to_metatensor(out: Any, source: Any, info: dict, *, two_d: bool) -> Any:
+    from monai.data import MetaTensor
+    from monai.utils import MetaKeys
+
+    arr = np.asarray(out.array, dtype=np.float32)
+    arr = arr[:, :, 0] if two_d else arr
+    aff = np.asarray(out.affine, dtype=np.float64)
+    src_aff = np.asarray(source.affine.detach().cpu() if isinstance(source.affine, torch.Tensor)
+                         else source.affine)
+    if two_d and src_aff.shape == (3, 3):
+        a2 = np.eye(3)
+        a2[:2, :2], a2[:2, 2] = aff[:2, :2], aff[:2, 3]
+        aff = a2
+    meta = dict(source.meta)
+    meta[MetaKeys.AFFINE] = torch.as_tensor(aff, dtype=torch.float64)
+    meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(arr.shape, dtype=np.int64)
+    nd = aff.shape[0] - 1
+    spacing = np.linalg.norm(aff[:nd, :nd], axis=0)
+    if "pixdim" in meta:
+        pix = np.array(meta["pixdim"], dtype=np.float64, copy=True)
+        pix[1:1 + len(spacing)] = spacing
+        meta["pixdim"] = pix
+    ops = list(source.applied_operations)
+    ops.append(record_operation(info, tuple(source.shape[1:]), src_aff))
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(arr))[None], meta=meta,
+                      applied_operations=ops)

@@ -1,0 +1,376 @@
+"""MONAI transforms of medrecon: the reconstruction and its steps, array and dictionary forms.
+
+They follow MONAI's conventions: an array transform and its ``d`` dictionary twin with
+``keys`` and ``allow_missing_keys``; MetaTensors in, MetaTensors out, with the affine and
+``applied_operations`` kept up to date; :class:`monai.transforms.InvertibleTransform` where
+an exact inverse exists (:class:`IntensityWindowd`), so :class:`monai.transforms.Invertd`
+works for those steps, and a recorded, non-invertible operation for the reconstruction itself
+(``Invertd`` over it stops with MONAI's "transform mismatch" error instead of silently
+relabelling a result).
+
+::
+
+    from monai.transforms import Compose, LoadImaged, EnsureChannelFirstd, SaveImaged
+    from medrecon.monai import Reconstructd
+
+    pipeline = Compose([
+        LoadImaged(keys="image", image_only=True),
+        EnsureChannelFirstd(keys="image"),
+        Reconstructd(keys="image", prior="chest_xray", task="sr", scale=4),
+        SaveImaged(keys="image", output_dir="out", output_postfix="sr", resample=False),
+    ])
+    pipeline({"image": "scan.nii.gz"})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import InvertibleTransform, MapTransform, Transform
+
+from medrecon.errors import MedreconInputError
+
+__all__ = [
+    "IntensityWindowd",
+    "Reconstruct",
+    "Reconstructd",
+    "SimulateDegradation",
+    "SimulateDegradationd",
+]
+
+
+def _load_prior(prior: Any) -> Any:
+    from medrecon.priors import Prior, load_prior
+
+    return prior if isinstance(prior, Prior) else load_prior(prior)
+
+
+def _as_metatensor(img: Any) -> MetaTensor:
+    if isinstance(img, MetaTensor):
+        return img
+    if isinstance(img, (np.ndarray, torch.Tensor)):
+        return MetaTensor(torch.as_tensor(np.asarray(img) if isinstance(img, np.ndarray) else img))
+    raise MedreconInputError(f"expected a MetaTensor or an array; got {type(img).__name__}.")
+
+
+# ------------------------------------------------------------------------------ reconstruction
+class Reconstruct(Transform):
+    """Reconstruct a channel-first MetaTensor ``(1, X, Y[, Z])`` with a StyleGAN2 prior.
+
+    Runs :func:`medrecon.pipeline.reconstruct` (the one pipeline of the CLI, the bundles and
+    the Slicer module): the result is a MetaTensor on the output grid (for SR ``scale`` times
+    finer in-plane) with its affine, ``pixdim`` and ``spatial_shape`` updated and the
+    reconstruction recorded in ``applied_operations``.
+
+    Args:
+        prior: Prior name (``"chest_xray"``, ``"brain_mri"``), prior folder or a loaded Prior;
+            loaded once.
+        task: ``"sr"``, ``"inpaint"``, ``"mri"`` (with ``simulate``), ``"deblur"``,
+            ``"denoise"`` or ``"cs"``.
+        method: Method name; default the prior's choice for the task.
+        return_std: Also return the posterior std map (needs ``samples > 0``).
+        **options: Any other keyword of :func:`medrecon.pipeline.reconstruct` (``scale``,
+            ``sr_kernel``, ``steps``, ``bp``, ``plane``, ``samples``, ``ensemble``,
+            ``noise_sigma``, ``device``, ``seed``, ``simulate``...).
+    """
+
+    def __init__(self, prior: Any, task: str, method: str | None = None, *,
+                 return_std: bool = False, **options: Any) -> None:
+        from medrecon.pipeline import _check_task
+
+        self.task = _check_task(task)
+        self.method = method
+        self.options = dict(options)
+        self.return_std = bool(return_std)
+        if self.return_std and not int(self.options.get("samples", 0) or 0):
+            raise MedreconInputError("return_std needs samples > 0 (posterior samples of "
+                                     "variational BRGM).")
+        self._prior_arg = prior
+        self._prior: Any = None
+
+    @property
+    def prior(self) -> Any:
+        """The loaded prior (loaded on first use)."""
+        if self._prior is None:
+            self._prior = _load_prior(self._prior_arg)
+        return self._prior
+
+    def __call__(self, img: Any, mask: Any = None) -> Any:
+        """Reconstruct ``img``; with ``return_std`` return ``(image, std)``.
+
+        Args:
+            img: Channel-first MetaTensor ``(1, X, Y[, Z])`` (or an array of that shape).
+            mask: Inpainting mask on ``img``'s grid, nonzero = missing (channel-first or not).
+        """
+        from medrecon.pipeline import reconstruct
+
+        img = _as_metatensor(img)
+        if mask is not None:
+            m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+            if m.ndim == img.ndim:
+                m = m[0]
+            mask = m if img.ndim == 4 else m[..., None] if m.ndim == 2 else m
+        res = reconstruct(img, task=self.task, prior=self.prior, method=self.method,
+                          mask=mask, **self.options)
+        return (res.image, res.std) if self.return_std else res.image
+
+
+class Reconstructd(MapTransform, InvertibleTransform):
+    """Dictionary form of :class:`Reconstruct`.
+
+    A reconstruction has no inverse: :meth:`inverse` (reached when an ``Invertd`` is given a
+    ``Compose`` that holds this transform) stops with an error naming the fix, instead of
+    letting the steps around it be undone on a grid they were not applied to.
+
+    Args:
+        keys: Keys of the images to reconstruct.
+        prior, task, method, **options: as :class:`Reconstruct`.
+        output_keys: Where to put each result (default: replace the input under its key).
+        std_keys: Where to put the posterior std map (needs ``samples > 0``); default none.
+        mask_key: Key of the inpainting mask (nonzero = missing) for ``task="inpaint"``.
+        allow_missing_keys: Skip keys that are absent.
+    """
+
+    def __init__(self, keys: KeysCollection, prior: Any, task: str, method: str | None = None,
+                 *, output_keys: KeysCollection | None = None,
+                 std_keys: KeysCollection | None = None, mask_key: str | None = None,
+                 allow_missing_keys: bool = False, **options: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_keys = list(self.keys) if output_keys is None else (
+            [output_keys] if isinstance(output_keys, str) else list(output_keys))
+        self.std_keys = None if std_keys is None else (
+            [std_keys] if isinstance(std_keys, str) else list(std_keys))
+        for name, ks in (("output_keys", self.output_keys), ("std_keys", self.std_keys)):
+            if ks is not None and len(ks) != len(self.keys):
+                raise MedreconInputError(f"{name} needs one entry per key ({len(self.keys)}); "
+                                         f"got {ks}.")
+        self.mask_key = mask_key
+        self.recon = Reconstruct(prior, task, method, return_std=self.std_keys is not None,
+                                 **options)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = d.get(self.mask_key) if self.mask_key is not None else None
+        if self.mask_key is not None and mask is None and self.recon.task == "inpaint":
+            raise MedreconInputError(f"the data has no mask under {self.mask_key!r}.")
+        for key in self.key_iterator(d):
+            idx = list(self.keys).index(key)
+            out = self.recon(d[key], mask=mask)
+            if self.std_keys is not None:
+                d[self.output_keys[idx]], d[self.std_keys[idx]] = out
+            else:
+                d[self.output_keys[idx]] = out
+        return d
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        raise MedreconInputError(
+            "a reconstruction cannot be inverted. To undo the preprocessing around it, give "
+            "Invertd a Compose of the invertible steps before Reconstructd only (e.g. "
+            "Invertd(keys='pred', transform=Compose(pre_steps), orig_keys='image')).")
+
+
+# ------------------------------------------------------------------------------ intensities
+class IntensityWindowd(MapTransform, InvertibleTransform):
+    """Map intensities to generator space by percentiles, exactly invertible.
+
+    The ``lower`` / ``upper`` percentiles of each image go to ``-1`` / ``+1`` without clipping
+    (:class:`medrecon.transforms.IntensityWindow`), and the window is recorded in
+    ``applied_operations`` so :class:`monai.transforms.Invertd` maps a result back to
+    intensities.
+
+    Args:
+        keys: Keys to transform.
+        lower, upper: Percentiles (0-100). Default 0.5 and 99.5.
+        allow_missing_keys: Skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.lower, self.upper = float(lower), float(upper)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medrecon.transforms import IntensityWindow
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = _as_metatensor(d[key])
+            w = IntensityWindow.fit(img.as_tensor(), lower=self.lower, upper=self.upper)
+            out = _like(img, w.apply(img.as_tensor().float())[0])
+            self.push_transform(out, extra_info={"low": w.low, "high": w.high})
+            d[key] = out
+        return d
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medrecon.transforms import IntensityWindow
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            op = self.pop_transform(img)
+            w = IntensityWindow(op["extra_info"]["low"], op["extra_info"]["high"])
+            out = _like(img, w.invert(img.as_tensor().float())[0])
+            out.applied_operations = list(img.applied_operations)
+            d[key] = out
+        return d
+
+
+# ------------------------------------------------------------------------------ degradation
+class SimulateDegradation(Transform):
+    """Degrade a clean channel-first MetaTensor at its native resolution (seeded).
+
+    * ``sr``: blur by the SR ``kernel`` and decimate by ``scale`` in the plane across
+      ``slice_axis`` (spatial axis, default the last; 2D images: their plane); the affine
+      keeps the field of view.
+    * ``inpaint``: zero the pixels of a seeded mask (``mask_type``) and return it (nonzero =
+      missing).
+    * ``deblur`` / ``denoise``: blur and/or add Gaussian noise of ``noise_sigma`` (in the
+      image's intensity units).
+
+    Returns the degraded image, and for ``inpaint`` also the mask.
+    """
+
+    def __init__(self, task: str, *, scale: int = 4, kernel: str = "box",
+                 slice_axis: int | None = None, mask_type: str = "center_box",
+                 noise_sigma: float = 0.0, seed: int = 0) -> None:
+        if task not in ("sr", "inpaint", "deblur", "denoise"):
+            raise MedreconInputError(f"SimulateDegradation task {task!r}; expected sr, inpaint, "
+                                     "deblur or denoise (k-space: SimulateDegradationd with "
+                                     "task='mri').")
+        self.task, self.scale, self.kernel = task, int(scale), kernel
+        self.slice_axis, self.mask_type = slice_axis, mask_type
+        self.noise_sigma, self.seed = float(noise_sigma), int(seed)
+
+    def _noise(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.noise_sigma:
+            return x
+        g = torch.Generator().manual_seed(self.seed)
+        return x + self.noise_sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+    def __call__(self, img: Any) -> Any:
+        from medrecon.io import MedicalImage
+        from medrecon.physics import build_operator
+
+        img = _as_metatensor(img)
+        if img.shape[0] != 1 or img.ndim not in (3, 4):
+            raise MedreconInputError(f"expected a channel-first image (1, X, Y[, Z]); got "
+                                     f"{tuple(img.shape)}.")
+        vol = img.as_tensor()[0].float()
+        two_d = vol.ndim == 2
+        if two_d:
+            vol = vol[..., None]
+        axis = 2 if (two_d or self.slice_axis is None) else int(self.slice_axis)
+        if self.task == "sr":
+            from medrecon.realscan import simulate_lowres
+
+            aff = np.asarray(img.affine, dtype=np.float64)
+            if aff.shape == (3, 3):
+                full = np.eye(4)
+                full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]
+                aff = full
+            lr = simulate_lowres(MedicalImage(vol.numpy(), aff), scale=self.scale,
+                                 kernel=self.kernel, slice_axis=axis)
+            arr = torch.from_numpy(lr.array)
+            arr = self._noise(arr[..., 0] if two_d else arr)
+            out_aff = torch.as_tensor(lr.affine)
+            if img.affine.shape == (3, 3):
+                a2 = torch.eye(3, dtype=torch.float64)
+                a2[:2, :2], a2[:2, 2] = out_aff[:2, :2], out_aff[:2, 3]
+                out_aff = a2
+            out = MetaTensor(arr[None], meta={**img.meta, "affine": out_aff})
+            out.meta["spatial_shape"] = np.asarray(arr.shape)
+            return out
+        s = torch.movedim(vol, axis, 0)[:, None]  # [N, 1, a, b]
+        size = (s.shape[-2], s.shape[-1])
+        if self.task == "inpaint":
+            op = build_operator("inpaint", img_size=size, seed=self.seed, mask_type=self.mask_type)
+            observed = op.mask.reshape(-1, *size)[0] > 0.5
+            y = s * observed
+            missing = (~observed).expand_as(s[:, 0]).float()
+            missing = torch.movedim(missing, 0, axis)
+            y = torch.movedim(y[:, 0], 0, axis)
+            if two_d:
+                y, missing = y[..., 0], missing[..., 0]
+            return _like(img, y), _like(img, missing)
+        if self.task == "deblur":
+            op = build_operator("deblur", img_size=size, seed=self.seed)
+            with torch.no_grad():
+                s = op.A(s.double()).float()
+        y = self._noise(torch.movedim(s[:, 0], 0, axis))
+        if two_d:
+            y = y[..., 0]
+        return _like(img, y)
+
+
+class SimulateDegradationd(MapTransform):
+    """Dictionary form of :class:`SimulateDegradation`, plus simulated k-space.
+
+    For ``task="mri"`` the keys follow :mod:`monai.apps.reconstruction`
+    (``RandomKspaceMaskd`` / ``EquispacedKspaceMaskd``): ``<key>_masked`` holds the
+    undersampled centred k-space (complex, channel-first), ``<key>_masked_ifft`` the
+    zero-filled image and ``"mask"`` the sampling mask; the mask comes from medrecon's seeded
+    generators (``mask_type`` random / equispaced / gaussian2d / poisson2d). For
+    ``task="inpaint"`` the mask (nonzero = missing) goes to ``mask_key``.
+
+    Args:
+        keys: Keys of clean images.
+        task: ``"sr"``, ``"inpaint"``, ``"deblur"``, ``"denoise"`` or ``"mri"``.
+        mask_key: Output key of the inpainting mask. Default ``"mask"``.
+        acceleration, center_fraction: MRI undersampling. Defaults 4 and 0.08.
+        allow_missing_keys: Skip absent keys.
+        **kwargs: as :class:`SimulateDegradation` (``mask_type`` also names the MRI pattern).
+    """
+
+    def __init__(self, keys: KeysCollection, task: str, *, mask_key: str = "mask",
+                 acceleration: float = 4.0, center_fraction: float = 0.08,
+                 allow_missing_keys: bool = False, **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.task, self.mask_key = task, mask_key
+        self.acceleration, self.center_fraction = float(acceleration), float(center_fraction)
+        self.kwargs = dict(kwargs)
+        if task != "mri":
+            self.sim = SimulateDegradation(task, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.task == "mri":
+                self._kspace(d, key)
+            elif self.task == "inpaint":
+                d[key], d[self.mask_key] = self.sim(d[key])
+            else:
+                d[key] = self.sim(d[key])
+        return d
+
+    def _kspace(self, d: dict, key: Hashable) -> None:
+        from monai.networks.blocks.fft_utils_t import fftn_centered_t, ifftn_centered_t
+
+        from medrecon.physics import build_operator
+
+        img = _as_metatensor(d[key])
+        x = img.as_tensor()[0].float()
+        if x.ndim != 2:
+            raise MedreconInputError("simulated k-space needs a 2D image (1, X, Y); slice volumes "
+                                     "first.")
+        op = build_operator("mri", img_size=tuple(x.shape), seed=int(self.kwargs.get("seed", 0)),
+                            mask_type=self.kwargs.get("mask_type", "random"),
+                            acceleration=self.acceleration, center_fraction=self.center_fraction)
+        m = (op.mask.reshape(-1, *x.shape)[0] > 0).float()
+        # MONAI's reconstruction layout: complex as a trailing axis of 2 (real, imaginary)
+        k = fftn_centered_t(torch.stack([x, torch.zeros_like(x)], -1), spatial_dims=2,
+                            is_complex=True) * m[..., None]
+        zf = ifftn_centered_t(k, spatial_dims=2, is_complex=True)
+        d[f"{key}_masked"] = MetaTensor(k[None], meta={**img.meta, "affine": img.affine})
+        d[f"{key}_masked_ifft"] = _like(img, zf.pow(2).sum(-1).sqrt())  # magnitude, as MONAI
+        d["mask"] = m[None]
+
+
+def _like(img: MetaTensor, arr: torch.Tensor) -> MetaTensor:
+    """A channel-first MetaTensor of ``arr`` (no channel axis) with ``img``'s geometry."""
+    meta = {**img.meta, "affine": img.affine}
+    return MetaTensor(arr[None].float(), meta=meta, applied_operations=list(img.applied_operations))

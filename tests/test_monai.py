@@ -1,0 +1,240 @@
+"""medrecon inside MONAI: MetaTensor in and out, dictionary transforms, the solver as an
+Inferer, and the bundles' MONAI checks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+from nibabel.testing import data_path as NIB_DATA
+
+from medrecon.io import MedicalImage, load_image
+from medrecon.pipeline import reconstruct
+
+R = 16
+
+
+@pytest.fixture(scope="module")
+def prior():
+    from tests._tiny import tiny_prior
+
+    return tiny_prior(resolution=R, seed=0)
+
+
+def test_reconstruct_gives_the_same_pixels_for_every_input_kind(prior):
+    path = os.path.join(NIB_DATA, "anatomical.nii")
+    med = load_image(path)
+    mt = LoadImage(image_only=True, ensure_channel_first=True)(path)
+    assert isinstance(mt, MetaTensor) and mt.shape == (1, *med.shape)
+    kw = dict(task="sr", prior=prior, method="bicubic", scale=2, plane="axial")
+    a = reconstruct(med, **kw)
+    b = reconstruct(mt, **kw)
+    c = reconstruct(np.asarray(med.array), affine=med.affine, **kw)
+    assert isinstance(a.image, MedicalImage) and isinstance(c.image, np.ndarray)
+    assert isinstance(b.image, MetaTensor) and b.image.shape == (1, *a.image.shape)
+    np.testing.assert_allclose(b.image[0].numpy(), a.image.array, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(c.image, a.image.array, rtol=1e-5, atol=1e-4)
+    # geometry: affine, pixdim and spatial_shape of the result; the operation is traced
+    np.testing.assert_allclose(b.image.affine.numpy(), a.image.affine, atol=1e-6)
+    assert tuple(b.image.meta["spatial_shape"]) == a.image.shape
+    sp = np.linalg.norm(a.image.affine[:3, :3], axis=0)
+    np.testing.assert_allclose(b.image.pixdim.numpy(), sp, rtol=1e-6)
+    np.testing.assert_allclose(b.image.meta["pixdim"][1:4], sp, rtol=1e-6)
+    op = b.image.applied_operations[-1]
+    assert op["class"] == "Reconstruct" and op["extra_info"]["task"] == "sr"
+    assert tuple(op["orig_size"]) == med.shape
+    # the input MetaTensor itself is untouched
+    assert mt.shape == (1, *med.shape) and not mt.applied_operations
+
+
+def test_metatensor_input_is_checked_before_any_work(prior):
+    from medrecon.errors import MedreconInputError
+
+    two = MetaTensor(torch.zeros(2, 8, 8, 3))
+    with pytest.raises(MedreconInputError, match="2 channels"):
+        reconstruct(two, task="sr", prior=prior, method="bicubic")
+    with pytest.raises(MedreconInputError, match="channel-first"):
+        reconstruct(MetaTensor(torch.zeros(8, 8)), task="sr", prior=prior, method="bicubic")
+    with pytest.raises(MedreconInputError, match="affine= is only for arrays"):
+        reconstruct(MetaTensor(torch.zeros(1, 8, 8, 3)), affine=np.eye(4), task="sr",
+                    prior=prior, method="bicubic")
+
+
+def test_2d_png_metatensor(tmp_path, prior):
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((10, 14)) * 255).astype(np.uint8)).save(
+        tmp_path / "a.png")
+    mt = LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "a.png"))
+    out = reconstruct(mt, task="sr", prior=prior, method="bicubic", scale=2).image
+    assert isinstance(out, MetaTensor) and out.shape == (1, 28, 20)
+    np.testing.assert_allclose(np.linalg.norm(out.affine.numpy()[:2, :2], axis=0), [0.5, 0.5])
+
+
+# ------------------------------------------------------------------ transforms in a Compose
+def _compose(out_dir, prior, **kw):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, SaveImaged
+
+    from medrecon.monai import Reconstructd
+
+    return Compose([
+        LoadImaged(keys="image", image_only=True),
+        EnsureChannelFirstd(keys="image"),
+        Reconstructd(keys="image", prior=prior, task="sr", method="bicubic", **kw),
+        SaveImaged(keys="image", output_dir=str(out_dir), output_postfix="sr", resample=False,
+                   separate_folder=False, print_log=False),
+    ])
+
+
+def test_compose_on_nifti_keeps_geometry(tmp_path, prior):
+    import nibabel as nib
+
+    src = os.path.join(NIB_DATA, "anatomical.nii")
+    _compose(tmp_path, prior, scale=2, plane="axial")({"image": src})
+    saved = nib.load(str(tmp_path / "anatomical_sr.nii.gz"))
+    a = nib.load(src)
+    assert saved.shape == (a.shape[0] * 2, a.shape[1] * 2, a.shape[2])
+    np.testing.assert_allclose(saved.header.get_zooms()[:3],
+                               (a.header.get_zooms()[0] / 2, a.header.get_zooms()[1] / 2,
+                                a.header.get_zooms()[2]), rtol=1e-5)
+    corner = lambda A, s: (A @ np.array([-0.5, -0.5, -0.5, 1.0]))[:3]  # noqa: E731
+    np.testing.assert_allclose(corner(saved.affine, saved.shape), corner(a.affine, a.shape),
+                               atol=1e-4)
+
+
+def test_compose_on_a_dicom_series(tmp_path, prior):
+    import copy
+
+    import nibabel as nib
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    series = tmp_path / "series"
+    series.mkdir()
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    uid = pydicom.uid.generate_uid()
+    for i in range(3):
+        ds = copy.deepcopy(base)
+        ipp = [float(v) for v in base.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + 2.0 * i]
+        ds.InstanceNumber, ds.SeriesInstanceUID = i + 1, uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(series / f"IM{i}.dcm")
+    out = tmp_path / "out"
+    _compose(out, prior, scale=2)({"image": str(series)})
+    saved = nib.load(str(next(out.glob("*.nii.gz"))))
+    assert saved.shape == (256, 256, 3)
+    zooms = saved.header.get_zooms()[:3]
+    sp = [float(v) for v in base.PixelSpacing]
+    np.testing.assert_allclose(sorted(zooms[:2]), sorted([sp[0] / 2, sp[1] / 2]), rtol=1e-4)
+    assert zooms[2] == pytest.approx(2.0, rel=1e-4)
+
+
+def test_reconstructd_keys_std_and_missing(prior):
+    from medrecon.monai import Reconstructd
+
+    img = MetaTensor(torch.rand(1, 12, 12, 2) * 100, affine=torch.eye(4))
+    t = Reconstructd(keys="image", prior=prior, task="sr", method="brgm", scale=2, steps=2,
+                     samples=2, output_keys="sr", std_keys="sr_std", plane="axial")
+    d = t({"image": img})
+    assert d["sr"].shape == (1, 24, 24, 2) and d["sr_std"].shape == (1, 24, 24, 2)
+    assert d["image"] is img
+    t2 = Reconstructd(keys=["image", "other"], prior=prior, task="sr", method="bicubic",
+                      allow_missing_keys=True, plane="axial")
+    assert t2({"image": img})["image"].shape == (1, 48, 48, 2)
+
+
+def test_intensity_window_inverts_through_invertd():
+    from monai.transforms import Compose, Invertd
+
+    from medrecon.monai import IntensityWindowd
+
+    img = MetaTensor(torch.rand(1, 10, 12) * 500 + 20, affine=torch.eye(3))
+    pre = Compose([IntensityWindowd(keys="image")])
+    d = pre({"image": img})
+    assert d["image"].min() >= -1.2 and d["image"].max() <= 1.2
+    d["pred"] = d["image"].clone()
+    back = Invertd(keys="pred", transform=pre, orig_keys="image")(d)
+    np.testing.assert_allclose(back["pred"].numpy(), img.numpy(), rtol=1e-4)
+
+
+def test_invertd_around_a_reconstruction(prior):
+    """Invertd undoes the invertible steps before a reconstruction on the reconstruction's own
+    grid (the geometry stays the result's), and refuses to 'invert' the reconstruction."""
+    from monai.transforms import Compose, Invertd
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import IntensityWindowd, Reconstructd
+
+    img = MetaTensor(torch.rand(1, 10, 12) * 50 + 5, affine=torch.eye(3))
+    pre = Compose([IntensityWindowd(keys="image")])
+    recon = Reconstructd(keys="image", prior=prior, task="sr", method="bicubic", scale=2)
+    d = recon(pre({"image": img}))
+    sr_affine = d["image"].affine.clone()
+    back = Invertd(keys="image", transform=pre, orig_keys="image")(d)
+    assert back["image"].shape == (1, 20, 24)
+    torch.testing.assert_close(back["image"].affine, sr_affine)
+    direct = reconstruct(img, task="sr", prior=prior, method="bicubic", scale=2).image
+    # bicubic is linear and the window affine: inverting after equals reconstructing directly
+    np.testing.assert_allclose(back["image"].numpy(), direct.numpy(), rtol=1e-4, atol=1e-3)
+    both = Compose([IntensityWindowd(keys="image"), recon])
+    with pytest.raises(RuntimeError) as err:  # MONAI wraps the transform's own error
+        Invertd(keys="image", transform=both, orig_keys="image")(both({"image": img}))
+    cause = err.value.__cause__
+    assert isinstance(cause, MedreconInputError) and "cannot be inverted" in str(cause)
+
+
+@pytest.mark.parametrize("task", ["sr", "inpaint", "deblur", "denoise"])
+def test_simulate_degradation(task):
+    from medrecon.monai import SimulateDegradationd
+
+    img = MetaTensor(torch.rand(1, 16, 12) * 10, affine=torch.diag(torch.tensor([0.5, 0.5, 1.0])))
+    d = SimulateDegradationd(keys="image", task=task, scale=4, noise_sigma=0.1, seed=3)(
+        {"image": img})
+    again = SimulateDegradationd(keys="image", task=task, scale=4, noise_sigma=0.1, seed=3)(
+        {"image": img})
+    torch.testing.assert_close(d["image"].as_tensor(), again["image"].as_tensor())
+    if task == "sr":
+        assert d["image"].shape == (1, 4, 3)
+        np.testing.assert_allclose(np.diag(d["image"].affine.numpy())[:2], [2.0, 2.0])
+    else:
+        assert d["image"].shape == img.shape
+    if task == "inpaint":
+        assert set(torch.unique(d["mask"]).tolist()) == {0.0, 1.0}
+        assert bool((d["image"][d["mask"] > 0] == 0).all())
+
+
+def test_simulated_kspace_uses_monai_reconstruction_keys():
+    from monai.apps.reconstruction.transforms.dictionary import ReferenceBasedNormalizeIntensityd  # noqa: F401
+
+    from medrecon.monai import SimulateDegradationd
+
+    img = MetaTensor(torch.rand(1, 16, 16))
+    d = SimulateDegradationd(keys="kspace", task="mri", acceleration=4, seed=1)({"kspace": img})
+    assert d["kspace_masked"].shape == (1, 16, 16, 2) and d["mask"].shape[0] == 1
+    assert d["kspace_masked_ifft"].shape == (1, 16, 16)
+    frac = float(d["mask"].mean())
+    assert 0.15 < frac < 0.5
+
+
+def test_inferer_in_a_supervised_evaluator(tmp_path, prior):
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from medrecon.monai import ReconstructionInferer
+
+    src = os.path.join(NIB_DATA, "anatomical.nii")
+    pre = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image")])
+    loader = DataLoader(Dataset([{"image": src}], transform=pre), batch_size=1)
+    seen = []
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=prior.generator,
+        inferer=ReconstructionInferer(prior, task="sr", method="bicubic", scale=2, plane="axial"),
+        postprocessing=lambda d: (seen.append(d["pred"].shape), d)[1])
+    evaluator.run()
+    assert seen and tuple(seen[0])[-3:] == (66, 82, 25)
