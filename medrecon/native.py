@@ -168,28 +168,6 @@ def _std_of_samples(samples: torch.Tensor, grid: GridResample, op: LinearPhysics
     return up.std(dim=0, unbiased=S > 1) if S > 1 else torch.zeros_like(up[0])
 
 
-#: The classical estimate whose detail beyond the prior's grid completes a generative result
-#: (see :func:`_detail_beyond_grid`), per task.
-DETAIL_BASELINE = {"sr": "lanczos"}
-
-
-def _detail_beyond_grid(y: torch.Tensor, op: LinearPhysics, grid: GridResample, method: str,
-                        device: str) -> torch.Tensor:
-    """The part of a classical estimate that the prior's grid cannot represent.
-
-    ``(I - U U^+) B(y)`` with ``B`` the baseline ``method`` on the output grid: detail finer
-    than the prior's pixels, which ``U G(w)`` lacks by construction. Added to ``U G(w)``
-    before the back-projection, each band of the result comes from the best source: the
-    measurements (kept by back-projection), the prior (up to its own grid), interpolation
-    (above it). On the ideal grid the term is zero.
-    """
-    from medrecon.solvers import solve
-
-    base = solve(y, op, None, method=method, device=device, bp=False).image.float()
-    with torch.no_grad():
-        return base - grid.A(grid.A_dagger(base))
-
-
 def solve_native_problem(
     problem: NativeProblem,
     prior: Any,
@@ -204,7 +182,6 @@ def solve_native_problem(
     ensemble: int | None = None,
     device: str = "auto",
     solver_task: str | None = None,
-    complete: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve every slice of ``problem``; return images ``[N, C, H, W]`` on the output grid,
     the posterior std (when ``samples``) and the solver information.
@@ -260,9 +237,6 @@ def solve_native_problem(
                 if not U.is_identity:
                     with torch.no_grad():
                         img = U.A(img.float())
-                        if complete and DETAIL_BASELINE.get(problem.task):
-                            img = img + _detail_beyond_grid(
-                                y, op_native, U, DETAIL_BASELINE[problem.task], device)
                 if do_bp:
                     eta = auto_eta(sigma)
                     img = back_project(img, y, op_native, eta=eta)

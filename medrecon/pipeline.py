@@ -53,7 +53,7 @@ SIMULATE_ONLY_TASKS = ("cs",)
 KSPACE_SUFFIXES = (".npy", ".h5", ".hdf5")
 #: File suffixes :func:`reconstruct_directory` picks up.
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy",
-                  ".h5")
+                  ".h5", ".mha", ".mhd", ".nrrd", ".nhdr")
 #: Fallback method per task when neither the caller nor the prior's metadata picks one.
 DEFAULT_METHOD = "iagan"
 

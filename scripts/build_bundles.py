@@ -85,24 +85,142 @@ docs/data_license.txt for the attribution that must accompany them.
 For research use only. Not a medical device; not for clinical diagnosis or treatment.
 """
 
-INFERENCE = {
-    "imports": ["$import medrecon", "$import medrecon.pipeline"],
-    "bundle_root": ".",
-    "prior": "$@bundle_root + '/models'",
-    "task": "sr",
-    "method": "iagan",
-    "steps": None,  # None: the method's per-task default (medrecon.solvers.DEFAULTS)
-    "scale": 4,
-    "sr_kernel": "box",  # the shipped samples are 4 x 4 box averages of their references
-    "seed": 0,
-    "device": "auto",
-    "overwrite": True,
-    "dataset_dir": "$@bundle_root + '/sample'",
-    "output_dir": "$@bundle_root + '/eval'",
-    "run": ("$medrecon.pipeline.reconstruct_directory(@dataset_dir, @output_dir, task=@task, "
-            "prior=@prior, method=@method, steps=@steps, scale=@scale, sr_kernel=@sr_kernel, seed=@seed, "
-            "device=@device, overwrite=@overwrite)"),
+def network_def(bundle: Path) -> dict:
+    """``network_def``: the generator, built by ``_target_`` from its saved constructor kwargs."""
+    cfg = json.loads((bundle / "models" / "generator.json").read_text())
+    return {"_target_": "medrecon.generators.Generator", **cfg["kwargs"]}
+
+
+def inference(bundle: Path) -> dict:
+    """configs/inference.json: a MONAI SupervisedEvaluator whose inferer is the solver."""
+    return {
+        "imports": ["$import glob", "$import os", "$import torch", "$import medrecon",
+                    "$import medrecon.monai"],
+        "bundle_root": ".",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "dataset_dir": "$@bundle_root + '/sample'",
+        "mask_dir": None,
+        "output_dir": "$@bundle_root + '/eval'",
+        "prior_dir": "$@bundle_root + '/models'",
+        "task": "sr",
+        "method": None,  # None: the prior's default for the task (medrecon.solvers.DEFAULTS)
+        "steps": None,
+        "scale": 4,
+        # the shipped samples are 4 x 4 box averages of their references (sample_reference/
+        # SOURCE.txt); the CLI's default kernel is bicubic, pass sr_kernel to match your data
+        "sr_kernel": "box",
+        "noise_sigma": 0.0,
+        "seed": 0,
+        "network_def": network_def(bundle),
+        "network": "$@network_def.to(@device)",
+        "image_keys": "$['image', 'mask'] if @mask_dir else ['image']",
+        "dataset_data": "$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir)",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "@image_keys", "image_only": True},
+                {"_target_": "EnsureChannelFirstd", "keys": "@image_keys"},
+            ],
+        },
+        "dataset": {"_target_": "Dataset", "data": "@dataset_data",
+                    "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1,
+                       "shuffle": False, "num_workers": 0},
+        "inferer": {"_target_": "medrecon.monai.ReconstructionInferer", "prior": "@prior_dir",
+                    "task": "@task", "method": "@method", "steps": "@steps", "scale": "@scale",
+                    "sr_kernel": "@sr_kernel", "noise_sigma": "@noise_sigma", "seed": "@seed"},
+        "prepare_batch": ("$monai.engines.PrepareBatchExtraInput(extra_keys={'mask': 'mask'}) "
+                          "if @mask_dir else monai.engines.default_prepare_batch"),
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
+                 "output_postfix": "@task", "resample": False, "separate_folder": False,
+                 "print_log": False},
+            ],
+        },
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+             "load_dict": {"model": "@network"}, "map_location": "@device"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator", "device": "@device",
+            "val_data_loader": "@dataloader", "network": "@network", "inferer": "@inferer",
+            "prepare_batch": "@prepare_batch", "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers", "amp": False,
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=None)"],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+#: configs/evaluate.json: inference on pairs (degraded scan, reference) scored by MONAI's
+#: metrics (PSNR, SSIM with the references' 8-bit range), merged over inference.json.
+EVALUATE = {
+    "reference_dir": "$@bundle_root + '/sample_reference'",
+    "data_range": 255.0,
+    "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
+                     "reference_dir=@reference_dir)"),
+    "image_keys": "$(['image', 'mask'] if @mask_dir else ['image']) + ['label']",
+    "postprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
+             "output_postfix": "@task", "resample": False, "separate_folder": False,
+             "print_log": False},
+        ],
+    },
+    "key_metric": {
+        "val_psnr": {
+            "_target_": "IgniteMetricHandler",
+            "metric_fn": {"_target_": "PSNRMetric", "max_val": "@data_range"},
+            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+        },
+    },
+    "additional_metrics": {
+        "val_ssim": {
+            "_target_": "IgniteMetricHandler",
+            "metric_fn": {"_target_": "SSIMMetric", "spatial_dims": 2,
+                          "data_range": "@data_range"},
+            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+        },
+    },
+    "metrics_saver": {"_target_": "MetricsSaver", "save_dir": "@output_dir",
+                      "metrics": ["val_psnr", "val_ssim"], "metric_details": None,
+                      "save_rank": 0},
+    "handlers": [
+        {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+         "load_dict": {"model": "@network"}, "map_location": "@device"},
+        {"_target_": "StatsHandler", "iteration_log": False},
+        "@metrics_saver",
+    ],
+    "evaluator#key_val_metric": "@key_metric",
+    "evaluator#additional_metrics": "@additional_metrics",
 }
+
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
 
 
 README = """# {title} (medrecon bundle `{name}_stylegan2`)
@@ -247,6 +365,16 @@ def readme(name: str, spec: dict, bundle: Path, metrics: dict) -> str:
     )
 
 
+def write_model_pt(bundle: Path) -> None:
+    """models/model.pt: the generator's plain state dict (float16 like the safetensors file;
+    ``torch.load(..., weights_only=True)`` reads it, ``load_state_dict`` casts to float32)."""
+    from medrecon.generators import load_generator
+    from medrecon.generators.checkpoints import save_state_dict
+
+    save_state_dict(load_generator(bundle / "models" / "generator.json"),
+                    bundle / "models" / "model.pt", dtype="float16")
+
+
 def _models_info(bundle: Path) -> dict:
     p = bundle / "models" / "prior.json"
     return json.loads(p.read_text()) if p.is_file() else {}
@@ -262,16 +390,20 @@ def metadata(name: str, spec: dict, bundle: Path, metrics: dict) -> dict:
         "changelog": {"0.1.0": "placeholder prior trained on CPU"
                       + (f" for {kimg} kimg" if kimg is not None else "")
                       + "; fold 0 of 5 held out"},
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
+        # the oldest versions medrecon supports (pyproject.toml), not this machine's build
+        "monai_version": "1.3.0",
+        "pytorch_version": "2.2.0",
+        "numpy_version": "1.24.0",
         "required_packages_version": {"medrecon": medrecon.__version__,
-                                      "safetensors": "0.4", "pillow": "9.0"},
+                                      "pytorch-ignite": "0.4.11", "safetensors": "0.4",
+                                      "pillow": "9.0", "nibabel": "5.0"},
         "task": spec["task"],
         "description": (
             f"A {res}x{res} grayscale StyleGAN2 generator (prior '{name}') with its W statistics, "
-            "used by medrecon's CSGM, BRGM and IAGAN solvers. The inference config reconstructs "
-            "every image of dataset_dir through medrecon.pipeline.reconstruct_directory. "
+            "used by medrecon's CSGM, BRGM and IAGAN solvers. configs/inference.json runs a MONAI "
+            "SupervisedEvaluator over dataset_dir whose inferer is medrecon's solver "
+            "(medrecon.monai.ReconstructionInferer, the CLI's pipeline) with network_def as "
+            "the prior's generator; configs/evaluate.json scores paired references. "
             "PLACEHOLDER WEIGHTS: trained briefly on a shared CPU; see docs/README.md."),
         "authors": "medrecon developers",
         "copyright": "Copyright (c) medrecon developers; weights CC BY 4.0 (derived from "
@@ -295,20 +427,28 @@ def metadata(name: str, spec: dict, bundle: Path, metrics: dict) -> dict:
         ],
         "network_data_format": {
             "inputs": {
-                "z": {
-                    "type": "tensor", "format": "latent", "num_channels": z_dim,
-                    "spatial_shape": [], "dtype": "float32", "value_range": [],
-                    "is_patch_data": False,
+                "image": {
+                    "type": "image", "format": "magnitude", "modality": spec["modality"],
+                    "num_channels": 1, "spatial_shape": ["*", "*"], "dtype": "float32",
+                    "value_range": [], "is_patch_data": False,
+                    "channel_def": {"0": "degraded scan (low-resolution, masked, blurred or "
+                                         "noisy), any size"},
                 }
             },
             "outputs": {
-                "image": {
+                "pred": {
                     "type": "image", "format": "magnitude", "modality": spec["modality"],
-                    "num_channels": 1, "spatial_shape": [res, res], "dtype": "float32",
-                    "value_range": [-1, 1], "is_patch_data": False,
-                    "channel_def": {"0": "image"},
+                    "num_channels": 1, "spatial_shape": ["*", "*"], "dtype": "float32",
+                    "value_range": [], "is_patch_data": False,
+                    "channel_def": {"0": "reconstruction on the scan's grid (SR: scale times "
+                                         "finer), in the input's intensity units"},
                 }
             },
+        },
+        "generator": {
+            "z_dim": z_dim, "resolution": [res, res], "value_range": [-1, 1],
+            "note": "network_def maps a latent z [1, z_dim] to a [1, 1, R, R] image; the "
+                    "solver inverts it, it is not applied to the scan directly",
         },
     }
 
@@ -353,7 +493,12 @@ def main() -> None:
         old = json.loads(meta_path.read_text()).get("eval_metrics", {}) if meta_path.is_file() else {}
         meta = metadata(name, spec, bundle, metrics.get(name, old))
         meta_path.write_text(json.dumps(meta, indent=4) + "\n")
-        (bundle / "configs" / "inference.json").write_text(json.dumps(INFERENCE, indent=4) + "\n")
+        (bundle / "configs" / "inference.json").write_text(
+            json.dumps(inference(bundle), indent=4) + "\n")
+        (bundle / "configs" / "evaluate.json").write_text(json.dumps(EVALUATE, indent=4) + "\n")
+        (bundle / "configs" / "logging.conf").write_text(LOGGING_CONF)
+        if (bundle / "models" / "generator.json").is_file():
+            write_model_pt(bundle)
         (bundle / "LICENSE").write_text(LICENSE.format(name=name))
         (bundle / "docs" / "data_license.txt").write_text(
             f"Third-party data used to train the weights in models/:\n\n{spec['attribution']}\n\n"

@@ -44,8 +44,6 @@ def main() -> int:
     ap.add_argument("--set", dest="settings", action="append", default=[],
                     help="JSON overrides of DEFAULTS['sr']['iagan'] (repeatable; '{}' = current)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--complete", choices=["on", "off", "both"], default="on",
-                    help="detail completion beyond the prior's grid (medrecon.native)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -66,15 +64,9 @@ def main() -> int:
     lines = ["| setting | default PSNR | default SSIM | lanczos-bp PSNR | lanczos-bp SSIM | "
              "wall s |", "|---|---:|---:|---:|---:|---:|"]
     table = []
-    import medrecon.native as native
-
-    runs = [(raw, c) for raw in (a.settings or ["{}"])
-            for c in (["on", "off"] if a.complete == "both" else [a.complete])]
-    for raw, comp in runs:
+    for raw in a.settings or ["{}"]:
         over = json.loads(raw)
         DEFAULTS["sr"]["iagan"] = {**base, **over}
-        native.DETAIL_BASELINE["sr"] = "lanczos" if comp == "on" else None
-        over = {**over, "complete": comp}
         t0 = time.time()
         rows = evaluate_scans(cases, methods=["default", "lanczos-bp"], device="cpu",
                               progress=lambda m: print(m, flush=True))

@@ -625,3 +625,32 @@ def test_bad_save_arguments(tmp_path):
     with pytest.raises(MedreconInputError, match="non-finite"):
         save_image(bad, tmp_path / "x.nii")
     assert not (tmp_path / "x.nii").exists()
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_itk_formats_keep_geometry(tmp_path, suffix):
+    """MetaImage and NRRD through SimpleITK: the same voxels and RAS affine as the NIfTI of
+    the same image (nibabel), and a bound on the claimed size."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from medrecon.io import load_image
+
+    arr = np.random.default_rng(0).random((7, 6, 5)).astype(np.float32)  # (x, y, z)
+    img = sitk.GetImageFromArray(arr.T)  # SimpleITK arrays are (z, y, x)
+    img.SetSpacing((0.8, 1.1, 2.5))
+    img.SetOrigin((10.0, -20.0, 5.0))
+    th = np.deg2rad(20)
+    img.SetDirection((np.cos(th), -np.sin(th), 0, np.sin(th), np.cos(th), 0, 0, 0, 1))
+    sitk.WriteImage(img, str(tmp_path / f"v{suffix}"))
+    sitk.WriteImage(img, str(tmp_path / "v.nii.gz"))
+    a = load_image(tmp_path / f"v{suffix}")
+    ref = nib.load(str(tmp_path / "v.nii.gz"))
+    np.testing.assert_allclose(a.array, np.asarray(ref.dataobj), rtol=1e-6)
+    np.testing.assert_allclose(a.affine, ref.affine, atol=1e-5)
+    os.environ["MEDRECON_MAX_VOXELS"] = "100"
+    try:
+        with pytest.raises(MedreconInputError, match="MEDRECON_MAX_VOXELS"):
+            load_image(tmp_path / f"v{suffix}")
+    finally:
+        del os.environ["MEDRECON_MAX_VOXELS"]

@@ -238,3 +238,29 @@ def test_inferer_in_a_supervised_evaluator(tmp_path, prior):
         postprocessing=lambda d: (seen.append(d["pred"].shape), d)[1])
     evaluator.run()
     assert seen and tuple(seen[0])[-3:] == (66, 82, 25)
+
+
+def test_medrecon_reader_in_load_image(tmp_path):
+    """LoadImage with medrecon's reader: a MONOCHROME1 radiograph comes inverted, one series
+    of a folder of two is selected, and the geometry equals medrecon.io's."""
+    import shutil
+
+    from monai.transforms import LoadImage
+
+    from medrecon.monai import MedreconReader
+
+    data = os.path.join(os.path.dirname(__file__), "data")
+    mono = LoadImage(image_only=True, ensure_channel_first=True,
+                     reader=MedreconReader())(os.path.join(data, "cr_mono1.dcm"))
+    ref = load_image(os.path.join(data, "cr_mono1.dcm"))
+    np.testing.assert_allclose(mono[0].numpy(), ref.array[:, :, 0])
+    folder = tmp_path / "two"
+    shutil.copytree(os.path.join(data, "two_series"), folder)
+    from medrecon.io import list_series
+
+    uid = list_series(folder)[0]["series_uid"]
+    one = LoadImage(image_only=True, ensure_channel_first=True,
+                    reader=MedreconReader(series_uid=uid))(str(folder))
+    med = load_image(folder, series_uid=uid)
+    assert one.shape == (1, *med.shape)
+    np.testing.assert_allclose(one.affine.numpy(), med.affine, atol=1e-6)

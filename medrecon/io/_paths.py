@@ -18,7 +18,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 NUMPY_SUFFIXES = (".npy", ".npz")
-READ_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + RASTER_SUFFIXES + NUMPY_SUFFIXES
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+READ_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + RASTER_SUFFIXES + NUMPY_SUFFIXES + ITK_SUFFIXES
 WRITE_SUFFIXES = NIFTI_SUFFIXES + (".dcm", ".png", ".tif", ".tiff", ".npy")
 
 _DICOM_MAGIC_OFFSET = 128

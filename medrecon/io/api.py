@@ -14,6 +14,7 @@ from medrecon.errors import MedreconInputError
 from medrecon.io import _paths, outputs
 from medrecon.io._paths import (
     DICOM_SUFFIXES,
+    ITK_SUFFIXES,
     NIFTI_SUFFIXES,
     NUMPY_SUFFIXES,
     RASTER_SUFFIXES,
@@ -62,6 +63,8 @@ def load_image(
     * ``.png`` / ``.jpg`` / ``.jpeg`` / ``.tif`` / ``.tiff``: Pillow; colour becomes BT.601
       luminance ``0.299 R + 0.587 G + 0.114 B``; array is ``(W, H, 1)``.
     * ``.npy`` / ``.npz`` (one array): numpy, taken as ``(X, Y[, Z])`` with an identity affine.
+    * ``.mha`` / ``.mhd`` / ``.nrrd`` / ``.nhdr``: SimpleITK (header checked before reading,
+      LPS geometry to RAS).
 
     Args:
         path: File or folder.
@@ -95,6 +98,10 @@ def load_image(
             image = read_nifti(p, volume=volume)
         elif suffix in DICOM_SUFFIXES or kind == "dicom" or (suffix == "" and kind != "text"):
             image = read_dicom_file(p, volume=volume)
+        elif suffix in ITK_SUFFIXES:
+            from medrecon.io.itk import read_itk
+
+            image = read_itk(p, volume=volume)
         elif suffix in RASTER_SUFFIXES or suffix in NUMPY_SUFFIXES:
             if volume not in (None, 0):
                 raise MedreconInputError(

@@ -6,6 +6,8 @@
   image's native resolution (k-space with ``monai.apps.reconstruction``'s keys).
 * :class:`IntensityWindowd`: the generator-space intensity window, invertible (``Invertd``).
 * :class:`ReconstructionInferer`: the solver as the inferer of a ``SupervisedEvaluator``.
+* :class:`MedreconReader`: medrecon's readers (DICOM series selection, MONOCHROME1,
+  multi-frame, size bounds) for ``LoadImage(reader=...)``.
 * :func:`to_medical_image`: MetaTensor / MedicalImage / array conversion.
 
 See ``docs/monai.md``.
@@ -14,6 +16,7 @@ See ``docs/monai.md``.
 from medrecon.monai.bundle import bundle_datalist
 from medrecon.monai.convert import record_operation, to_medical_image
 from medrecon.monai.inferer import ReconstructionInferer
+from medrecon.monai.reader import MedreconReader
 from medrecon.monai.transforms import (
     IntensityWindowd,
     Reconstruct,
@@ -24,6 +27,7 @@ from medrecon.monai.transforms import (
 
 __all__ = [
     "IntensityWindowd",
+    "MedreconReader",
     "Reconstruct",
     "Reconstructd",
     "ReconstructionInferer",
