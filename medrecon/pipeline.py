@@ -249,6 +249,44 @@ NATIVE_TASKS = ("sr", "inpaint", "deblur", "denoise")
 MIN_COVERAGE = 0.5
 
 
+#: The generative SR default is used when the prior supplies at least this magnification per
+#: input pixel (``effective_factor``); below it the default is Lanczos + back-projection
+#: (:data:`SR_FALLBACK`). On validation images degraded at native size the generative default
+#: beat Lanczos + BP at x2.84 (brain, 45 -> 180 px: 28.67 / 0.847 vs 27.93 / 0.840) and tied
+#: at x2.29 (chest, 56 -> 224 px: 32.52 / 0.906 vs 32.63 / 0.905); docs/results/tuning/
+#: *_sr4_native. A method chosen by the user is always run.
+MIN_SR_PRIOR_FACTOR = 2.5
+#: The default SR method where the prior supplies less than :data:`MIN_SR_PRIOR_FACTOR`.
+SR_FALLBACK = "lanczos"
+
+
+def sr_fallback(method: str, in_hw: tuple[int, int], spacing_hw: Sequence[float], R: int,
+                scale: int) -> tuple[str, str] | None:
+    """``(method, message)`` replacing a generative SR default the prior cannot support, or None.
+
+    Args:
+        method: The default method chosen for the prior.
+        in_hw: The input slices' in-plane size.
+        spacing_hw: Their pixel spacing.
+        R: The prior's resolution.
+        scale: The SR factor.
+    """
+    from medrecon.solvers import METHODS
+
+    if not METHODS[method].generative:
+        return None
+    out_hw = (in_hw[0] * scale, in_hw[1] * scale)
+    fit = GridFit.fit(out_hw, (spacing_hw[0] / scale, spacing_hw[1] / scale), R)
+    eff = min(fit.content[0] / in_hw[0], fit.content[1] / in_hw[1])
+    if eff >= MIN_SR_PRIOR_FACTOR:
+        return None
+    return SR_FALLBACK, (
+        f"the {R}x{R} prior supplies only x{eff:.2f} of magnification for these "
+        f"{in_hw[0]}x{in_hw[1]} slices (x{MIN_SR_PRIOR_FACTOR} is where it pays), so the "
+        f"default here is {SR_FALLBACK} + back-projection at the scan's resolution. Pass "
+        f"--method {method} to use the prior anyway.")
+
+
 def _missing_slices(mask: Any, vol: torch.Tensor, orient: SliceOrientation,
                     task: str) -> torch.Tensor | None:
     """The inpainting mask as display-oriented bool slices ``[N, h, w]`` (True = missing)."""
@@ -747,8 +785,8 @@ def _reconstruct_image(
     vol = _volume_tensor(image)
     prior = _resolve_prior(prior)
     R, C = _prior_resolution(prior)
+    chosen_by_user = method is not None
     method = _choose_method(method, task, prior, samples)
-    ensemble = _check_ensemble(ensemble, method)
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
     spacing = _spacing(image, affine)
 
@@ -756,6 +794,14 @@ def _reconstruct_image(
     orient, plane_source = _slice_orientation(image, vol, affine, spacing, plane, prior)
     slices = orient.volume_to_slices(vol)  # [N, h, w]
     n, h, w = slices.shape
+    fallback = None
+    if task == "sr" and not simulate and not chosen_by_user and not samples:
+        fallback = sr_fallback(method, (h, w), orient.inplane_spacing(spacing), R,
+                               _check_int("scale", scale, minimum=1))
+        if fallback is not None:
+            warnings.warn(fallback[1], MedreconWarning, stacklevel=3)
+            method, bp = fallback[0], (True if bp is None else bp)
+    ensemble = _check_ensemble(ensemble, method)
     if mask is not None and task != "inpaint":
         raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} with a mask.")
     if task == "denoise" and bp is None:
@@ -872,6 +918,8 @@ def _reconstruct_image(
         "noise_sigma": float(noise_sigma),
     }
     info.update(extra)
+    if fallback is not None:
+        info["fallback"] = fallback[1]
     if task == "sr":
         info["scale"] = int(scale)
         info["sr_kernel"] = sr_kernel
@@ -1254,6 +1302,21 @@ def _check_mri_input(inp: Path, task: str, simulate: bool) -> None:
             "retrospectively, or give the k-space file.")
 
 
+def _planned_sr_fallback(image: Any, prior: Any, method: str, options: Mapping[str, Any]
+                         ) -> str | None:
+    """The SR method :func:`reconstruct` will fall back to for ``image`` (see
+    :func:`sr_fallback`), computed before the solve for the default output name."""
+    vol = _volume_tensor(image)
+    affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+    spacing = _spacing(image, affine)
+    orient, _ = _slice_orientation(image, vol, affine, spacing, options.get("plane"), prior)
+    n, h, w = orient.volume_to_slices(vol).shape
+    R, _ = _prior_resolution(prior)
+    fb = sr_fallback(method, (h, w), orient.inplane_spacing(spacing), R,
+                     _check_int("scale", options.get("scale", 4), minimum=1))
+    return None if fb is None else fb[0]
+
+
 def reconstruct_file(
     input_path: str | Path,
     output_path: str | Path | None = None,
@@ -1326,8 +1389,13 @@ def reconstruct_file(
         image = load_image(inp, **load_kw)
         protected += [Path(s) for s in image.meta.get("source_paths") or []]
         is_2d = image.is_2d
+    label = _output_label(method_name, options)
+    if image is not None and method is None and task == "sr" and not simulate and not samples:
+        planned = _planned_sr_fallback(image, prior_obj, method_name, options)
+        if planned is not None:  # the name says what will run
+            label = _output_label(planned, {**options, "bp": options.get("bp", True)})
     out = (Path(output_path) if output_path is not None
-           else default_output_path(inp, task, _output_label(method_name, options)))
+           else default_output_path(inp, task, label))
     out, _ = check_image_output(out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
     std_out = std_path_for(out) if samples else None
     if std_out is not None:

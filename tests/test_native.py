@@ -231,7 +231,8 @@ def test_real_scan_evaluation_end_to_end(tmp_path, prior):
                           out_dir=tmp_path / "report", device="cpu")
     assert [r.method for r in rows] == ["default", "scipy-cubic", "lanczos-bp"]
     d = rows[0]
-    assert d.ran_as.startswith("iagan") and d.plane_source == "acquisition"
+    # 16 px of prior over 20 px of input: x0.8 < MIN_SR_PRIOR_FACTOR, the default is Lanczos-BP
+    assert d.ran_as == "lanczos+bp" and d.plane_source == "acquisition"
     assert all(np.isfinite(r.psnr) and 0 < r.ssim <= 1 for r in rows)
     assert {p.name for p in (tmp_path / "report").iterdir()} == {
         "results.csv", "summary.md", "grid.png", "settings.json"}
@@ -262,3 +263,26 @@ def test_off_grid_defaults_reach_the_solver(prior, monkeypatch):
     assert "steps" not in seen[-1]
     reconstruct(off, task="sr", prior=prior, method="iagan", scale=4, ensemble=1, steps=7)
     assert seen[-1]["steps"] == 7
+
+
+def test_sr_default_falls_back_where_the_prior_supplies_little(prior, tmp_path):
+    from medrecon.io import save_image
+    from medrecon.pipeline import MIN_SR_PRIOR_FACTOR, reconstruct_file
+
+    low = MedicalImage(_smooth((10, 10, 1)), np.eye(4))  # x1.6 of the asked x4
+    with pytest.warns(MedreconWarning, match="default here is lanczos"):
+        res = reconstruct(low, task="sr", prior=prior, scale=4)
+    assert res.info["method"] == "lanczos+bp" and "fallback" in res.info
+    assert min(res.info["effective_factor"]) < MIN_SR_PRIOR_FACTOR
+    # a method the user chose always runs
+    res = reconstruct(low, task="sr", prior=prior, scale=4, method="csgm", steps=2)
+    assert res.info["method"].startswith("csgm") and "fallback" not in res.info
+    # on the prior's grid (x4) the generative default runs
+    ideal = MedicalImage(_smooth((4, 4, 1)), np.eye(4))
+    res = reconstruct(ideal, task="sr", prior=prior, scale=4, steps=1, ensemble=1)
+    assert res.info["method"].startswith("iagan")
+    # the default file name says what ran
+    save_image(low, tmp_path / "low.nii.gz")
+    with pytest.warns(MedreconWarning):
+        out = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4)
+    assert out.output_path.name == "low_sr_lanczos-bp.nii.gz"
