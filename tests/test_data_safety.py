@@ -552,7 +552,10 @@ def test_sigint_exits_130_and_writes_nothing(work, prior_dir):
     cmd = [sys.executable, "-m", "medrecon", "sr", "img.png", "-o", "sig.png", "--prior",
            str(prior_dir), "--method", "csgm", "--steps", "100000", "--log-format", "json"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen(cmd, cwd=work, stderr=subprocess.PIPE, text=True, env=env)
+    # a launcher may start the tests with SIGINT ignored (background jobs of a shell): give
+    # the child the default disposition, as an interactive terminal would
+    p = subprocess.Popen(cmd, cwd=work, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(ln) for ln in p.stderr], daemon=True)
     reader.start()
