@@ -168,6 +168,34 @@ def _std_of_samples(samples: torch.Tensor, grid: GridResample, op: LinearPhysics
     return up.std(dim=0, unbiased=S > 1) if S > 1 else torch.zeros_like(up[0])
 
 
+def solver_kwargs(method: str, *, device: Any, seed: int, callback: Any, bp: bool | None,
+                  steps: int | None = None, samples: int = 0, ensemble: int | None = None,
+                  task: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
+    """The keywords of one :func:`medrecon.solvers.solve` call of the pipeline.
+
+    ``overrides`` (e.g. :data:`medrecon.solvers.OFF_GRID_DEFAULTS`) refine the method's
+    defaults; the user's ``steps`` then win (IAGAN: the same budget for both stages).
+    """
+    from medrecon.solvers import METHODS
+
+    kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
+                          "callback": callback, **(overrides or {})}
+    if bp is not None:
+        kw["bp"] = bp
+    defaults = METHODS[method].defaults
+    if steps is not None and "steps" in defaults:
+        kw["steps"] = steps
+        if "stage1_options" in defaults:
+            kw["stage1_options"] = {"steps": steps}
+    if samples:
+        kw["num_samples"] = samples
+    if ensemble is not None:
+        kw["ensemble"] = ensemble
+    if task is not None:
+        kw["task"] = task
+    return kw
+
+
 def solve_native_problem(
     problem: NativeProblem,
     prior: Any,
@@ -214,21 +242,12 @@ def solve_native_problem(
         op = op_native if (not generative or U.is_identity) else compose(op_native, U)
         for b0 in range(0, len(idx), batch_size):
             chunk = idx[b0:b0 + batch_size]
-            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
-                                  "callback": progress.solver_callback(chunk[0], chunk[-1] + 1),
-                                  "bp": False if generative else bp}
-            if generative and not U.is_identity:  # the prior reaches y through U
-                kw.update(OFF_GRID_DEFAULTS.get(problem.task, {}).get(method, {}))
-            if steps is not None and "steps" in METHODS[method].defaults:
-                kw["steps"] = steps
-                if "stage1_options" in METHODS[method].defaults:  # IAGAN: both stages
-                    kw["stage1_options"] = {"steps": steps}
-            if samples:
-                kw["num_samples"] = samples
-            if ensemble is not None:
-                kw["ensemble"] = ensemble
-            if solver_task is not None:
-                kw["task"] = solver_task
+            off_grid = generative and not U.is_identity  # the prior reaches y through U
+            kw = solver_kwargs(
+                method, device=device, seed=seed, bp=False if generative else bp, steps=steps,
+                callback=progress.solver_callback(chunk[0], chunk[-1] + 1), samples=samples,
+                ensemble=ensemble, task=solver_task,
+                overrides=OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if off_grid else None)
             y = problem.y[chunk]
             rec = solve(y, op, prior if generative else None, **kw)
             img = rec.image

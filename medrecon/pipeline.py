@@ -433,6 +433,7 @@ def _solve_batches(
 
     Returns images ``[N, C, R, R]``, std ``[N, C, R, R]`` or None, and merged solver info.
     """
+    from medrecon.native import solver_kwargs
     from medrecon.solvers import solve
 
     n = y.shape[0]
@@ -443,20 +444,10 @@ def _solve_batches(
         idx = list(idx)
         for b0 in range(0, len(idx), batch_size):
             chunk = idx[b0 : b0 + batch_size]
-            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
-                                  "callback": progress.solver_callback(chunk[0], chunk[-1] + 1)}
-            if steps is not None and _accepts(method, "steps"):
-                kw["steps"] = steps
-                if _accepts(method, "stage1_options"):  # IAGAN: the same budget for both stages
-                    kw["stage1_options"] = {"steps": steps}
-            if bp is not None:
-                kw["bp"] = bp
-            if samples:
-                kw["num_samples"] = samples
-            if ensemble is not None:
-                kw["ensemble"] = ensemble
-            if task is not None:
-                kw["task"] = _SOLVER_TASK.get(task, task)
+            kw = solver_kwargs(method, device=device, seed=seed, bp=bp, steps=steps,
+                               callback=progress.solver_callback(chunk[0], chunk[-1] + 1),
+                               samples=samples, ensemble=ensemble,
+                               task=None if task is None else _SOLVER_TASK.get(task, task))
             rec = solve(y[chunk], op, prior, **kw)
             for j, i in enumerate(chunk):
                 images[i] = rec.image[j]
@@ -743,6 +734,75 @@ def reconstruct(
     return res
 
 
+def _solve_native_task(task: str, x: torch.Tensor, prior: Any, *, sp_hw: Sequence[float],
+                       simulate: bool, noise_sigma: float, scale: int, sr_kernel: str,
+                       missing: torch.Tensor | None, **solve_kw: Any) -> tuple:
+    """SR, inpainting, deblurring, denoising: the measurements on the slices' own grid and the
+    prior's grid inside the forward model (:mod:`medrecon.native`)."""
+    from medrecon.native import build_native_problem, solve_native_problem
+
+    R, _ = _prior_resolution(prior)
+    n, _, h, w = x.shape
+    method, progress, seed = solve_kw["method"], solve_kw["progress"], solve_kw["seed"]
+    problem = build_native_problem(
+        task, x, prior_resolution=R, spacing_hw=sp_hw, simulate=simulate, seed=seed,
+        noise_sigma=noise_sigma, scale=scale, sr_kernel=sr_kernel, missing=missing)
+    eff = problem.effective_factor
+    _check_prior_coverage(task, method, eff, problem, prior, scale if task == "sr" else 1,
+                          simulate)
+    progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {problem.out_hw[0]}x{problem.out_hw[1]} "
+                  f"(prior {R}x{R}), method {method}")
+    img, std, sinfo = solve_native_problem(problem, prior, solver_task=_SOLVER_TASK.get(task, task),
+                                           **solve_kw)
+    return img, std, sinfo, problem.out_hw, {"grid": problem.info["grid"], "effective_factor": eff}
+
+
+def _solve_simulated_kspace(x: torch.Tensor, window: IntensityWindow, prior: Any, *,
+                            acceleration: float, center_fraction: float, mask_type: str,
+                            noise_sigma: float, **solve_kw: Any) -> tuple:
+    """``mri --simulate``: the slices' own k-space, undersampled at their size (seeded), solved
+    like measured k-space (:func:`_solve_kspace`)."""
+    from medrecon.physics import fft2c
+
+    R, _ = _prior_resolution(prior)
+    n, _, h, w = x.shape
+    seed = solve_kw["seed"]
+    gen = torch.Generator().manual_seed(seed)
+    native = _build_operator("mri", (h, w), 1, seed, acceleration=acceleration,
+                             center_fraction=center_fraction, mask_type=mask_type,
+                             noise_sigma=float(noise_sigma) if noise_sigma else None)
+    m = (native.mask.reshape(-1, h, w)[0] > 0).expand(n, h, w).contiguous()
+    v = window.invert(x[:, 0].double()).float()  # intensities
+    clean = fft2c(v.to(torch.complex64)) * m
+    k = clean
+    if noise_sigma:  # the noise is in generator units: scale it to intensities
+        k = clean + (native.measure(v[:, None], generator=gen)[:, 0] - clean) / window.scale
+    solve_kw["progress"].emit(0.0, f"{n} slice(s) {h}x{w} (k-space), method {solve_kw['method']}")
+    img, std, sinfo = _solve_kspace(k * m, m, window, prior, noise_sigma=noise_sigma, **solve_kw)
+    return img, std, sinfo, (h, w), {"effective_factor": (min(R, h) / h, min(R, w) / w),
+                                     "sampling_fraction": float(m.float().mean())}
+
+
+def _solve_cs(x: torch.Tensor, prior: Any, *, sp_hw: Sequence[float], noise_sigma: float,
+              **solve_kw: Any) -> tuple:
+    """``cs``: a research benchmark of random projections of the slice fitted to the prior's
+    grid (simulated only; no scan is acquired this way)."""
+    R, C = _prior_resolution(prior)
+    n, _, h, w = x.shape
+    fit = GridFit.fit((h, w), sp_hw, R)
+    x_grid = fit.to_grid(x, pad_value=-1.0)
+    op = _build_operator("cs", (R, R), C, solve_kw["seed"],
+                         noise_sigma=float(noise_sigma) if noise_sigma else None)
+    y = op.measure(x_grid, generator=torch.Generator().manual_seed(solve_kw["seed"]))
+    solve_kw["progress"].emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {solve_kw['method']}")
+    img_r, std_r, sinfo = _solve_batches(y, [(op, list(range(n)))], prior, task="cs", **solve_kw)
+    img = fit.from_grid(img_r.float(), shape=(h, w))
+    std = None if std_r is None else fit.from_grid(std_r.float(), shape=(h, w),
+                                                   mode="bilinear").clamp_min(0)
+    return img, std, sinfo, (h, w), {"grid": {"size": fit.size, "content": fit.content,
+                                              "offset": fit.offset}}
+
+
 def _reconstruct_image(
     image: Any,
     *,
@@ -820,66 +880,22 @@ def _reconstruct_image(
         x = x.expand(-1, C, -1, -1)
     progress = _Progress(callback, n, method)
     zoom = [1.0, 1.0, 1.0]
-    extra: dict[str, Any] = {}
+    solve_kw = dict(method=method, steps=steps, bp=bp, samples=samples, device=device,
+                    batch_size=batch_size, seed=seed, progress=progress, ensemble=ensemble)
     if task in NATIVE_TASKS:
-        from medrecon.native import build_native_problem, solve_native_problem
-
-        problem = build_native_problem(
-            task, x, prior_resolution=R, spacing_hw=sp_hw, simulate=simulate, seed=seed,
-            noise_sigma=noise_sigma, scale=scale, sr_kernel=sr_kernel, missing=missing)
-        eff = problem.effective_factor
-        _check_prior_coverage(task, method, eff, problem, prior, scale if task == "sr" else 1,
-                              simulate)
+        img_g, std_g, sinfo, out_hw, extra = _solve_native_task(
+            task, x, prior, sp_hw=sp_hw, simulate=simulate, noise_sigma=noise_sigma, scale=scale,
+            sr_kernel=sr_kernel, missing=missing, **solve_kw)
         if task == "sr" and not simulate:
             r_ax, c_ax = orient.inplane_axes()
             zoom[r_ax] = zoom[c_ax] = float(scale)
-        progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {problem.out_hw[0]}x{problem.out_hw[1]} "
-                      f"(prior {R}x{R}), method {method}")
-        img_g, std_g, sinfo = solve_native_problem(
-            problem, prior, method=method, steps=steps, bp=bp, samples=samples, device=device,
-            batch_size=batch_size, seed=seed, progress=progress, ensemble=ensemble,
-            solver_task=_SOLVER_TASK.get(task, task))
-        out_hw = problem.out_hw
-        extra["grid"] = problem.info["grid"]
-        extra["effective_factor"] = eff
-    elif task == "mri":  # simulated: k-space of the slices at their own resolution
-        from medrecon.physics import fft2c
-
-        gen = torch.Generator().manual_seed(seed)
-        native = _build_operator("mri", (h, w), 1, seed, acceleration=acceleration,
-                                 center_fraction=center_fraction, mask_type=mask_type,
-                                 noise_sigma=float(noise_sigma) if noise_sigma else None)
-        m = (native.mask.reshape(-1, h, w)[0] > 0).expand(n, h, w).contiguous()
-        v = window.invert(x[:, 0].double()).float()  # intensities
-        k = native.measure(v[:, None], generator=gen)[:, 0] if noise_sigma else fft2c(
-            v.to(torch.complex64)) * m
-        if noise_sigma:  # the noise is in generator units: scale it to intensities
-            clean = fft2c(v.to(torch.complex64)) * m
-            k = clean + (k - clean) / window.scale
-        progress.emit(0.0, f"{n} slice(s) {h}x{w} (k-space), method {method}")
-        img_g, std_g, sinfo = _solve_kspace(
-            k * m, m, window, prior, method=method, steps=steps, bp=bp, noise_sigma=noise_sigma,
-            samples=samples, ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
-            progress=progress)
-        out_hw = (h, w)
-        extra["effective_factor"] = (min(R, h) / h, min(R, w) / w)
-        extra["sampling_fraction"] = float(m.float().mean())
-    else:  # cs: a research benchmark of random projections of the prior's grid
-        fit = GridFit.fit((h, w), sp_hw, R)
-        x_grid = fit.to_grid(x, pad_value=-1.0)
-        op = _build_operator(task, (R, R), C, seed,
-                             noise_sigma=float(noise_sigma) if noise_sigma else None)
-        y = op.measure(x_grid, generator=torch.Generator().manual_seed(seed))
-        progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {method}")
-        img_r, std_r, sinfo = _solve_batches(
-            y, [(op, list(range(n)))], prior, method=method, steps=steps, bp=bp,
-            samples=samples, device=device, batch_size=batch_size, seed=seed,
-            progress=progress, task=task, ensemble=ensemble)
-        out_hw = (h, w)
-        img_g = fit.from_grid(img_r.float(), shape=out_hw)
-        std_g = None if std_r is None else fit.from_grid(std_r.float(), shape=out_hw,
-                                                         mode="bilinear").clamp_min(0)
-        extra["grid"] = {"size": fit.size, "content": fit.content, "offset": fit.offset}
+    elif task == "mri":
+        img_g, std_g, sinfo, out_hw, extra = _solve_simulated_kspace(
+            x, window, prior, acceleration=acceleration, center_fraction=center_fraction,
+            mask_type=mask_type, noise_sigma=noise_sigma, **solve_kw)
+    else:
+        img_g, std_g, sinfo, out_hw, extra = _solve_cs(x, prior, sp_hw=sp_hw,
+                                                       noise_sigma=noise_sigma, **solve_kw)
 
     # ---- back to image space
     img_g = img_g.float().mean(dim=1, keepdim=True)
@@ -1036,6 +1052,7 @@ def _solve_kspace(
     Returns:
         Images ``[N, 1, H, W]`` and std ``[N, 1, H, W]`` (or None) in generator units, solver info.
     """
+    from medrecon.native import solver_kwargs
     from medrecon.physics import fft2c, ifft2c
     from medrecon.solvers import METHODS, auto_eta, back_project, solve, will_back_project
 
@@ -1065,17 +1082,9 @@ def _solve_kspace(
         do_bp = generative and will_back_project(method, bp=bp, noise_sigma=noise)
         for b0 in range(0, len(idx), batch_size):
             chunk = idx[b0:b0 + batch_size]
-            kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
-                                  "callback": progress.solver_callback(chunk[0], chunk[-1] + 1),
-                                  "task": "mri", "bp": False if generative else bp}
-            if steps is not None and _accepts(method, "steps"):
-                kw["steps"] = steps
-                if _accepts(method, "stage1_options"):
-                    kw["stage1_options"] = {"steps": steps}
-            if samples:
-                kw["num_samples"] = samples
-            if ensemble is not None:
-                kw["ensemble"] = ensemble
+            kw = solver_kwargs(method, device=device, seed=seed, task="mri", steps=steps,
+                               bp=False if generative else bp, samples=samples, ensemble=ensemble,
+                               callback=progress.solver_callback(chunk[0], chunk[-1] + 1))
             yn = y_native[chunk][:, None]
             if generative:
                 yg = y_grid[chunk][:, None].expand(-1, C, -1, -1).contiguous()

@@ -163,14 +163,6 @@ EVALUATE = {
     "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
                      "reference_dir=@reference_dir)"),
     "image_keys": "$(['image', 'mask'] if @mask_dir else ['image']) + ['label']",
-    "postprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
-             "output_postfix": "@task", "resample": False, "separate_folder": False,
-             "print_log": False},
-        ],
-    },
     "key_metric": {
         "val_psnr": {
             "_target_": "IgniteMetricHandler",
