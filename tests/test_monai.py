@@ -264,3 +264,38 @@ def test_medrecon_reader_in_load_image(tmp_path):
     med = load_image(folder, series_uid=uid)
     assert one.shape == (1, *med.shape)
     np.testing.assert_allclose(one.affine.numpy(), med.affine, atol=1e-6)
+
+
+def test_save_image_writes_derived_dicom(tmp_path, prior):
+    """SaveImage(output_ext='.dcm') writes through medrecon's derived-DICOM writer: a series
+    folder for a volume, with the geometry of the MetaTensor, and never over a file."""
+    import pydicom
+    from monai.transforms import SaveImage
+
+    import medrecon.monai  # noqa: F401 - registers the writer
+    from medrecon.io import load_image
+
+    aff = torch.tensor([[-0.5, 0, 0, 10.0], [0, 0.5, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]],
+                       dtype=torch.float64)
+    img = MetaTensor(torch.rand(1, 12, 10, 3) * 100, affine=aff,
+                     meta={"filename_or_obj": "scan.nii.gz"})
+    SaveImage(output_dir=str(tmp_path), output_ext=".dcm", output_postfix="sr",
+              separate_folder=False, print_log=False)(img)
+    series = tmp_path / "scan_sr"
+    assert sorted(p.name for p in series.iterdir()) == ["IM00001.dcm", "IM00002.dcm", "IM00003.dcm"]
+    ds = pydicom.dcmread(series / "IM00001.dcm")
+    assert "DERIVED" in ds.ImageType and ds.Manufacturer == "medrecon"
+    back = load_image(series)
+
+    def world_values(a, affine):  # every voxel as (x, y, z, value), sorted: layout-free
+        idx = np.indices(a.shape).reshape(3, -1)
+        xyz = (np.asarray(affine)[:3, :3] @ idx + np.asarray(affine)[:3, 3:]).T
+        rows = np.column_stack([np.round(xyz, 3), a.reshape(-1)])
+        return rows[np.lexsort(rows[:, 2::-1].T)]
+
+    got, want = world_values(back.array, back.affine), world_values(img[0].numpy(), aff.numpy())
+    np.testing.assert_allclose(got[:, :3], want[:, :3], atol=1e-3)
+    np.testing.assert_allclose(got[:, 3], want[:, 3], rtol=1e-3, atol=0.01)
+    with pytest.raises(Exception):  # an existing output is never replaced silently
+        SaveImage(output_dir=str(tmp_path), output_ext=".dcm", output_postfix="sr",
+                  separate_folder=False, print_log=False)(img)

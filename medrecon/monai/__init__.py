@@ -8,6 +8,8 @@
 * :class:`ReconstructionInferer`: the solver as the inferer of a ``SupervisedEvaluator``.
 * :class:`MedreconReader`: medrecon's readers (DICOM series selection, MONOCHROME1,
   multi-frame, size bounds) for ``LoadImage(reader=...)``.
+* :class:`MedreconDicomWriter`: the derived-DICOM writer for ``SaveImage(output_ext=".dcm")``
+  (registered for ``.dcm`` on import).
 * :func:`to_medical_image`: MetaTensor / MedicalImage / array conversion.
 
 See ``docs/monai.md``.
@@ -17,6 +19,7 @@ from medrecon.monai.bundle import bundle_datalist
 from medrecon.monai.convert import record_operation, to_medical_image
 from medrecon.monai.inferer import ReconstructionInferer
 from medrecon.monai.reader import MedreconReader
+from medrecon.monai.writer import MedreconDicomWriter
 from medrecon.monai.transforms import (
     IntensityWindowd,
     Reconstruct,
@@ -27,6 +30,7 @@ from medrecon.monai.transforms import (
 
 __all__ = [
     "IntensityWindowd",
+    "MedreconDicomWriter",
     "MedreconReader",
     "Reconstruct",
     "Reconstructd",
@@ -37,3 +41,17 @@ __all__ = [
     "record_operation",
     "to_medical_image",
 ]
+
+
+def _register_dicom_writer() -> None:
+    """Make ``SaveImage(output_ext=".dcm")`` use :class:`MedreconDicomWriter` first."""
+    from monai.data import image_writer
+    from monai.data.image_writer import SUPPORTED_WRITERS, register_writer
+
+    if not SUPPORTED_WRITERS:  # MONAI fills its table lazily: fill it first, then add ours
+        image_writer.init()
+    current = tuple(w for w in SUPPORTED_WRITERS.get("dcm", ()) if w is not MedreconDicomWriter)
+    register_writer("dcm", MedreconDicomWriter, *current)
+
+
+_register_dicom_writer()
