@@ -55,6 +55,7 @@ __all__ = [
     "EvalRow",
     "EvalRun",
     "derive_seed",
+    "std_error_spearman",
     "discover_images",
     "eval_command",
     "evaluate",
@@ -76,7 +77,8 @@ __all__ = [
 TASKS: tuple[str, ...] = ("sr", "inpaint", "mri", "deblur", "denoise", "cs")
 
 #: Columns of ``results.csv``, in order.
-CSV_COLUMNS: tuple[str, ...] = ("image", "method", "psnr", "ssim", "lpips", "seconds", "device")
+CSV_COLUMNS: tuple[str, ...] = ("image", "method", "psnr", "ssim", "lpips", "seconds", "device",
+                                "std_error_spearman")
 
 #: File name endings accepted as ground truths (case-insensitive).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
@@ -99,6 +101,10 @@ class EvalRow:
         lpips: LPIPS distance (AlexNet), or ``None`` when the weights are unavailable.
         seconds: Wall-clock seconds of the solver per image (batch time / batch size).
         device: Device the solver ran on (``"cpu"``, ``"cuda:0"``...).
+        std_error_spearman: For methods that give a per-pixel std map (variational BRGM's
+            posterior samples, an IAGAN ensemble's spread): the Spearman rank correlation
+            between that std and the absolute error, over the image's pixels
+            (:func:`std_error_spearman`); ``None`` otherwise.
     """
 
     image: str
@@ -108,6 +114,7 @@ class EvalRow:
     lpips: float | None
     seconds: float
     device: str
+    std_error_spearman: float | None = None
 
     def as_csv(self) -> dict[str, str]:
         """The row as ``results.csv`` strings (floats with enough digits to re-read exactly)."""
@@ -119,6 +126,8 @@ class EvalRow:
             "lpips": "" if self.lpips is None else f"{self.lpips:.6f}",
             "seconds": f"{self.seconds:.4f}",
             "device": self.device,
+            "std_error_spearman": ("" if self.std_error_spearman is None
+                                   else f"{self.std_error_spearman:.6f}"),
         }
 
 
@@ -487,6 +496,29 @@ class _Lpips:
         return float(torch.as_tensor(d).reshape(-1)[0])
 
 
+def std_error_spearman(std: torch.Tensor, error: torch.Tensor) -> float | None:
+    """Spearman rank correlation between a per-pixel std map and the absolute error.
+
+    1 means the predicted uncertainty ranks the pixels exactly as the true error does; 0 that
+    it says nothing about it. ``None`` when either map is constant (no ranking).
+
+    Args:
+        std: Predicted std ``[C, H, W]`` (any units).
+        error: Estimate minus truth, same shape.
+    """
+    from scipy.stats import spearmanr
+
+    s = torch.as_tensor(std).detach().double().cpu().reshape(-1).numpy()
+    e = torch.as_tensor(error).detach().double().cpu().abs().reshape(-1).numpy()
+    if s.shape != e.shape:
+        raise MedreconInputError(f"std map {tuple(std.shape)} and error {tuple(error.shape)} "
+                                 "differ in shape.")
+    if np.ptp(s) == 0 or np.ptp(e) == 0:
+        return None
+    rho = float(spearmanr(s, e).statistic)
+    return rho if math.isfinite(rho) else None
+
+
 def _image_metrics(pred01: torch.Tensor, ref01: torch.Tensor, lp: _Lpips
                    ) -> tuple[float, float, float | None]:
     from medrecon import metrics
@@ -735,7 +767,10 @@ def evaluate_run(
                 pred01 = _to01(images_out[k:k + 1])
                 ref01 = _to01(truths[start + k])
                 psnr, ssim, lpv = _image_metrics(pred01, ref01, lp)
-                row = EvalRow(image_id, method, psnr, ssim, lpv, secs, dev)
+                rho = None
+                if rec.std is not None:
+                    rho = std_error_spearman(rec.std[k], images_out[k] - truths[start + k][0])
+                row = EvalRow(image_id, method, psnr, ssim, lpv, secs, dev, rho)
                 per_method[method].append(row)
                 outputs.append(images_out[k:k + 1])
             say(f"{method}: {min(start + batch_size, len(ids))}/{len(ids)} "
@@ -923,11 +958,13 @@ def summarize(rows: Iterable[EvalRow]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for method, rs in by.items():
         lp = [r.lpips for r in rs if r.lpips is not None]
+        rho = [r.std_error_spearman for r in rs if r.std_error_spearman is not None]
         out[method] = {
             "n": len(rs),
             "psnr": _mean_std([r.psnr for r in rs]),
             "ssim": _mean_std([r.ssim for r in rs]),
             "lpips": _mean_std(lp) if len(lp) == len(rs) else None,
+            "std_error_spearman": _mean_std(rho) if rho else None,
             "seconds": _mean_std([r.seconds for r in rs]),
             "device": ", ".join(sorted({r.device for r in rs})),
         }
@@ -943,11 +980,12 @@ def _pm(ms: tuple[float, float] | None, digits: int) -> str:
 def summary_table(rows: Iterable[EvalRow]) -> str:
     """The per-method markdown table of ``summary.md`` (mean +- std)."""
     stats = summarize(rows)
-    lines = ["| method | n | PSNR (dB) | SSIM | LPIPS | seconds / image | device |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| method | n | PSNR (dB) | SSIM | LPIPS | std-error Spearman | seconds / image "
+             "| device |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for method, s in stats.items():
         lines.append(f"| {method} | {s['n']} | {_pm(s['psnr'], 2)} | {_pm(s['ssim'], 4)} | "
-                     f"{_pm(s['lpips'], 4)} | {_pm(s['seconds'], 2)} | {s['device']} |")
+                     f"{_pm(s['lpips'], 4)} | {_pm(s.get('std_error_spearman'), 3)} | "
+                     f"{_pm(s['seconds'], 2)} | {s['device']} |")
     return "\n".join(lines)
 
 

@@ -456,3 +456,41 @@ def test_paired_difference_script(tmp_path, capsys):
     assert "higher on 2/3 images" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no method 'tv'"):
         mod.paired(csv_path, "tv", "base")
+
+
+def test_std_error_spearman_helper():
+    g = torch.Generator().manual_seed(0)
+    err = torch.randn(1, 8, 8, generator=g)
+    assert ev.std_error_spearman(err.abs() * 3 + 1, err) == pytest.approx(1.0)
+    assert ev.std_error_spearman(-err.abs(), err) == pytest.approx(-1.0)
+    assert ev.std_error_spearman(torch.ones(1, 8, 8), err) is None  # a flat map ranks nothing
+    with pytest.raises(MedreconInputError, match="shape"):
+        ev.std_error_spearman(torch.ones(1, 4, 4), err)
+
+
+def test_eval_reports_std_error_spearman_for_methods_with_a_std_map(tmp_path, monkeypatch):
+    """Variational BRGM (posterior samples) and an IAGAN ensemble (member spread) give the
+    column; a baseline leaves it empty; the CSV and the summary carry it."""
+    from tests._tiny import tiny_prior
+
+    imgs = tmp_path / "gt"
+    imgs.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)).save(
+            imgs / f"g{i}.png")
+    run = ev.evaluate_run(
+        prior=tiny_prior(resolution=16), task="inpaint", methods="biharmonic,brgm_variational,iagan",
+        images=imgs, steps=2, lpips=False, out_dir=tmp_path / "out", grid_images=0,
+        method_options={"brgm_variational": {"num_samples": 3},
+                        "iagan": {"ensemble": 2, "stage1_options": {"steps": 1}}},
+        mask_type="center_box")
+    by = {(r.image, r.method): r for r in run.rows}
+    assert by[("g0.png", "biharmonic")].std_error_spearman is None
+    for m in ("brgm_variational", "iagan"):
+        rho = by[("g0.png", m)].std_error_spearman
+        assert rho is not None and -1 <= rho <= 1
+    text = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert text[0].endswith("std_error_spearman")
+    assert "std-error Spearman" in (tmp_path / "out" / "summary.md").read_text()
