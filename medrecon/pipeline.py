@@ -629,6 +629,75 @@ def plane_name_of_axis(affine: np.ndarray, axis: int) -> str:
     return plane_of_axis(affine, axis)
 
 
+def _solve_native_task(task: str, x: torch.Tensor, prior: Any, *, sp_hw: Sequence[float],
+                       simulate: bool, noise_sigma: float, scale: int, sr_kernel: str,
+                       missing: torch.Tensor | None, **solve_kw: Any) -> tuple:
+    """SR, inpainting, deblurring, denoising: the measurements on the slices' own grid and the
+    prior's grid inside the forward model (:mod:`medrecon.native`)."""
+    from medrecon.native import build_native_problem, solve_native_problem
+
+    R, _ = _prior_resolution(prior)
+    n, _, h, w = x.shape
+    method, progress, seed = solve_kw["method"], solve_kw["progress"], solve_kw["seed"]
+    problem = build_native_problem(
+        task, x, prior_resolution=R, spacing_hw=sp_hw, simulate=simulate, seed=seed,
+        noise_sigma=noise_sigma, scale=scale, sr_kernel=sr_kernel, missing=missing)
+    eff = problem.effective_factor
+    _check_prior_coverage(task, method, eff, problem, prior, scale if task == "sr" else 1,
+                          simulate)
+    progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {problem.out_hw[0]}x{problem.out_hw[1]} "
+                  f"(prior {R}x{R}), method {method}")
+    img, std, sinfo = solve_native_problem(problem, prior, solver_task=_SOLVER_TASK.get(task, task),
+                                           **solve_kw)
+    return img, std, sinfo, problem.out_hw, {"grid": problem.info["grid"], "effective_factor": eff}
+
+
+def _solve_simulated_kspace(x: torch.Tensor, window: IntensityWindow, prior: Any, *,
+                            acceleration: float, center_fraction: float, mask_type: str,
+                            noise_sigma: float, **solve_kw: Any) -> tuple:
+    """``mri --simulate``: the slices' own k-space, undersampled at their size (seeded), solved
+    like measured k-space (:func:`_solve_kspace`)."""
+    from medrecon.physics import fft2c
+
+    R, _ = _prior_resolution(prior)
+    n, _, h, w = x.shape
+    seed = solve_kw["seed"]
+    gen = torch.Generator().manual_seed(seed)
+    native = _build_operator("mri", (h, w), 1, seed, acceleration=acceleration,
+                             center_fraction=center_fraction, mask_type=mask_type,
+                             noise_sigma=float(noise_sigma) if noise_sigma else None)
+    m = (native.mask.reshape(-1, h, w)[0] > 0).expand(n, h, w).contiguous()
+    v = window.invert(x[:, 0].double()).float()  # intensities
+    clean = fft2c(v.to(torch.complex64)) * m
+    k = clean
+    if noise_sigma:  # the noise is in generator units: scale it to intensities
+        k = clean + (native.measure(v[:, None], generator=gen)[:, 0] - clean) / window.scale
+    solve_kw["progress"].emit(0.0, f"{n} slice(s) {h}x{w} (k-space), method {solve_kw['method']}")
+    img, std, sinfo = _solve_kspace(k * m, m, window, prior, noise_sigma=noise_sigma, **solve_kw)
+    return img, std, sinfo, (h, w), {"effective_factor": (min(R, h) / h, min(R, w) / w),
+                                     "sampling_fraction": float(m.float().mean())}
+
+
+def _solve_cs(x: torch.Tensor, prior: Any, *, sp_hw: Sequence[float], noise_sigma: float,
+              **solve_kw: Any) -> tuple:
+    """``cs``: a research benchmark of random projections of the slice fitted to the prior's
+    grid (simulated only; no scan is acquired this way)."""
+    R, C = _prior_resolution(prior)
+    n, _, h, w = x.shape
+    fit = GridFit.fit((h, w), sp_hw, R)
+    x_grid = fit.to_grid(x, pad_value=-1.0)
+    op = _build_operator("cs", (R, R), C, solve_kw["seed"],
+                         noise_sigma=float(noise_sigma) if noise_sigma else None)
+    y = op.measure(x_grid, generator=torch.Generator().manual_seed(solve_kw["seed"]))
+    solve_kw["progress"].emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {solve_kw['method']}")
+    img_r, std_r, sinfo = _solve_batches(y, [(op, list(range(n)))], prior, task="cs", **solve_kw)
+    img = fit.from_grid(img_r.float(), shape=(h, w))
+    std = None if std_r is None else fit.from_grid(std_r.float(), shape=(h, w),
+                                                   mode="bilinear").clamp_min(0)
+    return img, std, sinfo, (h, w), {"grid": {"size": fit.size, "content": fit.content,
+                                              "offset": fit.offset}}
+
+
 def reconstruct(
     image: Any,
     *,
@@ -716,119 +785,13 @@ def reconstruct(
         view, as the input's kind.
 
     Raises:
-        MedreconInputError: bad image (4D, NaN, empty), unknown task/method/plane, scale not
-            dividing the prior resolution, mask shape mismatch.
+        MedreconInputError: bad image (4D, NaN, empty) or input kind, unknown
+            task/method/plane, mask shape mismatch, a generative denoise/deblur of a scan far
+            finer than the prior.
     """
     from medrecon.monai.convert import to_medical_image
 
-    med, back = to_medical_image(image, affine=affine)
-    res = _reconstruct_image(
-        med, task=task, prior=prior, method=method, steps=steps, bp=bp, plane=plane, scale=scale,
-        sr_kernel=sr_kernel, mask=mask, acceleration=acceleration,
-        center_fraction=center_fraction, mask_type=mask_type, noise_sigma=noise_sigma,
-        samples=samples, ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
-        simulate=simulate, callback=callback, percentiles=percentiles)
-    res.image = back(res.image, res.info)
-    if res.std is not None:
-        res.std = back(res.std, {**res.info, "method": f"{res.info.get('method')} std"})
-    return res
-
-
-def _solve_native_task(task: str, x: torch.Tensor, prior: Any, *, sp_hw: Sequence[float],
-                       simulate: bool, noise_sigma: float, scale: int, sr_kernel: str,
-                       missing: torch.Tensor | None, **solve_kw: Any) -> tuple:
-    """SR, inpainting, deblurring, denoising: the measurements on the slices' own grid and the
-    prior's grid inside the forward model (:mod:`medrecon.native`)."""
-    from medrecon.native import build_native_problem, solve_native_problem
-
-    R, _ = _prior_resolution(prior)
-    n, _, h, w = x.shape
-    method, progress, seed = solve_kw["method"], solve_kw["progress"], solve_kw["seed"]
-    problem = build_native_problem(
-        task, x, prior_resolution=R, spacing_hw=sp_hw, simulate=simulate, seed=seed,
-        noise_sigma=noise_sigma, scale=scale, sr_kernel=sr_kernel, missing=missing)
-    eff = problem.effective_factor
-    _check_prior_coverage(task, method, eff, problem, prior, scale if task == "sr" else 1,
-                          simulate)
-    progress.emit(0.0, f"{n} slice(s) {h}x{w} -> {problem.out_hw[0]}x{problem.out_hw[1]} "
-                  f"(prior {R}x{R}), method {method}")
-    img, std, sinfo = solve_native_problem(problem, prior, solver_task=_SOLVER_TASK.get(task, task),
-                                           **solve_kw)
-    return img, std, sinfo, problem.out_hw, {"grid": problem.info["grid"], "effective_factor": eff}
-
-
-def _solve_simulated_kspace(x: torch.Tensor, window: IntensityWindow, prior: Any, *,
-                            acceleration: float, center_fraction: float, mask_type: str,
-                            noise_sigma: float, **solve_kw: Any) -> tuple:
-    """``mri --simulate``: the slices' own k-space, undersampled at their size (seeded), solved
-    like measured k-space (:func:`_solve_kspace`)."""
-    from medrecon.physics import fft2c
-
-    R, _ = _prior_resolution(prior)
-    n, _, h, w = x.shape
-    seed = solve_kw["seed"]
-    gen = torch.Generator().manual_seed(seed)
-    native = _build_operator("mri", (h, w), 1, seed, acceleration=acceleration,
-                             center_fraction=center_fraction, mask_type=mask_type,
-                             noise_sigma=float(noise_sigma) if noise_sigma else None)
-    m = (native.mask.reshape(-1, h, w)[0] > 0).expand(n, h, w).contiguous()
-    v = window.invert(x[:, 0].double()).float()  # intensities
-    clean = fft2c(v.to(torch.complex64)) * m
-    k = clean
-    if noise_sigma:  # the noise is in generator units: scale it to intensities
-        k = clean + (native.measure(v[:, None], generator=gen)[:, 0] - clean) / window.scale
-    solve_kw["progress"].emit(0.0, f"{n} slice(s) {h}x{w} (k-space), method {solve_kw['method']}")
-    img, std, sinfo = _solve_kspace(k * m, m, window, prior, noise_sigma=noise_sigma, **solve_kw)
-    return img, std, sinfo, (h, w), {"effective_factor": (min(R, h) / h, min(R, w) / w),
-                                     "sampling_fraction": float(m.float().mean())}
-
-
-def _solve_cs(x: torch.Tensor, prior: Any, *, sp_hw: Sequence[float], noise_sigma: float,
-              **solve_kw: Any) -> tuple:
-    """``cs``: a research benchmark of random projections of the slice fitted to the prior's
-    grid (simulated only; no scan is acquired this way)."""
-    R, C = _prior_resolution(prior)
-    n, _, h, w = x.shape
-    fit = GridFit.fit((h, w), sp_hw, R)
-    x_grid = fit.to_grid(x, pad_value=-1.0)
-    op = _build_operator("cs", (R, R), C, solve_kw["seed"],
-                         noise_sigma=float(noise_sigma) if noise_sigma else None)
-    y = op.measure(x_grid, generator=torch.Generator().manual_seed(solve_kw["seed"]))
-    solve_kw["progress"].emit(0.0, f"{n} slice(s) {h}x{w} -> {R}x{R}, method {solve_kw['method']}")
-    img_r, std_r, sinfo = _solve_batches(y, [(op, list(range(n)))], prior, task="cs", **solve_kw)
-    img = fit.from_grid(img_r.float(), shape=(h, w))
-    std = None if std_r is None else fit.from_grid(std_r.float(), shape=(h, w),
-                                                   mode="bilinear").clamp_min(0)
-    return img, std, sinfo, (h, w), {"grid": {"size": fit.size, "content": fit.content,
-                                              "offset": fit.offset}}
-
-
-def _reconstruct_image(
-    image: Any,
-    *,
-    task: str,
-    prior: Any,
-    method: str | None = None,
-    steps: int | None = None,
-    bp: bool | None = None,
-    plane: str | None = None,
-    scale: int = 4,
-    sr_kernel: str = "bicubic",
-    mask: Any = None,
-    acceleration: int = 4,
-    center_fraction: float = 0.08,
-    mask_type: str = "random",
-    noise_sigma: float = 0.0,
-    samples: int = 0,
-    ensemble: int | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    seed: int = 0,
-    simulate: bool = False,
-    callback: ProgressCallback | None = None,
-    percentiles: tuple[float, float] = (0.5, 99.5),
-) -> PipelineResult:
-    """:func:`reconstruct` of a :class:`~medrecon.io.MedicalImage` (see there)."""
+    image, back = to_medical_image(image, affine=affine)
     t0 = time.perf_counter()
     task = _check_task(task)
     batch_size = default_batch_size(batch_size, device)
@@ -859,7 +822,7 @@ def _reconstruct_image(
         fallback = sr_fallback(method, (h, w), orient.inplane_spacing(spacing), R,
                                _check_int("scale", scale, minimum=1))
         if fallback is not None:
-            warnings.warn(fallback[1], MedreconWarning, stacklevel=3)
+            warnings.warn(fallback[1], MedreconWarning, stacklevel=2)
             method, bp = fallback[0], (True if bp is None else bp)
     ensemble = _check_ensemble(ensemble, method)
     if mask is not None and task != "inpaint":
@@ -941,7 +904,9 @@ def _reconstruct_image(
         info["sr_kernel"] = sr_kernel
     if callback is not None:
         progress.emit(1.0, f"done in {seconds:.1f} s")
-    return PipelineResult(out_image, std_image, info)
+    return PipelineResult(back(out_image, info),
+                          None if std_image is None else back(
+                              std_image, {**info, "method": f"{info.get('method')} std"}), info)
 
 
 # ---------------------------------------------------------------------------------------------
