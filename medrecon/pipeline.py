@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.transforms import PLANES, GridFit, IntensityWindow, SliceOrientation, resize_fov
+from medrecon.transforms import PLANES, GridFit, IntensityWindow, SliceOrientation
 
 __all__ = [
     "TASKS",

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import click
 import numpy as np

@@ -18,7 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-import monai
 import numpy as np
 import torch
 
@@ -241,7 +240,10 @@ can add plausible but false anatomy, and can remove real findings.
 | `models/prior.json` | prior metadata (modality, training record) |
 | `models/folds.json` | the patient-wise 5-fold assignment of every training image |
 | `models/training.json` | kimg, steps, time, hardware, hyperparameters |
-| `configs/inference.json` | reconstructs every file of `dataset_dir` with `medrecon.pipeline.reconstruct_directory` |
+| `models/model.pt` | the generator's plain state dict, loaded into `network_def` by the bundle's `CheckpointLoader` |
+| `configs/inference.json` | a MONAI `SupervisedEvaluator` over `dataset_dir` whose inferer is medrecon's solver (`medrecon.monai.ReconstructionInferer`, the same pipeline as the CLI) |
+| `configs/evaluate.json` | merged over `inference.json`: PSNR / SSIM against `sample_reference/` with MONAI's metrics |
+| `configs/logging.conf` | MONAI bundle logging |
 | `sample/` | one 32x32 image of the held-out fold (SR x4 input); `sample_reference/` its 128x128 original |
 
 ## Network
@@ -272,12 +274,15 @@ generator, DiffAugment (brightness, contrast, translation, cutout), Adam (lr 0.0
 ```bash
 pip install medrecon            # the bundle ships inside the package
 cd <this bundle folder>         # or pass --bundle_root
-python -m monai.bundle run --config_file configs/inference.json \\
-    --dataset_dir ./sample --output_dir ./eval --task sr --method iagan --steps 300 --device cpu
+python -m monai.bundle run --config_file configs/inference.json --logging_file configs/logging.conf \\
+    --dataset_dir ./sample --output_dir ./eval --task sr --method iagan --steps 300
+python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']"
 ```
 
-Override `task` (`sr`, `inpaint`, `mri`, `deblur`, `denoise`, `cs`), `method` (`iagan`, `brgm`,
-`csgm`, or a baseline), `steps`, `dataset_dir`, `output_dir`, `device` (`auto`, `cpu`, `cuda`).
+Override `task` (`sr`, `inpaint`, `mri` and `cs` simulated, `deblur`, `denoise`), `method`
+(`iagan`, `brgm`, `csgm`, or a baseline; default the prior's choice), `steps`, `scale`,
+`sr_kernel` (`box` for the shipped samples; match your data), `mask_dir` (inpainting masks of
+the same file names, nonzero = missing), `noise_sigma`, `dataset_dir`, `output_dir`.
 The same prior from the command line: `medrecon sr INPUT --prior {name} -o OUT`.
 
 ## Retraining

@@ -209,8 +209,6 @@ def test_simulate_degradation(task):
 
 
 def test_simulated_kspace_uses_monai_reconstruction_keys():
-    from monai.apps.reconstruction.transforms.dictionary import ReferenceBasedNormalizeIntensityd  # noqa: F401
-
     from medrecon.monai import SimulateDegradationd
 
     img = MetaTensor(torch.rand(1, 16, 16))

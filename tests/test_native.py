@@ -20,7 +20,7 @@ from nibabel.testing import data_path as NIB_DATA
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.io import MedicalImage
 from medrecon.native import build_native_problem
-from medrecon.physics import Blur, Inpainting, SuperResolution, uniform_kernel
+from medrecon.physics import Blur, SuperResolution, uniform_kernel
 from medrecon.pipeline import acquisition_axis, reconstruct
 
 R = 16
@@ -286,3 +286,27 @@ def test_sr_default_falls_back_where_the_prior_supplies_little(prior, tmp_path):
     with pytest.warns(MedreconWarning):
         out = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4)
     assert out.output_path.name == "low_sr_lanczos-bp.nii.gz"
+
+
+def test_eval_scans_command(tmp_path, prior, capsys):
+    from medrecon.cli import main
+    from medrecon.priors import save_prior
+
+    save_prior(prior, tmp_path / "p")
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([
+        {"name": "anat", "path": os.path.join(NIB_DATA, "anatomical.nii"),
+         "prior": str(tmp_path / "p"), "scale": 2, "crop": [None, None, [10, 13]],
+         "slice_axis": 2}]))
+    out = tmp_path / "report"
+    assert main(["eval-scans", str(cases), "--out", str(out), "--methods",
+                 "scipy-cubic,bicubic-bp"]) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("anat,scipy-cubic")
+    capsys.readouterr()
+    assert main(["eval-scans", str(cases), "--out", str(out), "--methods", "bicubic"]) == 2
+    assert "--overwrite" in capsys.readouterr().err  # the report is never replaced silently
+    assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r2"), "--cases", "nope"]) == 2
+    cases.write_text(json.dumps([{"name": "x", "path": "a.nii", "prior": "p", "colour": 1}]))
+    assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r3")]) == 2
+    assert "unknown ['colour']" in capsys.readouterr().err
