@@ -257,6 +257,46 @@ def test_fft2c_dc_at_centre_and_unitary():
         fft2c(torch.ones(5))
 
 
+def _fft2c_torch(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """The previous hand-written formula, kept as the reference for the MONAI-backed helpers."""
+    f = torch.fft.ifft2 if inverse else torch.fft.fft2
+    x = torch.fft.ifftshift(x, dim=(-2, -1))
+    return torch.fft.fftshift(f(x, dim=(-2, -1), norm="ortho"), dim=(-2, -1))
+
+
+@pytest.mark.parametrize("shape", [(15, 21), (16, 12), (7, 8), (1, 1), (1, 5), (2, 3, 9, 7),
+                                   (2, 1, 16, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64,
+                                   torch.complex128])
+def test_fft2c_equals_previous_formula(shape, dtype, rng):
+    """fft2c/ifft2c (MONAI's fftn_centered_t) are bit-identical to shift-fft-shift, gradients too."""
+    x = torch.randn(shape, dtype=dtype, generator=rng)
+    for ours, inverse in ((fft2c, False), (ifft2c, True)):
+        xa = x.clone().requires_grad_(True)
+        xb = x.clone().requires_grad_(True)
+        out, ref = ours(xa), _fft2c_torch(xb, inverse)
+        assert out.dtype == ref.dtype == (torch.complex128 if dtype in (torch.float64,
+                                          torch.complex128) else torch.complex64)
+        assert out.shape == ref.shape == x.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        w = torch.randn(shape, dtype=out.dtype, generator=rng)
+        (out * w).real.sum().backward()
+        (ref * w).real.sum().backward()
+        assert xa.grad is not None and xa.grad.dtype == dtype
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=0)
+
+
+def test_fft2c_conjugate_view_and_non_contiguous_input(rng):
+    x = torch.randn(3, 9, 10, dtype=torch.complex64, generator=rng)
+    torch.testing.assert_close(fft2c(x.conj()), _fft2c_torch(x.conj()), rtol=0, atol=0)
+    xt = x.transpose(-2, -1)
+    torch.testing.assert_close(ifft2c(xt), _fft2c_torch(xt, True), rtol=0, atol=0)
+    with pytest.raises(MedreconInputError, match="H, W > 0"):
+        ifft2c(torch.ones(2, 0, 4))
+    with pytest.raises(MedreconInputError, match="got list"):
+        fft2c([[1.0, 2.0]])
+
+
 # ------------------------------------------------------------------------------------------
 # Operator specifics
 # ------------------------------------------------------------------------------------------
