@@ -4,16 +4,22 @@ The CLI, the MONAI bundles and the 3D Slicer module all call :func:`reconstruct`
 :class:`~medrecon.io.MedicalImage`), :func:`reconstruct_file` (paths) or
 :func:`reconstruct_directory` (a dataset folder). Nothing else holds reconstruction logic.
 
-Per volume (details and the geometry rules in ``docs/pipeline.md``)::
+Per volume, :func:`reconstruct` runs one :class:`monai.transforms.Compose` of the steps in
+:mod:`medrecon.steps` (details and the geometry rules in ``docs/pipeline.md``)::
 
-    volume (X, Y, Z) + RAS affine
-      -> display-oriented slices [N, H, W] along a plane         (SliceOrientation, exact)
-      -> intensities to generator space by percentiles            (IntensityWindow, exact)
-      -> each slice's field of view onto the prior's R x R grid   (GridFit: isotropic + pad)
-      -> measurements y (the input itself, or simulated with --simulate)
-      -> batched solve (CSGM / BRGM / IAGAN / baselines)
-      -> crop + resample back over the same field of view, invert the window, restack
-      -> MedicalImage with the input's affine (SR: in-plane spacing divided by the scale)
+    ReadVolume          volume (X, Y, Z) + RAS affine, checked
+    CutSlices           display-oriented slices [N, H, W] in the acquired plane (exact)
+    ChooseMethod        the method for these slices
+    SliceMask           the inpainting mask cut like the image
+    WindowIntensities   intensities to generator space by percentiles (exact)
+    SolveSlices         measurements on the slices' own grid, the prior's grid inside the
+                        forward model, batched solve (CSGM / BRGM / IAGAN / baselines)
+    RestoreIntensities  invert the window
+    StackSlices         MedicalImage with the input's affine (SR: in-plane spacing / scale)
+    Summarise           what was done
+
+This module holds the entry points and the helpers the steps call; k-space input
+(:func:`reconstruct_kspace`) and files (:func:`reconstruct_file`).
 """
 
 from __future__ import annotations
@@ -336,7 +342,7 @@ def _check_prior_coverage(task: str, method: str, eff: tuple[float, float], prob
                 f"these {h}x{w} slices; the {problem.out_hw[0]}x{problem.out_hw[1]} output is its "
                 "image resampled there and made consistent with every measured pixel. For the "
                 f"full x{scale}, give slices of about {R // scale} pixels or use a prior of "
-                "higher resolution.", MedreconWarning, stacklevel=4)
+                "higher resolution.", MedreconWarning, stacklevel=2)
         return
     if e >= 0.99:
         return
@@ -353,7 +359,7 @@ def _check_prior_coverage(task: str, method: str, eff: tuple[float, float], prob
     warnings.warn(
         f"the prior {name!r} ({R}x{R}) is coarser than these {h}x{w} slices (x{e:.2f}); "
         f"{what}, but it adds no detail finer than {1 / e:.1f} pixels.",
-        MedreconWarning, stacklevel=4)
+        MedreconWarning, stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -790,123 +796,22 @@ def reconstruct(
             finer than the prior.
     """
     from medrecon.monai.convert import to_medical_image
+    from medrecon.steps import ReconstructionSettings, build_steps, run_steps
 
     image, back = to_medical_image(image, affine=affine)
     t0 = time.perf_counter()
-    task = _check_task(task)
-    batch_size = default_batch_size(batch_size, device)
-    samples = _check_int("samples", samples, minimum=0)
-    seed = _check_int("seed", seed, minimum=0)
-    if steps is not None:
-        steps = _check_int("steps", steps, minimum=1)
-    if plane is not None and plane not in PLANES:
-        raise MedreconInputError(f"unknown plane {plane!r}; expected one of {', '.join(PLANES)}.")
-    if not (isinstance(noise_sigma, (int, float)) and math.isfinite(noise_sigma) and noise_sigma >= 0):
-        raise MedreconInputError(f"noise_sigma must be a finite number >= 0; got {noise_sigma!r}.")
-    if task in SIMULATE_ONLY_TASKS or task == "mri":
-        simulate = True
-    vol = _volume_tensor(image)
-    prior = _resolve_prior(prior)
-    R, C = _prior_resolution(prior)
-    chosen_by_user = method is not None
-    method = _choose_method(method, task, prior, samples)
-    affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
-    spacing = _spacing(image, affine)
-
-    # ---- slicing
-    orient, plane_source = _slice_orientation(image, vol, affine, spacing, plane, prior)
-    slices = orient.volume_to_slices(vol)  # [N, h, w]
-    n, h, w = slices.shape
-    fallback = None
-    if task == "sr" and not simulate and not chosen_by_user and not samples:
-        fallback = sr_fallback(method, (h, w), orient.inplane_spacing(spacing), R,
-                               _check_int("scale", scale, minimum=1))
-        if fallback is not None:
-            warnings.warn(fallback[1], MedreconWarning, stacklevel=2)
-            method, bp = fallback[0], (True if bp is None else bp)
-    ensemble = _check_ensemble(ensemble, method)
-    if mask is not None and task != "inpaint":
-        raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} with a mask.")
-    if task == "denoise" and bp is None:
-        bp = False  # projecting onto noisy y = identity would return the noisy input unchanged
-    sp_hw = orient.inplane_spacing(spacing)
-
-    # ---- intensities
-    window = IntensityWindow.fit(vol, lower=percentiles[0], upper=percentiles[1])
-    x = window.apply(slices)[:, None]  # [N, 1, h, w] generator units
-
-    # ---- measurements on the scan's own grid, the prior's grid inside the forward model
-    if task == "sr":
-        scale = _check_int("scale", scale, minimum=1)
-    missing = _missing_slices(mask, vol, orient, task) if task == "inpaint" else None
-    if C > 1:
-        x = x.expand(-1, C, -1, -1)
-    progress = _Progress(callback, n, method)
-    zoom = [1.0, 1.0, 1.0]
-    solve_kw = dict(method=method, steps=steps, bp=bp, samples=samples, device=device,
-                    batch_size=batch_size, seed=seed, progress=progress, ensemble=ensemble)
-    if task in NATIVE_TASKS:
-        img_g, std_g, sinfo, out_hw, extra = _solve_native_task(
-            task, x, prior, sp_hw=sp_hw, simulate=simulate, noise_sigma=noise_sigma, scale=scale,
-            sr_kernel=sr_kernel, missing=missing, **solve_kw)
-        if task == "sr" and not simulate:
-            r_ax, c_ax = orient.inplane_axes()
-            zoom[r_ax] = zoom[c_ax] = float(scale)
-    elif task == "mri":
-        img_g, std_g, sinfo, out_hw, extra = _solve_simulated_kspace(
-            x, window, prior, acceleration=acceleration, center_fraction=center_fraction,
-            mask_type=mask_type, noise_sigma=noise_sigma, **solve_kw)
-    else:
-        img_g, std_g, sinfo, out_hw, extra = _solve_cs(x, prior, sp_hw=sp_hw,
-                                                       noise_sigma=noise_sigma, **solve_kw)
-
-    # ---- back to image space
-    img_g = img_g.float().mean(dim=1, keepdim=True)
-    rec = window.invert(img_g)[:, 0]  # [N, H', W']
-    out_vol = orient.slices_to_volume(rec)
-    out_affine = _zoom_affine(affine, zoom) if zoom != [1.0, 1.0, 1.0] else affine.copy()
-    out_image = image.with_array(out_vol.numpy().astype(np.float32), affine=out_affine)
-    std_image = None
-    if std_g is not None:
-        sd = window.invert_scale(std_g.float().pow(2).mean(dim=1).sqrt())
-        std_image = image.with_array(orient.slices_to_volume(sd).numpy().astype(np.float32),
-                                     affine=out_affine)
-
-    seconds = time.perf_counter() - t0
-    info = {
-        "task": task,
-        "method": sinfo["method"],
-        "device": sinfo["device"],
-        "seconds": seconds,
-        "solver_seconds": sinfo["solver_seconds"],
-        "slices": n,
-        "plane": orient.plane,
-        "plane_source": plane_source,
-        "slice_axis": orient.axis,
-        "input_shape": tuple(int(s) for s in vol.shape),
-        "output_shape": tuple(int(s) for s in out_vol.shape),
-        "prior": _prior_name(prior),
-        "prior_resolution": R,
-        "window": window.to_dict(),
-        "simulated": bool(simulate),
-        "seed": seed,
-        "steps": steps,
-        "bp": bp,
-        "samples": samples,
-        "ensemble": sinfo.get("solver_info", {}).get("ensemble"),
-        "noise_sigma": float(noise_sigma),
-    }
-    info.update(extra)
-    if fallback is not None:
-        info["fallback"] = fallback[1]
-    if task == "sr":
-        info["scale"] = int(scale)
-        info["sr_kernel"] = sr_kernel
-    if callback is not None:
-        progress.emit(1.0, f"done in {seconds:.1f} s")
-    return PipelineResult(back(out_image, info),
-                          None if std_image is None else back(
-                              std_image, {**info, "method": f"{info.get('method')} std"}), info)
+    settings = ReconstructionSettings.check(
+        task=task, prior=prior, method=method, steps=steps, bp=bp, plane=plane, scale=scale,
+        sr_kernel=sr_kernel, acceleration=acceleration, center_fraction=center_fraction,
+        mask_type=mask_type, noise_sigma=noise_sigma, samples=samples, ensemble=ensemble,
+        device=device, batch_size=batch_size, seed=seed, simulate=simulate,
+        percentiles=percentiles, has_mask=mask is not None)
+    d = run_steps(build_steps(settings, callback), {"image": image, "mask": mask, "t0": t0})
+    info = d["info"]
+    std = d["std_image"]
+    return PipelineResult(back(d["out_image"], info),
+                          None if std is None else back(std, {**info, "method": f"{info.get('method')} std"}),
+                          info)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,356 @@
+"""The image reconstruction pipeline as a :class:`monai.transforms.Compose` of small steps.
+
+:func:`medrecon.pipeline.reconstruct` (and through it the CLI, the MONAI transforms and
+bundles, and the 3D Slicer module) runs :func:`build_steps`: one ``Compose`` whose steps read
+and write one state dictionary. Each step is a :class:`monai.transforms.Transform` that does
+one thing, in this order::
+
+    ReadVolume           "image" (MedicalImage)   -> "volume" (X, Y, Z), "affine", "spacing"
+    CutSlices            "volume"                 -> "orient", "slices" [N, h, w], "sp_hw"
+    ChooseMethod         "slices"                 -> "method", "bp", "ensemble", "fallback"
+    SliceMask            "mask"                   -> "missing" [N, h, w] (inpainting)
+    WindowIntensities    "volume", "slices"       -> "window", "x" [N, C, h, w] in [-1, 1]
+    SolveSlices          "x" (+ "missing")        -> "img_g", "std_g", "solver_info", "zoom"
+    RestoreIntensities   "img_g", "std_g"         -> "rec", "sd" [N, H', W'] in intensities
+    StackSlices          "rec", "sd"              -> "out_image", "std_image" (MedicalImage)
+    Summarise            everything               -> "info"
+
+The options are checked once, before any step runs (:class:`ReconstructionSettings`); every
+step may still refuse its input with :class:`~medrecon.errors.MedreconInputError` (a bad
+volume, a mask on another grid, a prior that cannot serve the task), and :func:`run_steps`
+passes that error on as it was raised, not wrapped in MONAI's ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from monai.transforms import Compose, Transform
+
+from medrecon import pipeline as P
+from medrecon.errors import MedreconInputError, MedreconWarning
+from medrecon.transforms import PLANES, IntensityWindow
+
+__all__ = [
+    "ReconstructionSettings",
+    "ReadVolume",
+    "CutSlices",
+    "ChooseMethod",
+    "SliceMask",
+    "WindowIntensities",
+    "SolveSlices",
+    "RestoreIntensities",
+    "StackSlices",
+    "Summarise",
+    "build_steps",
+    "run_steps",
+]
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """The options of one reconstruction, checked (see :func:`medrecon.pipeline.reconstruct`
+    for their meaning and defaults). Build with :meth:`check`."""
+
+    task: str
+    prior: Any
+    method: str
+    chosen_by_user: bool
+    steps: int | None
+    bp: bool | None
+    plane: str | None
+    scale: int
+    sr_kernel: str
+    acceleration: int
+    center_fraction: float
+    mask_type: str
+    noise_sigma: float
+    samples: int
+    ensemble: int | None
+    device: str
+    batch_size: int
+    seed: int
+    simulate: bool
+    percentiles: tuple[float, float]
+
+    @classmethod
+    def check(cls, *, task: str, prior: Any, method: str | None = None, steps: Any = None,
+              bp: bool | None = None, plane: str | None = None, scale: Any = 4,
+              sr_kernel: str = "bicubic", acceleration: int = 4, center_fraction: float = 0.08,
+              mask_type: str = "random", noise_sigma: Any = 0.0, samples: Any = 0,
+              ensemble: Any = None, device: str = "auto", batch_size: Any = None, seed: Any = 0,
+              simulate: bool = False, percentiles: tuple[float, float] = (0.5, 99.5),
+              has_mask: bool = False) -> "ReconstructionSettings":
+        """Check every option (before any work), load the prior (a name, folder or Prior) and
+        fill in the defaults that depend on the task and the prior (the method, ``simulate``
+        for tasks that always simulate)."""
+        task = P._check_task(task)
+        batch_size = P.default_batch_size(batch_size, device)
+        samples = P._check_int("samples", samples, minimum=0)
+        seed = P._check_int("seed", seed, minimum=0)
+        if steps is not None:
+            steps = P._check_int("steps", steps, minimum=1)
+        if plane is not None and plane not in PLANES:
+            raise MedreconInputError(f"unknown plane {plane!r}; expected one of {', '.join(PLANES)}.")
+        if not (isinstance(noise_sigma, (int, float)) and math.isfinite(noise_sigma)
+                and noise_sigma >= 0):
+            raise MedreconInputError(f"noise_sigma must be a finite number >= 0; got {noise_sigma!r}.")
+        if task == "sr":
+            scale = P._check_int("scale", scale, minimum=1)
+        if has_mask and task != "inpaint":
+            raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} "
+                                     "with a mask.")
+        prior = P._resolve_prior(prior)
+        return cls(
+            task=task, prior=prior, method=P._choose_method(method, task, prior, samples),
+            chosen_by_user=method is not None, steps=steps, bp=bp, plane=plane, scale=scale,
+            sr_kernel=sr_kernel, acceleration=acceleration, center_fraction=center_fraction,
+            mask_type=mask_type, noise_sigma=float(noise_sigma), samples=samples,
+            ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
+            simulate=bool(simulate or task in P.SIMULATE_ONLY_TASKS or task == "mri"),
+            percentiles=(float(percentiles[0]), float(percentiles[1])))
+
+
+class ReadVolume(Transform):
+    """``"image"`` (a MedicalImage) -> ``"volume"`` ``(X, Y, Z)`` float32 tensor (checked:
+    real, finite, numeric, at most 3D), ``"affine"`` and ``"spacing"`` (mm per axis)."""
+
+    def __call__(self, d: dict) -> dict:
+        image = d["image"]
+        d["volume"] = P._volume_tensor(image)
+        d["affine"] = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+        d["spacing"] = P._spacing(image, d["affine"])
+        return d
+
+
+class CutSlices(Transform):
+    """Cut the volume into display-oriented 2D slices along the plane of
+    :func:`medrecon.pipeline._slice_orientation` (the requested one, else the acquired one):
+    ``"orient"`` (exactly invertible), ``"plane_source"``, ``"slices"`` ``[N, h, w]`` and their
+    in-plane spacing ``"sp_hw"``."""
+
+    def __init__(self, settings: ReconstructionSettings) -> None:
+        self.plane, self.prior = settings.plane, settings.prior
+
+    def __call__(self, d: dict) -> dict:
+        orient, source = P._slice_orientation(d["image"], d["volume"], d["affine"], d["spacing"],
+                                              self.plane, self.prior)
+        d["orient"], d["plane_source"] = orient, source
+        d["slices"] = orient.volume_to_slices(d["volume"])
+        d["sp_hw"] = orient.inplane_spacing(d["spacing"])
+        return d
+
+
+class ChooseMethod(Transform):
+    """The method and back-projection for these slices: the settings' method, except that a
+    generative SR default the prior cannot support here becomes Lanczos + back-projection
+    (:func:`medrecon.pipeline.sr_fallback`, said in a :class:`MedreconWarning`); ``denoise``
+    does not back-project by default (it would return the noisy input)."""
+
+    def __init__(self, settings: ReconstructionSettings) -> None:
+        self.s, self.prior = settings, settings.prior
+
+    def __call__(self, d: dict) -> dict:
+        s = self.s
+        method, bp, fallback = s.method, s.bp, None
+        if s.task == "sr" and not s.simulate and not s.chosen_by_user and not s.samples:
+            n, h, w = d["slices"].shape
+            R, _ = P._prior_resolution(self.prior)
+            fallback = P.sr_fallback(method, (h, w), d["sp_hw"], R, s.scale)
+            if fallback is not None:
+                warnings.warn(fallback[1], MedreconWarning, stacklevel=2)
+                method, bp = fallback[0], (True if bp is None else bp)
+        d["ensemble"] = P._check_ensemble(s.ensemble, method)
+        if s.task == "denoise" and bp is None:
+            bp = False
+        d["method"], d["bp"], d["fallback"] = method, bp, fallback
+        return d
+
+
+class SliceMask(Transform):
+    """``"mask"`` (array, image or path on the volume's grid, nonzero = missing) ->
+    ``"missing"``: bool slices ``[N, h, w]`` cut like the image (None without a mask)."""
+
+    def __call__(self, d: dict) -> dict:
+        mask = d.get("mask")
+        d["missing"] = None if mask is None else P._missing_slices(mask, d["volume"], d["orient"],
+                                                                   "inpaint")
+        return d
+
+
+class WindowIntensities(Transform):
+    """Map intensities to the generator's range: the volume's ``percentiles`` go to -1 / +1
+    (:class:`medrecon.transforms.IntensityWindow`, exactly invertible), one channel per
+    generator channel: ``"window"`` and ``"x"`` ``[N, C, h, w]``."""
+
+    def __init__(self, percentiles: tuple[float, float], channels: int) -> None:
+        self.percentiles, self.channels = percentiles, channels
+
+    def __call__(self, d: dict) -> dict:
+        window = IntensityWindow.fit(d["volume"], lower=self.percentiles[0],
+                                     upper=self.percentiles[1])
+        x = window.apply(d["slices"])[:, None]
+        d["window"] = window
+        d["x"] = x.expand(-1, self.channels, -1, -1) if self.channels > 1 else x
+        return d
+
+
+class SolveSlices(Transform):
+    """Measure (or take) the slices' measurements on their own grid and solve them in batches
+    with the prior inside the forward model: SR / inpainting / deblurring / denoising through
+    :mod:`medrecon.native`, simulated MRI through the slices' own k-space, CS on the prior's
+    grid. Sets ``"img_g"`` / ``"std_g"`` (generator units, output grid), ``"solver_info"``,
+    ``"out_hw"``, ``"extra"`` (task facts for the report), ``"zoom"`` (per-axis spacing
+    divisor) and ``"progress"``."""
+
+    def __init__(self, settings: ReconstructionSettings,
+                 callback: Callable[[dict], None] | None) -> None:
+        self.s, self.prior, self.callback = settings, settings.prior, callback
+
+    def __call__(self, d: dict) -> dict:
+        s, x = self.s, d["x"]
+        progress = P._Progress(self.callback, x.shape[0], d["method"])
+        kw = dict(method=d["method"], steps=s.steps, bp=d["bp"], samples=s.samples,
+                  device=s.device, batch_size=s.batch_size, seed=s.seed, progress=progress,
+                  ensemble=d["ensemble"])
+        zoom = [1.0, 1.0, 1.0]
+        if s.task in P.NATIVE_TASKS:
+            out = P._solve_native_task(s.task, x, self.prior, sp_hw=d["sp_hw"],
+                                       simulate=s.simulate, noise_sigma=s.noise_sigma,
+                                       scale=s.scale, sr_kernel=s.sr_kernel,
+                                       missing=d["missing"], **kw)
+            if s.task == "sr" and not s.simulate:
+                r_ax, c_ax = d["orient"].inplane_axes()
+                zoom[r_ax] = zoom[c_ax] = float(s.scale)
+        elif s.task == "mri":
+            out = P._solve_simulated_kspace(
+                x, d["window"], self.prior, acceleration=s.acceleration,
+                center_fraction=s.center_fraction, mask_type=s.mask_type,
+                noise_sigma=s.noise_sigma, **kw)
+        else:
+            out = P._solve_cs(x, self.prior, sp_hw=d["sp_hw"], noise_sigma=s.noise_sigma, **kw)
+        d["img_g"], d["std_g"], d["solver_info"], d["out_hw"], d["extra"] = out
+        d["zoom"], d["progress"] = zoom, progress
+        return d
+
+
+class RestoreIntensities(Transform):
+    """Back to the scan's intensities: the channel mean of ``"img_g"`` through the inverse
+    window (``"rec"`` ``[N, H', W']``) and the std map scaled by the window (``"sd"``, the
+    root mean square over channels; None without one)."""
+
+    def __call__(self, d: dict) -> dict:
+        window = d["window"]
+        d["rec"] = window.invert(d["img_g"].float().mean(dim=1, keepdim=True))[:, 0]
+        std_g = d["std_g"]
+        d["sd"] = None if std_g is None else window.invert_scale(
+            std_g.float().pow(2).mean(dim=1).sqrt())
+        return d
+
+
+class StackSlices(Transform):
+    """Restack the slices into a volume (the inverse of :class:`CutSlices`) with the input's
+    affine, its in-plane spacing divided by ``"zoom"`` for SR: ``"out_image"`` and
+    ``"std_image"`` (MedicalImages like the input)."""
+
+    def __call__(self, d: dict) -> dict:
+        image, orient, zoom = d["image"], d["orient"], d["zoom"]
+        out_vol = orient.slices_to_volume(d["rec"])
+        affine = d["affine"]
+        out_affine = P._zoom_affine(affine, zoom) if zoom != [1.0, 1.0, 1.0] else affine.copy()
+        d["out_shape"] = tuple(int(v) for v in out_vol.shape)
+        d["out_image"] = image.with_array(out_vol.numpy().astype(np.float32), affine=out_affine)
+        d["std_image"] = None if d["sd"] is None else image.with_array(
+            orient.slices_to_volume(d["sd"]).numpy().astype(np.float32), affine=out_affine)
+        return d
+
+
+class Summarise(Transform):
+    """``"info"``: what was done (JSON-serialisable; see :class:`medrecon.pipeline.PipelineResult`)."""
+
+    def __init__(self, settings: ReconstructionSettings) -> None:
+        self.s, self.prior = settings, settings.prior
+
+    def __call__(self, d: dict) -> dict:
+        s, sinfo = self.s, d["solver_info"]
+        seconds = time.perf_counter() - d["t0"]
+        info = {
+            "task": s.task, "method": sinfo["method"], "device": sinfo["device"],
+            "seconds": seconds, "solver_seconds": sinfo["solver_seconds"],
+            "slices": int(d["slices"].shape[0]), "plane": d["orient"].plane,
+            "plane_source": d["plane_source"], "slice_axis": d["orient"].axis,
+            "input_shape": tuple(int(v) for v in d["volume"].shape),
+            "output_shape": d["out_shape"], "prior": P._prior_name(self.prior),
+            "prior_resolution": P._prior_resolution(self.prior)[0],
+            "window": d["window"].to_dict(), "simulated": s.simulate, "seed": s.seed,
+            "steps": s.steps, "bp": d["bp"], "samples": s.samples,
+            "ensemble": sinfo.get("solver_info", {}).get("ensemble"),
+            "noise_sigma": s.noise_sigma,
+        }
+        info.update(d["extra"])
+        if d["fallback"] is not None:
+            info["fallback"] = d["fallback"][1]
+        if s.task == "sr":
+            info["scale"], info["sr_kernel"] = s.scale, s.sr_kernel
+        d["progress"].emit(1.0, f"done in {seconds:.1f} s")  # no-op without a callback
+        d["info"] = info
+        return d
+
+
+def build_steps(settings: ReconstructionSettings,
+                callback: Callable[[dict], None] | None = None) -> Compose:
+    """The reconstruction of one MedicalImage as a ``Compose`` of the steps above.
+
+    Args:
+        settings: The checked options and the prior.
+        callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
+    """
+    _, channels = P._prior_resolution(settings.prior)
+    return Compose([
+        ReadVolume(),
+        CutSlices(settings),
+        ChooseMethod(settings),
+        SliceMask(),
+        WindowIntensities(settings.percentiles, channels),
+        SolveSlices(settings, callback),
+        RestoreIntensities(),
+        StackSlices(),
+        Summarise(settings),
+    ])
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The error a step raised, under MONAI's ``RuntimeError('applying transform ...')``."""
+    while (isinstance(err, RuntimeError) and err.__cause__ is not None
+           and str(err).startswith("applying transform")):
+        err = err.__cause__
+    return err
+
+
+def run_steps(steps: Compose, state: Mapping[str, Any]) -> dict:
+    """Run ``steps`` on ``state``.
+
+    A step's own error (``MedreconInputError``, ``MemoryError``, a torch error) is raised as it
+    was, not wrapped by MONAI's ``apply_transform``; the steps' warnings are issued at the
+    caller of :func:`medrecon.pipeline.reconstruct` (not inside MONAI's ``Compose``).
+    """
+    held: list = []
+    try:
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always")
+            return steps(dict(state))
+    except RuntimeError as err:
+        cause = _cause(err)
+        if cause is err:
+            raise
+        raise cause.with_traceback(cause.__traceback__) from None
+    finally:
+        for w in held:  # run_steps <- reconstruct <- its caller
+            warnings.warn(w.message, w.category, stacklevel=3)

@@ -1,0 +1,118 @@
+"""medrecon.steps: reconstruct is one MONAI Compose of small steps over a state dictionary."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from monai.transforms import Compose, Transform
+
+from medrecon.errors import MedreconInputError, MedreconWarning
+from medrecon.io import MedicalImage
+from medrecon.pipeline import reconstruct
+from medrecon.steps import (
+    ChooseMethod,
+    CutSlices,
+    ReadVolume,
+    ReconstructionSettings,
+    RestoreIntensities,
+    SliceMask,
+    SolveSlices,
+    StackSlices,
+    Summarise,
+    WindowIntensities,
+    build_steps,
+    run_steps,
+)
+from tests._tiny import tiny_prior
+
+ORDER = [ReadVolume, CutSlices, ChooseMethod, SliceMask, WindowIntensities, SolveSlices,
+         RestoreIntensities, StackSlices, Summarise]
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return tiny_prior(resolution=16, seed=0)
+
+
+def _image(shape=(10, 12, 3), spacing=(0.7, 0.7, 3.0)) -> MedicalImage:
+    arr = np.random.default_rng(1).normal(100.0, 20.0, shape).astype(np.float32)
+    return MedicalImage(arr, np.diag([*spacing, 1.0]), {"format": "array"})
+
+
+def test_pipeline_is_a_compose_of_the_documented_steps(prior):
+    s = ReconstructionSettings.check(task="sr", prior=prior, method="bicubic", scale=2)
+    pipe = build_steps(s)
+    assert isinstance(pipe, Compose)
+    assert [type(t) for t in pipe.transforms] == ORDER
+    assert all(isinstance(t, Transform) for t in pipe.transforms)
+
+
+def test_each_step_writes_its_keys(prior):
+    img = _image()
+    s = ReconstructionSettings.check(task="sr", prior=prior, method="bicubic", scale=2)
+    d = {"image": img, "mask": None, "t0": 0.0}
+    for step in build_steps(s).transforms:
+        d = step(d)
+        if isinstance(step, ReadVolume):
+            assert tuple(d["volume"].shape) == (10, 12, 3) and d["spacing"] == (0.7, 0.7, 3.0)
+        elif isinstance(step, CutSlices):  # the acquired (thick) axis is the slice axis
+            assert d["orient"].axis == 2 and d["slices"].shape[0] == 3
+            assert d["sp_hw"] == pytest.approx((0.7, 0.7))
+        elif isinstance(step, WindowIntensities):
+            assert d["x"].shape[:2] == (3, 1)
+            lo, hi = np.percentile(d["volume"].numpy(), [0.5, 99.5])
+            assert np.percentile(d["x"].numpy(), [0.5, 99.5]) == pytest.approx([-1, 1], abs=1e-4)
+            assert d["window"].low == pytest.approx(lo, rel=1e-4)
+            assert d["window"].high == pytest.approx(hi, rel=1e-4)
+        elif isinstance(step, SolveSlices):
+            assert d["img_g"].shape[-2:] == tuple(2 * v for v in d["slices"].shape[-2:])
+            assert d["zoom"][2] == 1.0 and d["zoom"][0] == d["zoom"][1] == 2.0
+        elif isinstance(step, StackSlices):
+            assert d["out_image"].shape == (20, 24, 3)
+            assert np.allclose(np.diag(d["out_image"].affine)[:3], (0.35, 0.35, 3.0))
+    assert d["info"]["method"] == "bicubic" and d["info"]["slices"] == 3
+    # the same as the one entry point
+    ref = reconstruct(img, task="sr", prior=prior, method="bicubic", scale=2)
+    assert np.array_equal(np.asarray(ref.image.array), np.asarray(d["out_image"].array))
+
+
+def test_a_steps_error_is_not_wrapped_by_monai(prior):
+    s = ReconstructionSettings.check(task="inpaint", prior=prior, method="biharmonic")
+    bad_mask = np.zeros((3, 3, 3))
+    with pytest.raises(MedreconInputError, match="the mask has shape"):
+        run_steps(build_steps(s), {"image": _image(), "mask": bad_mask, "t0": 0.0})
+    nan = _image()
+    nan.array[0, 0, 0] = np.nan
+    with pytest.raises(MedreconInputError, match="NaN"):
+        reconstruct(nan, task="sr", prior=prior, method="bicubic", scale=2)
+
+
+def test_options_are_checked_before_any_step(prior, monkeypatch):
+    ran = []
+    monkeypatch.setattr(ReadVolume, "__call__", lambda self, d: ran.append(1) or d)
+    for kw, msg in [({"plane": "oblique"}, "unknown plane"), ({"seed": -1}, "seed"),
+                    ({"noise_sigma": float("nan")}, "noise_sigma"), ({"scale": 0}, "scale"),
+                    ({"mask": np.zeros((10, 12, 3))}, "only used by task 'inpaint'")]:
+        with pytest.raises(MedreconInputError, match=msg):
+            reconstruct(_image(), task="sr", prior=prior, method="bicubic", **kw)
+    assert not ran
+
+
+def test_steps_warnings_point_at_the_caller(prior):
+    # a 12 x 12 slice x2 on a 16 x 16 prior: the prior supplies less than asked (warning)
+    img = MedicalImage(np.random.default_rng(0).random((12, 12, 1)).astype(np.float32),
+                       np.eye(4), {"format": "array"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reconstruct(img, task="sr", prior=prior, method="csgm", steps=1, scale=2)
+    ours = [w for w in caught if issubclass(w.category, MedreconWarning)]
+    assert ours and all(w.filename == __file__ for w in ours)
+
+
+def test_settings_are_immutable_and_fill_task_defaults(prior):
+    s = ReconstructionSettings.check(task="mri", prior=prior, method="zero_filled")
+    assert s.simulate is True and s.batch_size >= 1
+    with pytest.raises(Exception):
+        s.task = "sr"  # type: ignore[misc]
