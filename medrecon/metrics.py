@@ -10,6 +10,11 @@ are symmetric except for which image sets nothing).
 the generator range ``[-1, 1]``, ``255`` for 8-bit): guessing it from the data gives silently
 wrong PSNR/SSIM.
 
+This module only checks inputs and fixes return kinds. MSE, MAE, RMSE and PSNR are
+``monai.metrics`` (``float64``); SSIM is scikit-image's ``structural_similarity``, because MONAI's
+(``compute_ssim_and_cs``: same window and population covariance) always computes in ``float32``,
+which moves SSIM by up to ~6e-6 on near-identical images.
+
 LPIPS uses the ``lpips`` package's linear calibration layers (shipped inside the package) on a
 torchvision VGG16 or AlexNet backbone whose ImageNet weights are read from a local file, never
 downloaded: see :func:`lpips_distance`.
@@ -27,7 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+from monai.metrics import MAEMetric, MSEMetric, PSNRMetric, RMSEMetric
+from monai.metrics.regression import RegressionMetric
+from skimage.metrics import structural_similarity
 from torch import nn
 
 from medrecon.errors import CheckpointError, MedreconInputError, MissingWeightsError
@@ -60,6 +67,7 @@ def _to_tensor(x: Any, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise MedreconInputError(
             f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}.")
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x  # MetaTensor: values only
     if x.is_complex():
         x = x.abs()
     if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype.is_signed or
@@ -68,7 +76,8 @@ def _to_tensor(x: Any, name: str) -> torch.Tensor:
     return x.detach().to(torch.float64)
 
 
-def _prepare(x: Any, y: Any, data_range: Any) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+def _prepare(x: Any, y: Any, data_range: Any = 1.0
+             ) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
     """Validate a pair, return 4-d float64 tensors, whether the input was batched, range."""
     xt, yt = _to_tensor(x, "x"), _to_tensor(y, "y")
     if xt.shape != yt.shape:
@@ -104,11 +113,17 @@ def _finish(values: torch.Tensor, batched: bool) -> torch.Tensor | float:
     return values if batched else float(values[0])
 
 
+def _monai(metric: RegressionMetric, x: Any, y: Any) -> torch.Tensor | float:
+    """Per-image values of a fresh, unreduced ``monai.metrics`` regression metric."""
+    xt, yt, batched, _ = _prepare(x, y)
+    return _finish(metric(xt, yt).reshape(-1), batched)  # [B, 1] -> [B]
+
+
 # ------------------------------------------------------------------------------------------
-# Pixel metrics
+# Pixel metrics (monai.metrics)
 # ------------------------------------------------------------------------------------------
 def mse(x: Any, y: Any) -> torch.Tensor | float:
-    """Mean squared error per image.
+    """Mean squared error per image (``monai.metrics.MSEMetric``).
 
     Args:
         x: Estimate.
@@ -117,26 +132,24 @@ def mse(x: Any, y: Any) -> torch.Tensor | float:
     Returns:
         ``[B]`` tensor for batches, float for single images.
     """
-    xt, yt, batched, _ = _prepare(x, y, 1.0)
-    return _finish(((xt - yt) ** 2).mean(dim=(1, 2, 3)), batched)
+    return _monai(MSEMetric(reduction="none"), x, y)
 
 
 def mae(x: Any, y: Any) -> torch.Tensor | float:
-    """Mean absolute error per image (see :func:`mse` for shapes)."""
-    xt, yt, batched, _ = _prepare(x, y, 1.0)
-    return _finish((xt - yt).abs().mean(dim=(1, 2, 3)), batched)
+    """Mean absolute error per image (``MAEMetric``; see :func:`mse` for shapes)."""
+    return _monai(MAEMetric(reduction="none"), x, y)
 
 
 def rmse(x: Any, y: Any) -> torch.Tensor | float:
-    """Root mean squared error per image (see :func:`mse` for shapes)."""
-    xt, yt, batched, _ = _prepare(x, y, 1.0)
-    return _finish(((xt - yt) ** 2).mean(dim=(1, 2, 3)).sqrt(), batched)
+    """Root mean squared error per image (``RMSEMetric``; see :func:`mse` for shapes)."""
+    return _monai(RMSEMetric(reduction="none"), x, y)
 
 
 def psnr(x: Any, y: Any, *, data_range: float) -> torch.Tensor | float:
     """Peak signal-to-noise ratio ``10 log10(data_range^2 / MSE)`` in dB, per image.
 
-    Matches ``skimage.metrics.peak_signal_noise_ratio``. Identical images give ``inf``.
+    Computed by ``monai.metrics.PSNRMetric(max_val=data_range)``; matches
+    ``skimage.metrics.peak_signal_noise_ratio``. Identical images give ``inf``.
 
     Args:
         x: Estimate.
@@ -147,25 +160,21 @@ def psnr(x: Any, y: Any, *, data_range: float) -> torch.Tensor | float:
         ``[B]`` tensor for batches, float for single images.
     """
     xt, yt, batched, dr = _prepare(x, y, data_range)
-    err = ((xt - yt) ** 2).mean(dim=(1, 2, 3))
-    return _finish(10.0 * torch.log10(dr * dr / err), batched)
+    return _finish(PSNRMetric(max_val=dr, reduction="none")(xt, yt).reshape(-1), batched)
 
 
-def _gauss1d(sigma: float, radius: int, dtype: torch.dtype, device: torch.device
-             ) -> torch.Tensor:
-    t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    g = torch.exp(-0.5 * (t / sigma) ** 2)
-    return g / g.sum()
-
-
+# ------------------------------------------------------------------------------------------
+# SSIM (scikit-image)
+# ------------------------------------------------------------------------------------------
 def ssim(x: Any, y: Any, *, data_range: float, gaussian_weights: bool = True,
          sigma: float = 1.5, win_size: int | None = None, k1: float = 0.01, k2: float = 0.03,
          use_sample_covariance: bool = False) -> torch.Tensor | float:
     """Structural similarity (Wang et al. 2004), mean over valid windows and channels.
 
-    The defaults are the paper's (11 x 11 Gaussian window, sigma 1.5, population covariance)
-    and match ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=...)``. ``gaussian_weights=False, win_size=7,
+    Computed by ``skimage.metrics.structural_similarity`` per image (``float64``, CPU). The
+    defaults are the paper's (11 x 11 Gaussian window, sigma 1.5, population covariance), i.e.
+    ``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    data_range=...)``. ``gaussian_weights=False, win_size=7,
     use_sample_covariance=True`` reproduces scikit-image's defaults. Windows are only evaluated
     where they fit inside the image (scikit-image's border crop); channels are averaged.
 
@@ -177,10 +186,10 @@ def ssim(x: Any, y: Any, *, data_range: float, gaussian_weights: bool = True,
         sigma: Gaussian width. Default 1.5.
         win_size: Window side (odd). Default: ``2 * int(3.5 * sigma + 0.5) + 1`` (11) for
             Gaussian, 7 for uniform windows.
-        k1: Luminance constant. Default 0.01.
-        k2: Contrast constant. Default 0.03.
-        use_sample_covariance: Normalise (co)variances by ``N - 1`` instead of ``N``.
-            Default False.
+        k1: Luminance constant (>= 0). Default 0.01.
+        k2: Contrast constant (>= 0). Default 0.03.
+        use_sample_covariance: Normalise (co)variances by ``N - 1`` instead of ``N`` (no
+            effect for a 1 x 1 window). Default False.
 
     Returns:
         ``[B]`` tensor for batches, float for single images.
@@ -189,38 +198,28 @@ def ssim(x: Any, y: Any, *, data_range: float, gaussian_weights: bool = True,
     if gaussian_weights:
         if not (float(sigma) > 0):
             raise MedreconInputError(f"sigma must be > 0, got {sigma!r}.")
-        radius = int(3.5 * float(sigma) + 0.5)
-        if win_size is not None and win_size != 2 * radius + 1:
+        win = 2 * int(3.5 * float(sigma) + 0.5) + 1  # scikit-image's truncate=3.5 radius
+        if win_size is not None and win_size != win:
             raise MedreconInputError(
                 f"win_size {win_size} does not match the Gaussian window of sigma {sigma} "
-                f"({2 * radius + 1}); leave win_size=None or use gaussian_weights=False.")
-        win = 2 * radius + 1
-        g = _gauss1d(float(sigma), radius, xt.dtype, xt.device)
+                f"({win}); leave win_size=None or use gaussian_weights=False.")
     else:
         win = 7 if win_size is None else int(win_size)
         if win < 1 or win % 2 == 0:
             raise MedreconInputError(f"win_size must be an odd positive int, got {win_size!r}.")
-        g = torch.full((win,), 1.0 / win, dtype=xt.dtype, device=xt.device)
+    if not (0 <= float(k1) < math.inf and 0 <= float(k2) < math.inf):
+        raise MedreconInputError(f"k1 and k2 must be finite and >= 0, got {k1!r}, {k2!r}.")
     h, w = xt.shape[-2:]
     if h < win or w < win:
         raise MedreconInputError(
             f"images of size {(h, w)} are smaller than the SSIM window ({win} x {win}); use a "
             f"smaller win_size with gaussian_weights=False, or larger images.")
-    b, c = xt.shape[:2]
-    wh, ww = g.view(1, 1, win, 1), g.view(1, 1, 1, win)
-
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t.reshape(b * c, 1, h, w), wh), ww)
-
-    n = win * win
-    cov_norm = n / (n - 1) if use_sample_covariance and n > 1 else 1.0
-    ux, uy = filt(xt), filt(yt)
-    vx = cov_norm * (filt(xt * xt) - ux * ux)
-    vy = cov_norm * (filt(yt * yt) - uy * uy)
-    vxy = cov_norm * (filt(xt * yt) - ux * uy)
-    c1, c2 = (k1 * dr) ** 2, (k2 * dr) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return _finish(s.reshape(b, -1).mean(dim=1), batched)
+    kw = dict(data_range=dr, channel_axis=0, gaussian_weights=bool(gaussian_weights),
+              sigma=float(sigma) if gaussian_weights else 1.5, win_size=win, K1=float(k1),
+              K2=float(k2), use_sample_covariance=bool(use_sample_covariance) and win > 1)
+    values = [structural_similarity(a, b, **kw)
+              for a, b in zip(xt.cpu().numpy(), yt.cpu().numpy())]  # [C, H, W] each
+    return _finish(torch.tensor(values, dtype=torch.float64, device=xt.device), batched)
 
 
 # ------------------------------------------------------------------------------------------

@@ -47,6 +47,50 @@ def test_ssim_matches_skimage(pair, kw, sk_kw):
     assert metrics.ssim(ref[0], ref[0], data_range=1.0, **kw) == pytest.approx(1.0)
 
 
+def _ssim_reference(x: torch.Tensor, y: torch.Tensor, dr: float, sigma: float = 1.5
+                    ) -> torch.Tensor:
+    """medrecon's previous torch SSIM (Gaussian window, population covariance, border crop)."""
+    r = int(3.5 * sigma + 0.5)
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+    g = g / g.sum()
+    b, c, h, w = x.shape
+
+    def filt(t):
+        t = torch.nn.functional.conv2d(t.reshape(b * c, 1, h, w), g.view(1, 1, -1, 1))
+        return torch.nn.functional.conv2d(t, g.view(1, 1, 1, -1))
+
+    ux, uy = filt(x), filt(y)
+    vx, vy, vxy = filt(x * x) - ux * ux, filt(y * y) - uy * uy, filt(x * y) - ux * uy
+    c1, c2 = (0.01 * dr) ** 2, (0.03 * dr) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.reshape(b, -1).mean(dim=1)
+
+
+@pytest.mark.parametrize("shape,dr", [((3, 2, 23, 19), 1.0), ((2, 1, 11, 11), 255.0),
+                                      ((1, 3, 12, 31), 2.0), ((4, 1, 40, 40), 4000.0)])
+def test_ssim_equals_previous_torch_formula(shape, dr, rng):
+    ref = torch.rand(shape, dtype=torch.float64, generator=rng) * dr
+    est = ref + 0.02 * dr * torch.randn(shape, dtype=torch.float64, generator=rng)
+    expected = _ssim_reference(est, ref, dr)
+    torch.testing.assert_close(metrics.ssim(est, ref, data_range=dr), expected, rtol=0,
+                               atol=1e-10)
+    assert metrics.ssim(est[0], ref[0], data_range=dr) == pytest.approx(expected[0].item(),
+                                                                        abs=1e-10)
+    if shape[1] == 1:
+        assert metrics.ssim(est[0, 0], ref[0, 0], data_range=dr) == pytest.approx(
+            expected[0].item(), abs=1e-10)
+    assert metrics.ssim(est, ref, data_range=dr, sigma=0.8).shape == (shape[0],)
+
+
+def test_metrics_of_meta_tensors_are_plain_tensors(pair):
+    from monai.data import MetaTensor
+
+    est, ref = (MetaTensor(torch.from_numpy(a)) for a in pair)
+    for out in (metrics.psnr(est, ref, data_range=1.0), metrics.ssim(est, ref, data_range=1.0),
+                metrics.mse(est, ref), metrics.mae(est, ref), metrics.rmse(est, ref)):
+        assert type(out) is torch.Tensor and out.dtype == torch.float64 and out.shape == (2,)
+
+
 def test_mae_rmse_mse(pair):
     est, ref = pair
     assert metrics.mae(est, ref).numpy() == pytest.approx(np.abs(est - ref).mean(axis=(1, 2, 3)))
@@ -62,6 +106,9 @@ def test_mae_rmse_mse(pair):
     (lambda a, b: metrics.ssim(a, b[..., :-1], data_range=1.0), "same shape"),
     (lambda a, b: metrics.ssim(a[..., :5, :5], b[..., :5, :5], data_range=1.0), "smaller"),
     (lambda a, b: metrics.ssim(a, b, data_range=1.0, gaussian_weights=False, win_size=4), "odd"),
+    (lambda a, b: metrics.ssim(a, b, data_range=1.0, k1=-0.01), "k1 and k2"),
+    (lambda a, b: metrics.ssim(a, b, data_range=1.0, sigma=0), "sigma"),
+    (lambda a, b: metrics.ssim(a, b, data_range=1.0, win_size=7), "does not match"),
     (lambda a, b: metrics.mae(a * np.nan, b), "NaN"),
     (lambda a, b: metrics.rmse(a[None], b[None]), r"\[B, C, H, W\]"),
     (lambda a, b: metrics.mae([1, 2], b), "numpy"),

@@ -269,7 +269,7 @@ def _fft2c_torch(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64,
                                    torch.complex128])
 def test_fft2c_equals_previous_formula(shape, dtype, rng):
-    """fft2c/ifft2c (MONAI's fftn_centered_t) are bit-identical to shift-fft-shift, gradients too."""
+    """fft2c/ifft2c (MONAI's fftn_centered_t) equal shift-fft-shift exactly, gradients too."""
     x = torch.randn(shape, dtype=dtype, generator=rng)
     for ours, inverse in ((fft2c, False), (ifft2c, True)):
         xa = x.clone().requires_grad_(True)
