@@ -6,6 +6,8 @@
   image's native resolution (k-space with ``monai.apps.reconstruction``'s keys).
 * :class:`IntensityWindowd`: the generator-space intensity window, invertible (``Invertd``).
 * :class:`ReconstructionInferer`: the solver as the inferer of a ``SupervisedEvaluator``.
+* :class:`Reconstructor`: the same as an ``nn.Module`` (degraded scans ``(B, 1, H, W)`` ->
+  reconstructions), a bundle's ``reconstructor`` id for ``verify_net_in_out``.
 * :class:`MedreconReader`: medrecon's readers (DICOM series selection, MONOCHROME1,
   multi-frame, size bounds) for ``LoadImage(reader=...)``.
 * :class:`MedreconDicomWriter`: the derived-DICOM writer for ``SaveImage(output_ext=".dcm")``
@@ -18,6 +20,7 @@ See ``docs/monai.md``.
 from medrecon.monai.bundle import bundle_datalist
 from medrecon.monai.convert import record_operation, to_medical_image
 from medrecon.monai.inferer import ReconstructionInferer
+from medrecon.monai.network import Reconstructor
 from medrecon.monai.reader import MedreconReader
 from medrecon.monai.writer import MedreconDicomWriter
 from medrecon.monai.transforms import (
@@ -35,6 +38,7 @@ __all__ = [
     "Reconstruct",
     "Reconstructd",
     "ReconstructionInferer",
+    "Reconstructor",
     "SimulateDegradation",
     "SimulateDegradationd",
     "bundle_datalist",

@@ -48,13 +48,20 @@ class ReconstructionInferer(Inferer):
         self._prior_arg = prior
         self._prior: Any = None
 
-    def _prior_for(self, network: Any) -> Any:
+    @property
+    def prior(self) -> Any:
+        """The :class:`~medrecon.priors.Prior` of ``prior`` (loaded on first use)."""
         from medrecon.priors import Prior, load_prior
 
         if self._prior is None:
             self._prior = (self._prior_arg if isinstance(self._prior_arg, Prior)
                            else load_prior(self._prior_arg))
-        base = self._prior
+        return self._prior
+
+    def _prior_for(self, network: Any) -> Any:
+        from medrecon.priors import Prior
+
+        base = self.prior
         if network is None or network is base.generator:
             return base
         if not all(hasattr(network, a) for a in ("mapping", "synthesis", "img_resolution")):
