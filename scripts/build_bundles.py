@@ -84,6 +84,11 @@ docs/data_license.txt for the attribution that must accompany them.
 For research use only. Not a medical device; not for clinical diagnosis or treatment.
 """
 
+#: The bundles' default job: super-resolution by this factor (inference.json's ``scale``, the
+#: samples' box size, and the shapes of metadata.json's network_data_format).
+SR_SCALE = 4
+
+
 def network_def(bundle: Path) -> dict:
     """``network_def``: the generator, built by ``_target_`` from its saved constructor kwargs."""
     cfg = json.loads((bundle / "models" / "generator.json").read_text())
@@ -104,7 +109,7 @@ def inference(bundle: Path) -> dict:
         "task": "sr",
         "method": None,  # None: the prior's default for the task (medrecon.solvers.DEFAULTS)
         "steps": None,
-        "scale": 4,
+        "scale": SR_SCALE,
         # the shipped samples are 4 x 4 box averages of their references (sample_reference/
         # SOURCE.txt); the CLI's default kernel is bicubic, pass sr_kernel to match your data
         "sr_kernel": "box",
@@ -112,6 +117,11 @@ def inference(bundle: Path) -> dict:
         "seed": 0,
         "network_def": network_def(bundle),
         "network": "$@network_def.to(@device)",
+        # the bundle's job as a network (degraded scans (B, 1, H, W) -> reconstructions), the
+        # shape metadata.json's network_data_format describes: `verify_net_in_out --net_id
+        # reconstructor` checks it. It runs the inferer below (same ids, same pipeline) with the
+        # prior's own generator; network_def stays the generator that ckpt_export exports.
+        "reconstructor": {"_target_": "medrecon.monai.Reconstructor", "inferer": "@inferer"},
         "image_keys": "$['image', 'mask'] if @mask_dir else ['image']",
         "dataset_data": "$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir)",
         "preprocessing": {
@@ -277,7 +287,14 @@ cd <this bundle folder>         # or pass --bundle_root
 python -m monai.bundle run --config_file configs/inference.json --logging_file configs/logging.conf \\
     --dataset_dir ./sample --output_dir ./eval --task sr --method iagan --steps 300
 python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']"
+python -m monai.bundle verify_net_in_out --net_id reconstructor --meta_file configs/metadata.json \\
+    --config_file configs/inference.json --steps 2
 ```
+
+`network_def` is the generator (`z -> image`, what `ckpt_export` exports); `reconstructor` is
+the bundle's job as a network (degraded scans `(B, 1, H, W)` -> reconstructions, through the
+same inferer and overrides), the one `network_data_format` in `configs/metadata.json` describes
+(SR x4: `{low}*n` pixels per side in, `{res}*n` out).
 
 Override `task` (`sr`, `inpaint`, `mri` and `cs` simulated, `deblur`, `denoise`), `method`
 (`iagan`, `brgm`, `csgm`, or a baseline; default the prior's choice), `steps`, `scale`,
@@ -359,6 +376,7 @@ def readme(name: str, spec: dict, bundle: Path, metrics: dict) -> str:
         gamma=(cfg.get("r1_gamma") or 0.0002 * cfg.get("resolution", 128) ** 2
                / cfg.get("batch_size", 32)),
         metrics=_metrics_table(metrics), folder=spec["folder"],
+        low=cfg.get("resolution", 128) // SR_SCALE,
     )
 
 
@@ -380,6 +398,9 @@ def _models_info(bundle: Path) -> dict:
 def metadata(name: str, spec: dict, bundle: Path, metrics: dict) -> dict:
     info = _models_info(bundle)
     z_dim, res = int(info.get("z_dim", 256)), int(info.get("resolution", 128))
+    # network_data_format describes the default job, SR x SR_SCALE: an input of (res/scale * n)
+    # pixels per side gives (res * n); n = 1 is the sample's size and the prior's grid.
+    low = res // SR_SCALE
     kimg = info.get("metadata", {}).get("training", {}).get("kimg")
     return {
         "schema": SCHEMA_URL,
@@ -400,7 +421,9 @@ def metadata(name: str, spec: dict, bundle: Path, metrics: dict) -> dict:
             "used by medrecon's CSGM, BRGM and IAGAN solvers. configs/inference.json runs a MONAI "
             "SupervisedEvaluator over dataset_dir whose inferer is medrecon's solver "
             "(medrecon.monai.ReconstructionInferer, the CLI's pipeline) with network_def as "
-            "the prior's generator; configs/evaluate.json scores paired references. "
+            "the prior's generator; its id 'reconstructor' is that job as a network (degraded "
+            "scan -> reconstruction, the network_data_format below); configs/evaluate.json "
+            "scores paired references. "
             "PLACEHOLDER WEIGHTS: trained briefly on a shared CPU; see docs/README.md."),
         "authors": "medrecon developers",
         "copyright": "Copyright (c) medrecon developers; weights CC BY 4.0 (derived from "
@@ -426,17 +449,19 @@ def metadata(name: str, spec: dict, bundle: Path, metrics: dict) -> dict:
             "inputs": {
                 "image": {
                     "type": "image", "format": "magnitude", "modality": spec["modality"],
-                    "num_channels": 1, "spatial_shape": ["*", "*"], "dtype": "float32",
-                    "value_range": [], "is_patch_data": False,
+                    "num_channels": 1, "spatial_shape": [f"{low}*n", f"{low}*n"],
+                    "dtype": "float32", "value_range": [], "is_patch_data": False,
                     "channel_def": {"0": "degraded scan (low-resolution, masked, blurred or "
-                                         "noisy), any size"},
+                                         "noisy). The shapes are the default task's (sr, scale "
+                                         f"{SR_SCALE}): {low}*n per side -> {res}*n; n = 1 "
+                                         f"matches the prior's {res} grid, other sizes work"},
                 }
             },
             "outputs": {
                 "pred": {
                     "type": "image", "format": "magnitude", "modality": spec["modality"],
-                    "num_channels": 1, "spatial_shape": ["*", "*"], "dtype": "float32",
-                    "value_range": [], "is_patch_data": False,
+                    "num_channels": 1, "spatial_shape": [f"{res}*n", f"{res}*n"],
+                    "dtype": "float32", "value_range": [], "is_patch_data": False,
                     "channel_def": {"0": "reconstruction on the scan's grid (SR: scale times "
                                          "finer), in the input's intensity units"},
                 }
@@ -445,13 +470,15 @@ def metadata(name: str, spec: dict, bundle: Path, metrics: dict) -> dict:
         "generator": {
             "z_dim": z_dim, "resolution": [res, res], "value_range": [-1, 1],
             "note": "network_def maps a latent z [1, z_dim] to a [1, 1, R, R] image; the "
-                    "solver inverts it, it is not applied to the scan directly",
+                    "solver inverts it, it is not applied to the scan directly. The network of "
+                    "network_data_format is inference.json's 'reconstructor' "
+                    "(verify_net_in_out --net_id reconstructor)",
         },
     }
 
 
 def make_sample(name: str, spec: dict, bundle: Path, data: Path, resolution: int = 128,
-                scale: int = 4) -> None:
+                scale: int = SR_SCALE) -> None:
     """Write sample/<id>_lr.png (R/s square) and sample_reference/<id>.png (R square)."""
     from PIL import Image
 

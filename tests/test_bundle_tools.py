@@ -1,6 +1,6 @@
 """MONAI's bundle tools on a copy of a shipped bundle outside the repo, with a tiny prior the
 test makes: run (with overrides), evaluate.json, inpainting with masks, ckpt_export,
-verify_metadata, ConfigWorkflow properties."""
+verify_metadata, verify_net_in_out of the `reconstructor` id, ConfigWorkflow properties."""
 
 from __future__ import annotations
 
@@ -110,3 +110,41 @@ def test_check_properties_finds_nothing_missing(bundle):
                         workflow_type="infer", bundle_root=str(bundle))
     wf.initialize()
     assert wf.check_properties() == []
+
+
+# the shipped metadata's shapes are for a 128 prior: the 16 px test prior is resampled (warned)
+@pytest.mark.filterwarnings("ignore::medrecon.errors.MedreconWarning")
+def test_verify_net_in_out_on_the_reconstructor(bundle):
+    """network_data_format describes `reconstructor` (degraded scans -> reconstructions):
+    MONAI's verify_net_in_out (channels, dtype; under no_grad) passes on it, and so do the
+    spatial shapes, which verify_net_in_out does not compare."""
+    from monai.bundle import ConfigParser, verify_net_in_out
+    from monai.bundle.scripts import _get_fake_spatial_shape
+
+    cfg = str(bundle / "configs" / "inference.json")
+    meta = str(bundle / "configs" / "metadata.json")
+    # csgm: a GAN solver, so the gradients it needs are checked under verify's no_grad
+    overrides = {"bundle_root": str(bundle), "method": "csgm", "steps": 2}
+    verify_net_in_out(net_id="reconstructor", meta_file=meta, config_file=cfg, device="cpu",
+                      **overrides)
+    parser = ConfigParser()
+    parser.read_config(cfg)
+    parser.read_meta(meta)
+    for k, v in overrides.items():
+        parser[k] = v
+    net = parser.get_parsed_content("reconstructor").eval()
+    assert isinstance(net, torch.nn.Module)
+    assert parser.get_parsed_content("network_def").img_resolution == R  # still the generator
+    fmt = parser["_meta_"]["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    for n, batch in ((1, 2), (2, 1)):
+        shape_in = _get_fake_spatial_shape(image["spatial_shape"], n=n)
+        x = torch.rand(batch, image["num_channels"], *shape_in)
+        with torch.no_grad():
+            y = net(x)
+        expected = (batch, pred["num_channels"],
+                    *_get_fake_spatial_shape(pred["spatial_shape"], n=n))
+        assert tuple(y.shape) == expected, f"n={n}: got {tuple(y.shape)}, metadata says {expected}"
+        assert y.dtype == torch.float32 and torch.isfinite(y).all() and not y.requires_grad
+    with pytest.raises(Exception, match=r"\(B, 1, H, W\)"):
+        net(torch.rand(1, 3, 8, 8))

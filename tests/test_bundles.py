@@ -113,3 +113,31 @@ def test_config_workflow_runs_inference_on_the_sample(name, tmp_path):
 
     with Image.open(next((b / "sample").glob("*.png"))) as lr:
         assert nib.load(str(outs[0])).shape[:2] == (lr.size[0] * 4, lr.size[1] * 4)
+
+
+def test_verify_net_in_out_on_the_reconstructor(name):
+    """The shipped metadata's network_data_format is the shape of the `reconstructor` id
+    (degraded scan -> reconstruction with the bundle's default task); network_def
+    stays the generator. verify_net_in_out compares channels and dtype; the spatial shapes too."""
+    from monai.bundle import ConfigParser, verify_net_in_out
+    from monai.bundle.scripts import _get_fake_spatial_shape
+
+    b = BUNDLES[name]
+    cfg, meta = str(b / "configs" / "inference.json"), str(b / "configs" / "metadata.json")
+    overrides = {"bundle_root": str(b), "method": "csgm", "steps": 2}  # the cheapest GAN solver
+    verify_net_in_out(net_id="reconstructor", meta_file=meta, config_file=cfg, device="cpu",
+                      **overrides)
+    parser = ConfigParser()
+    parser.read_config(cfg)
+    parser.read_meta(meta)
+    for k, v in overrides.items():
+        parser[k] = v
+    fmt = parser["_meta_"]["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    x = torch.rand(1, image["num_channels"], *_get_fake_spatial_shape(image["spatial_shape"]))
+    with torch.no_grad():
+        y = parser.get_parsed_content("reconstructor").eval()(x)
+    expected = (1, pred["num_channels"], *_get_fake_spatial_shape(pred["spatial_shape"]))
+    assert tuple(y.shape) == expected, f"got {tuple(y.shape)}, metadata says {expected}"
+    res = json.loads((b / "models" / "prior.json").read_text())["resolution"]
+    assert tuple(y.shape[2:]) == (res, res)  # n = 1: SR x4 onto the prior's own grid
