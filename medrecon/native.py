@@ -26,6 +26,7 @@ import torch
 
 from medrecon.errors import MedreconInputError
 from medrecon.physics import GridResample, LinearPhysics, build_operator, compose
+from medrecon.volume import solve_in_rounds, supports_warm_start, warm_steps_for
 
 __all__ = ["NativeProblem", "build_native_problem", "solve_native_problem"]
 
@@ -210,9 +211,16 @@ def solve_native_problem(
     ensemble: int | None = None,
     device: str = "auto",
     solver_task: str | None = None,
+    key_every: int = 1,
+    warm_steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve every slice of ``problem``; return images ``[N, C, H, W]`` on the output grid,
     the posterior std (when ``samples``) and the solver information.
+
+    With ``key_every > 1`` and a method that can be warm-started (IAGAN), the slices of each
+    operator group are solved in the rounds of :mod:`medrecon.volume`: key slices cold, the
+    others from their neighbour's state with ``warm_steps`` steps (None:
+    :func:`medrecon.volume.warm_steps_for`).
 
     Generative methods solve with ``A_native o U`` and no back-projection of their own; their
     image is mapped with ``U`` and back-projected with ``A_native`` on the output grid when the
@@ -236,18 +244,25 @@ def solve_native_problem(
     stds: list[torch.Tensor | None] = [None] * n
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
     U = problem.grid
+    warm = key_every > 1 and not samples and supports_warm_start(method)
     for op_native, idx in problem.groups:
         sigma = C.noise_sigma(op_native)
         do_bp = generative and will_back_project(method, bp=bp, noise_sigma=sigma)
         op = op_native if (not generative or U.is_identity) else compose(op_native, U)
-        for b0 in range(0, len(idx), batch_size):
-            chunk = idx[b0:b0 + batch_size]
-            off_grid = generative and not U.is_identity  # the prior reaches y through U
+        off_grid = generative and not U.is_identity  # the prior reaches y through U
+
+        def solve_chunk(chunk: list[int], init: Any, want_state: bool) -> Any:
             kw = solver_kwargs(
                 method, device=device, seed=seed, bp=False if generative else bp, steps=steps,
                 callback=progress.solver_callback(chunk[0], chunk[-1] + 1), samples=samples,
                 ensemble=ensemble, task=solver_task,
                 overrides=OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if off_grid else None)
+            if warm:
+                kw["return_state"] = want_state
+                if init is not None:
+                    kw["init"] = init
+                    kw["steps"] = warm_steps or warm_steps_for(method, solver_task, kw.get("steps"))
+                    info["warm_steps"] = kw["steps"]
             y = problem.y[chunk]
             rec = solve(y, op, prior if generative else None, **kw)
             img = rec.image
@@ -277,6 +292,12 @@ def solve_native_problem(
             info["solver_info"] = rec.info
             progress.done += len(chunk)
             progress.emit(progress.done / progress.n, f"slice {progress.done}/{progress.n} done")
+            return rec.state
+
+        solve_in_rounds(list(idx), key_every=key_every if warm else 1, batch_size=batch_size,
+                        solve_chunk=solve_chunk)
+    if warm:
+        info["key_every"] = key_every
     img_all = torch.stack([t for t in images if t is not None])
     std_all = (torch.stack([t for t in stds]) if all(t is not None for t in stds)  # type: ignore[misc]
                else None)

@@ -729,6 +729,8 @@ def reconstruct(
     simulate: bool = False,
     callback: ProgressCallback | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
+    key_every: int | None = None,
+    warm_steps: int | None = None,
 ) -> PipelineResult:
     """Reconstruct a scan with a StyleGAN2 prior (or a classical baseline).
 
@@ -781,10 +783,18 @@ def reconstruct(
         seed: Seed of every random choice (operator pattern, simulated noise, solver probes).
             Every batch is solved with it, and the solvers treat the slices of a batch as
             independent problems, so a slice's result does not depend on ``batch_size`` (up to
-            float rounding). Default 0.
+            float rounding); with warm starts it depends on the slices of its segment
+            (``key_every``), which ``batch_size`` does not change. Default 0.
         simulate: Treat ``image`` as the ground truth and measure it with the operator (seeded).
         callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
         percentiles: Intensity percentiles mapped to ``-1``/``+1``. Default ``(0.5, 99.5)``.
+        key_every: Volumes (``sr``, ``inpaint``, ``deblur``, ``denoise`` with IAGAN): the
+            slices are cut into segments of ``key_every`` along the slice axis; each
+            segment's middle slice is solved in full and the others are warm-started from
+            their solved neighbour (:mod:`medrecon.volume`). ``1`` solves every slice from
+            scratch. Default ``None``: :data:`medrecon.volume.DEFAULT_KEY_EVERY`.
+        warm_steps: Steps of a warm-started slice. Default ``None``:
+            :func:`medrecon.volume.warm_steps_for` (a quarter of the cold steps).
 
     Returns:
         :class:`PipelineResult` with the reconstruction (and std map) in the input's field of
@@ -805,7 +815,8 @@ def reconstruct(
         sr_kernel=sr_kernel, acceleration=acceleration, center_fraction=center_fraction,
         mask_type=mask_type, noise_sigma=noise_sigma, samples=samples, ensemble=ensemble,
         device=device, batch_size=batch_size, seed=seed, simulate=simulate,
-        percentiles=percentiles, has_mask=mask is not None)
+        percentiles=percentiles, key_every=key_every, warm_steps=warm_steps,
+        has_mask=mask is not None)
     d = run_steps(build_steps(settings, callback), {"image": image, "mask": mask, "t0": t0})
     info = d["info"]
     std = d["std_image"]

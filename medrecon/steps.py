@@ -37,6 +37,7 @@ from monai.transforms import Compose, Transform
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.transforms import PLANES, IntensityWindow
+from medrecon.volume import DEFAULT_KEY_EVERY
 
 __all__ = [
     "ReconstructionSettings",
@@ -79,6 +80,8 @@ class ReconstructionSettings:
     seed: int
     simulate: bool
     percentiles: tuple[float, float]
+    key_every: int
+    warm_steps: int | None
 
     @classmethod
     def check(cls, *, task: str, prior: Any, method: str | None = None, steps: Any = None,
@@ -87,6 +90,7 @@ class ReconstructionSettings:
               mask_type: str = "random", noise_sigma: Any = 0.0, samples: Any = 0,
               ensemble: Any = None, device: str = "auto", batch_size: Any = None, seed: Any = 0,
               simulate: bool = False, percentiles: tuple[float, float] = (0.5, 99.5),
+              key_every: Any = None, warm_steps: Any = None,
               has_mask: bool = False) -> "ReconstructionSettings":
         """Check every option (before any work), load the prior (a name, folder or Prior) and
         fill in the defaults that depend on the task and the prior (the method, ``simulate``
@@ -104,6 +108,10 @@ class ReconstructionSettings:
             raise MedreconInputError(f"noise_sigma must be a finite number >= 0; got {noise_sigma!r}.")
         if task == "sr":
             scale = P._check_int("scale", scale, minimum=1)
+        key_every = DEFAULT_KEY_EVERY if key_every is None else P._check_int(
+            "key_every", key_every, minimum=1)
+        if warm_steps is not None:
+            warm_steps = P._check_int("warm_steps", warm_steps, minimum=1)
         if has_mask and task != "inpaint":
             raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} "
                                      "with a mask.")
@@ -115,7 +123,8 @@ class ReconstructionSettings:
             mask_type=mask_type, noise_sigma=float(noise_sigma), samples=samples,
             ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
             simulate=bool(simulate or task in P.SIMULATE_ONLY_TASKS or task == "mri"),
-            percentiles=(float(percentiles[0]), float(percentiles[1])))
+            percentiles=(float(percentiles[0]), float(percentiles[1])), key_every=key_every,
+            warm_steps=warm_steps)
 
 
 class ReadVolume(Transform):
@@ -221,11 +230,12 @@ class SolveSlices(Transform):
                   device=s.device, batch_size=s.batch_size, seed=s.seed, progress=progress,
                   ensemble=d["ensemble"])
         zoom = [1.0, 1.0, 1.0]
-        if s.task in P.NATIVE_TASKS:
+        if s.task in P.NATIVE_TASKS:  # volumes: warm starts along the slice axis
             out = P._solve_native_task(s.task, x, self.prior, sp_hw=d["sp_hw"],
                                        simulate=s.simulate, noise_sigma=s.noise_sigma,
                                        scale=s.scale, sr_kernel=s.sr_kernel,
-                                       missing=d["missing"], **kw)
+                                       missing=d["missing"], key_every=s.key_every,
+                                       warm_steps=s.warm_steps, **kw)
             if s.task == "sr" and not s.simulate:
                 r_ax, c_ax = d["orient"].inplane_axes()
                 zoom[r_ax] = zoom[c_ax] = float(s.scale)
@@ -295,6 +305,7 @@ class Summarise(Transform):
             "noise_sigma": s.noise_sigma,
         }
         info.update(d["extra"])
+        info.update({k: sinfo[k] for k in ("key_every", "warm_steps") if k in sinfo})
         if d["fallback"] is not None:
             info["fallback"] = d["fallback"][1]
         if s.task == "sr":

@@ -22,6 +22,7 @@ results, slower).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,38 @@ from medrecon.solvers.result import Reconstruction
 STAGE1_DEFAULTS: dict[str, Any] = {"steps": 50, "restarts": 1, "probes": 32}
 
 
+@dataclass
+class AdaptedState:
+    """What IAGAN's stage 2 ends with, per member and slice: the W+ latents and the adapted
+    synthesis weights (float32, CPU). Passed back as ``init`` it starts stage 2 there instead
+    of at stage 1's latent and the pre-trained weights: a warm start, e.g. from the
+    neighbouring slice of a volume (:mod:`medrecon.volume`).
+
+    Attributes:
+        latents: ``[K, B, num_ws, w_dim]`` (``K`` ensemble members, ``B`` slices).
+        weights: synthesis parameter name -> ``[K, B, *shape]``.
+    """
+
+    latents: torch.Tensor
+    weights: dict[str, torch.Tensor]
+
+    @property
+    def members(self) -> int:
+        return int(self.latents.shape[0])
+
+    def select(self, slices: list[int]) -> "AdaptedState":
+        """The state of the given slices (indices along ``B``)."""
+        return AdaptedState(self.latents[:, slices].clone(),
+                            {n: t[:, slices].clone() for n, t in self.weights.items()})
+
+    @staticmethod
+    def cat(states: list["AdaptedState"]) -> "AdaptedState":
+        """Slices of several states side by side (along ``B``)."""
+        return AdaptedState(torch.cat([st.latents for st in states], dim=1),
+                            {n: torch.cat([st.weights[n] for st in states], dim=1)
+                             for n in states[0].weights})
+
+
 class _StackedSynthesis:
     """Per-slice copies of the synthesis weights, stacked, and their batched evaluation.
 
@@ -50,12 +83,19 @@ class _StackedSynthesis:
         batch: number of slices ``B``.
     """
 
-    def __init__(self, synthesis: nn.Module, batch: int) -> None:
+    def __init__(self, synthesis: nn.Module, batch: int,
+                 init: dict[str, torch.Tensor] | None = None) -> None:
         self.module = synthesis
-        self.params = {
-            n: p.detach().unsqueeze(0).repeat(batch, *([1] * p.ndim)).requires_grad_(True)
-            for n, p in synthesis.named_parameters() if p.is_floating_point()
-        }  # each [B, *shape]
+        if init is None:
+            self.params = {
+                n: p.detach().unsqueeze(0).repeat(batch, *([1] * p.ndim)).requires_grad_(True)
+                for n, p in synthesis.named_parameters() if p.is_floating_point()
+            }  # each [B, *shape]
+        else:  # per-slice weights to start from (a warm start)
+            self.params = {
+                n: init[n].to(p.device, p.dtype).clone().requires_grad_(True)
+                for n, p in synthesis.named_parameters() if p.is_floating_point()
+            }
         self.fixed = {n: p for n, p in synthesis.named_parameters() if not p.is_floating_point()}
         self.buffers = dict(synthesis.named_buffers())
         self.vectorised = batch > 1
@@ -92,6 +132,8 @@ def adapt_weights(
     progress: C.Progress,
     amp,
     check_every: int = 10,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    final: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float], int]:
     """The IAGAN stage-2 core: every slice adapts its own latent and synthesis weights.
 
@@ -108,13 +150,17 @@ def adapt_weights(
         progress: throttled reporter.
         amp: autocast context factory.
         check_every: steps between discrepancy checks (the only host syncs of the loop).
+        init_weights: per-slice synthesis weights ``[B, *shape]`` to start from instead of
+            the pre-trained ones (a warm start).
+        final: when a dict, receives the final latents (``"latents"``) and weights
+            (``"weights"``, stacked ``[B, *shape]``), detached on the CPU.
 
     Returns:
         ``(best_images [B, C, H, W], best_ws, best_objective [B], history, steps_run)``; the
         history is the batch-mean objective per step.
     """
     B = ws0.shape[0]
-    net = _StackedSynthesis(G.synthesis, B)
+    net = _StackedSynthesis(G.synthesis, B, init=init_weights)
     w = ws0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([{"params": [w], "lr": lr_latent},
                             {"params": list(net.params.values()), "lr": lr_weights}])
@@ -164,6 +210,9 @@ def adapt_weights(
         with amp():
             x = net(w).float()
         score(x, C.sq_residual(op.A(x), y))
+    if final is not None:
+        final["latents"] = w.detach().float().cpu()
+        final["weights"] = {n: p.detach().float().cpu() for n, p in net.params.items()}
     return best_img, best_ws, best_obj, hist[:done].tolist(), done
 
 
@@ -194,6 +243,8 @@ def iagan(
     seed: int = 0,
     callback: C.ProgressCallback | None = None,
     amp: bool = True,
+    init: AdaptedState | None = None,
+    return_state: bool = False,
 ) -> Reconstruction:
     """IAGAN: stage-1 latent search, then per-slice joint latent + weight adaptation.
 
@@ -238,6 +289,12 @@ def iagan(
         seed: seed passed to stage 1 (of member 0; see ``ensemble``).
         callback: progress callable (stages ``'csgm'``/``'brgm'`` then ``'iagan'``).
         amp: bf16 autocast of the synthesis on CUDA.
+        init: a warm start (:class:`AdaptedState` of ``ensemble`` members and ``B`` slices,
+            e.g. the neighbouring slices' results): stage 1 is skipped and stage 2 starts from
+            these latents and weights, running ``steps`` steps. Default None (cold start).
+        return_state: also return the final latents and weights of every member and slice as
+            ``state`` (an :class:`AdaptedState`, about 4 bytes per synthesis parameter per
+            member and slice). Default False.
 
     Returns:
         A :class:`Reconstruction`; ``latents`` are the adapted latents (meaningful only with
@@ -264,28 +321,42 @@ def iagan(
     if stage1 == "brgm" and "restarts" not in (stage1_options or {}):
         opts.pop("restarts")
     K = ensemble
+    B = y.shape[0]
     seeds = [member_seed(seed, k) for k in range(K)]
-    solver1 = csgm if stage1 == "csgm" else brgm
-    firsts = [solver1(y, operator, prior, device=device, seed=sk, amp=amp,
-                      callback=_member_callback(callback, k, K), **opts)
-              for k, sk in enumerate(seeds)]
+    if init is not None:
+        _check_init(init, K, B)
+        firsts = []
+    else:
+        solver1 = csgm if stage1 == "csgm" else brgm
+        firsts = [solver1(y, operator, prior, device=device, seed=sk, amp=amp,
+                          callback=_member_callback(callback, k, K), **opts)
+                  for k, sk in enumerate(seeds)]
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
     G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
     op = operator.to(dev)
-    B = y.shape[0]
     # every member's slices in one stacked batch, member-major: entry k * B + b
     yd = y.to(dev).repeat(K, *([1] * (y.ndim - 1)))
-    ws1 = torch.cat([f.latents for f in firsts]).to(dev)
+    if init is not None:
+        ws1 = init.latents.reshape(K * B, *init.latents.shape[2:]).to(dev)
+        w_init = {n: t.reshape(K * B, *t.shape[2:]) for n, t in init.weights.items()}
+    else:
+        ws1 = torch.cat([f.latents for f in firsts]).to(dev)
+        w_init = None
     s = C.noise_sigma(operator)
     n_steps = max(1, int(round(steps * noisy_step_factor))) if s > 0 else steps
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
     progress = C.Progress(callback, stage="iagan", total_steps=n_steps, slices=K * B)
+    final: dict | None = {} if return_state else None
     img, ws, obj, hist, done = adapt_weights(
         G, ws1, yd, op, steps=n_steps, lr_latent=lr_latent, lr_weights=lr_weights,
-        noise_var=s * s, progress=progress, amp=amp_ctx)
+        noise_var=s * s, progress=progress, amp=amp_ctx, init_weights=w_init, final=final)
+    state = None if final is None else AdaptedState(
+        final["latents"].reshape(K, B, *final["latents"].shape[1:]),
+        {n: t.reshape(K, B, *t.shape[1:]) for n, t in final["weights"].items()})
     stage1_hist = [v for f in firsts for v in f.loss_history]
-    info = dict(stage1=stage1, stage1_options=opts, stage1_info=firsts[0].info, steps=steps,
+    info = dict(stage1=stage1 if init is None else "warm start", stage1_options=opts,
+                stage1_info=firsts[0].info if firsts else None, steps=steps,
                 steps_run=n_steps, steps_done=done, lr_latent=lr_latent,
                 lr_weights=lr_weights, noisy_step_factor=noisy_step_factor, seed=seed,
                 noise_mode=noise_mode,
@@ -295,13 +366,26 @@ def iagan(
         info["objective"] = obj.tolist()
         return Reconstruction(image=img, latents=ws, loss_history=stage1_hist + hist,
                               seconds=time.perf_counter() - t0, device=str(dev),
-                              method="iagan", info=info)
+                              method="iagan", info=info, state=state)
     samples = img.reshape(K, B, *img.shape[1:])
     info.update(member_seeds=seeds, member_objective=obj.reshape(K, B).tolist(),
                 member_stage1_info=[f.info for f in firsts])
     return Reconstruction(image=samples.mean(0), latents=ws[:B], loss_history=stage1_hist + hist,
                           seconds=time.perf_counter() - t0, device=str(dev), method="iagan",
-                          samples=samples, std=samples.std(0, correction=1), info=info)
+                          samples=samples, std=samples.std(0, correction=1), info=info,
+                          state=state)
+
+
+def _check_init(init: Any, members: int, slices: int) -> None:
+    if not isinstance(init, AdaptedState):
+        raise MedreconInputError(
+            f"init is a {type(init).__name__}; expected an AdaptedState (the `state` of an "
+            "earlier iagan(..., return_state=True)).")
+    if tuple(init.latents.shape[:2]) != (members, slices):
+        raise MedreconInputError(
+            f"init holds {init.latents.shape[0]} member(s) x {init.latents.shape[1]} slice(s); "
+            f"this call has ensemble={members} and {slices} slice(s). Warm-start with the "
+            "state of the same ensemble size, one entry per slice.")
 
 
 def member_seed(seed: int, k: int) -> int:

@@ -26,6 +26,9 @@ class Reconstruction:
         samples: posterior samples ``[N, B, C, H, W]`` (variational BRGM) or ``None``.
         std: per-pixel posterior standard deviation ``[B, C, H, W]`` or ``None``.
         info: settings actually used (hyperparameters, seed, stage boundaries, fall-backs).
+        state: the solver's final state when asked for (IAGAN ``return_state=True``: an
+            :class:`medrecon.solvers.iagan.AdaptedState` to warm-start another call), else
+            ``None``.
     """
 
     image: torch.Tensor
@@ -37,6 +40,7 @@ class Reconstruction:
     samples: torch.Tensor | None = None
     std: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
 
     def __post_init__(self) -> None:
         self.image = _to_cpu(self.image)

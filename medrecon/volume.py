@@ -1,0 +1,117 @@
+"""Whole volumes: warm starts along the slice axis.
+
+Neighbouring slices of a scan are nearly the same image, so a volume need not be 150 cold
+solves. With ``key_every = L`` the slices (in their order along the slice axis) are cut into
+segments of ``L``; the middle slice of each segment, its *key slice*, is solved in full (IAGAN:
+stage-1 search and stage-2 adaptation of every ensemble member); then, round by round, each
+slice one step further from its key is warm-started from the slice next to it towards the key:
+stage 2 begins at that neighbour's adapted latents and weights (every member its own) and runs
+``warm_steps`` steps on the slice's own measurements. Every slice is still fitted to its own
+data; the neighbour only supplies the starting point, which also ties neighbouring results
+together (a reformat across slices is smoother).
+
+Guarantees: a slice's result depends on its segment (the slices between it and its key slice)
+and the seed, never on ``batch_size``, which only groups the independent problems of one
+round into solver calls. ``key_every <= 1`` solves every slice cold, exactly as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["DEFAULT_KEY_EVERY", "WARM_FRACTION", "warm_start_rounds", "solve_in_rounds",
+           "supports_warm_start", "warm_steps_for"]
+
+#: Segment length of a volume's warm starts (``key_every``) when the caller gives none.
+DEFAULT_KEY_EVERY = 8
+#: Steps of a warm-started slice as a fraction of the method's cold steps (``warm_steps``
+#: when the caller gives none), at least :data:`MIN_WARM_STEPS`.
+WARM_FRACTION = 0.25
+MIN_WARM_STEPS = 10
+
+
+def warm_steps_for(method: str, task: str | None, steps: int | None) -> int:
+    """Default steps of a warm-started slice: :data:`WARM_FRACTION` of the cold steps
+    (``steps``, else the method's default for ``task``), at least :data:`MIN_WARM_STEPS`."""
+    from medrecon.solvers import method_options
+
+    cold = steps if steps is not None else int(method_options(method, task).get("steps", 0) or 0)
+    return max(MIN_WARM_STEPS, math.ceil(cold * WARM_FRACTION))
+
+
+def supports_warm_start(method: str) -> bool:
+    """Whether ``method`` can start from a neighbour's state (its solver takes ``init``)."""
+    from medrecon.solvers import METHODS
+
+    spec = METHODS.get(method)
+    return spec is not None and "init" in spec.defaults and "return_state" in spec.defaults
+
+
+def warm_start_rounds(indices: Sequence[int], key_every: int) -> list[list[tuple[int, int | None]]]:
+    """The solve order of ``indices`` (slices in order along the slice axis) as rounds of
+    ``(slice, parent)`` pairs: round 0 holds the key slices (parent None), round ``t`` the
+    slices ``t`` steps from their key, each with its neighbour towards the key as parent.
+
+    Args:
+        indices: slice indices in their order along the slice axis.
+        key_every: segment length ``L``; ``<= 1`` gives one round of cold solves.
+    """
+    idx = list(indices)
+    if key_every <= 1 or len(idx) <= 1:
+        return [[(i, None) for i in idx]]
+    rounds: list[list[tuple[int, int | None]]] = [[]]
+    for s0 in range(0, len(idx), key_every):
+        seg = idx[s0:s0 + key_every]
+        k = (len(seg) - 1) // 2
+        rounds[0].append((seg[k], None))
+        for t in range(1, max(k, len(seg) - 1 - k) + 1):
+            while len(rounds) <= t:
+                rounds.append([])
+            if k - t >= 0:
+                rounds[t].append((seg[k - t], seg[k - t + 1]))
+            if k + t < len(seg):
+                rounds[t].append((seg[k + t], seg[k + t - 1]))
+    return rounds
+
+
+def solve_in_rounds(
+    indices: Sequence[int],
+    *,
+    key_every: int,
+    batch_size: int,
+    solve_chunk: Callable[[list[int], Any, bool], Any],
+) -> None:
+    """Solve ``indices`` in the order of :func:`warm_start_rounds`.
+
+    Args:
+        indices: slice indices in order along the slice axis.
+        key_every: segment length (see :func:`warm_start_rounds`).
+        batch_size: slices per solver call (a round is cut into calls of this size).
+        solve_chunk: ``solve_chunk(slices, init, want_state)`` solves ``slices`` (all cold, or
+            all warm-started from ``init``, the parents' states side by side) and returns
+            their state (an object with ``select``/``cat``, e.g.
+            :class:`medrecon.solvers.iagan.AdaptedState`) when ``want_state``, else None.
+    """
+    rounds = warm_start_rounds(indices, key_every)
+    parents = [{p for _, p in rnd if p is not None} for rnd in rounds[1:]] + [set()]
+    states: dict[int, Any] = {}
+    for r, rnd in enumerate(rounds):
+        needed = parents[r]  # slices of this round that the next round starts from
+        for b0 in range(0, len(rnd), batch_size):
+            part = rnd[b0:b0 + batch_size]
+            chunk = [i for i, _ in part]
+            init = None
+            if part[0][1] is not None:
+                first = states[part[0][1]]
+                init = type(first).cat([states[p] for _, p in part])
+            want = any(i in needed for i in chunk)
+            state = solve_chunk(chunk, init, want)
+            if want and state is not None:
+                for j, i in enumerate(chunk):
+                    if i in needed:
+                        states[i] = state.select([j])
+        for _, p in rnd:  # the parents of this round are no longer needed
+            if p is not None:
+                states.pop(p, None)
