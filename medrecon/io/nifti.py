@@ -8,6 +8,7 @@ the affine is always in millimetres.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.io._paths import check_claimed_size, check_finite
 from medrecon.io.image import MedicalImage
 
-__all__ = ["read_nifti", "write_nifti"]
+__all__ = ["read_nifti", "set_nifti_header", "write_nifti"]
 
 _UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
 
@@ -124,27 +125,38 @@ def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
 
 
 def write_nifti(image: MedicalImage, tmp: Path, *, description: str) -> None:
-    """Write ``image`` as float32 NIfTI-1 to ``tmp`` (compression from its suffix).
-
-    Both sform and qform are set from the affine (codes kept from a NIfTI source, else
-    1 = scanner); for a sheared affine (e.g. gantry tilt) the qform cannot represent it and its
-    code is set to 0 so readers use the exact sform.
-    """
+    """Write ``image`` as float32 NIfTI-1 to ``tmp`` (compression from its suffix), with the
+    header of :func:`set_nifti_header`."""
     data = image.array[:, :, 0] if image.is_2d else image.array
     img = nib.Nifti1Image(data.astype(np.float32, copy=False), image.affine)
+    set_nifti_header(img, image.affine, image.meta, description=description)
+    nib.save(img, str(tmp))
+
+
+def set_nifti_header(img: nib.Nifti1Image, affine: np.ndarray, meta: Mapping[str, Any], *,
+                     description: str) -> None:
+    """Fill the header of a result: units, sform/qform, description, display window.
+
+    Both sform and qform are set from ``affine`` (codes kept from a NIfTI source,
+    ``meta['nifti_sform_code']`` / ``meta['nifti_qform_code']``, else 1 = scanner); for a
+    sheared affine (e.g. gantry tilt) the qform cannot represent it and its code is set to 0 so
+    readers use the exact sform. Units are mm and s; ``descrip`` is ``description`` (79 ASCII
+    characters at most); ``cal_min`` / ``cal_max`` hold ``meta``'s display window when it has
+    one. Also used by :class:`medrecon.monai.MedreconNiftiWriter`.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
     hdr = img.header
     hdr.set_xyzt_units("mm", "sec")
-    sform_code = int(image.meta.get("nifti_sform_code") or 1)
-    qform_code = int(image.meta.get("nifti_qform_code") or sform_code)
-    img.set_sform(image.affine, code=sform_code)
-    rzs = image.affine[:3, :3]
+    sform_code = int(meta.get("nifti_sform_code") or 1)
+    qform_code = int(meta.get("nifti_qform_code") or sform_code)
+    img.set_sform(affine, code=sform_code)
+    rzs = affine[:3, :3]
     gram = rzs.T @ rzs
     orthogonal = np.allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-6 * np.abs(gram).max())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        img.set_qform(image.affine, code=qform_code if orthogonal else 0)
+        img.set_qform(affine, code=qform_code if orthogonal else 0)
     hdr["descrip"] = description.encode("ascii", "replace")[:79]
-    wc, ww = image.meta.get("window_center"), image.meta.get("window_width")
+    wc, ww = meta.get("window_center"), meta.get("window_width")
     if wc is not None and ww:
         hdr["cal_min"], hdr["cal_max"] = float(wc) - float(ww) / 2, float(wc) + float(ww) / 2
-    nib.save(img, str(tmp))
