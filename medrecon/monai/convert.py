@@ -75,8 +75,10 @@ def to_medical_image(image: Any, *, affine: Any = None) -> tuple[Any, Callable[[
             full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]
             aff = full
         two_d = arr.ndim == 2
+        fmt = image.meta.get("format")  # a file's format, as MedreconReader reports it: a DICOM
+        # series is cut along its acquired slices like medrecon.io's image of the same file
         med = MedicalImage(arr if not two_d else arr[:, :, None], aff,
-                           {"format": "metatensor"})
+                           {"format": fmt if isinstance(fmt, str) else "metatensor"})
         source = image
 
         def back(out: Any, info: dict) -> Any:
