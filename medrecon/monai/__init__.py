@@ -11,7 +11,9 @@
 * :class:`MedreconReader`: medrecon's readers (DICOM series selection, MONOCHROME1,
   multi-frame, size bounds) for ``LoadImage(reader=...)``.
 * :class:`MedreconDicomWriter`: the derived-DICOM writer for ``SaveImage(output_ext=".dcm")``
-  (registered for ``.dcm`` on import).
+  (registered for ``.dcm`` on import); :class:`MedreconNiftiWriter`,
+  :class:`MedreconRasterWriter` (PNG / TIFF), :class:`MedreconNumpyWriter`: ``SaveImage``
+  writers with medrecon's format rules (what ``reconstruct_file`` writes with).
 * :func:`to_medical_image`: MetaTensor / MedicalImage / array conversion.
 
 See ``docs/monai.md``.
@@ -22,7 +24,12 @@ from medrecon.monai.convert import record_operation, to_medical_image
 from medrecon.monai.inferer import ReconstructionInferer
 from medrecon.monai.network import Reconstructor
 from medrecon.monai.reader import MedreconReader
-from medrecon.monai.writer import MedreconDicomWriter
+from medrecon.monai.writer import (
+    MedreconDicomWriter,
+    MedreconNiftiWriter,
+    MedreconNumpyWriter,
+    MedreconRasterWriter,
+)
 from medrecon.monai.transforms import (
     IntensityWindowd,
     Reconstruct,
@@ -34,6 +41,9 @@ from medrecon.monai.transforms import (
 __all__ = [
     "IntensityWindowd",
     "MedreconDicomWriter",
+    "MedreconNiftiWriter",
+    "MedreconNumpyWriter",
+    "MedreconRasterWriter",
     "MedreconReader",
     "Reconstruct",
     "Reconstructd",
