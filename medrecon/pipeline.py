@@ -1225,16 +1225,23 @@ def reconstruct_file(
 ) -> PipelineResult:
     """Read a scan, reconstruct it and write the result (and the std map when ``samples > 0``).
 
+    The scan is read by MONAI's ``LoadImage`` with :class:`medrecon.monai.MedreconReader`
+    (medrecon's DICOM series selection, MONOCHROME1, multi-frame, 4D volumes, size bounds;
+    MetaImage / NRRD through SimpleITK) into a channel-first MetaTensor, reconstructed by
+    :func:`reconstruct`, and written by MONAI's ``SaveImage`` with medrecon's writer for the
+    output's format (:mod:`medrecon.monai.writer`). k-space input (``.npy`` / ``.h5``) is read
+    by :func:`load_kspace`.
+
     Files are handled by the rules of :mod:`medrecon.io.outputs`: every input (the scan, the
     mask file, the prior's files) is only read and never written over, even with
     ``overwrite``; the outputs are validated (format, dimensionality, inputs, an existing
-    output, a writable place) before the reconstruction starts; the result and its std map
-    are written under temporary names and put in place together, exclusively, only when both
+    output, a writable place) before the reconstruction starts; ``SaveImage`` writes the result
+    and its std map under temporary names, put in place together, exclusively, only when both
     are complete. DICOM outputs reuse the input's patient/study tags.
 
     Args:
-        input_path: NIfTI / DICOM file or series directory / PNG / ...; for ``task="mri"``
-            without ``simulate``, fastMRI ``.h5`` or ``.npy`` k-space.
+        input_path: NIfTI / DICOM file or series directory / PNG / MetaImage / NRRD / ...; for
+            ``task="mri"`` without ``simulate``, fastMRI ``.h5`` or ``.npy`` k-space.
         output_path: Output file; default :func:`default_output_path` beside the input.
         task, prior, method, samples, simulate, mask: as in :func:`reconstruct`.
         overwrite: Replace existing outputs that medrecon wrote (never an input). Default False.
@@ -1243,16 +1250,20 @@ def reconstruct_file(
         **options: Any other :func:`reconstruct` keyword (steps, bp, plane, scale, ...).
 
     Returns:
-        :class:`PipelineResult` with ``output_path`` (and ``std_path``) set.
+        :class:`PipelineResult` with ``output_path`` (and ``std_path``) set; ``image`` and
+        ``std`` are channel-first MetaTensors (what was written).
 
     Raises:
         MedreconInputError: missing/unreadable input, output exists without ``overwrite``,
             output equal to (or inside) an input, an output that cannot be written, an image
             given to ``mri`` without ``simulate``, plus everything :func:`reconstruct` raises.
     """
-    from medrecon.io import check_image_output, load_image, save_image
+    from medrecon.io import check_image_output
     from medrecon.io._paths import check_input_file
     from medrecon.io.outputs import OutputStage
+    from medrecon.monai.convert import to_medical_image
+    from medrecon.monai.reader import load_scan
+    from medrecon.monai.writer import as_metatensor
 
     task = _check_task(task)
     inp = check_input_file(input_path)
@@ -1267,21 +1278,20 @@ def reconstruct_file(
     # read the input first (cheap), then validate the outputs before the long computation
     kspace = None
     image = None
+    headers: list = []
     if _is_kspace_input(inp, task, simulate):
         kspace = load_kspace(inp)
         is_2d = kspace[0].shape[0] == 1 if kspace[0].ndim == 3 else True
     else:
-        load_kw: dict[str, Any] = {}
-        if series_uid is not None:
-            load_kw["series_uid"] = series_uid
-        if volume is not None:
-            load_kw["volume"] = volume
-        image = load_image(inp, **load_kw)
+        # LoadImage(reader=MedreconReader(series_uid, volume), image_only=True,
+        # ensure_channel_first=True); headers: the pixel-less DICOM headers, the reference of
+        # a derived DICOM series (they cannot travel in the MetaTensor's metadata)
+        image, headers = load_scan(inp, series_uid=series_uid, volume=volume)
         protected += [Path(s) for s in image.meta.get("source_paths") or []]
-        is_2d = image.is_2d
+        is_2d = _is_2d(image)
     label = _output_label(method_name, options)
     if image is not None and method is None and task == "sr" and not simulate and not samples:
-        planned = _planned_sr_fallback(image, prior_obj, method_name, options)
+        planned = _planned_sr_fallback(to_medical_image(image)[0], prior_obj, method_name, options)
         if planned is not None:  # the name says what will run
             label = _output_label(planned, {**options, "bp": options.get("bp", True)})
     out = (Path(output_path) if output_path is not None
@@ -1298,22 +1308,64 @@ def reconstruct_file(
                            "callback")}
         result = reconstruct_kspace(k, prior=prior_obj, sampled=sampled, method=method_name,
                                     samples=samples, **kopts)
+        result.image = as_metatensor(result.image)
+        result.std = None if result.std is None else as_metatensor(result.std)
     else:
         result = reconstruct(image, task=task, prior=prior_obj, method=method_name, samples=samples,
                              simulate=simulate, mask=mask, **options)
     desc = f"medrecon {task} {result.info['method']}"
     with OutputStage(overwrite=overwrite) as stage:
-        save_image(result.image, out, overwrite=overwrite, reference=image, series_description=desc,
-                   method=result.info["method"], inputs=protected, stage=stage)
+        _save_output(result.image, out, stage=stage, inputs=protected, description=desc,
+                     method=result.info["method"], reference=headers)
         if std_out is not None and result.std is not None:
-            save_image(result.std, std_out, overwrite=overwrite, reference=image,
-                       series_description=desc + " std", method=result.info["method"],
-                       inputs=protected, stage=stage)
+            _save_output(result.std, std_out, stage=stage, inputs=protected,
+                         description=desc + " std", method=result.info["method"],
+                         reference=headers)
             result.std_path = std_out
     result.output_path = out
     result.info["output"] = str(out)
     result.info["std"] = str(result.std_path) if result.std_path else None
     return result
+
+
+def _is_2d(image: Any) -> bool:
+    """Whether a channel-first MetaTensor ``(1, X, Y[, Z])`` holds one slice."""
+    spatial = tuple(image.shape[1:])
+    return len(spatial) == 2 or spatial[2] == 1
+
+
+def _save_output(image: Any, out: Path, *, stage: Any, inputs: Sequence[Path], description: str,
+                 method: str, reference: Any) -> None:
+    """Write one result through ``SaveImage`` into ``stage`` (committed by the caller).
+
+    The output is checked again first (an output that appeared during the solve is refused
+    before anything is written), then ``SaveImage`` writes a temporary file beside ``out`` (or
+    a temporary folder for a DICOM series) with medrecon's writer for the format.
+    """
+    from medrecon.io import check_image_output
+    from medrecon.io._paths import full_suffix
+    from medrecon.io.api import _dicom_series_foreign
+    from medrecon.monai.writer import (
+        MedreconDicomWriter,
+        MedreconNiftiWriter,
+        MedreconRasterWriter,
+        save_staged,
+        writer_for,
+    )
+
+    out, as_dir = check_image_output(out, is_2d=_is_2d(image), overwrite=stage.overwrite,
+                                     inputs=inputs)
+    suffix = "" if as_dir else full_suffix(out)
+    writer = writer_for(suffix, as_dir=as_dir)
+    attributes: dict[str, Any] = {}
+    if writer is MedreconDicomWriter:
+        attributes = {"reference": reference, "method": method, "series_description": description}
+    elif writer is MedreconNiftiWriter:
+        attributes = {"description": description}
+    elif writer is MedreconRasterWriter:
+        attributes = {"target": str(out)}
+    tmp = stage.folder(out, foreign=_dicom_series_foreign) if as_dir else stage.file(out)
+    save_staged(image, tmp, writer=writer, suffix=suffix, **attributes)
 
 
 def reconstruct_directory(

@@ -297,3 +297,200 @@ def test_save_image_writes_derived_dicom(tmp_path, prior):
     with pytest.raises(Exception):  # an existing output is never replaced silently
         SaveImage(output_dir=str(tmp_path), output_ext=".dcm", output_postfix="sr",
                   separate_folder=False, print_log=False)(img)
+
+
+# ------------------------------------------------------------------ reconstruct_file: LoadImage / SaveImage
+def _spy_calls(monkeypatch, cls) -> list:
+    """Record every ``cls.__call__(self, *args, **kwargs)`` as ``(self, args, kwargs)``."""
+    calls: list = []
+    original = cls.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append((self, args, kwargs))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__call__", spy)
+    return calls
+
+
+def test_reconstruct_file_reads_with_load_image_and_writes_with_save_image(tmp_path, prior,
+                                                                           monkeypatch):
+    """The file goes in through LoadImage with medrecon's reader and out through SaveImage with
+    medrecon's NIfTI writer, into a staged temporary beside the output: the result has the SR
+    geometry (same field of view, half the in-plane spacing) and the source's header codes."""
+    import nibabel as nib
+    from monai.transforms import SaveImage
+
+    from medrecon.monai import MedreconReader
+    from medrecon.monai.writer import MedreconNiftiWriter
+    from medrecon.pipeline import reconstruct_file
+
+    aff = np.array([[-2.0, 0, 0, 10], [0, 2.0, 0, -20], [0, 0, 3.0, 5], [0, 0, 0, 1]])
+    im = nib.Nifti1Image(np.random.default_rng(0).random((6, 5, 3)).astype(np.float32) * 100, aff)
+    im.set_sform(aff, code=2)
+    im.set_qform(aff, code=2)
+    nib.save(im, str(tmp_path / "scan.nii.gz"))
+    loads, saves = _spy_calls(monkeypatch, LoadImage), _spy_calls(monkeypatch, SaveImage)
+    res = reconstruct_file(tmp_path / "scan.nii.gz", tmp_path / "out.nii.gz", task="sr",
+                           prior=prior, method="bicubic", scale=2, device="cpu")
+    assert len(loads) == 1 and isinstance(loads[0][2]["reader"], MedreconReader)
+    assert len(saves) == 1
+    saver, _, kw = saves[0]
+    assert [issubclass(w, MedreconNiftiWriter) for w in saver.writers] == [True]
+    staged = tmp_path / (os.path.basename(kw["filename"]) + saver.output_ext)
+    assert staged.name.startswith(".out.nii.gz.") and not staged.exists()  # committed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "scan.nii.gz"]
+    want = aff.copy()
+    want[:3, :2] /= 2  # x2 in-plane, the same field of view: voxel 0 at old index -1/4
+    want[:3, 3] = (aff @ [-0.25, -0.25, 0, 1])[:3]
+    out = nib.load(str(tmp_path / "out.nii.gz"))
+    assert out.shape == (12, 10, 3) and out.get_data_dtype() == np.float32
+    np.testing.assert_allclose(out.affine, want, atol=1e-6)
+    np.testing.assert_allclose(out.header.get_zooms(), (1.0, 1.0, 3.0), rtol=1e-6)
+    assert (int(out.header["sform_code"]), int(out.header["qform_code"])) == (2, 2)
+    assert out.header["descrip"].tobytes().startswith(b"medrecon sr bicubic")
+    assert isinstance(res.image, MetaTensor) and res.image.shape == (1, 12, 10, 3)
+    np.testing.assert_allclose(res.image.affine.numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.dataobj), res.image[0].numpy())
+
+
+def test_reconstruct_file_dicom_slice_to_derived_dicom_through_save_image(tmp_path, prior,
+                                                                         monkeypatch):
+    """A CT slice (placed in 3D: position, thickness) to a .dcm file: SaveImage with
+    MedreconDicomWriter keeps the patient and study, references the source image, and the
+    slice keeps its position (a 2D affine would have lost z)."""
+    import shutil
+
+    import pydicom
+    from monai.transforms import SaveImage
+    from pydicom.data import get_testdata_file
+
+    from medrecon.monai import MedreconDicomWriter
+    from medrecon.pipeline import reconstruct_file
+
+    src = tmp_path / "ct.dcm"
+    shutil.copy(get_testdata_file("CT_small.dcm"), src)
+    saves = _spy_calls(monkeypatch, SaveImage)
+    reconstruct_file(src, tmp_path / "ct_x2.dcm", task="sr", prior=prior, method="bicubic",
+                     scale=2, device="cpu")
+    assert [issubclass(w, MedreconDicomWriter) for w in saves[0][0].writers] == [True]
+    ref, ds = pydicom.dcmread(src), pydicom.dcmread(tmp_path / "ct_x2.dcm")
+    for tag in ("PatientName", "PatientID", "StudyInstanceUID", "Modality"):
+        assert ds[tag].value == ref[tag].value, tag
+    assert ds.SeriesInstanceUID != ref.SeriesInstanceUID and "DERIVED" in ds.ImageType
+    assert ds.SeriesDescription == "medrecon sr bicubic"
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == ref.SOPInstanceUID
+    assert (ds.Rows, ds.Columns) == (2 * ref.Rows, 2 * ref.Columns)
+    ps = np.array(ref.PixelSpacing, dtype=float)
+    np.testing.assert_allclose(np.array(ds.PixelSpacing, dtype=float), ps / 2, rtol=1e-5)
+    np.testing.assert_allclose(np.array(ds.ImageOrientationPatient, dtype=float),
+                               np.array(ref.ImageOrientationPatient, dtype=float), atol=1e-6)
+    iop = np.array(ref.ImageOrientationPatient, dtype=float)
+    first = (np.array(ref.ImagePositionPatient, dtype=float)
+             - 0.25 * ps[1] * iop[:3] - 0.25 * ps[0] * iop[3:])
+    np.testing.assert_allclose(np.array(ds.ImagePositionPatient, dtype=float), first, atol=1e-3)
+
+
+def test_reconstruct_file_keeps_medrecons_refusals_and_write_errors(tmp_path, prior,
+                                                                    monkeypatch):
+    """LoadImage must not fall back to MONAI's readers when medrecon refuses a file (its
+    NibabelReader would read a 4D NIfTI), and a writer's OSError inside SaveImage (which
+    wraps writer errors in RuntimeError) still reaches the user as an exit-2 error naming
+    the output, with nothing left behind."""
+    import errno
+
+    import nibabel as nib
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai.writer import MedreconNiftiWriter
+    from medrecon.pipeline import reconstruct_file
+
+    four = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((6, 6, 3, 2)).astype(np.float32),
+                             np.eye(4)), str(four))
+    with pytest.raises(MedreconInputError, match="4D with 2 volumes"):
+        reconstruct_file(four, tmp_path / "o.nii.gz", task="sr", prior=prior, method="bicubic")
+    res = reconstruct_file(four, tmp_path / "o.nii.gz", task="sr", prior=prior,
+                           method="bicubic", scale=2, volume=1, plane="axial")
+    assert nib.load(str(res.output_path)).shape == (12, 12, 3)
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(MedreconNiftiWriter, "write", full)
+    with pytest.raises(MedreconInputError, match="no space left") as err:
+        reconstruct_file(four, tmp_path / "sub" / "o.nii.gz", task="sr", prior=prior,
+                         method="bicubic", scale=2, volume=0, plane="axial")
+    assert str(tmp_path / "sub" / "o.nii.gz") in str(err.value) and ".part" not in str(err.value)
+    assert not (tmp_path / "sub").exists()
+
+
+def test_reconstruct_file_metaimage_and_nrrd_inputs(tmp_path, prior):
+    """.mha / .nrrd come in through MedreconReader (SimpleITK, LPS -> RAS) with the geometry
+    medrecon.io reads; the NIfTI result keeps the field of view."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from medrecon.pipeline import reconstruct_file
+
+    arr = np.random.default_rng(1).random((4, 9, 11)).astype(np.float32)  # (z, y, x)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin((1.0, 2.0, 3.0))
+    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1))
+    for ext in (".mha", ".nrrd"):
+        src = tmp_path / f"scan{ext}"
+        sitk.WriteImage(img, str(src))
+        a = load_image(src).affine
+        res = reconstruct_file(src, tmp_path / f"out_{ext[1:]}.nii.gz", task="sr", prior=prior,
+                               method="bicubic", scale=2, plane="axial")
+        out = nib.load(str(res.output_path))
+        assert out.shape == (22, 18, 4)
+        want = a.copy()
+        want[:3, :2] /= 2
+        want[:3, 3] = (a @ [-0.25, -0.25, 0, 1])[:3]
+        np.testing.assert_allclose(out.affine, want, atol=1e-5)
+
+
+def test_medrecon_reader_keeps_a_placed_slice_in_3d():
+    """A 2D image whose geometry is all in-plane is (1, X, Y) with a 3x3 affine; a slice with
+    a position and thickness (CT) keeps its 4x4 affine as (1, X, Y, 1)."""
+    from pydicom.data import get_testdata_file
+
+    from medrecon.monai import MedreconReader
+
+    reader = MedreconReader()
+    ct = get_testdata_file("CT_small.dcm")
+    img = LoadImage(image_only=True, ensure_channel_first=True)(ct, reader=reader)
+    med = load_image(ct)
+    assert img.shape == (1, *med.shape) and med.shape[2] == 1
+    np.testing.assert_allclose(img.affine.numpy(), med.affine, atol=1e-9)
+    assert reader.dicom_headers and reader.dicom_headers[0].PatientName == "CompressedSamples^CT1"
+    cr = os.path.join(os.path.dirname(__file__), "data", "cr_mono1.dcm")
+    flat = LoadImage(image_only=True, ensure_channel_first=True)(cr, reader=reader)
+    assert flat.shape == (1, *load_image(cr).shape[:2]) and flat.affine.shape == (3, 3)
+
+
+def test_medrecon_writers_in_a_plain_save_image(tmp_path):
+    """medrecon's NIfTI / PNG writers in an ordinary SaveImage: a 2D MetaTensor with its 3x3
+    affine and a 16-bit source depth keep geometry and depth."""
+    import nibabel as nib
+    from monai.transforms import SaveImage
+    from PIL import Image
+
+    from medrecon.monai import MedreconNiftiWriter, MedreconRasterWriter
+
+    aff = torch.tensor([[-0.5, 0, 3.0], [0, -0.25, 4.0], [0, 0, 1]], dtype=torch.float64)
+    img = MetaTensor(torch.arange(12.0).reshape(1, 4, 3) * 1000, affine=aff,
+                     meta={"filename_or_obj": "a.png", "format": "png", "bit_depth": 16})
+    SaveImage(output_dir=str(tmp_path), output_postfix="x", separate_folder=False,
+              print_log=False, writer=MedreconNiftiWriter)(img)
+    nii = nib.load(str(tmp_path / "a_x.nii.gz"))
+    assert nii.shape == (4, 3)
+    np.testing.assert_allclose(nii.affine, [[-0.5, 0, 0, 3], [0, -0.25, 0, 4], [0, 0, 1, 0],
+                                            [0, 0, 0, 1]])
+    SaveImage(output_dir=str(tmp_path), output_postfix="x", output_ext=".png",
+              separate_folder=False, print_log=False, writer=MedreconRasterWriter)(img)
+    with Image.open(tmp_path / "a_x.png") as png:
+        assert png.mode.startswith("I") and png.size == (4, 3)
+        np.testing.assert_array_equal(np.array(png), (np.arange(12).reshape(4, 3) * 1000).T)
