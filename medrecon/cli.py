@@ -312,6 +312,18 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                                  default="bicubic", show_default=True,
                                  help="Blur of the low-resolution acquisition model (box = pixel "
                                  "averaging / binning)."))
+    if task in ("sr", "inpaint", "deblur", "denoise"):
+        opts += [
+            click.option("--key-every", type=click.IntRange(min=1), default=None,
+                         help="Volumes, IAGAN: cut the slices into segments of this many along "
+                         "the slice axis; each segment's middle slice is solved in full, the "
+                         "others start from their solved neighbour (fewer steps, smoother "
+                         "across slices). 1 = every slice from scratch. [default: "
+                         "medrecon.volume.DEFAULT_KEY_EVERY]"),
+            click.option("--warm-steps", type=click.IntRange(min=1), default=None,
+                         help="Steps of a slice started from its neighbour. [default: a "
+                         "fraction of the method's steps, medrecon.volume.warm_steps_for]"),
+        ]
     if task == "inpaint":
         opts.append(click.option("--mask", type=InputPath(dir_okay=False),
                                  default=None, help="Image/volume on INPUT's grid; nonzero = "

@@ -25,7 +25,7 @@ __all__ = ["DEFAULT_KEY_EVERY", "WARM_FRACTION", "warm_start_rounds", "solve_in_
            "supports_warm_start", "warm_steps_for"]
 
 #: Segment length of a volume's warm starts (``key_every``) when the caller gives none.
-DEFAULT_KEY_EVERY = 8
+DEFAULT_KEY_EVERY = 3
 #: Steps of a warm-started slice as a fraction of the method's cold steps (``warm_steps``
 #: when the caller gives none), at least :data:`MIN_WARM_STEPS`.
 WARM_FRACTION = 0.25

@@ -21,6 +21,7 @@ take no part in either.
 Usage:
     python scripts/real_scans.py [--data DIR] [--out docs/results/real_scans] [--cases a,b]
         [--methods default,scipy-cubic,...] [--overwrite]
+    python scripts/real_scans.py --data DIR --fetch-only
 """
 
 from __future__ import annotations
@@ -105,7 +106,12 @@ def main() -> int:
     ap.add_argument("--methods", default=None, help="as medrecon eval-scans --methods")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--fetch-only", action="store_true",
+                    help="bring the files into --data and stop (e.g. for bench/bench_volume.py)")
     a = ap.parse_args()
+    if a.fetch_only:
+        fetch(a.data)
+        return 0
     import torch
 
     from medrecon.realscan import DEFAULT_METHODS, evaluate_scans, load_cases

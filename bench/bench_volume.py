@@ -1,0 +1,198 @@
+"""Whole-volume benchmark: a real brain volume, super-resolved slice by slice vs with warm starts.
+
+The volume: the Colin27 T1 (1 mm, Debian's ``mricron-data``; fetched by
+``scripts/real_scans.py --fetch-only`` into ``--data``), ``--slices`` coronal slices from
+the middle of the brain, each box-averaged x4 in-plane at native size (45 x 45 -> 180 x 180,
+:func:`medrecon.realscan.simulate_lowres`), reconstructed with the brain prior by each mode:
+
+* ``default``: what ``medrecon sr`` runs (warm starts along the slice axis,
+  :mod:`medrecon.volume`);
+* ``slice-by-slice``: the previous default, every slice solved from scratch (``key_every=1``);
+* ``scipy-cubic`` and ``lanczos-bp``: the interpolation baselines.
+
+Each mode runs in its own process (so the peak memory is its own) and reports the wall time
+per volume and per slice, the peak resident memory, PSNR / SSIM on the acquired (coronal)
+plane and on the two reformats (axial, sagittal), and the inter-slice consistency
+(:func:`medrecon.realscan.interslice_error`: RMS of the slice-to-slice change minus the
+truth's, lower is better). Writes ``<out>/volume_<machine>.json`` and ``.md``.
+
+Usage::
+
+    python bench/bench_volume.py --data ~/.cache/medrecon/real_scans --slices 150 \
+        --machine shared-2core-amd-epyc
+    python bench/bench_volume.py --slices 16 --modes default,slice-by-slice --key-every 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODES = ("default", "slice-by-slice", "scipy-cubic", "lanczos-bp")
+#: Colin27 coronal slices (array axis 1 of 217) centred on the brain.
+CENTRE = 108
+
+
+def _case(data: Path, slices: int) -> Any:
+    from medrecon.realscan import ScanCase
+
+    lo = max(0, CENTRE - slices // 2)
+    return ScanCase(name=f"colin27_coronal_{slices}", path=str(data / "colin27_ch2.nii.gz"),
+                    prior="brain_mri", scale=4, kernel="box",
+                    crop=[[0, 180], [lo, lo + slices], [0, 180]], slice_axis=1,
+                    description=f"Colin27 T1, {slices} coronal slices, 4 mm box average "
+                                "in-plane: 45 x 45 -> 180 x 180")
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One mode in this process: reconstruct, time, score."""
+    import numpy as np
+    import torch
+
+    from medrecon.pipeline import reconstruct
+    from medrecon.realscan import _score, _scipy_cubic, prepare_case
+
+    torch.set_num_threads(args.threads)
+    case = _case(args.data, args.slices)
+    hr, lr, axis = prepare_case(case)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    if mode == "scipy-cubic":
+        out = _scipy_cubic(lr.array, case.scale, axis)
+    else:
+        kw: dict[str, Any] = {"task": "sr", "prior": case.prior, "scale": case.scale,
+                              "sr_kernel": case.kernel, "device": args.device, "seed": 0}
+        if mode == "lanczos-bp":
+            kw.update(method="lanczos", bp=True)
+        elif mode == "slice-by-slice":
+            kw["key_every"] = 1
+        elif args.key_every is not None:
+            kw["key_every"] = args.key_every
+        if args.warm_steps is not None and mode == "default":
+            kw["warm_steps"] = args.warm_steps
+        if args.batch_size is not None:
+            kw["batch_size"] = args.batch_size
+        res = reconstruct(lr, **kw)
+        out = np.asarray(res.image.array, np.float32)
+        info = {k: res.info.get(k) for k in ("method", "key_every", "warm_steps", "ensemble",
+                                             "plane", "effective_factor")}
+    seconds = time.perf_counter() - t0
+    scores = _score(out, np.asarray(hr.array, np.float32), axis)
+    peak = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {"mode": mode, "seconds": seconds, "seconds_per_slice": seconds / args.slices,
+            "peak_rss_bytes": peak, **scores, "info": info}
+
+
+def _machine(threads: int) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": threads,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _f(v: float | None, digits: int) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, rows = report["machine"], report["rows"]
+    lines = [f"# Volume benchmark: {report['case']}", "",
+             f"Machine: {m['cpu']}, {m['torch_threads']} torch thread(s), torch {m['torch']}. "
+             f"Command: `{report['command']}`.", "",
+             "| mode | ran as | s / volume | s / slice | peak RSS (GiB) | PSNR coronal | "
+             "SSIM coronal | PSNR reformats | SSIM reformats | inter-slice error |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        i = r.get("info") or {}
+        ran = i.get("method") or r["mode"]
+        if i.get("key_every"):
+            ran += f" (key_every {i['key_every']}, warm_steps {i.get('warm_steps')})"
+        mem = "" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / 2**30:.2f}"
+        lines.append(f"| {r['mode']} | {ran} | {r['seconds']:.0f} | {r['seconds_per_slice']:.2f} "
+                     f"| {mem} | {_f(r['psnr'], 2)} | {_f(r['ssim'], 4)} | "
+                     f"{_f(r['psnr_reformat'], 2)} | {_f(r['ssim_reformat'], 4)} | "
+                     f"{_f(r['interslice'], 5)} |")
+    by = {r["mode"]: r for r in rows}
+    if "default" in by and "slice-by-slice" in by:
+        ratio = by["default"]["seconds"] / by["slice-by-slice"]["seconds"]
+        lines += ["", f"Per-slice cost of the default relative to slice-by-slice: {ratio:.3f}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path.home() / ".cache" / "medrecon" / "real_scans")
+    ap.add_argument("--slices", type=int, default=150)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--key-every", type=int, default=None)
+    ap.add_argument("--warm-steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--machine", default=os.uname().nodename)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    args = ap.parse_args()
+    if not (args.data / "colin27_ch2.nii.gz").is_file():
+        print(f"error: {args.data / 'colin27_ch2.nii.gz'} not found; fetch it with "
+              f"`python scripts/real_scans.py --data {args.data} --fetch-only`.", file=sys.stderr)
+        return 2
+    if args.one:
+        print(json.dumps(run_mode(args.one, args)))
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        print(f"error: unknown mode(s) {unknown}; choose from {', '.join(MODES)}.", file=sys.stderr)
+        return 2
+    rows = []
+    base = [sys.executable, __file__, "--data", str(args.data), "--slices", str(args.slices),
+            "--threads", str(args.threads), "--device", args.device]
+    for opt in ("key_every", "warm_steps", "batch_size"):
+        if getattr(args, opt) is not None:
+            base += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for mode in modes:
+        print(f"[{time.strftime('%H:%M:%S')}] {mode} ...", file=sys.stderr, flush=True)
+        out = subprocess.run(base + ["--one", mode], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return out.returncode
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {rows[-1]['seconds']:.0f} s, PSNR {rows[-1]['psnr']:.2f}", file=sys.stderr)
+    report = {"case": _case(args.data, args.slices).description, "machine": _machine(args.threads),
+              "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"volume_{args.machine}_{args.slices}slices"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
