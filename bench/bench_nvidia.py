@@ -544,8 +544,9 @@ def write_results(args: argparse.Namespace, report: dict) -> tuple[Path, Path]:
     ]
     lines += summary_lines(report["rows"])
     if not any(r["key"] == "medrecon_default" for r in report["rows"]):
-        lines.append("* medrecon's solver default is fp32 here (`medrecon.solvers._common.autocast` is off: no native "
-                     "bf16 on this CPU, or `MEDRECON_CPU_BF16=0`), so its fp32 rows are its default path.")
+        lines.append("* medrecon's solver default is fp32 here (`medrecon.solvers._common.autocast` is off: bf16 on "
+                     "the CPU is opt-in, `MEDRECON_CPU_BF16=1`, and needs native bf16), so its fp32 rows are its "
+                     "default path.")
     if args.note:
         lines += ["", args.note]
     stem.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
