@@ -325,24 +325,18 @@ def iagan(
     seeds = [member_seed(seed, k) for k in range(K)]
     if init is not None:
         _check_init(init, K, B)
-        firsts = []
-    else:
-        solver1 = csgm if stage1 == "csgm" else brgm
-        firsts = [solver1(y, operator, prior, device=device, seed=sk, amp=amp,
-                          callback=_member_callback(callback, k, K), **opts)
-                  for k, sk in enumerate(seeds)]
+    solver1 = csgm if stage1 == "csgm" else brgm
+    firsts = [] if init is not None else [
+        solver1(y, operator, prior, device=device, seed=sk, amp=amp,
+                callback=_member_callback(callback, k, K), **opts)
+        for k, sk in enumerate(seeds)]
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
     G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
     op = operator.to(dev)
     # every member's slices in one stacked batch, member-major: entry k * B + b
     yd = y.to(dev).repeat(K, *([1] * (y.ndim - 1)))
-    if init is not None:
-        ws1 = init.latents.reshape(K * B, *init.latents.shape[2:]).to(dev)
-        w_init = {n: t.reshape(K * B, *t.shape[2:]) for n, t in init.weights.items()}
-    else:
-        ws1 = torch.cat([f.latents for f in firsts]).to(dev)
-        w_init = None
+    ws1, w_init = _stage2_start(firsts, init, dev)
     s = C.noise_sigma(operator)
     n_steps = max(1, int(round(steps * noisy_step_factor))) if s > 0 else steps
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
@@ -352,8 +346,7 @@ def iagan(
         G, ws1, yd, op, steps=n_steps, lr_latent=lr_latent, lr_weights=lr_weights,
         noise_var=s * s, progress=progress, amp=amp_ctx, init_weights=w_init, final=final)
     state = None if final is None else AdaptedState(
-        final["latents"].reshape(K, B, *final["latents"].shape[1:]),
-        {n: t.reshape(K, B, *t.shape[1:]) for n, t in final["weights"].items()})
+        _unstack(final["latents"], K), {n: _unstack(t, K) for n, t in final["weights"].items()})
     stage1_hist = [v for f in firsts for v in f.loss_history]
     info = dict(stage1=stage1 if init is None else "warm start", stage1_options=opts,
                 stage1_info=firsts[0].info if firsts else None, steps=steps,
@@ -374,6 +367,21 @@ def iagan(
                           seconds=time.perf_counter() - t0, device=str(dev), method="iagan",
                           samples=samples, std=samples.std(0, correction=1), info=info,
                           state=state)
+
+
+def _unstack(t: torch.Tensor, members: int) -> torch.Tensor:
+    """``[K * B, ...]`` (member-major) -> ``[K, B, ...]``."""
+    return t.reshape(members, t.shape[0] // members, *t.shape[1:])
+
+
+def _stage2_start(firsts: list[Reconstruction], init: AdaptedState | None,
+                  dev: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """Stage 2's starting latents ``[K * B, num_ws, w_dim]`` (member-major) and per-slice
+    weights: stage 1's latents and the pre-trained weights (``None``), or a warm start's."""
+    if init is None:
+        return torch.cat([f.latents for f in firsts]).to(dev), None
+    ws = init.latents.reshape(-1, *init.latents.shape[2:]).to(dev)
+    return ws, {n: t.reshape(-1, *t.shape[2:]) for n, t in init.weights.items()}
 
 
 def _check_init(init: Any, members: int, slices: int) -> None:
