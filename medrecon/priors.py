@@ -528,4 +528,37 @@ def list_priors() -> list[dict[str, Any]]:
     return out
 
 
+def untrained_like(prior: Prior, *, seed: int = 0, w_samples: int = DEFAULT_W_SAMPLES) -> Prior:
+    """A StyleGAN2 of ``prior``'s architecture with freshly initialised weights (seeded): the
+    deep-image-prior ablation of a solver, same steps and settings, with nothing learnt.
+
+    Args:
+        prior: The trained prior whose architecture (``generator.init_kwargs``) to copy.
+        seed: Seed of the weight initialisation and of the W statistics.
+        w_samples: Mapped z behind the W statistics.
+
+    Returns:
+        A Prior named ``<name>_untrained`` with ``metadata["untrained_like"] = prior.name``.
+    """
+    from medrecon.generators import Generator
+
+    kwargs = getattr(prior.generator, "init_kwargs", None)
+    if not isinstance(kwargs, dict):
+        raise MedreconInputError(
+            f"prior {prior.name!r} has a {type(prior.generator).__name__} generator without "
+            "init_kwargs; an untrained copy needs medrecon's Generator (import it with "
+            "`medrecon priors import`).")
+    G = Generator(**kwargs, seed=int(seed))
+    meta = {k: v for k, v in prior.metadata.items() if k in ("modality", "default_plane",
+                                                              "default_methods", "default_method")}
+    meta.update(untrained_like=prior.name, description=f"untrained StyleGAN2 of {prior.name}'s "
+                "architecture (random weights, seed {}): a deep-image-prior ablation".format(seed))
+    out = Prior(G, name=f"{prior.name}_untrained", metadata=meta, w_stats_seed=int(seed),
+                w_stats_samples=int(w_samples))
+    out.compute_w_stats(num_samples=int(w_samples), seed=int(seed))
+    with torch.no_grad():  # training tracks w_avg; a fresh network starts at 0: use the mean
+        G.mapping.w_avg.copy_(out.w_mean.to(G.mapping.w_avg))
+    return out
+
+
 from medrecon.generators.cli import priors_cli  # noqa: E402  (click group `medrecon priors`)

@@ -137,3 +137,31 @@ def test_bad_prior_inputs(tmp_path):
     d.mkdir()
     with pytest.raises(MissingWeightsError):
         load_prior(d)
+
+
+def test_untrained_like_keeps_the_architecture_not_the_weights(tmp_path):
+    from click.testing import CliRunner
+
+    from medrecon.cli import cli
+    from medrecon.priors import load_prior, save_prior, untrained_like
+    from tests._tiny import tiny_prior
+
+    trained = tiny_prior(resolution=16, seed=3)
+    un = untrained_like(trained, seed=1, w_samples=64)
+    assert un.generator.init_kwargs == trained.generator.init_kwargs
+    assert un.metadata["untrained_like"] == trained.name and un.name.endswith("_untrained")
+    a = dict(trained.generator.named_parameters())
+    assert any(not torch.equal(p, a[n]) for n, p in un.generator.named_parameters())
+    assert torch.allclose(un.w_avg, un.w_mean)  # a usable starting point, not zeros
+    again = untrained_like(trained, seed=1, w_samples=64)  # seeded
+    assert all(torch.equal(p, q) for p, q in zip(un.generator.parameters(), again.generator.parameters()))
+    src = save_prior(trained, tmp_path / "trained")
+    out = tmp_path / "un"
+    r = CliRunner().invoke(cli, ["priors", "untrained", str(src), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    loaded = load_prior(out)
+    assert loaded.metadata["untrained_like"] == trained.name
+    r = CliRunner().invoke(cli, ["priors", "untrained", str(src), "-o", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = CliRunner().invoke(cli, ["priors", "untrained", str(src), "-o", str(src)])
+    assert r.exit_code == 2

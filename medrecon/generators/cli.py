@@ -6,6 +6,7 @@ Mounted into the main CLI as ``medrecon priors ...`` (``medrecon.priors.priors_c
         --modality xray --dtype float16
     medrecon priors list
     medrecon priors show chest_xray
+    medrecon priors untrained brain_mri -o /tmp/brain_mri_untrained   # ablation prior
 """
 
 from __future__ import annotations
@@ -123,6 +124,36 @@ def list_cmd(as_json):
         modality = (r.get("metadata") or {}).get("modality", "")
         state = "ready" if r["available"] else "no weights"
         click.echo(f"{r['name']:<16} {state:<11} {shape:<10} {modality:<8} {r['bundle']}")
+
+
+@priors_cli.command("untrained")
+@click.argument("name_or_path")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output prior directory.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the weight initialisation and of the W statistics.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing prior folder (one medrecon wrote: nothing else in it).")
+def untrained_cmd(name_or_path, out, seed, overwrite):
+    """Write an untrained StyleGAN2 of NAME_OR_PATH's architecture (random weights) as a prior.
+
+    The ablation of a generative method: run `medrecon eval` (or any task) with `--prior` set to
+    this folder and the same method, steps and settings; the difference to the trained prior is
+    what the training adds (the rest is the architecture's own image prior).
+    """
+    from medrecon.io.outputs import OutputStage, check_output, resolve_user_path
+    from medrecon.pipeline import prior_files
+    from medrecon.priors import load_prior, prior_folder_foreign, save_prior, untrained_like
+
+    out = resolve_user_path(out, what="-o")
+    trained = load_prior(name_or_path)
+    check_output(out, overwrite=overwrite, protected=prior_files(name_or_path), want_dir=True,
+                 foreign=prior_folder_foreign, what="-o prior folder")
+    prior = untrained_like(trained, seed=seed)
+    with OutputStage(overwrite=overwrite) as stage:
+        save_prior(prior, stage.folder(out, foreign=prior_folder_foreign))
+    click.echo(f"untrained {prior.resolution}x{prior.resolution} StyleGAN2 of {trained.name!r} "
+               f"(seed {seed}) -> prior {prior.name!r} in {out}")
 
 
 @priors_cli.command("show")
