@@ -66,6 +66,7 @@ __all__ = [
     "render_grid",
     "summarize",
     "REPORT_FILES",
+    "calibration_bins",
     "check_report_dir",
     "write_grid",
     "write_report",
@@ -143,12 +144,15 @@ class EvalRun:
         lpips_note: Why the LPIPS column is empty, or ``None`` when it is filled.
         grid: Images for ``grid.png``: ``{"ground truth": [..], "measurement": [..],
             method: [..]}``, each a list of ``[C, R, R]`` tensors in ``[0, 1]``.
+        calibration: Per method with a std map, :func:`calibration_bins` over all its pixels
+            (``calibration.csv``).
     """
 
     rows: list[EvalRow]
     settings: dict[str, Any]
     lpips_note: str | None = None
     grid: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
+    calibration: dict[str, list[dict[str, float]]] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,6 +523,54 @@ def std_error_spearman(std: torch.Tensor, error: torch.Tensor) -> float | None:
     return rho if math.isfinite(rho) else None
 
 
+#: Equal-count bins of the predicted std in ``calibration.csv``.
+CALIBRATION_BINS = 10
+
+
+def calibration_bins(std: torch.Tensor, error: torch.Tensor, *,
+                     bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """Calibration of a per-pixel std map: pixels sorted by predicted std into ``bins``
+    equal-count bins; per bin the mean predicted std and the RMS and mean absolute error. A
+    calibrated std has RMS error equal to the predicted std in every bin (the diagonal of the
+    calibration figure); a useful one at least grows with it.
+
+    Args:
+        std: Predicted std, any shape (all images of a method together).
+        error: Estimate minus truth, same shape and units.
+        bins: Number of bins.
+    """
+    s = torch.as_tensor(std).detach().double().cpu().reshape(-1)
+    e = torch.as_tensor(error).detach().double().cpu().reshape(-1)
+    if s.shape != e.shape:
+        raise MedreconInputError(f"std map {tuple(std.shape)} and error {tuple(error.shape)} "
+                                 "differ in shape.")
+    order = torch.argsort(s, stable=True)
+    out = []
+    for k, idx in enumerate(torch.tensor_split(order, bins)):
+        if idx.numel() == 0:
+            continue
+        sb, eb = s[idx], e[idx]
+        out.append({"bin": k, "std_low": float(sb[0]), "std_high": float(sb[-1]),
+                    "mean_std": float(sb.mean()), "rmse": float(eb.pow(2).mean().sqrt()),
+                    "mae": float(eb.abs().mean()), "pixels": int(idx.numel())})
+    return out
+
+
+def write_calibration_csv(calibration: Mapping[str, Sequence[Mapping[str, float]]],
+                          path: str | Path) -> Path:
+    """Write ``calibration.csv``: one row per (method, bin) of :func:`calibration_bins`."""
+    path = Path(path)
+    cols = ("method", "bin", "std_low", "std_high", "mean_std", "rmse", "mae", "pixels")
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for method, rows in calibration.items():
+            for r in rows:
+                w.writerow([method] + [f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]
+                                       for c in cols[1:]])
+    return path
+
+
 def _image_metrics(pred01: torch.Tensor, ref01: torch.Tensor, lp: _Lpips
                    ) -> tuple[float, float, float | None]:
     from medrecon import metrics
@@ -646,8 +698,8 @@ def evaluate_run(
             ``[0, 1]`` scale). Default 0 (noiseless).
         seed: Base seed. The operator (mask/pattern) uses ``seed``; each image's noise and
             solver run use :func:`derive_seed` of ``(seed, image id)``. Default 0.
-        out_dir: When given, ``results.csv``, ``summary.md``, ``grid.png`` and
-            ``settings.json`` are written there (created if missing), all together at the end
+        out_dir: When given, ``results.csv``, ``summary.md``, ``grid.png``,
+            ``settings.json`` and (for methods with a std map) ``calibration.csv`` are written there (created if missing), all together at the end
             (see :func:`write_report`). It is checked before any work: it may not be or lie
             inside an images folder, nor name an input file; a folder with a previous report
             is refused unless ``overwrite``.
@@ -742,6 +794,7 @@ def evaluate_run(
     lp = _Lpips(lpips)
     rows: list[EvalRow] = []
     per_method: dict[str, list[EvalRow]] = {m: [] for m in method_list}
+    spread: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     # Closed-form baselines first: they are cheap, so a method unfit for the task fails fast.
     order = sorted(method_list, key=lambda m: solvers.METHODS[_split_bp(m)[0]].generative)
     for method in order:
@@ -769,7 +822,11 @@ def evaluate_run(
                 psnr, ssim, lpv = _image_metrics(pred01, ref01, lp)
                 rho = None
                 if rec.std is not None:
-                    rho = std_error_spearman(rec.std[k], images_out[k] - truths[start + k][0])
+                    err = images_out[k] - truths[start + k][0]
+                    rho = std_error_spearman(rec.std[k], err)
+                    spread.setdefault(method, ([], []))
+                    spread[method][0].append(rec.std[k].reshape(-1))
+                    spread[method][1].append(err.reshape(-1))
                 row = EvalRow(image_id, method, psnr, ssim, lpv, secs, dev, rho)
                 per_method[method].append(row)
                 outputs.append(images_out[k:k + 1])
@@ -788,7 +845,9 @@ def evaluate_run(
                                      batch_size=batch_size, device=device, task_options=options,
                                      method_options=extra_opts,
                                      selection=_selection_text(folds, fold_used, limit)),
-                  lpips_note=lp.note, grid=grid)
+                  lpips_note=lp.note, grid=grid,
+                  calibration={m: calibration_bins(torch.cat(sd), torch.cat(er))
+                               for m, (sd, er) in spread.items()})
     if out_dir is not None:
         write_report(run, out_dir, overwrite=overwrite)
     return run
@@ -806,7 +865,7 @@ def evaluate(**kwargs: Any) -> list[EvalRow]:
 # Writers
 # --------------------------------------------------------------------------------------------
 #: The files ``medrecon eval`` writes into its ``--out`` folder (nothing else there is touched).
-REPORT_FILES = ("results.csv", "summary.md", "grid.png", "settings.json")
+REPORT_FILES = ("results.csv", "summary.md", "grid.png", "settings.json", "calibration.csv")
 
 
 def _input_files(images: Any) -> list[Path]:
@@ -908,10 +967,13 @@ def write_report(run: EvalRun, out_dir: str | Path, *, overwrite: bool = False) 
         write_summary_md(run, stage.file(out / "summary.md"))
         if run.grid:
             write_grid(run.grid, stage.file(out / "grid.png"))
+        if run.calibration:
+            write_calibration_csv(run.calibration, stage.file(out / "calibration.csv"))
         stage.file(out / "settings.json").write_text(
             json.dumps(run.settings, indent=2, default=str) + "\n", encoding="utf-8")
-    if overwrite and not run.grid and (out / "grid.png").is_file():
-        (out / "grid.png").unlink()  # a previous report's grid, stale now
+    for name, made in (("grid.png", run.grid), ("calibration.csv", run.calibration)):
+        if overwrite and not made and (out / name).is_file():
+            (out / name).unlink()  # a previous report's file, stale now
     return out
 
 
@@ -1129,7 +1191,8 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--images", required=True, type=InputPath(),
               help="Folder of ground truths (PNG/JPEG/DICOM/NIfTI) or a text file listing them.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder for results.csv, summary.md and grid.png.")
+              help="Output folder for results.csv, summary.md, grid.png, settings.json and "
+              "(methods with a std map) calibration.csv.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate N images evenly spaced over the sorted paths [default: all].")
 @click.option("--folds", default=None,

@@ -494,3 +494,24 @@ def test_eval_reports_std_error_spearman_for_methods_with_a_std_map(tmp_path, mo
     text = (tmp_path / "out" / "results.csv").read_text().splitlines()
     assert text[0].endswith("std_error_spearman")
     assert "std-error Spearman" in (tmp_path / "out" / "summary.md").read_text()
+    calib = (tmp_path / "out" / "calibration.csv").read_text().splitlines()
+    assert calib[0] == "method,bin,std_low,std_high,mean_std,rmse,mae,pixels"
+    assert {line.split(",")[0] for line in calib[1:]} == {"brgm_variational", "iagan"}
+    assert set(run.calibration) == {"brgm_variational", "iagan"}
+
+
+def test_calibration_bins():
+    g = torch.Generator().manual_seed(0)
+    std = torch.rand(4, 32, 32, generator=g) + 0.1
+    err = torch.randn(4, 32, 32, generator=g) * std  # calibrated: error ~ N(0, std^2)
+    bins = ev.calibration_bins(std, err, bins=5)
+    assert len(bins) == 5 and sum(b["pixels"] for b in bins) == std.numel()
+    means = [b["mean_std"] for b in bins]
+    assert means == sorted(means)
+    for b in bins:
+        assert b["std_low"] <= b["mean_std"] <= b["std_high"]
+        assert b["rmse"] == pytest.approx(b["mean_std"], rel=0.15)  # calibrated std
+    flat = ev.calibration_bins(torch.ones(100), torch.randn(100, generator=g), bins=4)
+    assert [b["pixels"] for b in flat] == [25, 25, 25, 25]
+    with pytest.raises(MedreconInputError, match="shape"):
+        ev.calibration_bins(torch.ones(3), torch.ones(4))

@@ -323,8 +323,23 @@ def solve(
         dev = C.resolve_device(device)
         img = back_project(rec.image.to(dev), y.to(dev), operator, eta=eta)
         rec.info["bp_eta"] = eta
-        rec = replace(rec, image=img, method=rec.method + "+bp")
+        samples, std = _projected_samples(rec, y.to(dev), operator, eta=eta)
+        rec = replace(rec, image=img, method=rec.method + "+bp", samples=samples, std=std)
         if callback is not None:
             callback({"stage": "bp", "step": 1, "total_steps": 1, "loss": float("nan")})
     rec.seconds = time.perf_counter() - t0
     return rec
+
+
+def _projected_samples(rec: Reconstruction, y: torch.Tensor, operator: nn.Module, *,
+                       eta: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The samples (posterior draws, ensemble members) back-projected like the image, and
+    their per-pixel std: the measured components then carry no spread, so the std map
+    describes the returned (back-projected) image. Without samples, ``rec``'s own."""
+    if rec.samples is None or rec.samples.shape[0] < 2:
+        return rec.samples, rec.std
+    S, B = rec.samples.shape[:2]
+    flat = rec.samples.reshape(S * B, *rec.samples.shape[2:]).to(y.device)
+    ys = y.repeat(S, *([1] * (y.ndim - 1)))
+    proj = back_project(flat, ys, operator, eta=eta).reshape(S, B, *rec.samples.shape[2:])
+    return proj, proj.std(dim=0, correction=1)
