@@ -1275,7 +1275,8 @@ def eval_command(prior: str, task: str, methods: list[str], images: Path, out_di
     if run.lpips_note:
         click.echo(f"note: {run.lpips_note}", err=True)
     click.echo(f"wrote {out_dir / 'results.csv'}, {out_dir / 'summary.md'}"
-               + (f", {out_dir / 'grid.png'}" if run.grid else ""), err=True)
+               + (f", {out_dir / 'grid.png'}" if run.grid else "")
+               + (f", {out_dir / 'calibration.csv'}" if run.calibration else ""), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
