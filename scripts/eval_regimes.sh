@@ -32,9 +32,9 @@ if [[ $group == all || $group == sr ]]; then
   wait
 fi
 if [[ $group == all || $group == mri ]]; then
-  run brain_mri brain_mri brain_mri_cheng mri brain_mri_mri8_random zero_filled,tv,iagan-bp \
+  run brain_mri brain_mri brain_mri_cheng mri brain_mri_mri8_random zero_filled,tv,l1_wavelet,iagan-bp \
     --acceleration 8 --mask-type random &
-  run brain_mri brain_mri brain_mri_cheng mri brain_mri_mri8_equispaced zero_filled,tv,iagan-bp \
+  run brain_mri brain_mri brain_mri_cheng mri brain_mri_mri8_equispaced zero_filled,tv,l1_wavelet,iagan-bp \
     --acceleration 8 --mask-type equispaced &
   wait
 fi

@@ -282,9 +282,15 @@ def test_iagan_ensemble_averages_seeded_member_runs(G, truth):
     one = iagan(y, op, G, ensemble=1, seed=5, **kw)
     torch.testing.assert_close(one.image, singles[0].image)
     assert one.samples is None and one.info["ensemble"] == 1
-    # the option goes through solve, BP applies to the mean
+    # the option goes through solve; BP applies to the mean and to every member (so the std
+    # describes the back-projected image)
+    from medrecon.solvers import back_project
+
     rec2 = solve(y, op, G, method="iagan", ensemble=3, seed=5, bp=True, noise_mode="const", **kw)
-    torch.testing.assert_close(rec2.samples, rec.samples)
+    for k in range(3):
+        torch.testing.assert_close(rec2.samples[k], back_project(rec.samples[k], y, op))
+        torch.testing.assert_close(op.A(rec2.samples[k]), y, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rec2.std, rec2.samples.std(0))
     torch.testing.assert_close(op.A(rec2.image), y, atol=1e-4, rtol=1e-4)
 
 
