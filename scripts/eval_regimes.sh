@@ -4,7 +4,7 @@
 # ablation with an untrained StyleGAN2 of the same architecture (same method, steps, settings).
 # Held-out fold-0 images, default solver settings. Writes docs/results/regimes/<name>/.
 #   scripts/eval_regimes.sh /path/to/data [N_IMAGES] [DEVICE] [GROUP]
-# GROUP: all (default), sr, mri, inpaint, ablation. Two evaluations run at a time, one torch
+# GROUP: all (default), sr, mri, inpaint, ablation, calibration. Two evaluations run at a time, one torch
 # thread each (OMP_NUM_THREADS=1).
 set -euo pipefail
 data=${1:?usage: scripts/eval_regimes.sh DATA_DIR [N_IMAGES] [DEVICE] [GROUP]}
@@ -56,5 +56,13 @@ if [[ $group == all || $group == ablation ]]; then
   run "$tmp/brain_mri_untrained" brain_mri brain_mri_cheng inpaint ablation_brain_mri_inpaint_half iagan-bp \
     --mask-type half &
   run "$tmp/chest_xray_untrained" chest_xray chest_xray_kermany sr ablation_chest_xray_sr4 iagan-bp --scale 4 &
+  wait
+fi
+if [[ $group == all || $group == calibration ]]; then
+  # the std maps' calibration (calibration.csv; figure: scripts/plot_calibration.py)
+  run chest_xray chest_xray chest_xray_kermany sr chest_xray_sr4_calibration \
+    iagan-bp,brgm_variational-bp --scale 4 --grid-images 0 &
+  run brain_mri brain_mri brain_mri_cheng inpaint brain_mri_inpaint_half_calibration \
+    iagan-bp,brgm_variational-bp --mask-type half --grid-images 0 &
   wait
 fi
