@@ -213,6 +213,7 @@ def solve_native_problem(
     solver_task: str | None = None,
     key_every: int = 1,
     warm_steps: int | None = None,
+    spread: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve every slice of ``problem``; return images ``[N, C, H, W]`` on the output grid,
     the posterior std (when ``samples``) and the solver information.
@@ -220,7 +221,9 @@ def solve_native_problem(
     With ``key_every > 1`` and a method that can be warm-started (IAGAN), the slices of each
     operator group are solved in the rounds of :mod:`medrecon.volume`: key slices cold, the
     others from their neighbour's state with ``warm_steps`` steps (None:
-    :func:`medrecon.volume.warm_steps_for`).
+    :func:`medrecon.volume.warm_steps_for`). With ``spread`` an IAGAN ensemble's members give
+    the std map (their per-pixel spread after back-projection; an ensemble spread, not a
+    posterior std).
 
     Generative methods solve with ``A_native o U`` and no back-projection of their own; their
     image is mapped with ``U`` and back-projected with ``A_native`` on the output grid when the
@@ -277,7 +280,7 @@ def solve_native_problem(
                     label += "+bp"
                     info["bp_eta"] = eta
             std = None
-            if samples and rec.samples is not None:
+            if (samples or spread) and rec.samples is not None:
                 std = _std_of_samples(rec.samples, U, op_native, projected=do_bp,
                                       eta=auto_eta(sigma))
             elif samples and rec.std is not None:

@@ -731,6 +731,7 @@ def reconstruct(
     percentiles: tuple[float, float] = (0.5, 99.5),
     key_every: int | None = None,
     warm_steps: int | None = None,
+    spread: bool = False,
 ) -> PipelineResult:
     """Reconstruct a scan with a StyleGAN2 prior (or a classical baseline).
 
@@ -795,6 +796,9 @@ def reconstruct(
             scratch. Default ``None``: :data:`medrecon.volume.DEFAULT_KEY_EVERY`.
         warm_steps: Steps of a warm-started slice. Default ``None``:
             :func:`medrecon.volume.warm_steps_for` (a quarter of the cold steps).
+        spread: IAGAN ensembles (``sr``, ``inpaint``, ``deblur``, ``denoise``): return the
+            members' per-pixel spread after back-projection as ``std`` (an ensemble spread, not
+            a posterior std; zero where a pixel is measured exactly). Default False.
 
     Returns:
         :class:`PipelineResult` with the reconstruction (and std map) in the input's field of
@@ -815,7 +819,7 @@ def reconstruct(
         sr_kernel=sr_kernel, acceleration=acceleration, center_fraction=center_fraction,
         mask_type=mask_type, noise_sigma=noise_sigma, samples=samples, ensemble=ensemble,
         device=device, batch_size=batch_size, seed=seed, simulate=simulate,
-        percentiles=percentiles, key_every=key_every, warm_steps=warm_steps,
+        percentiles=percentiles, key_every=key_every, warm_steps=warm_steps, spread=spread,
         has_mask=mask is not None)
     d = run_steps(build_steps(settings, callback), {"image": image, "mask": mask, "t0": t0})
     info = d["info"]

@@ -82,6 +82,7 @@ class ReconstructionSettings:
     percentiles: tuple[float, float]
     key_every: int
     warm_steps: int | None
+    spread: bool
 
     @classmethod
     def check(cls, *, task: str, prior: Any, method: str | None = None, steps: Any = None,
@@ -90,7 +91,7 @@ class ReconstructionSettings:
               mask_type: str = "random", noise_sigma: Any = 0.0, samples: Any = 0,
               ensemble: Any = None, device: str = "auto", batch_size: Any = None, seed: Any = 0,
               simulate: bool = False, percentiles: tuple[float, float] = (0.5, 99.5),
-              key_every: Any = None, warm_steps: Any = None,
+              key_every: Any = None, warm_steps: Any = None, spread: bool = False,
               has_mask: bool = False) -> "ReconstructionSettings":
         """Check every option (before any work), load the prior (a name, folder or Prior) and
         fill in the defaults that depend on the task and the prior (the method, ``simulate``
@@ -124,7 +125,7 @@ class ReconstructionSettings:
             ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
             simulate=bool(simulate or task in P.SIMULATE_ONLY_TASKS or task == "mri"),
             percentiles=(float(percentiles[0]), float(percentiles[1])), key_every=key_every,
-            warm_steps=warm_steps)
+            warm_steps=warm_steps, spread=bool(spread))
 
 
 class ReadVolume(Transform):
@@ -235,7 +236,7 @@ class SolveSlices(Transform):
                                        simulate=s.simulate, noise_sigma=s.noise_sigma,
                                        scale=s.scale, sr_kernel=s.sr_kernel,
                                        missing=d["missing"], key_every=s.key_every,
-                                       warm_steps=s.warm_steps, **kw)
+                                       warm_steps=s.warm_steps, spread=s.spread, **kw)
             if s.task == "sr" and not s.simulate:
                 r_ax, c_ax = d["orient"].inplane_axes()
                 zoom[r_ax] = zoom[c_ax] = float(s.scale)

@@ -375,26 +375,34 @@ def test_demo_on_given_image(tmp_path, prior_dir):
     save_image(MedicalImage(img, np.eye(4)), src)
     out = _run(["demo", "--input", src, "--prior", prior_dir, "--method", "csgm", "--steps", "2",
                 "-o", tmp_path / "demo"])
-    assert "PSNR" in out and "SSIM" in out and "bicubic" in out
-    for name in ("sr.nii.gz", "bicubic.nii.gz", "side_by_side.png"):
+    assert "PSNR" in out and "SSIM" in out and "lanczos+bp" in out
+    for name in ("sr.nii.gz", "lanczos_bp.nii.gz", "side_by_side.png"):
         assert (tmp_path / "demo" / name).exists()
+    assert not (tmp_path / "demo" / "sr_std.nii.gz").exists()  # csgm gives no spread
+    out = _run(["demo", "--input", src, "--prior", prior_dir, "--method", "iagan", "--steps", "2",
+                "--scale", "2", "-o", tmp_path / "demo_iagan"])
+    std = load_image(tmp_path / "demo_iagan" / "sr_std.nii.gz").array  # the ensemble's spread
+    assert std.shape == img.shape[:2] + (1,) or std.shape == img.shape
+    assert float(np.asarray(std).max()) > 0 and "sr_std.nii.gz" in out
     _run(["demo", "--input", src, "--prior", prior_dir, "-o", tmp_path / "demo"], code=2)
 
 
 def test_demo_on_shipped_bundle_sample(tmp_path):
     from medrecon.cli import _find_demo_sample
 
-    found = _find_demo_sample("chest_xray")
-    if found is None:
-        pytest.skip("the chest_xray bundle sample is not installed")
+    from medrecon.cli import DEMO_PRIOR, DEMO_SCALE
+
+    found = _find_demo_sample(DEMO_PRIOR)
+    if found is None or found[1] is None:
+        pytest.skip(f"the {DEMO_PRIOR} bundle sample is not installed")
     lr, ref = found
-    before = _digest(lr)
-    # bicubic as "the method" keeps this fast; it exercises sample lookup, LR -> HR geometry,
-    # reference metrics and the side-by-side image
+    before = _digest(ref)
+    # bicubic as "the method" keeps this fast; it exercises sample lookup, the simulated
+    # low resolution, reference metrics and the side-by-side image
     out = _run(["demo", "--method", "bicubic", "-o", tmp_path / "d", "-q"])
-    assert "PSNR" in out and (ref is None or ref.name in out)
+    assert "PSNR" in out and ref.name in out and f"SR x{DEMO_SCALE}" in out
     assert (tmp_path / "d" / "side_by_side.png").exists()
-    assert _digest(lr) == before
+    assert _digest(ref) == before
     out = _run(["demo", "--prior", "no_such_prior", "-o", tmp_path / "e"], code=2)
     assert "no_such_prior" in out
 
