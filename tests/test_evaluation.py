@@ -456,6 +456,14 @@ def test_paired_difference_script(tmp_path, capsys):
     assert "higher on 2/3 images" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no method 'tv'"):
         mod.paired(csv_path, "tv", "base")
+    # the same method in two reports of the same images (an ablation)
+    other = tmp_path / "ablation.csv"
+    other.write_text("image,method,psnr,ssim,lpips,seconds,device\n"
+                     + "".join(f"im{i},gen,{a - 1.0},0.70,,1,cpu\n"
+                               for i, a in enumerate([30.0, 28.0, 31.0])))
+    out = mod.paired(csv_path, "gen", "gen", against=other)
+    assert out["psnr"][:3] == (pytest.approx(1.0), pytest.approx(0.0), 3)
+    assert mod.main([str(csv_path), "gen", "gen", "--against", str(other)]) == 0
 
 
 def test_std_error_spearman_helper():
