@@ -460,6 +460,12 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
                 "demo on.")
         ref_path, kernel = found[1], "box"  # the bundles' samples are box averages
     reference = load_image(ref_path)
+    side = min(v for v in reference.shape if v > 1)
+    if side < 2 * scale:  # the low-resolution image would be under 2 x 2 pixels
+        raise MedreconInputError(
+            f"{Path(str(ref_path)).name} is {'x'.join(map(str, reference.shape))} pixels: too "
+            f"small for SR x{scale} (at least {2 * scale} pixels per side); use a larger --input "
+            "image or a smaller --scale.")
     suffix = ".nii.gz" if ref_path.name.endswith(".nii.gz") else (ref_path.suffix or ".nii.gz")
     if suffix.lower() in (".dcm", ".jpg", ".jpeg"):
         suffix = ".nii.gz" if suffix.lower() == ".dcm" else ".png"

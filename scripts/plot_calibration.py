@@ -6,8 +6,8 @@ the predicted per-pixel std; :func:`medrecon.evaluation.calibration_bins`) and p
 method, the RMS error of each bin against its mean predicted std, with the diagonal of a
 calibrated std. Needs matplotlib (not a medrecon dependency)::
 
-    python scripts/plot_calibration.py docs/results/chest_xray_sr4_calibration/calibration.csv \
-        -o docs/results/chest_xray_sr4_calibration/calibration.png
+    python scripts/plot_calibration.py docs/results/regimes/chest_xray_sr4_calibration/calibration.csv \
+        -o docs/results/regimes/calibration.png
 """
 
 from __future__ import annotations

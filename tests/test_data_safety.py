@@ -529,9 +529,13 @@ def test_demo_failure_leaves_nothing(work, prior_dir, capsys, monkeypatch):
     # an image under the SSIM window: PSNR only, no advice the CLI user cannot follow
     Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(work / "small.png")
     code, text = cli("demo", "--input", "small.png", "-o", "d2", "--prior", prior_dir,
-                     "--method", "bicubic", "-q", capsys=capsys)
+                     "--method", "bicubic", "--scale", "4", "-q", capsys=capsys)
     assert code == 0 and "win_size" not in text and "SSIM n/a" in text
-    assert tree(work / "d2") == {"sr.png", "bicubic.png", "side_by_side.png"}
+    assert tree(work / "d2") == {"sr.png", "lanczos_bp.png", "side_by_side.png"}
+    # too small for the default x8: refused before any work, with the fix
+    code, text = cli("demo", "--input", "small.png", "-o", "d3", "--prior", prior_dir, "-q",
+                     capsys=capsys)
+    assert code == 2 and "--scale" in one_error_line(text) and not (work / "d3").exists()
 
 
 def test_json_log_errors_are_json_only(work, prior_dir, capsys):
