@@ -4,7 +4,7 @@
 # ablation with an untrained StyleGAN2 of the same architecture (same method, steps, settings).
 # Held-out fold-0 images, default solver settings. Writes docs/results/regimes/<name>/.
 #   scripts/eval_regimes.sh /path/to/data [N_IMAGES] [DEVICE] [GROUP]
-# GROUP: all (default), sr, mri, inpaint, ablation, calibration. Two evaluations run at a time, one torch
+# GROUP: all (default), sr, mri, inpaint, boxes, ablation, calibration. Two evaluations run at a time, one torch
 # thread each (OMP_NUM_THREADS=1).
 set -euo pipefail
 data=${1:?usage: scripts/eval_regimes.sh DATA_DIR [N_IMAGES] [DEVICE] [GROUP]}
@@ -43,6 +43,14 @@ if [[ $group == all || $group == inpaint ]]; then
     --mask-type free_form &
   run brain_mri brain_mri brain_mri_cheng inpaint brain_mri_inpaint_half biharmonic,tv,iagan-bp \
     --mask-type half &
+  wait
+fi
+if [[ $group == all || $group == boxes ]]; then
+  # centred boxes of 1/4 and 3/4 of the side (1/2 is docs/results/brain_mri_inpaint_box)
+  run brain_mri brain_mri brain_mri_cheng inpaint brain_mri_inpaint_box25 biharmonic,tv,iagan-bp \
+    --mask-type center_box --option box_fraction=0.25 &
+  run brain_mri brain_mri brain_mri_cheng inpaint brain_mri_inpaint_box75 biharmonic,tv,iagan-bp \
+    --mask-type center_box --option box_fraction=0.75 &
   wait
 fi
 if [[ $group == all || $group == ablation ]]; then
