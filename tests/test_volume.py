@@ -143,3 +143,17 @@ def test_default_warm_steps_are_a_quarter_of_the_cold_steps():
     assert warm_steps_for("iagan", "sr", 200) == 50
     assert warm_steps_for("iagan", "sr", 8) == 10
     assert warm_steps_for("iagan", "sr", None) >= 10
+
+
+def test_spread_returns_the_ensembles_projected_std(prior):
+    vol, aff = _volume(2)
+    res = reconstruct(vol, affine=aff, task="sr", prior=prior, scale=2, method="iagan", steps=2,
+                      ensemble=2, spread=True)
+    assert res.std is not None and res.std.shape == res.image.shape
+    assert float(np.asarray(res.std).max()) > 0
+    plain = reconstruct(vol, affine=aff, task="sr", prior=prior, scale=2, method="iagan",
+                        steps=2, ensemble=2)
+    assert plain.std is None  # only on request: an ensemble spread is not a posterior std
+    base = reconstruct(vol, affine=aff, task="sr", prior=prior, scale=2, method="bicubic",
+                       spread=True)
+    assert base.std is None
