@@ -68,8 +68,12 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     if mode == "scipy-cubic":
         out = _scipy_cubic(lr.array, case.scale, axis)
     else:
+        # the plane is given: 4 x 1 x 4 mm voxels (thin slices, coarse pixels) are not how
+        # scans are acquired, and with more slices than in-plane pixels the acquired-plane
+        # rule (fewest voxels, thickest spacing) cannot tell the coronal slices apart
         kw: dict[str, Any] = {"task": "sr", "prior": case.prior, "scale": case.scale,
-                              "sr_kernel": case.kernel, "device": args.device, "seed": 0}
+                              "sr_kernel": case.kernel, "device": args.device, "seed": 0,
+                              "plane": "coronal"}
         if mode == "lanczos-bp":
             kw.update(method="lanczos", bp=True)
         elif mode == "slice-by-slice":
