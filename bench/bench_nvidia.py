@@ -64,6 +64,9 @@ except ModuleNotFoundError:  # run from a source checkout without installing
 from medrecon.priors import load_prior
 from medrecon.solvers import _common as C
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generator import cpu_model  # noqa: E402  (the sibling benchmark's machine probe)
+
 CLONE_HINT = "git clone https://github.com/NVlabs/stylegan2-ada-pytorch"
 STEPS = {
     "wplus": "W+ step: grad w.r.t. ws, generator frozen (CSGM/BRGM)",
@@ -189,16 +192,6 @@ def git_commit(repo: Path) -> str:
 
 # ----------------------------------------------------------------------------------------
 # Machine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def medrecon_commit() -> str:
