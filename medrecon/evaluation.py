@@ -798,40 +798,12 @@ def evaluate_run(
     # Closed-form baselines first: they are cheap, so a method unfit for the task fails fast.
     order = sorted(method_list, key=lambda m: solvers.METHODS[_split_bp(m)[0]].generative)
     for method in order:
-        base, bp = _split_bp(method)
-        outputs: list[torch.Tensor] = []
-        for start in range(0, len(ids), batch_size):
-            batch_ids = ids[start:start + batch_size]
-            y = torch.cat(measurements[start:start + batch_size], dim=0)
-            run_seed = derive_seed(seed, *batch_ids, "solve")
-            t0 = time.perf_counter()
-            try:
-                rec = solvers.solve(y, operator, prior, method=base, bp=bp, device=device,
-                                    seed=run_seed, **{**_step_options(base, steps),
-                                                      **extra_opts.get(method, {})})
-            except MedreconInputError as exc:
-                raise MedreconInputError(f"method {method!r} failed on task {task!r}: {exc}"
-                                         ) from exc
-            wall = time.perf_counter() - t0
-            secs = float(getattr(rec, "seconds", None) or wall) / len(batch_ids)
-            dev = str(getattr(rec, "device", device))
-            images_out = rec.image.detach().to("cpu")
-            for k, image_id in enumerate(batch_ids):
-                pred01 = _to01(images_out[k:k + 1])
-                ref01 = _to01(truths[start + k])
-                psnr, ssim, lpv = _image_metrics(pred01, ref01, lp)
-                rho = None
-                if rec.std is not None:
-                    err = images_out[k] - truths[start + k][0]
-                    rho = std_error_spearman(rec.std[k], err)
-                    spread.setdefault(method, ([], []))
-                    spread[method][0].append(rec.std[k].reshape(-1))
-                    spread[method][1].append(err.reshape(-1))
-                row = EvalRow(image_id, method, psnr, ssim, lpv, secs, dev, rho)
-                per_method[method].append(row)
-                outputs.append(images_out[k:k + 1])
-            say(f"{method}: {min(start + batch_size, len(ids))}/{len(ids)} "
-                f"({secs:.2f} s/image on {dev})")
+        per_method[method], outputs, pixels = _score_method(
+            method, ids=ids, truths=truths, measurements=measurements, operator=operator,
+            prior=prior, task=task, device=device, seed=seed, steps=steps, batch_size=batch_size,
+            options=extra_opts.get(method, {}), lp=lp, say=say)
+        if pixels is not None:
+            spread[method] = pixels
         if n_grid:
             grid[method] = [_to01(o[0]) for o in outputs[:n_grid]]
     for i in range(len(ids)):
@@ -851,6 +823,55 @@ def evaluate_run(
     if out_dir is not None:
         write_report(run, out_dir, overwrite=overwrite)
     return run
+
+
+def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
+                  measurements: list[torch.Tensor], operator: Any, prior: Any, task: str,
+                  device: str, seed: int, steps: int | None, batch_size: int,
+                  options: Mapping[str, Any], lp: _Lpips, say: Callable[[str], None]
+                  ) -> tuple[list[EvalRow], list[torch.Tensor],
+                             tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
+    """Solve every image with ``method`` (batches of ``batch_size``) and score it.
+
+    Returns:
+        The rows (image order), the images ``[1, C, R, R]``, and for a method with a std map
+        its per-image std and error pixels (for :func:`calibration_bins`), else None.
+    """
+    from medrecon import solvers
+
+    base, bp = _split_bp(method)
+    rows: list[EvalRow] = []
+    outputs: list[torch.Tensor] = []
+    stds: list[torch.Tensor] = []
+    errors: list[torch.Tensor] = []
+    for start in range(0, len(ids), batch_size):
+        batch_ids = ids[start:start + batch_size]
+        y = torch.cat(measurements[start:start + batch_size], dim=0)
+        run_seed = derive_seed(seed, *batch_ids, "solve")
+        t0 = time.perf_counter()
+        try:
+            rec = solvers.solve(y, operator, prior, method=base, bp=bp, device=device,
+                                seed=run_seed, **{**_step_options(base, steps), **options})
+        except MedreconInputError as exc:
+            raise MedreconInputError(f"method {method!r} failed on task {task!r}: {exc}") from exc
+        wall = time.perf_counter() - t0
+        secs = float(getattr(rec, "seconds", None) or wall) / len(batch_ids)
+        dev = str(getattr(rec, "device", device))
+        images_out = rec.image.detach().to("cpu")
+        for k, image_id in enumerate(batch_ids):
+            psnr, ssim, lpv = _image_metrics(_to01(images_out[k:k + 1]),
+                                             _to01(truths[start + k]), lp)
+            rho = None
+            if rec.std is not None:
+                err = images_out[k] - truths[start + k][0]
+                rho = std_error_spearman(rec.std[k], err)
+                stds.append(rec.std[k].reshape(-1))
+                errors.append(err.reshape(-1))
+            rows.append(EvalRow(image_id, method, psnr, ssim, lpv, secs, dev, rho))
+            outputs.append(images_out[k:k + 1])
+        say(f"{method}: {min(start + batch_size, len(ids))}/{len(ids)} "
+            f"({secs:.2f} s/image on {dev})")
+    return rows, outputs, ((stds, errors) if stds else None)
 
 
 def evaluate(**kwargs: Any) -> list[EvalRow]:
