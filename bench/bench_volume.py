@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODES = ("default", "slice-by-slice", "scipy-cubic", "lanczos-bp")
 #: Colin27 coronal slices (array axis 1 of 217) centred on the brain.
@@ -105,16 +106,9 @@ def _machine(threads: int) -> dict[str, Any]:
     import platform
 
     import torch
+    from bench_generator import cpu_model  # the sibling benchmark's machine probe
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": threads,
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": threads,
             "torch": torch.__version__, "python": platform.python_version()}
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from monai.transforms import Compose, Transform
 
 from medrecon import pipeline as P

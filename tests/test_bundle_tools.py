@@ -118,25 +118,13 @@ def test_verify_net_in_out_on_the_reconstructor(bundle):
     """network_data_format describes `reconstructor` (degraded scans -> reconstructions):
     MONAI's verify_net_in_out (channels, dtype; under no_grad) passes on it, and so do the
     spatial shapes, which verify_net_in_out does not compare."""
-    from monai.bundle import ConfigParser, verify_net_in_out
     from monai.bundle.scripts import _get_fake_spatial_shape
 
-    cfg = str(bundle / "configs" / "inference.json")
-    meta = str(bundle / "configs" / "metadata.json")
-    # csgm: a GAN solver, so the gradients it needs are checked under verify's no_grad
-    overrides = {"bundle_root": str(bundle), "method": "csgm", "steps": 2}
-    verify_net_in_out(net_id="reconstructor", meta_file=meta, config_file=cfg, device="cpu",
-                      **overrides)
-    parser = ConfigParser()
-    parser.read_config(cfg)
-    parser.read_meta(meta)
-    for k, v in overrides.items():
-        parser[k] = v
-    net = parser.get_parsed_content("reconstructor").eval()
+    from tests._bundle import verified_reconstructor
+
+    net, parser, image, pred = verified_reconstructor(bundle)
     assert isinstance(net, torch.nn.Module)
     assert parser.get_parsed_content("network_def").img_resolution == R  # still the generator
-    fmt = parser["_meta_"]["network_data_format"]
-    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
     for n, batch in ((1, 2), (2, 1)):
         shape_in = _get_fake_spatial_shape(image["spatial_shape"], n=n)
         x = torch.rand(batch, image["num_channels"], *shape_in)

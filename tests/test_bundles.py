@@ -119,24 +119,15 @@ def test_verify_net_in_out_on_the_reconstructor(name):
     """The shipped metadata's network_data_format is the shape of the `reconstructor` id
     (degraded scan -> reconstruction with the bundle's default task); network_def
     stays the generator. verify_net_in_out compares channels and dtype; the spatial shapes too."""
-    from monai.bundle import ConfigParser, verify_net_in_out
     from monai.bundle.scripts import _get_fake_spatial_shape
 
+    from tests._bundle import verified_reconstructor
+
     b = BUNDLES[name]
-    cfg, meta = str(b / "configs" / "inference.json"), str(b / "configs" / "metadata.json")
-    overrides = {"bundle_root": str(b), "method": "csgm", "steps": 2}  # the cheapest GAN solver
-    verify_net_in_out(net_id="reconstructor", meta_file=meta, config_file=cfg, device="cpu",
-                      **overrides)
-    parser = ConfigParser()
-    parser.read_config(cfg)
-    parser.read_meta(meta)
-    for k, v in overrides.items():
-        parser[k] = v
-    fmt = parser["_meta_"]["network_data_format"]
-    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    net, _, image, pred = verified_reconstructor(b)
     x = torch.rand(1, image["num_channels"], *_get_fake_spatial_shape(image["spatial_shape"]))
     with torch.no_grad():
-        y = parser.get_parsed_content("reconstructor").eval()(x)
+        y = net(x)
     expected = (1, pred["num_channels"], *_get_fake_spatial_shape(pred["spatial_shape"]))
     assert tuple(y.shape) == expected, f"got {tuple(y.shape)}, metadata says {expected}"
     res = json.loads((b / "models" / "prior.json").read_text())["resolution"]

@@ -436,3 +436,22 @@ def test_folder_with_two_series_needs_series_option(tmp_path, prior_dir):
           "--method", "pseudo_inverse", "--series", uid_b, "-q"])
     assert nib.load(str(tmp_path / "b.nii.gz")).shape[2] == 3
     assert _digest(both) == before
+
+
+def test_volume_warm_start_options(tmp_path, prior_dir, monkeypatch):
+    """--key-every / --warm-steps reach the pipeline; bad values are exit 2."""
+    import medrecon.solvers as solvers
+
+    vol = np.random.default_rng(0).random((8, 8, 4)).astype(np.float32)
+    src = tmp_path / "vol.nii.gz"
+    save_image(MedicalImage(vol, np.diag([1.0, 1.0, 3.0, 1.0])), src)
+    calls = []
+    real = solvers.solve
+    monkeypatch.setattr(solvers, "solve", lambda y, op, p, **k: calls.append(
+        (y.shape[0], k.get("steps"), "init" in k)) or real(y, op, p, **k))
+    _run(["sr", src, "--prior", prior_dir, "--scale", "2", "--method", "iagan", "--steps", "3",
+          "--ensemble", "1", "--key-every", "2", "--warm-steps", "1", "-o", tmp_path / "o.nii.gz",
+          "-q"])
+    assert sorted(calls) == [(2, 1, True), (2, 3, False)]  # 2 keys cold, 2 slices warm
+    for bad in (["--key-every", "0"], ["--warm-steps", "0"]):
+        _run(["sr", src, "--prior", prior_dir, *bad, "-o", tmp_path / "x.nii.gz"], code=2)

@@ -12,8 +12,6 @@ with the inferer's prior, task, method and options.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from monai.data import MetaTensor
 from torch import nn
