@@ -4,14 +4,18 @@
 A stack of ``--slices`` Colin27 coronal slices (the file of ``scripts/real_scans.py``; no
 prior was trained or tuned on it) is box-averaged x4 in-plane (45 x 45 -> 180 x 180) and
 super-resolved with the brain prior's default method, every slice cold (``cold``) or with warm
-starts (``KEY_EVERY:WARM_STEPS``). Per slice PSNR / SSIM against the 1 mm truth show how the
-quality changes with the distance from the segment's key slice.
+starts (``KEY_EVERY:WARM_STEPS``: each slice from its neighbour towards the key, as
+:mod:`medrecon.volume` does; ``KEY_EVERY:WARM_STEPS:star``: every slice of a segment straight
+from the key slice, an alternative measured here and not offered by medrecon). Per slice PSNR /
+SSIM against the 1 mm truth show how the quality changes with the distance from the segment's
+key slice.
 
 One configuration per call (they can run side by side, one torch thread each); each call
 appends a JSON line to ``<out>/runs.jsonl``; ``--report`` writes ``<out>/tuning.md``::
 
     python scripts/tune_warm_start.py --data ~/.cache/medrecon/real_scans --config cold --out DIR
     python scripts/tune_warm_start.py --data ... --config 3:50 --out DIR
+    python scripts/tune_warm_start.py --data ... --config 5:50:star --out DIR
     python scripts/tune_warm_start.py --report --out DIR
 """
 
@@ -27,6 +31,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CENTRE = 108  # Colin27 coronal slice (array axis 1) at the middle of the brain
+
+
+def star_rounds(indices, key_every):
+    """Like :func:`medrecon.volume.warm_start_rounds`, but every slice of a segment is
+    warm-started straight from the segment's key slice (one warm round)."""
+    idx = list(indices)
+    if key_every <= 1 or len(idx) <= 1:
+        return [[(i, None) for i in idx]]
+    keys, warm = [], []
+    for s0 in range(0, len(idx), key_every):
+        seg = idx[s0:s0 + key_every]
+        k = (len(seg) - 1) // 2
+        keys.append((seg[k], None))
+        warm += [(seg[j], seg[k]) for j in range(len(seg)) if j != k]
+    return [keys, warm] if warm else [keys]
 
 
 def run(config: str, data: Path, n: int, threads: int) -> dict:
@@ -45,8 +64,12 @@ def run(config: str, data: Path, n: int, threads: int) -> dict:
     if config == "cold":
         kw["key_every"] = 1
     else:
-        k, w = config.split(":")
+        k, w, *topology = config.split(":")
         kw.update(key_every=int(k), warm_steps=int(w))
+        if topology == ["star"]:
+            import medrecon.volume
+
+            medrecon.volume.warm_start_rounds = star_rounds  # solve_in_rounds looks it up here
     t0 = time.perf_counter()
     res = reconstruct(lr, **kw)
     sec = time.perf_counter() - t0
@@ -67,7 +90,8 @@ def report(out: Path) -> str:
              "in-plane (45 x 45 -> 180 x 180), brain prior, default method (IAGAN, ensemble "
              "4, 200 cold adaptation steps off the prior's grid), seed 0. `cold` solves every "
              "slice from scratch; `L:S` cuts the slices into segments of L with the middle one "
-             "cold and the others warm-started from their neighbour with S steps. PSNR / SSIM "
+             "cold and the others warm-started from their neighbour with S steps (`L:S:star`: "
+             "each straight from the key slice). PSNR / SSIM "
              "per slice on the acquired plane against the 1 mm truth (data range of the "
              "volume). Produced by `scripts/tune_warm_start.py` (commands in its docstring), "
              "runs side by side on a shared 2-core AMD EPYC, so the seconds are only "
@@ -84,7 +108,7 @@ def report(out: Path) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path.home() / ".cache" / "medrecon" / "real_scans")
-    ap.add_argument("--config", help="cold or KEY_EVERY:WARM_STEPS")
+    ap.add_argument("--config", help="cold, KEY_EVERY:WARM_STEPS or KEY_EVERY:WARM_STEPS:star")
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
