@@ -373,6 +373,38 @@ def test_back_projection_is_measurement_consistent(truth, kind):
     assert torch.linalg.vector_norm(xr - x0) < torch.linalg.vector_norm(xb - x0)
 
 
+def test_inpainting_back_projection_continues_the_correction_into_the_hole():
+    import math
+
+    from medrecon.solvers.backprojection import SEAM_DECAY
+
+    n = 64
+    mask = torch.ones(n, n)
+    mask[8:56, 8:56] = 0  # a 48 x 48 hole: pixel (32, 32) is 24 pixels from the nearest measured one
+    op = Inpainting(mask)
+    truth = torch.linspace(-0.5, 0.5, n).reshape(1, 1, 1, n).expand(2, 1, n, n).contiguous()
+    y = op.A(truth)
+    est = truth + torch.tensor([0.2, -0.1]).reshape(2, 1, 1, 1)  # off by a constant per slice
+    xb = back_project(est, y, op)
+    assert torch.allclose(op.A(xb), y, atol=1e-6)  # still consistent with every measurement
+    err = (xb - truth)[:, 0]
+    offset = torch.tensor([0.2, -0.1])
+    # next to the edge the offset is removed (the biharmonic extension of a constant residual
+    # is that constant), fading with exp(-(dist - 1) / SEAM_DECAY) towards the middle
+    assert torch.allclose(err[:, 8, 30], torch.zeros(2), atol=1e-4)
+    assert torch.allclose(err[:, 10, 30], offset * (1 - math.exp(-2 / SEAM_DECAY)), atol=1e-3)
+    assert torch.allclose(err[:, 32, 32], offset * (1 - math.exp(-23 / SEAM_DECAY)), atol=1e-4)
+    # seam=0 is the plain paste: the whole hole keeps the estimate's offset
+    plain = back_project(est, y, op, seam=0)
+    assert torch.allclose(plain, torch.where(mask.bool(), truth, est), atol=1e-6)
+    # linear in the residual (the std of back-projected samples relies on it)
+    other = est + 0.05 * torch.randn(est.shape, generator=torch.Generator().manual_seed(1))
+    both = back_project(est + other, 2 * y, op) - (est + other)
+    assert torch.allclose(both, (xb - est) + (back_project(other, y, op) - other), atol=1e-5)
+    with pytest.raises(MedreconInputError, match="seam"):
+        back_project(est, y, op, seam=-1)
+
+
 def test_solve_auto_bp_depends_on_noise(G, truth):
     kw = dict(method="csgm", steps=5, restarts=1, probes=2, device="cpu")
     clean = sr_op()
