@@ -150,25 +150,6 @@ def build_native_problem(
                          {"grid": {"size": fit.size, "content": fit.content, "offset": fit.offset}})
 
 
-def _std_of_samples(samples: torch.Tensor, grid: GridResample, op: LinearPhysics,
-                    projected: bool, eta: float = 0.0) -> torch.Tensor:
-    """Per-pixel std ``[B, C, H, W]`` of posterior samples ``[S, B, C, R, R]`` on the output grid.
-
-    With back-projection every sample ``s`` becomes ``s + A^+ (y - A s)``, whose spread is that
-    of ``(I - A^+ A) s``: measured components carry no uncertainty.
-    """
-    S, B = samples.shape[:2]
-    flat = samples.reshape(S * B, *samples.shape[2:]).float()
-    up = flat if grid.is_identity else grid.A(flat)
-    if projected:  # back_project(s, y=0) = s - A^+ A s
-        from medrecon.solvers import back_project
-
-        zeros = torch.zeros_like(op.A(up[:1])).expand(up.shape[0], *([-1] * (up.ndim - 1)))
-        up = back_project(up, zeros.contiguous(), op, eta=eta)
-    up = up.reshape(S, B, *up.shape[1:])
-    return up.std(dim=0, unbiased=S > 1) if S > 1 else torch.zeros_like(up[0])
-
-
 def solver_kwargs(method: str, *, device: Any, seed: int, callback: Any, bp: bool | None,
                   steps: int | None = None, samples: int = 0, ensemble: int | None = None,
                   task: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
@@ -239,6 +220,7 @@ def solve_native_problem(
         solve,
         will_back_project,
     )
+    from medrecon.solvers.backprojection import sample_spread
     from medrecon.solvers import _common as C
 
     generative = METHODS[method].generative
@@ -281,8 +263,10 @@ def solve_native_problem(
                     info["bp_eta"] = eta
             std = None
             if (samples or spread) and rec.samples is not None:
-                std = _std_of_samples(rec.samples, U, op_native, projected=do_bp,
-                                      eta=auto_eta(sigma))
+                # on the output grid, back-projected like the image (measured parts certain)
+                std = sample_spread(rec.samples, op_native if do_bp else None,
+                                    eta=auto_eta(sigma),
+                                    resample=None if U.is_identity else U.A)[1]
             elif samples and rec.std is not None:
                 std = rec.std if U.is_identity else U.A(rec.std.float()).clamp_min(0)
             for j, i in enumerate(chunk):

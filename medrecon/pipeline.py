@@ -940,6 +940,7 @@ def _solve_kspace(
     from medrecon.native import solver_kwargs
     from medrecon.physics import fft2c, ifft2c
     from medrecon.solvers import METHODS, auto_eta, back_project, solve, will_back_project
+    from medrecon.solvers.backprojection import sample_spread
 
     n, H, W = k.shape
     R, C = _prior_resolution(prior)
@@ -984,13 +985,8 @@ def _solve_kspace(
                 img, label = rec.image.float(), rec.method or method
             std = None
             if samples and rec.samples is not None:
-                S, B = rec.samples.shape[:2]
-                ups = back(rec.samples.reshape(S * B, *rec.samples.shape[2:]))
-                if do_bp:  # back_project(s, 0) = (I - A^+ A) s: measured parts are certain
-                    ups = back_project(ups, torch.zeros_like(yn).repeat(S, 1, 1, 1), native,
-                                       eta=auto_eta(noise or 0.0))
-                ups = ups.reshape(S, B, *ups.shape[1:])
-                std = ups.std(dim=0) if S > 1 else torch.zeros_like(ups[0])
+                std = sample_spread(rec.samples, native if do_bp else None,
+                                    eta=auto_eta(noise or 0.0), resample=back)[1]
             for j, i in enumerate(chunk):
                 images[i] = img[j]
                 if std is not None:

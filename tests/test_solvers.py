@@ -405,6 +405,26 @@ def test_inpainting_back_projection_continues_the_correction_into_the_hole():
         back_project(est, y, op, seam=-1)
 
 
+def test_sample_spread_is_the_spread_of_the_finished_samples():
+    from medrecon.solvers.backprojection import sample_spread
+
+    g = torch.Generator().manual_seed(3)
+    mask = (torch.rand(R, R, generator=g) > 0.4).float()
+    op = Inpainting(mask)
+    samples = torch.randn(5, 2, 1, R, R, generator=g)
+    y = op.A(torch.randn(2, 1, R, R, generator=g))
+    same, std = sample_spread(samples, None)
+    assert torch.equal(same, samples) and torch.allclose(std, samples.std(0))
+    proj, std_y = sample_spread(samples, op, y=y)
+    assert torch.allclose(proj[3], back_project(samples[3], y, op), atol=1e-6)
+    _, std_0 = sample_spread(samples, op)  # y = 0: the same spread (affine in the data)
+    assert torch.allclose(std_y, std_0, atol=1e-6)
+    assert float(std_y[:, :, mask.bool()].abs().max()) < 1e-6  # measured pixels are certain
+    assert float(std_y[:, :, ~mask.bool()].min()) > 0
+    _, one = sample_spread(samples[:1], op, y=y)
+    assert torch.equal(one, torch.zeros_like(one))
+
+
 def test_solve_auto_bp_depends_on_noise(G, truth):
     kw = dict(method="csgm", steps=5, restarts=1, probes=2, device="cpu")
     clean = sr_op()

@@ -25,7 +25,7 @@ from torch import nn
 from medrecon.errors import MedreconInputError
 from medrecon.solvers import _common as C
 from medrecon.solvers import baselines as BL
-from medrecon.solvers.backprojection import AUTO_BP_MAX_SIGMA, auto_eta, back_project
+from medrecon.solvers.backprojection import AUTO_BP_MAX_SIGMA, auto_eta, back_project, sample_spread
 from medrecon.solvers.brgm import brgm, brgm_variational
 from medrecon.solvers.csgm import csgm
 from medrecon.solvers.iagan import STAGE1_DEFAULTS, iagan
@@ -344,8 +344,4 @@ def _projected_samples(rec: Reconstruction, y: torch.Tensor, operator: nn.Module
     describes the returned (back-projected) image. Without samples, ``rec``'s own."""
     if rec.samples is None or rec.samples.shape[0] < 2:
         return rec.samples, rec.std
-    S, B = rec.samples.shape[:2]
-    flat = rec.samples.reshape(S * B, *rec.samples.shape[2:]).to(y.device)
-    ys = y.repeat(S, *([1] * (y.ndim - 1)))
-    proj = back_project(flat, ys, operator, eta=eta).reshape(S, B, *rec.samples.shape[2:])
-    return proj, proj.std(dim=0, correction=1)
+    return sample_spread(rec.samples.to(y.device), operator, y=y, eta=eta)
