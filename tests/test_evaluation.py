@@ -523,3 +523,21 @@ def test_calibration_bins():
     assert [b["pixels"] for b in flat] == [25, 25, 25, 25]
     with pytest.raises(MedreconInputError, match="shape"):
         ev.calibration_bins(torch.ones(3), torch.ones(4))
+
+
+def test_seam_tuning_script_options_and_report(tmp_path):
+    """scripts/tune_inpaint_seam.py: mask specs parse into build_operator options, and the
+    report tabulates every variant of every mask from runs.jsonl."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_inpaint_seam.py"
+    spec = importlib.util.spec_from_file_location("tune_inpaint_seam", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.mask_options("center_box:0.25") == {"mask_type": "center_box", "box_fraction": 0.25}
+    assert mod.mask_options("free_form") == {"mask_type": "free_form"}
+    rows = [{"mask": m, "images": ["a.png", "b.png"], "mean": {"paste": [30.0 + k, 0.9],
+                                                               "seam=4": [31.0 + k, 0.95]}}
+            for k, m in enumerate(("half", "free_form"))]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = mod.report(tmp_path)
+    assert "| variant | half | free_form |" in text and "2 validation images" in text
+    assert "| seam=4 | 31.00 / 0.9500 | 32.00 / 0.9500 |" in text

@@ -73,6 +73,49 @@ def test_batch_size_only_groups_a_rounds_problems():
     assert sum(p is None for p in ref.values()) == 4  # one key per segment of 5
 
 
+def test_tuning_scripts_star_order_starts_every_slice_from_its_key(monkeypatch):
+    """scripts/tune_warm_start.py's alternative order (measured, not offered) is a valid
+    solve order: one warm round, each slice's parent is its segment's key slice."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_warm_start.py"
+    spec = importlib.util.spec_from_file_location("tune_warm_start", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rounds = mod.star_rounds(list(range(12)), 5)
+    assert [i for i, _ in rounds[0]] == [2, 7, 10]
+    assert sorted(i for rnd in rounds for i, _ in rnd) == list(range(12))
+    assert all(p == {0: 2, 1: 7, 2: 10}[i // 5] for i, p in rounds[1])
+    assert mod.star_rounds([4], 5) == [[(4, None)]]
+    # solve_in_rounds accepts the order (it keeps the key's state for every slice it starts)
+    import medrecon.volume as volume
+
+    monkeypatch.setattr(volume, "warm_start_rounds", mod.star_rounds)
+
+    class S:
+        def __init__(self, ids):
+            self.ids = list(ids)
+
+        def select(self, j):
+            return S([self.ids[k] for k in j])
+
+        @staticmethod
+        def cat(states):
+            return S([i for st in states for i in st.ids])
+
+    parents = {}
+
+    def solve_chunk(chunk, init, want):
+        for k, i in enumerate(chunk):
+            parents[i] = None if init is None else init.ids[k]
+        return S(chunk)
+
+    volume.solve_in_rounds(list(range(12)), key_every=5, batch_size=3, solve_chunk=solve_chunk)
+    assert parents == {i: (None if i in (2, 7, 10) else {0: 2, 1: 7, 2: 10}[i // 5])
+                       for i in range(12)}
+
+
 def test_iagan_state_round_trip_and_warm_start(prior):
     op = build_operator("sr", img_size=(16, 16), channels=1, scale=2)
     y = op.A(torch.rand(3, 1, 16, 16) * 2 - 1)
