@@ -143,6 +143,38 @@ def test_solve_runs_baselines_without_prior(smooth):
         solve(op.A(smooth), op, method="bicubic", weight=3)
 
 
+def test_l1_wavelet_solves_its_problem_for_undersampled_mri():
+    """Cross-check of the FISTA solution with the optimality (KKT) conditions of
+    ``1/2 ||A x - y||^2 + lambda ||W_detail x||_1`` computed independently with PyWavelets:
+    in the orthonormal wavelet domain the gradient of the data term vanishes on the
+    approximation band, equals ``-lambda sign(c)`` where a detail coefficient ``c`` is nonzero
+    and is at most ``lambda`` in size where it is zero."""
+    import pywt
+
+    from medrecon.physics import build_operator
+    from medrecon.solvers import solve
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    clean = (((xx ** 2 + yy ** 2) < 0.5).float() * 1.5 - 0.75 + 0.2 * xx)[None, None]
+    op = build_operator("mri", img_size=(32, 32), channels=1, acceleration=4, seed=0)
+    y = op.A(clean)
+    lam = 0.01
+    rec = solve(y, op, None, method="l1_wavelet", bp=False, weight=lam, wavelet="haar",
+                steps=3000, tol=1e-12)
+    grad = op.A_adjoint(op.A(rec.image) - y).real[0, 0].double().numpy()
+    cg = pywt.wavedec2(grad, "haar", mode="periodization")
+    cx = pywt.wavedec2(rec.image[0, 0].double().numpy(), "haar", mode="periodization")
+    assert np.abs(cg[0]).max() < 1e-3 * lam
+    support = 0
+    for bands_g, bands_x in zip(cg[1:], cx[1:]):
+        for bg, bx in zip(bands_g, bands_x):
+            nz = np.abs(bx) > 1e-7
+            support += int(nz.sum())
+            assert np.abs(bg[nz] + lam * np.sign(bx[nz])).max(initial=0) < 1e-2 * lam
+            assert np.abs(bg[~nz]).max(initial=0) <= lam * (1 + 1e-3)
+    assert 0 < support < 32 * 32  # a sparse, non-trivial solution
+
+
 def test_l1_wavelet_is_soft_thresholding_for_the_identity_and_helps_denoising():
     """Cross-check with PyWavelets: for A = I the minimiser is W^T soft(W y, lambda)."""
     import pywt
