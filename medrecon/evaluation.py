@@ -768,28 +768,12 @@ def evaluate_run(
                                       seed=int(seed), noise_sigma=float(noise_sigma), **options)
     operator.eval()
 
-    # Ground truths and their measurements, each image with its own noise stream.
-    ids: list[str] = []
-    truths: list[torch.Tensor] = []
-    measurements: list[torch.Tensor] = []
-    for image_id, path in files:
-        x = _load_ground_truth(path, resolution=resolution, channels=channels)
-        g = torch.Generator().manual_seed(derive_seed(seed, image_id, "noise"))
-        with torch.no_grad():
-            y = operator.measure(x, generator=g)
-        ids.append(image_id)
-        truths.append(x)
-        measurements.append(y)
+    ids, truths, measurements = _measure(files, operator, resolution=resolution,
+                                         channels=channels, seed=seed)
     say(f"{len(ids)} images, task {task}, methods {', '.join(method_list)}")
 
     n_grid = max(0, min(int(grid_images), len(ids)))
-    grid: dict[str, list[torch.Tensor]] = {}
-    if n_grid:
-        grid["ground truth"] = [_to01(t[0]) for t in truths[:n_grid]]
-        with torch.no_grad():
-            grid["measurement"] = [
-                _to01(_measurement_image(y, operator, resolution=resolution)[0])
-                for y in measurements[:n_grid]]
+    grid = _input_grid(truths[:n_grid], measurements[:n_grid], operator, resolution=resolution)
 
     lp = _Lpips(lpips)
     rows: list[EvalRow] = []
@@ -823,6 +807,35 @@ def evaluate_run(
     if out_dir is not None:
         write_report(run, out_dir, overwrite=overwrite)
     return run
+
+
+def _measure(files: list[tuple[str, Path]], operator: Any, *, resolution: int, channels: int,
+             seed: int) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
+    """Ground truths ``[1, C, R, R]`` and their measurements, each image with its own noise
+    stream (seeded by ``(seed, image id)``)."""
+    ids: list[str] = []
+    truths: list[torch.Tensor] = []
+    measurements: list[torch.Tensor] = []
+    for image_id, path in files:
+        x = _load_ground_truth(path, resolution=resolution, channels=channels)
+        g = torch.Generator().manual_seed(derive_seed(seed, image_id, "noise"))
+        with torch.no_grad():
+            y = operator.measure(x, generator=g)
+        ids.append(image_id)
+        truths.append(x)
+        measurements.append(y)
+    return ids, truths, measurements
+
+
+def _input_grid(truths: list[torch.Tensor], measurements: list[torch.Tensor], operator: Any, *,
+                resolution: int) -> dict[str, list[torch.Tensor]]:
+    """The first columns of ``grid.png``: the truths and what was measured, in [0, 1]."""
+    if not truths:
+        return {}
+    with torch.no_grad():
+        return {"ground truth": [_to01(t[0]) for t in truths],
+                "measurement": [_to01(_measurement_image(y, operator, resolution=resolution)[0])
+                                for y in measurements]}
 
 
 def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
