@@ -331,6 +331,8 @@ def _describe_group(slices: list[_Slice]) -> str:
 
 
 def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> MedicalImage:
+    """One stack (of one volume) of ``slices`` as an image: checked to be one orientation and
+    size, ordered along the slice normal, with its LPS affine, pixels and DICOM metadata."""
     groups: dict[tuple, list[_Slice]] = defaultdict(list)
     for s in slices:
         groups[_orientation_key(s)].append(s)
@@ -341,23 +343,43 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
             "stack. Pass the files of one stack only (e.g. move localizers to another folder)."
         )
     located = all(s.position is not None and s.orientation is not None for s in slices)
+    slices, axes, dist = _slice_axis(slices, located=located, source=source)
+    stack, d, n_vol = _choose_volume(slices, dist, volume=volume, source=source)
+    affine_lps = _stack_affine(stack, d, axes, located=located, source=source)
+    data = _read_stack(stack, source=source)
+    meta = _dicom_meta(stack, slices, located=located)
+    if n_vol > 1:
+        meta["volume_index"] = int(volume)
+        meta["n_volumes"] = n_vol
+    return MedicalImage(data, lps_to_ras(affine_lps), meta)
+
+
+def _slice_axis(slices: list[_Slice], *, located: bool, source: str
+                ) -> tuple[list[_Slice], tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """The slices (file order when unlocated), the row/column/normal direction cosines and each
+    slice's distance along the normal (its index when the frames carry no position)."""
     if located:
         o = slices[0].orientation
         row_cos, col_cos = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
         normal = np.cross(row_cos, col_cos)
         dist = np.array([float(s.position @ normal) for s in slices])
-    else:
-        row_cos, col_cos, normal = np.eye(3)
-        slices = sorted(slices, key=lambda s: s.order_keys)
-        dist = np.arange(len(slices), dtype=np.float64)
-        if len(slices) > 1:
-            warnings.warn(
-                f"{source}: frames carry no patient position/orientation; they are stacked along Z "
-                "in file order with 1 mm spacing and an LPS-identity orientation.",
-                stacklevel=4,
-            )
+        return slices, (row_cos, col_cos, normal), dist
+    row_cos, col_cos, normal = np.eye(3)
+    slices = sorted(slices, key=lambda s: s.order_keys)
+    if len(slices) > 1:
+        warnings.warn(
+            f"{source}: frames carry no patient position/orientation; they are stacked along Z "
+            "in file order with 1 mm spacing and an LPS-identity orientation.",
+            stacklevel=5,
+        )
+    return slices, (row_cos, col_cos, normal), np.arange(len(slices), dtype=np.float64)
 
-    # Group slices at the same position (tolerance: 1% of the in-plane spacing).
+
+def _choose_volume(slices: list[_Slice], dist: np.ndarray, *, volume: int | None, source: str
+                   ) -> tuple[list[_Slice], np.ndarray, int]:
+    """Slices grouped by position (tolerance: 1 % of the in-plane spacing); for a 4-D series
+    (several images per position) the ``volume``-th of each. Returns the stack in order along
+    the normal, its distances and the number of volumes."""
     order = sorted(range(len(slices)), key=lambda i: (dist[i], slices[i].order_keys))
     tol = 0.01 * min(slices[0].pixel_spacing)
     positions: list[list[int]] = []
@@ -395,9 +417,13 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
                 "one image each); omit --volume."
             )
         chosen = [p[0] for p in positions]
-    stack = [slices[i] for i in chosen]
-    d = np.array([dist[i] for i in chosen])
+    return [slices[i] for i in chosen], np.array([dist[i] for i in chosen]), n_vol
 
+
+def _stack_affine(stack: list[_Slice], d: np.ndarray, axes, *, located: bool,
+                  source: str) -> np.ndarray:
+    """The LPS voxel-to-patient affine of the stack (mean slice step; warns when uneven)."""
+    row_cos, col_cos, normal = axes
     first = stack[0]
     d_row, d_col = first.pixel_spacing  # between rows (along column cosine), between columns
     if len(stack) > 1:
@@ -411,7 +437,7 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
                 f"{source}: slice spacing is not uniform (from {gaps.min():.4g} to "
                 f"{gaps.max():.4g} mm; missing slices?). The affine uses the mean spacing "
                 f"{gaps.mean():.4g} mm, so positions of some slices are approximate.",
-                stacklevel=4,
+                stacklevel=5,
             )
     else:
         th = _first(first.header.get("SpacingBetweenSlices")) or first.thickness or 1.0
@@ -421,8 +447,13 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
     affine_lps[:3, 1] = col_cos * d_row
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = first.position if located else 0.0
+    return affine_lps
 
-    # Decode each file once; fill (cols, rows, slices).
+
+def _read_stack(stack: list[_Slice], *, source: str) -> np.ndarray:
+    """The stack's values ``(cols, rows, slices)`` float32, each file decoded once, after the
+    voxel-count guard."""
+    first = stack[0]
     n_vox = first.cols * first.rows * len(stack)
     if n_vox > max_voxels():
         raise MedreconInputError(
@@ -437,7 +468,13 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
         ds, arr = cache[s.path]
         data[:, :, k] = _frame_values(s, arr, ds).T
     check_finite(data, what=source)
+    return data
 
+
+def _dicom_meta(stack: list[_Slice], slices: list[_Slice], *, located: bool) -> dict[str, Any]:
+    """The image metadata: identifiers, every slice's header and frame (for writing back),
+    photometric interpretation and the display window (in stored-value terms)."""
+    first = stack[0]
     hdr = first.header
     photometric = str(hdr.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     meta: dict[str, Any] = {
@@ -455,9 +492,6 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
         "source_paths": sorted({str(s.path) for s in slices}),
         "slice_thickness": first.thickness,
     }
-    if n_vol > 1:
-        meta["volume_index"] = int(volume)
-        meta["n_volumes"] = n_vol
     wc, ww = _first(hdr.get("WindowCenter")), _first(hdr.get("WindowWidth"))
     if wc is not None and ww:
         if meta["inverted"]:
@@ -468,7 +502,7 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
             wc = (lo * s0 + i0) + (hi * s0 + i0) - wc
         meta["window_center"], meta["window_width"] = wc, ww
-    return MedicalImage(data, lps_to_ras(affine_lps), meta)
+    return meta
 
 
 # ---------------------------------------------------------------------------------- entry points
