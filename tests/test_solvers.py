@@ -591,3 +591,31 @@ def test_back_projection_projects_the_samples_and_their_std():
     raw = solve(y, op, prior, method="iagan", bp=False, steps=3, ensemble=3, device="cpu",
                 stage1_options={"steps": 2, "probes": 2})
     assert float(raw.std[observed].mean()) > 1e-4  # unprojected members do differ there
+
+
+def test_sparse_sr_takes_less_weight_adaptation(G, monkeypatch):
+    """SR measuring at most 1/256 of the pixels (x16) uses SPARSE_SR_DEFAULTS over DEFAULTS
+    (chosen on validation images); x8 and explicit options keep theirs."""
+    import dataclasses
+
+    import medrecon.solvers.api as api
+    from medrecon.physics import build_operator
+    from medrecon.solvers import SPARSE_SR_DEFAULTS, measured_fraction
+
+    seen = []
+
+    def fake(y, operator, prior, **kw):
+        seen.append(kw["lr_weights"])
+        return Reconstruction(image=torch.zeros(y.shape[0], 1, 32, 32))
+
+    monkeypatch.setitem(api.METHODS, "iagan", dataclasses.replace(api.METHODS["iagan"], fn=fake))
+    for scale, expect in ((16, SPARSE_SR_DEFAULTS["iagan"]["lr_weights"]),
+                          (8, api.DEFAULTS["sr"]["iagan"]["lr_weights"])):
+        op = build_operator("sr", img_size=(32, 32), channels=1, scale=scale)
+        y = op.A(torch.zeros(1, 1, 32, 32))
+        assert measured_fraction(op, y) == pytest.approx(1 / scale**2)
+        solve(y, op, G, method="iagan", bp=False, device="cpu")
+        assert seen[-1] == expect
+    solve(y, op, G, method="iagan", bp=False, device="cpu", lr_weights=5e-4)
+    assert seen[-1] == 5e-4
+    assert SPARSE_SR_DEFAULTS["iagan"]["lr_weights"] < api.DEFAULTS["sr"]["iagan"]["lr_weights"]
