@@ -41,19 +41,23 @@ def test_rounds_cover_every_slice_once_from_an_adjacent_solved_parent(n, L):
         assert len(rounds) - 1 <= L // 2
 
 
+class _SliceIds:
+    """A stand-in solver state for solve_in_rounds: which slices it holds."""
+
+    def __init__(self, ids):
+        self.ids = list(ids)
+
+    def select(self, j):
+        return _SliceIds([self.ids[k] for k in j])
+
+    @staticmethod
+    def cat(states):
+        return _SliceIds([i for st in states for i in st.ids])
+
+
 def test_batch_size_only_groups_a_rounds_problems():
     calls = []
-
-    class S:  # a state: which slices it holds
-        def __init__(self, ids):
-            self.ids = list(ids)
-
-        def select(self, j):
-            return S([self.ids[k] for k in j])
-
-        @staticmethod
-        def cat(states):
-            return S([i for s in states for i in s.ids])
+    S = _SliceIds
 
     def solve_chunk(chunk, init, want):
         calls.append((list(chunk), None if init is None else init.ids, want))
@@ -92,18 +96,7 @@ def test_tuning_scripts_star_order_starts_every_slice_from_its_key(monkeypatch):
     import medrecon.volume as volume
 
     monkeypatch.setattr(volume, "warm_start_rounds", mod.star_rounds)
-
-    class S:
-        def __init__(self, ids):
-            self.ids = list(ids)
-
-        def select(self, j):
-            return S([self.ids[k] for k in j])
-
-        @staticmethod
-        def cat(states):
-            return S([i for st in states for i in st.ids])
-
+    S = _SliceIds
     parents = {}
 
     def solve_chunk(chunk, init, want):
