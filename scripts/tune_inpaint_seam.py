@@ -32,6 +32,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _runs import add_common, append_row, report_if_asked  # noqa: E402  (scripts/_runs.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION = ROOT / "docs/results/tuning/brain_mri_inpaint_box_ensemble/validation.txt"
@@ -122,15 +125,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/brain_mri_cheng"))
     ap.add_argument("--mask", help="free_form, half, center_box:FRACTION ...")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, help="folder keeping the IAGAN solves for reruns")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--report", action="store_true")
+    add_common(ap)
     a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
-    if a.report:
-        (a.out / "tuning.md").write_text(report(a.out))
-        print((a.out / "tuning.md").read_text())
+    if report_if_asked(a, report):
         return 0
     if not a.mask:
         ap.error("--mask is required (or --report)")
@@ -138,9 +136,7 @@ def main() -> int:
         print(f"error: {a.data} is not a folder of brain MRI images.", file=sys.stderr)
         return 2
     row = run(a.mask, a.data, a.threads, a.cache)
-    with open(a.out / "runs.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row["mean"]))
+    append_row(a.out, row, shown=row["mean"])
     return 0
 
 

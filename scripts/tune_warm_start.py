@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _runs import add_common, append_row, report_if_asked  # noqa: E402  (scripts/_runs.py)
 
 CENTRE = 108  # Colin27 coronal slice (array axis 1) at the middle of the brain
 
@@ -110,14 +113,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path.home() / ".cache" / "medrecon" / "real_scans")
     ap.add_argument("--config", help="cold, KEY_EVERY:WARM_STEPS or KEY_EVERY:WARM_STEPS:star")
     ap.add_argument("--slices", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--report", action="store_true")
+    add_common(ap)
     a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
-    if a.report:
-        (a.out / "tuning.md").write_text(report(a.out))
-        print((a.out / "tuning.md").read_text())
+    if report_if_asked(a, report):
         return 0
     if not a.config:
         ap.error("--config is required (or --report)")
@@ -126,9 +124,7 @@ def main() -> int:
               f"scripts/real_scans.py --data {a.data} --fetch-only` first.", file=sys.stderr)
         return 2
     row = run(a.config, a.data, a.slices, a.threads)
-    with open(a.out / "runs.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row))
+    append_row(a.out, row)
     return 0
 
 
