@@ -413,7 +413,7 @@ def _find_demo_sample(prior: str) -> tuple[Path, Path | None] | None:
 
 #: What `medrecon demo` shows by default: the SR regime where the shipped prior gained most
 #: over the best classical baseline in docs/results/regimes (brain MRI, x8: IAGAN-BP 23.76 dB /
-#: 0.655 against Lanczos + BP 21.98 / 0.538 on 8 held-out images; chest X-ray x8 +0.29 dB).
+#: 0.657 against Lanczos + BP 21.98 / 0.538 on 8 held-out images; chest X-ray x8 +0.30 dB).
 DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
 
 
