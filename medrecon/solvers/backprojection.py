@@ -124,8 +124,9 @@ def back_project(
 def seam_correction(d: torch.Tensor, mask: torch.Tensor, *, decay: float) -> torch.Tensor:
     """The correction ``d`` of the measured pixels continued into the holes of ``mask``.
 
-    In every hole pixel: the biharmonic extension of ``d`` (:func:`biharmonic_fill`, the
-    smoothest continuation of the measured pixels' correction) times
+    In every hole pixel: the thin-plate (discrete biharmonic) extension of ``d``
+    (:func:`_biharmonic_solver`, the smoothest continuation of the measured pixels' correction)
+    times
     ``exp(-(dist - 1) / decay)``, ``dist`` the Euclidean distance to the nearest measured
     pixel. Near the edge the estimate is shifted onto the measurements without a seam; deep in
     a large hole, where a continuation of the edge says nothing, the estimate is left alone.
