@@ -443,7 +443,7 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     the shipped prior helped most in docs/results/regimes), reconstructs it with the prior and
     with Lanczos + back-projection (the best classical baseline there), and writes
     <output-dir>/sr.<ext>, lanczos_bp.<ext>, sr_std.<ext> (IAGAN: the ensemble's per-pixel
-    spread) and side_by_side.png (low-res | Lanczos + BP | medrecon | std | reference), then
+    spread, calibrated to a std of the error by the prior's fit for this regime) and side_by_side.png (low-res | Lanczos + BP | medrecon | std | reference), then
     prints PSNR/SSIM of both against the reference.
     """
     from medrecon.io import check_image_output, load_image
@@ -513,7 +513,7 @@ def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *,
     own = set()
     if res.std is not None:
         panels.append(np.asarray(res.std.array))
-        titles.append("std (ensemble)")
+        titles.append("std" if res.info.get("std_kind") == "calibrated std" else "spread (ensemble)")
         own.add(len(panels) - 1)
     panels.append(gt)
     titles.append("reference")

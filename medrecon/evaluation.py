@@ -146,6 +146,10 @@ class EvalRun:
             method: [..]}``, each a list of ``[C, R, R]`` tensors in ``[0, 1]``.
         calibration: Per method with a std map, :func:`calibration_bins` over all its pixels
             (``calibration.csv``).
+        std_maps: Per method with a std map, its pixels ``(std, error, exact)`` (flat, all
+            images; ``exact`` marks pixels the measurements fix exactly, or None), what
+            ``scripts/calibrate_std.py`` fits, ``std_kind``: ``'calibrated std'`` or
+            ``'spread'``, and the solver's ``regime`` (:mod:`medrecon.solvers.calibration`).
     """
 
     rows: list[EvalRow]
@@ -153,6 +157,7 @@ class EvalRun:
     lpips_note: str | None = None
     grid: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
     calibration: dict[str, list[dict[str, float]]] = dataclasses.field(default_factory=dict)
+    std_maps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,22 +533,27 @@ CALIBRATION_BINS = 10
 
 
 def calibration_bins(std: torch.Tensor, error: torch.Tensor, *,
-                     bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+                     bins: int = CALIBRATION_BINS,
+                     exact: torch.Tensor | None = None) -> list[dict[str, float]]:
     """Calibration of a per-pixel std map: pixels sorted by predicted std into ``bins``
-    equal-count bins; per bin the mean predicted std and the RMS and mean absolute error. A
-    calibrated std has RMS error equal to the predicted std in every bin (the diagonal of the
-    calibration figure); a useful one at least grows with it.
+    equal-count bins; per bin the mean predicted std, the root mean variance (``rmv``) and
+    the RMS and mean absolute error. A calibrated std has RMS error equal to its RMV in every
+    bin (the diagonal of the calibration figure); a useful one at least grows with it.
 
     Args:
         std: Predicted std, any shape (all images of a method together).
         error: Estimate minus truth, same shape and units.
         bins: Number of bins.
+        exact: Pixels the measurements fix exactly (zero std and error; left out), or None.
     """
     s = torch.as_tensor(std).detach().double().cpu().reshape(-1)
     e = torch.as_tensor(error).detach().double().cpu().reshape(-1)
     if s.shape != e.shape:
         raise MedreconInputError(f"std map {tuple(std.shape)} and error {tuple(error.shape)} "
                                  "differ in shape.")
+    if exact is not None:
+        keep = ~torch.as_tensor(exact).reshape(-1).bool()
+        s, e = s[keep], e[keep]
     order = torch.argsort(s, stable=True)
     out = []
     for k, idx in enumerate(torch.tensor_split(order, bins)):
@@ -551,7 +561,8 @@ def calibration_bins(std: torch.Tensor, error: torch.Tensor, *,
             continue
         sb, eb = s[idx], e[idx]
         out.append({"bin": k, "std_low": float(sb[0]), "std_high": float(sb[-1]),
-                    "mean_std": float(sb.mean()), "rmse": float(eb.pow(2).mean().sqrt()),
+                    "mean_std": float(sb.mean()), "rmv": float(sb.pow(2).mean().sqrt()),
+                    "rmse": float(eb.pow(2).mean().sqrt()),
                     "mae": float(eb.abs().mean()), "pixels": int(idx.numel())})
     return out
 
@@ -560,7 +571,7 @@ def write_calibration_csv(calibration: Mapping[str, Sequence[Mapping[str, float]
                           path: str | Path) -> Path:
     """Write ``calibration.csv``: one row per (method, bin) of :func:`calibration_bins`."""
     path = Path(path)
-    cols = ("method", "bin", "std_low", "std_high", "mean_std", "rmse", "mae", "pixels")
+    cols = ("method", "bin", "std_low", "std_high", "mean_std", "rmv", "rmse", "mae", "pixels")
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -778,7 +789,7 @@ def evaluate_run(
     lp = _Lpips(lpips)
     rows: list[EvalRow] = []
     per_method: dict[str, list[EvalRow]] = {m: [] for m in method_list}
-    spread: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    spread: dict[str, dict[str, Any]] = {}
     # Closed-form baselines first: they are cheap, so a method unfit for the task fails fast.
     order = sorted(method_list, key=lambda m: solvers.METHODS[_split_bp(m)[0]].generative)
     for method in order:
@@ -802,8 +813,9 @@ def evaluate_run(
                                      method_options=extra_opts,
                                      selection=_selection_text(folds, fold_used, limit)),
                   lpips_note=lp.note, grid=grid,
-                  calibration={m: calibration_bins(torch.cat(sd), torch.cat(er))
-                               for m, (sd, er) in spread.items()})
+                  calibration={m: calibration_bins(p["std"], p["error"], exact=p["exact"])
+                               for m, p in spread.items()},
+                  std_maps=spread)
     if out_dir is not None:
         write_report(run, out_dir, overwrite=overwrite)
     return run
@@ -842,21 +854,25 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
                   measurements: list[torch.Tensor], operator: Any, prior: Any, task: str,
                   device: str, seed: int, steps: int | None, batch_size: int,
                   options: Mapping[str, Any], lp: _Lpips, say: Callable[[str], None]
-                  ) -> tuple[list[EvalRow], list[torch.Tensor],
-                             tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
+                  ) -> tuple[list[EvalRow], list[torch.Tensor], dict[str, Any] | None]:
     """Solve every image with ``method`` (batches of ``batch_size``) and score it.
 
     Returns:
         The rows (image order), the images ``[1, C, R, R]``, and for a method with a std map
-        its per-image std and error pixels (for :func:`calibration_bins`), else None.
+        its pixels (:attr:`EvalRun.std_maps`: flat ``std``, ``error``, ``exact`` and the
+        ``std_kind``), else None.
     """
     from medrecon import solvers
+    from medrecon.solvers.calibration import exact_pixels
 
     base, bp = _split_bp(method)
     rows: list[EvalRow] = []
     outputs: list[torch.Tensor] = []
     stds: list[torch.Tensor] = []
     errors: list[torch.Tensor] = []
+    exacts: list[torch.Tensor] = []
+    kinds: set[str] = set()
+    regime: dict[str, Any] | None = None
     for start in range(0, len(ids), batch_size):
         batch_ids = ids[start:start + batch_size]
         y = torch.cat(measurements[start:start + batch_size], dim=0)
@@ -877,14 +893,23 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
             rho = None
             if rec.std is not None:
                 err = images_out[k] - truths[start + k][0]
-                rho = std_error_spearman(rec.std[k], err)
+                ex = exact_pixels(operator, err.shape) if rec.info.get("bp_eta") == 0 else None
+                ex = torch.zeros(err.shape, dtype=torch.bool) if ex is None else ex
+                rho = std_error_spearman(rec.std[k][~ex], err[~ex])
                 stds.append(rec.std[k].reshape(-1))
                 errors.append(err.reshape(-1))
+                exacts.append(ex.reshape(-1))
+                kinds.add(str(rec.info.get("std_kind", "std")))
+                regime = rec.info.get("std_regime", regime)
             rows.append(EvalRow(image_id, method, psnr, ssim, lpv, secs, dev, rho))
             outputs.append(images_out[k:k + 1])
         say(f"{method}: {min(start + batch_size, len(ids))}/{len(ids)} "
             f"({secs:.2f} s/image on {dev})")
-    return rows, outputs, ((stds, errors) if stds else None)
+    if not stds:
+        return rows, outputs, None
+    return rows, outputs, {"std": torch.cat(stds), "error": torch.cat(errors),
+                           "exact": torch.cat(exacts), "std_kind": ", ".join(sorted(kinds)),
+                           "regime": regime}
 
 
 def evaluate(**kwargs: Any) -> list[EvalRow]:
@@ -1124,10 +1149,25 @@ def write_summary_md(run: EvalRun, path: str | Path) -> Path:
     if run.lpips_note:
         lines += [f"LPIPS column empty: {run.lpips_note}", ""]
     lines += ["## Results", "", summary_table(run.rows), ""]
+    if run.std_maps:
+        lines += [_std_map_text(run.std_maps), ""]
     lines.append("")
     path = Path(path)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _std_map_text(std_maps: Mapping[str, Mapping[str, Any]]) -> str:
+    """The std-map paragraph of ``summary.md``: kind and calibration error per method."""
+    from medrecon.solvers.calibration import ence
+
+    parts = []
+    for m, p in std_maps.items():
+        e = ence(p["std"], p["error"], exact=p["exact"], bins=CALIBRATION_BINS)
+        parts.append(f"{m}: {p['std_kind']}, ENCE {e:.2f}")
+    return ("Std maps (pixels measured exactly left out; ENCE: mean over "
+            f"{CALIBRATION_BINS} equal-count bins of |RMV - RMSE| / RMV, 0 when calibrated; "
+            "calibration.csv): " + "; ".join(parts) + ".")
 
 
 def render_grid(grid: Mapping[str, Sequence[torch.Tensor]], *, label_height: int = 14,

@@ -221,12 +221,14 @@ def solve_native_problem(
         will_back_project,
     )
     from medrecon.solvers.backprojection import sample_spread
+    from medrecon.solvers.calibration import StdMaps, exact_pixels
     from medrecon.solvers import _common as C
 
     generative = METHODS[method].generative
     n = problem.y.shape[0]
     images: list[torch.Tensor | None] = [None] * n
     stds: list[torch.Tensor | None] = [None] * n
+    maps = StdMaps(n)  # ensemble spreads, calibrated all or none
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
     U = problem.grid
     warm = key_every > 1 and not samples and supports_warm_start(method)
@@ -267,6 +269,11 @@ def solve_native_problem(
                 std = sample_spread(rec.samples, op_native if do_bp else None,
                                     eta=auto_eta(sigma),
                                     resample=None if U.is_identity else U.A)[1]
+                # calibrations are fitted on the prior's grid: off it the spread stays raw
+                exact = exact_pixels(op_native, std.shape) if do_bp and sigma == 0 else None
+                maps.put(chunk, std, prior, rec.info.get("std_regime") if U.is_identity
+                         else None, bp=do_bp, exact=exact)
+                std = None
             elif samples and rec.std is not None:
                 std = rec.std if U.is_identity else U.A(rec.std.float()).clamp_min(0)
             for j, i in enumerate(chunk):
@@ -286,6 +293,9 @@ def solve_native_problem(
     if warm:
         info["key_every"] = key_every
     img_all = torch.stack([t for t in images if t is not None])
-    std_all = (torch.stack([t for t in stds]) if all(t is not None for t in stds)  # type: ignore[misc]
-               else None)
+    std_all, how = maps.result()
+    if std_all is None:
+        std_all = (torch.stack([t for t in stds]) if all(t is not None for t in stds)  # type: ignore[misc]
+                   else None)
+    info.update(how)
     return img_all, std_all, info

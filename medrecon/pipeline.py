@@ -72,8 +72,11 @@ class PipelineResult:
 
     Attributes:
         image: The reconstruction with its geometry (same field of view as the input).
-        std: Per-voxel posterior standard deviation in intensity units (``samples > 0``), else
-            None.
+        std: Per-voxel std map in intensity units (``samples > 0``, or ``spread``), else None:
+            a calibrated standard deviation of the error when the prior ships a calibration
+            for the regime (``info["std_kind"] == "calibrated std"``, the entry in
+            ``info["std_calibration"]``; :mod:`medrecon.solvers.calibration`), else the raw
+            spread of the samples or runs (``"spread"``), a relative map.
         info: What was done: ``task, method, device, seconds, slices, plane, window, grid,
             scale, prior, seed, ...`` (JSON-serialisable).
         output_path: Where :func:`reconstruct_file` wrote ``image`` (None in memory).
@@ -797,8 +800,9 @@ def reconstruct(
         warm_steps: Steps of a warm-started slice. Default ``None``:
             :func:`medrecon.volume.warm_steps_for` (a quarter of the cold steps).
         spread: IAGAN ensembles (``sr``, ``inpaint``, ``deblur``, ``denoise``): return the
-            members' per-pixel spread after back-projection as ``std`` (an ensemble spread, not
-            a posterior std; zero where a pixel is measured exactly). Default False.
+            members' per-pixel spread after back-projection as ``std`` (zero where a pixel is
+            measured exactly), calibrated when the prior ships a calibration for the regime
+            (see :class:`PipelineResult`). Default False.
 
     Returns:
         :class:`PipelineResult` with the reconstruction (and std map) in the input's field of
@@ -941,6 +945,7 @@ def _solve_kspace(
     from medrecon.physics import fft2c, ifft2c
     from medrecon.solvers import METHODS, auto_eta, back_project, solve, will_back_project
     from medrecon.solvers.backprojection import sample_spread
+    from medrecon.solvers.calibration import StdMaps
 
     n, H, W = k.shape
     R, C = _prior_resolution(prior)
@@ -960,7 +965,7 @@ def _solve_kspace(
         return ifft2c(kk).real[:, None]
 
     images: list[torch.Tensor | None] = [None] * n
-    stds: list[torch.Tensor | None] = [None] * n
+    maps = StdMaps(n)  # posterior-sample spreads, calibrated all or none
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
     for idx in keyed.values():
         native = _build_operator("mri", (H, W), 1, seed, mask=m[idx[0]], noise_sigma=noise)
@@ -983,20 +988,22 @@ def _solve_kspace(
             else:
                 rec = solve(yn, native, None, **kw)
                 img, label = rec.image.float(), rec.method or method
-            std = None
             if samples and rec.samples is not None:
                 std = sample_spread(rec.samples, native if do_bp else None,
                                     eta=auto_eta(noise or 0.0), resample=back)[1]
+                # calibrations are fitted on the prior's grid: off it the spread stays raw
+                on_grid = (H, W) == (R, R) and "std_regime" in rec.info
+                maps.put(chunk, std, prior, rec.info["std_regime"] if on_grid else None,
+                         bp=do_bp)
             for j, i in enumerate(chunk):
                 images[i] = img[j]
-                if std is not None:
-                    stds[i] = std[j]
             info.update(device=str(rec.device), method=label, solver_info=rec.info)
             info["solver_seconds"] += float(rec.seconds)
             progress.done += len(chunk)
             progress.emit(progress.done / progress.n, f"slice {progress.done}/{progress.n} done")
     img_all = torch.stack([t for t in images if t is not None])
-    std_all = torch.stack([t for t in stds]) if all(t is not None for t in stds) else None  # type: ignore[misc]
+    std_all, how = maps.result()
+    info.update(how)
     return img_all, std_all, info
 
 
@@ -1099,6 +1106,7 @@ def reconstruct_kspace(
         "noise_sigma": float(noise_sigma), "simulated": False,
         "effective_factor": (min(R, H) / H, min(R, W) / W),
     }
+    info.update({k: sinfo[k] for k in ("std_kind", "std_calibration", "std_note") if k in sinfo})
     return PipelineResult(out, std_image, info)
 
 

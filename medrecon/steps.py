@@ -305,7 +305,8 @@ class Summarise(Transform):
             "noise_sigma": s.noise_sigma,
         }
         info.update(d["extra"])
-        info.update({k: sinfo[k] for k in ("key_every", "warm_steps") if k in sinfo})
+        info.update({k: sinfo[k] for k in ("key_every", "warm_steps", "std_kind",
+                                          "std_calibration", "std_note") if k in sinfo})
         if d["fallback"] is not None:
             info["fallback"] = d["fallback"][1]
         if s.task == "sr":

@@ -3,8 +3,8 @@
 
 Reads the ``calibration.csv`` of one or more ``medrecon eval`` reports (equal-count bins of
 the predicted per-pixel std; :func:`medrecon.evaluation.calibration_bins`) and plots, per
-method, the RMS error of each bin against its mean predicted std, with the diagonal of a
-calibrated std. Needs matplotlib (not a medrecon dependency)::
+method, the RMS error of each bin against its root mean predicted variance (RMV; the mean
+std in reports from before that column), on log axes, with the diagonal of a calibrated std. Needs matplotlib (not a medrecon dependency)::
 
     python scripts/plot_calibration.py docs/results/regimes/chest_xray_sr4_calibration/calibration.csv \
         -o docs/results/regimes/calibration.png
@@ -25,7 +25,9 @@ def read(paths: list[Path]) -> dict[str, list[tuple[float, float]]]:
         with p.open(newline="") as f:
             for row in csv.DictReader(f):
                 label = row["method"] if len(paths) == 1 else f"{p.parent.name}: {row['method']}"
-                series[label].append((float(row["mean_std"]), float(row["rmse"])))
+                x = float(row.get("rmv") or row["mean_std"])
+                if x > 0 and float(row["rmse"]) > 0:  # log axes
+                    series[label].append((x, float(row["rmse"])))
     return series
 
 
@@ -49,13 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     series = read(a.csv)
     fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
-    top = 0.0
+    lo, top = float("inf"), 0.0
     for label, pts in series.items():
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="o", ms=3, label=label)
         top = max(top, max(xs), max(ys))
-    ax.plot([0, top], [0, top], "k--", lw=0.8, label="calibrated (RMS error = std)")
-    ax.set_xlabel("predicted std (bin mean)")
+        lo = min(lo, min(xs), min(ys))
+    ax.plot([lo, top], [lo, top], "k--", lw=0.8, label="calibrated (RMS error = std)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted std (bin RMV)")
     ax.set_ylabel("RMS error in the bin")
     ax.set_title(a.title, fontsize=9)
     ax.legend(fontsize=7)

@@ -489,23 +489,34 @@ def test_eval_reports_std_error_spearman_for_methods_with_a_std_map(tmp_path, mo
         Image.fromarray((np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)).save(
             imgs / f"g{i}.png")
     run = ev.evaluate_run(
-        prior=tiny_prior(resolution=16), task="inpaint", methods="biharmonic,brgm_variational,iagan",
+        prior=tiny_prior(resolution=16), task="inpaint", methods="biharmonic,brgm_variational,iagan-bp",
         images=imgs, steps=2, lpips=False, out_dir=tmp_path / "out", grid_images=0,
         method_options={"brgm_variational": {"num_samples": 3},
-                        "iagan": {"ensemble": 2, "stage1_options": {"steps": 1}}},
+                        "iagan-bp": {"ensemble": 2, "stage1_options": {"steps": 1}}},
         mask_type="center_box")
     by = {(r.image, r.method): r for r in run.rows}
     assert by[("g0.png", "biharmonic")].std_error_spearman is None
-    for m in ("brgm_variational", "iagan"):
+    for m in ("brgm_variational", "iagan-bp"):
         rho = by[("g0.png", m)].std_error_spearman
         assert rho is not None and -1 <= rho <= 1
     text = (tmp_path / "out" / "results.csv").read_text().splitlines()
     assert text[0].endswith("std_error_spearman")
     assert "std-error Spearman" in (tmp_path / "out" / "summary.md").read_text()
     calib = (tmp_path / "out" / "calibration.csv").read_text().splitlines()
-    assert calib[0] == "method,bin,std_low,std_high,mean_std,rmse,mae,pixels"
-    assert {line.split(",")[0] for line in calib[1:]} == {"brgm_variational", "iagan"}
-    assert set(run.calibration) == {"brgm_variational", "iagan"}
+    assert calib[0] == "method,bin,std_low,std_high,mean_std,rmv,rmse,mae,pixels"
+    assert {line.split(",")[0] for line in calib[1:]} == {"brgm_variational", "iagan-bp"}
+    assert set(run.calibration) == {"brgm_variational", "iagan-bp"}
+    # the box's measured pixels are exact after back-projection: left out of the bins, the
+    # rank correlation and the ENCE of the summary
+    maps = run.std_maps["iagan-bp"]
+    hole = 16 * 16 - int(maps["exact"][:256].sum())
+    assert 0 < hole < 256 and int(maps["exact"].sum()) == 2 * (256 - hole)
+    assert float(maps["std"][maps["exact"]].abs().max()) < 1e-5  # exact: no spread
+    assert sum(b["pixels"] for b in run.calibration["iagan-bp"]) == 2 * hole
+    assert sum(b["pixels"] for b in run.calibration["brgm_variational"]) == 2 * 256  # no BP
+    assert maps["std_kind"] == "spread"  # the tiny prior has no calibration
+    assert maps["regime"]["fraction"] == pytest.approx(1 - hole / 256)
+    assert "iagan-bp: spread, ENCE" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_calibration_bins():

@@ -377,3 +377,27 @@ def test_default_batch_size_depends_on_the_device(monkeypatch):
     assert default_batch_size(None, "auto") == DEFAULT_BATCH["cuda"] == 16
     with pytest.raises(MedreconInputError, match="batch_size must be an integer >= 1"):
         default_batch_size(0, "cpu")
+
+
+def test_spread_is_calibrated_all_or_none_by_the_priors_fit():
+    """The ensemble spread of a volume is mapped through the prior's calibration for the
+    regime; when some slices fall outside it (warm-started slices run other steps), every
+    slice keeps its raw spread and the info says why."""
+    from medrecon.solvers.calibration import StdCalibration
+
+    p = tiny_prior(resolution=R, seed=0)
+    img = MedicalImage(_smooth_volume((R // 2, R // 2, 3)), np.eye(4))
+    kw = dict(task="sr", prior=p, method="iagan", scale=2, steps=2, ensemble=2, spread=True,
+              device="cpu", seed=0)
+    raw = reconstruct(img, key_every=1, **kw)
+    assert raw.info["std_kind"] == "spread" and raw.std is not None
+    fit = StdCalibration(method="iagan", task="sr", fraction=0.25, floor=0.0, scale=4.0,
+                         operator="SuperResolution:bicubic", options={"ensemble": 2, "steps": 2})
+    p.metadata["std_calibration"] = [fit.as_dict()]
+    cal = reconstruct(img, key_every=1, **kw)
+    assert cal.info["std_kind"] == "calibrated std"
+    assert cal.info["std_calibration"]["scale"] == 4.0
+    np.testing.assert_allclose(cal.image.array, raw.image.array)
+    np.testing.assert_allclose(cal.std.array, 2 * raw.std.array, rtol=1e-5, atol=1e-6)
+    mixed = reconstruct(img, key_every=3, warm_steps=3, **kw)  # 2 of 3 slices warm: 3 steps
+    assert mixed.info["std_kind"] == "spread" and "warm" in mixed.info["std_note"]

@@ -26,6 +26,7 @@ from medrecon.errors import MedreconInputError
 from medrecon.solvers import _common as C
 from medrecon.solvers import baselines as BL
 from medrecon.solvers.backprojection import AUTO_BP_MAX_SIGMA, auto_eta, back_project, sample_spread
+from medrecon.solvers.calibration import calibrate, exact_pixels, std_regime
 from medrecon.solvers.brgm import brgm, brgm_variational
 from medrecon.solvers.csgm import csgm
 from medrecon.solvers.iagan import STAGE1_DEFAULTS, iagan
@@ -353,6 +354,9 @@ def solve(
     do_bp = will_back_project(method, bp=bp, noise_sigma=sigma)
     rec.info.setdefault("task", task)
     rec.info["bp"] = bool(do_bp)
+    if spec.generative and rec.samples is not None:
+        rec.info["std_regime"] = std_regime(method=method, task=task, operator=operator, y=y,
+                                            noise_sigma=sigma or 0.0, options=call)
     if do_bp:
         eta = auto_eta(sigma) if bp_eta is None else bp_eta
         dev = C.resolve_device(device)
@@ -362,6 +366,12 @@ def solve(
         rec = replace(rec, image=img, method=rec.method + "+bp", samples=samples, std=std)
         if callback is not None:
             callback({"stage": "bp", "step": 1, "total_steps": 1, "loss": float("nan")})
+    if rec.std is not None and "std_regime" in rec.info:
+        exact = do_bp and rec.info.get("bp_eta") == 0
+        std, how = calibrate(rec.std, prior, rec.info["std_regime"], bp=do_bp,
+                             exact=exact_pixels(operator, rec.std.shape) if exact else None)
+        rec = replace(rec, std=std)
+        rec.info.update(how)
     rec.seconds = time.perf_counter() - t0
     return rec
 

@@ -1,0 +1,296 @@
+"""Calibrated std maps: from the spread of a few runs to a standard deviation of the error.
+
+The spread of an IAGAN ensemble (or of variational BRGM's posterior samples) ranks the error
+(docs/results/regimes: Spearman 0.26-0.67 on SR and MRI), but it is not its standard
+deviation: where every run agrees on the same wrong value the spread is near zero and the
+error is not, and where they disagree the error is several times the spread. Binned against
+the spread, the mean squared error of held-out images follows
+
+    E[err^2 | spread = s]  ~  floor + scale * s^2
+
+(a variance floor for what every run misses, plus the spread scaled up), so the calibrated
+std is ``sigma = sqrt(floor + scale * s^2)`` (the variance-scaling recalibration of Levi et
+al., "Evaluating and calibrating uncertainty prediction in regression tasks", 2019, with a
+floor term). ``floor`` and ``scale`` are fitted per prior, method, task and regime on
+validation images (``scripts/calibrate_std.py``) and ship in the prior's metadata
+(``metadata["std_calibration"]``, a list of :class:`StdCalibration` dicts). A std map is
+calibrated only when one of them matches the call (method, task, operator kind, measured fraction
+within :data:`FRACTION_TOLERANCE`, back-projection, noise level, ensemble size and steps); otherwise
+it stays the raw spread and the result says so (``info["std_kind"]``).
+
+Pixels an inpainting mask measures are exact after back-projection: their std stays zero.
+The monotone map keeps the ranking, so ``std_error_spearman`` is unchanged by calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["StdCalibration", "FRACTION_TOLERANCE", "FIT_BINS", "operator_kind", "regime_fraction",
+           "exact_pixels", "fit_std_calibration", "ence", "find_calibration", "apply_calibration",
+           "std_regime", "calibrate", "StdMaps"]
+
+#: A calibration applies to measured fractions within this factor of the one it was fitted on.
+FRACTION_TOLERANCE = 1.5
+#: Equal-count bins of the spread in the fit.
+FIT_BINS = 20
+#: Solver options a calibration is tied to (the spread of 2 runs is not that of 4).
+MATCHED_OPTIONS = ("ensemble", "steps", "num_samples")
+
+
+@dataclass(frozen=True)
+class StdCalibration:
+    """One fitted calibration: ``sigma = sqrt(floor + scale * spread^2)`` (generator units).
+
+    Attributes:
+        method: solver method (``'iagan'``, ``'brgm_variational'``).
+        task: solver task (``'sr'``, ``'mri'``, ``'inpainting'``, ...).
+        operator: the operator's kind (:func:`operator_kind`, e.g. ``'SuperResolution:bicubic'``;
+            ``''`` matches any).
+        fraction: measured fraction of the regime (:func:`regime_fraction`).
+        floor: variance floor (generator units squared, >= 0).
+        scale: variance scale of the spread (>= 0).
+        bp: whether the spread was of back-projected samples.
+        noise_sigma: measurement noise std of the fit (generator units).
+        options: solver options of the fit (:data:`MATCHED_OPTIONS` that were set).
+        images: validation images of the fit.
+        regime: human-readable regime (e.g. ``'sr x4, bicubic'``).
+        ence_before: expected normalised calibration error of the raw spread on the fit images.
+        ence_after: the same of the calibrated std (in-sample).
+    """
+
+    method: str
+    task: str
+    fraction: float
+    floor: float
+    scale: float
+    operator: str = ""
+    bp: bool = True
+    noise_sigma: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+    images: int = 0
+    regime: str = ""
+    ence_before: float | None = None
+    ence_after: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StdCalibration":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def matches(self, *, method: str, task: str, fraction: float, bp: bool, noise_sigma: float,
+                options: dict[str, Any], operator: str = "") -> bool:
+        """Whether this calibration was fitted for such a call."""
+        if method != self.method or task != self.task or bool(bp) != bool(self.bp):
+            return False
+        if self.operator and operator != self.operator:
+            return False
+        if not (fraction > 0 and self.fraction > 0):
+            return False
+        if abs(math.log(fraction / self.fraction)) > math.log(FRACTION_TOLERANCE):
+            return False
+        if abs(float(noise_sigma) - float(self.noise_sigma)) > 1e-3:
+            return False
+        return all(options.get(k) == v for k, v in self.options.items())
+
+
+def operator_kind(operator: nn.Module) -> str:
+    """The operator's class name, and for super-resolution its named kernel
+    (``'SuperResolution:bicubic'``, ``':box'``, ``':other'``): the spread of runs behind a box
+    average is not that behind a bicubic one."""
+    from medrecon.physics.superres import SuperResolution, sr_kernel
+
+    name = type(operator).__name__
+    if isinstance(operator, SuperResolution):
+        k = operator.kernel.detach().float().cpu()
+        for kn in ("bicubic", "box"):
+            ref = sr_kernel(kn, operator.factor)
+            if ref.shape == k.shape and torch.allclose(ref, k):
+                return f"{name}:{kn}"
+        return f"{name}:other"
+    return name
+
+
+def regime_fraction(operator: nn.Module, y: torch.Tensor) -> float:
+    """The measured fraction that keys a calibration: the mask's mean for masked operators
+    (inpainting: pixels; Cartesian MRI: k-space samples), else the measurements per pixel
+    (:func:`medrecon.solvers.api.measured_fraction`; 1/16 for SR x4)."""
+    mask = getattr(operator, "mask", None)
+    if isinstance(mask, torch.Tensor) and mask.numel() > 0:
+        return float(mask.float().mean())
+    from medrecon.solvers.api import measured_fraction
+
+    return measured_fraction(operator, y)
+
+
+def exact_pixels(operator: nn.Module | None, shape: torch.Size) -> torch.Tensor | None:
+    """Pixels an inpainting mask measures (exact after noiseless back-projection), broadcast
+    to ``shape``; None for other operators."""
+    from medrecon.physics.inpainting import Inpainting
+
+    if not isinstance(operator, Inpainting):
+        return None
+    m = operator.mask.detach().cpu() > 0
+    while m.ndim > len(shape) and m.shape[0] == 1:
+        m = m[0]
+    return m.expand(shape)
+
+
+def _bins(std: torch.Tensor, err: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean variance and mean squared error per equal-count bin of ``std``."""
+    s = std.detach().double().cpu().reshape(-1)
+    e = err.detach().double().cpu().reshape(-1)
+    order = torch.argsort(s, stable=True)
+    var, mse = [], []
+    for idx in torch.tensor_split(order, bins):
+        if idx.numel():
+            var.append(s[idx].pow(2).mean())
+            mse.append(e[idx].pow(2).mean())
+    return torch.stack(var), torch.stack(mse)
+
+
+def _uncertain(std: torch.Tensor, err: torch.Tensor, exact: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    if std.shape != err.shape:
+        from medrecon.errors import MedreconInputError
+
+        raise MedreconInputError(f"std map {tuple(std.shape)} and error {tuple(err.shape)} "
+                                 "differ in shape.")
+    if exact is None:
+        return std.reshape(-1), err.reshape(-1)
+    keep = ~exact.reshape(-1)
+    return std.reshape(-1)[keep], err.reshape(-1)[keep]
+
+
+def fit_std_calibration(std: torch.Tensor, err: torch.Tensor, *, exact: torch.Tensor | None = None,
+                        bins: int = FIT_BINS) -> tuple[float, float]:
+    """``(floor, scale)`` of ``E[err^2 | s] ~ floor + scale * s^2``, both >= 0.
+
+    Least squares on ``bins`` equal-count bins of the spread ``s``, each bin's residual
+    relative to its mean squared error (so the small-error bins count as much as the large).
+
+    Args:
+        std: the raw spread, any shape (all validation pixels together).
+        err: estimate minus truth, same shape and units.
+        exact: pixels the measurements fix exactly (left out), or None.
+        bins: number of bins.
+    """
+    from scipy.optimize import nnls
+
+    s, e = _uncertain(std, err, exact)
+    var, mse = _bins(s, e, bins)
+    w = 1.0 / mse.clamp_min(1e-12)
+    design = torch.stack([w, var * w], dim=1).numpy()
+    (floor, scale), _ = nnls(design, torch.ones_like(w).numpy())
+    return float(floor), float(scale)
+
+
+def ence(std: torch.Tensor, err: torch.Tensor, *, exact: torch.Tensor | None = None,
+         bins: int = FIT_BINS) -> float:
+    """Expected normalised calibration error (Levi et al. 2019): over equal-count bins of the
+    predicted std, the mean of ``|RMV - RMSE| / RMV`` (root mean variance against root mean
+    squared error). 0 for a calibrated std; the raw spread of a few runs scores near 1."""
+    s, e = _uncertain(std, err, exact)
+    var, mse = _bins(s, e, bins)
+    rmv, rmse = var.sqrt(), mse.sqrt()
+    return float(((rmv - rmse).abs() / rmv.clamp_min(1e-12)).mean())
+
+
+def find_calibration(prior: Any, *, method: str, task: str | None, fraction: float, bp: bool,
+                     noise_sigma: float, options: dict[str, Any],
+                     operator: str = "") -> StdCalibration | None:
+    """The calibration in ``prior.metadata["std_calibration"]`` that matches the call, the
+    nearest in measured fraction if several do; None if none does.
+
+    Args:
+        operator: :func:`operator_kind` of the call's operator (``''``: unknown).
+    """
+    entries = (getattr(prior, "metadata", None) or {}).get("std_calibration") or []
+    found = []
+    for d in entries:
+        try:
+            c = StdCalibration.from_dict(d)
+        except TypeError:
+            continue  # an entry of another version: not ours to apply
+        if c.matches(method=method, task=str(task), fraction=fraction, bp=bp,
+                     noise_sigma=noise_sigma, options=options, operator=operator):
+            found.append((abs(math.log(fraction / c.fraction)), c))
+    return min(found, key=lambda t: t[0])[1] if found else None
+
+
+def apply_calibration(std: torch.Tensor, calibration: StdCalibration, *,
+                      exact: torch.Tensor | None = None) -> torch.Tensor:
+    """``sqrt(floor + scale * std^2)``, zero on ``exact`` pixels."""
+    out = (calibration.floor + calibration.scale * std.float().pow(2)).sqrt()
+    if exact is not None:
+        out = out.masked_fill(exact.to(out.device), 0.0)
+    return out
+
+
+def std_regime(*, method: str, task: str | None, operator: nn.Module, y: torch.Tensor,
+               noise_sigma: float, options: dict[str, Any]) -> dict[str, Any]:
+    """What a calibration is matched on, as recorded by :func:`medrecon.solvers.solve` in
+    ``info["std_regime"]`` (the caller that back-projects decides ``bp``)."""
+    return {"method": method, "task": task, "operator": operator_kind(operator),
+            "fraction": regime_fraction(operator, y),
+            "noise_sigma": float(noise_sigma or 0.0),
+            "options": {k: options[k] for k in MATCHED_OPTIONS if k in options}}
+
+
+def calibrate(std: torch.Tensor, prior: Any, regime: dict[str, Any] | None, *, bp: bool,
+              exact: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The std map calibrated by the prior's matching :class:`StdCalibration`, if any.
+
+    Returns:
+        ``(std, info)``: ``info["std_kind"]`` is ``'calibrated std'`` (with
+        ``info["std_calibration"]``, the entry used) or ``'spread'`` (no entry matched:
+        the raw spread of the runs, a relative map).
+    """
+    c = None if regime is None else find_calibration(prior, bp=bp, **regime)
+    if c is None:
+        return std, {"std_kind": "spread"}
+    return apply_calibration(std, c, exact=exact), {"std_kind": "calibrated std",
+                                                    "std_calibration": c.as_dict()}
+
+
+class StdMaps:
+    """The std maps of a volume solved in several calls, calibrated all or none: a map whose
+    slices mix calibrated stds and raw spreads (e.g. warm-started slices run fewer steps than
+    any fit) would not be one quantity, so then every slice keeps its raw spread."""
+
+    def __init__(self, n: int) -> None:
+        self.raw: list[torch.Tensor | None] = [None] * n
+        self.cal: list[torch.Tensor | None] = [None] * n
+        self.how: dict[str, Any] | None = None
+
+    def put(self, indices: list[int], raw: torch.Tensor, prior: Any,
+            regime: dict[str, Any] | None, *, bp: bool, exact: torch.Tensor | None = None) -> None:
+        """Slices ``indices`` got the spread ``raw [len(indices), ...]`` in a call of ``regime``
+        (None: no calibration applies, e.g. off the prior's grid)."""
+        cal, how = calibrate(raw, prior, regime, bp=bp, exact=exact)
+        ok = how["std_kind"] == "calibrated std"
+        if ok and self.how is None:
+            self.how = how
+        for j, i in enumerate(indices):
+            self.raw[i] = raw[j]
+            self.cal[i] = cal[j] if ok else None
+
+    def result(self) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """``(std [n, ...] or None, info)`` with ``info["std_kind"]`` as in :func:`calibrate`."""
+        if not self.raw or any(t is None for t in self.raw):
+            return None, {}
+        if self.how is not None and all(t is not None for t in self.cal):
+            return torch.stack(self.cal), self.how  # type: ignore[arg-type]
+        info: dict[str, Any] = {"std_kind": "spread"}
+        if self.how is not None:
+            info["std_note"] = ("not calibrated: some slices were solved outside the fitted "
+                                "regime (e.g. warm-started with fewer steps)")
+        return torch.stack(self.raw), info  # type: ignore[arg-type]
