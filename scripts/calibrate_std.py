@@ -1,7 +1,7 @@
 """Fit the std-map calibration of a prior for one task and regime on validation images.
 
 The spread of the default method's runs (IAGAN's ensemble after back-projection; variational
-BRGM's posterior samples) is fitted as ``E[err^2 | s] ~ floor + scale * s^2``
+BRGM's posterior samples) is fitted as ``E[err^2 | s] ~ floor + scale * (s^2)^power``
 (:mod:`medrecon.solvers.calibration`) on the ``--n`` validation images of the held-out fold
 (the same selection as ``scripts/tune_defaults.py``: disjoint from the images of the reports).
 Writes ``OUT/calibration.md``, ``OUT/fit.json`` and ``OUT/validation.txt``; with
@@ -68,16 +68,16 @@ def report(root: Path) -> str:
              "Fitted by `scripts/calibrate_std.sh DATA` (one `scripts/calibrate_std.py` call per "
              "regime; the command and machine are in each folder's `calibration.md`) on 6 "
              "validation images per regime, disjoint from the images of the reports. The std "
-             "map is `sqrt(floor + scale * spread^2)` in generator units ([-1, 1]); ENCE is the "
+             "map is `sqrt(floor + scale * (spread^2)^power)` in generator units ([-1, 1]); ENCE is the "
              "expected normalised calibration error over 20 equal-count bins on the same images "
              "(0: calibrated). The entries ship in `bundles/<prior>_stylegan2/models/prior.json` "
              "(`metadata.std_calibration`).", "",
-             "| folder | method | regime | measured fraction | error floor | spread x | "
-             "ENCE raw | ENCE calibrated |", "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| folder | method | regime | measured fraction | error floor | scale | power | "
+             "ENCE raw | ENCE calibrated |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for f in sorted(root.glob("*/fit.json")):
         e = json.loads(f.read_text())
         lines.append(f"| {f.parent.name} | {e['method']} | {e['regime']} | {e['fraction']:.4f} | "
-                     f"{math.sqrt(e['floor']):.4f} | {math.sqrt(e['scale']):.2f} | "
+                     f"{math.sqrt(e['floor']):.4f} | {e['scale']:.3g} | {e.get('power', 1.0):.2f} | "
                      f"{e['ence_before']:.2f} | {e['ence_after']:.2f} |")
     text = "\n".join(lines) + "\n"
     (root / "README.md").write_text(text)
@@ -135,14 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     if px is None or px.get("regime") is None:
         raise SystemExit(f"{a.method} gave no std map for this task; nothing to calibrate.")
     regime = px["regime"]
-    floor, scale = fit_std_calibration(px["std"], px["error"], exact=px["exact"])
+    floor, scale, power = fit_std_calibration(px["std"], px["error"], exact=px["exact"])
     before = ence(px["std"], px["error"], exact=px["exact"])
     tmp = StdCalibration(method=regime["method"], task=str(regime["task"]),
-                         fraction=float(regime["fraction"]), floor=floor, scale=scale)
+                         fraction=float(regime["fraction"]), floor=floor, scale=scale, power=power)
     after = ence(apply_calibration(px["std"], tmp), px["error"], exact=px["exact"])
     bp = a.method.endswith("-bp")
     entry = StdCalibration(method=regime["method"], task=str(regime["task"]),
                            fraction=round(float(regime["fraction"]), 6), floor=floor, scale=scale,
+                           power=power,
                            operator=str(regime.get("operator", "")), bp=bp, noise_sigma=float(regime["noise_sigma"]),
                            options=dict(regime["options"]), images=len(val), regime=a.regime,
                            ence_before=round(before, 4), ence_after=round(after, 4)).as_dict()
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
              f"seed {a.seed}, noise sigma {a.noise_sigma}, {a.threads} torch thread(s), torch "
              f"{torch.__version__}, {platform.machine()}. Pixels the measurements fix exactly are "
              "left out.", "",
-             f"Fit of E[err^2 | s] = floor + scale * s^2 (generator units, [-1, 1]): floor "
-             f"{floor:.3g} (an error floor of {math.sqrt(floor):.3g}), scale {scale:.3g} "
-             f"(spread x {math.sqrt(scale):.2f}).", "",
+             f"Fit of E[err^2 | s] = floor + scale * (s^2)^power (generator units, [-1, 1]): "
+             f"floor {floor:.3g} (an error floor of {math.sqrt(floor):.3g}), scale {scale:.3g}, "
+             f"power {power:.3f}.", "",
              f"ENCE on these images: raw spread {before:.3f}, calibrated {after:.3f} (in-sample).",
              ""]
     (a.out / "calibration.md").write_text("\n".join(lines))

@@ -28,24 +28,32 @@ from tests._tiny import tiny_prior
 R = 16
 
 
-def _synthetic(floor: float, scale: float, n: int = 200_000, seed: int = 0):
-    """Spreads and errors drawn with E[err^2 | s] = floor + scale * s^2."""
+def _synthetic(floor: float, scale: float, power: float = 1.0, n: int = 200_000, seed: int = 0):
+    """Spreads and errors drawn with E[err^2 | s] = floor + scale * (s^2)^power."""
     g = torch.Generator().manual_seed(seed)
     s = torch.rand(n, generator=g) * 0.2 + 1e-3
-    err = torch.randn(n, generator=g) * (floor + scale * s * s).sqrt()
+    err = torch.randn(n, generator=g) * (floor + scale * (s * s) ** power).sqrt()
     return s, err
 
 
-def test_fit_recovers_floor_and_scale():
+def test_fit_recovers_floor_scale_and_power():
     s, err = _synthetic(1e-3, 6.0)
-    floor, scale = fit_std_calibration(s, err)
-    assert floor == pytest.approx(1e-3, rel=0.15)
-    assert scale == pytest.approx(6.0, rel=0.1)
-    # a pure scale has no floor; a flat error has no scale
-    f2, s2 = fit_std_calibration(*_synthetic(0.0, 9.0))
-    assert f2 < 1e-4 and s2 == pytest.approx(9.0, rel=0.1)
-    f3, s3 = fit_std_calibration(*_synthetic(4e-3, 0.0))
-    assert f3 == pytest.approx(4e-3, rel=0.1) and s3 < 0.05
+    floor, scale, power = fit_std_calibration(s, err)
+    assert floor == pytest.approx(1e-3, rel=0.2)
+    assert scale == pytest.approx(6.0, rel=0.2) and power == pytest.approx(1.0, abs=0.05)
+    f2, s2, p2 = fit_std_calibration(*_synthetic(1e-3, 0.5, 0.5))
+    assert f2 == pytest.approx(1e-3, rel=0.5) and s2 == pytest.approx(0.5, rel=0.2)
+    assert p2 == pytest.approx(0.5, abs=0.05)
+    # a flat error: the spread says nothing, the floor carries it
+    f3, s3, p3 = fit_std_calibration(*_synthetic(4e-3, 0.0))
+    assert f3 == pytest.approx(4e-3, rel=0.1)
+    assert s3 * 0.04 ** p3 < 4e-4  # the spread's term stays under a tenth of the floor
+    # exact pixels (zero spread and error) are left out, not fitted
+    s4, e4 = _synthetic(1e-3, 6.0)
+    s4, e4 = torch.cat([s4, torch.zeros(50_000)]), torch.cat([e4, torch.zeros(50_000)])
+    ex = torch.arange(s4.numel()) >= 200_000
+    f4, sc4, _ = fit_std_calibration(s4, e4, exact=ex)
+    assert f4 == pytest.approx(1e-3, rel=0.2) and sc4 == pytest.approx(6.0, rel=0.2)
 
 
 def test_ence_is_small_when_calibrated_and_large_for_the_raw_spread():
@@ -53,6 +61,10 @@ def test_ence_is_small_when_calibrated_and_large_for_the_raw_spread():
     c = StdCalibration(method="iagan", task="sr", fraction=1 / 16, floor=1e-3, scale=6.0)
     assert ence(apply_calibration(s, c), err) < 0.05
     assert ence(s, err) > 1.0  # the spread is 2.5x+ too small everywhere
+    s2, e2 = _synthetic(1e-3, 0.5, 0.5)
+    c2 = StdCalibration(method="iagan", task="sr", fraction=1 / 16,
+                        **dict(zip(("floor", "scale", "power"), fit_std_calibration(s2, e2))))
+    assert ence(apply_calibration(s2, c2), e2) < 0.05
     with pytest.raises(Exception, match="shape"):
         ence(s[:10], err[:11])
 
@@ -63,11 +75,12 @@ def test_apply_is_monotone_and_keeps_exact_pixels_at_zero():
     op = Inpainting(torch.rand(R, R, generator=g) > 0.5)
     exact = exact_pixels(op, s.shape)
     assert exact.shape == s.shape and exact.dtype == torch.bool
-    c = StdCalibration(method="iagan", task="inpainting", fraction=0.5, floor=1e-2, scale=4.0)
+    c = StdCalibration(method="iagan", task="inpainting", fraction=0.5, floor=1e-2, scale=4.0,
+                       power=0.7)
     out = apply_calibration(s, c, exact=exact)
     assert float(out[exact].abs().max()) == 0.0
     free = ~exact
-    torch.testing.assert_close(out[free], (1e-2 + 4.0 * s[free] ** 2).sqrt())
+    torch.testing.assert_close(out[free], (1e-2 + 4.0 * (s[free] ** 2) ** 0.7).sqrt())
     order = torch.argsort(s[free])
     assert bool((out[free][order].diff() >= 0).all())  # ranks unchanged
     assert exact_pixels(SuperResolution(2, img_size=R), s.shape) is None
