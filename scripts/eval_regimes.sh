@@ -67,10 +67,15 @@ if [[ $group == all || $group == ablation ]]; then
   wait
 fi
 if [[ $group == all || $group == calibration ]]; then
-  # the std maps' calibration (calibration.csv; figure: scripts/plot_calibration.py)
+  # the std maps' calibration on the test images (calibration.csv; figure:
+  # scripts/plot_calibration.py); the fits are scripts/calibrate_std.sh's, on validation images
   run chest_xray chest_xray chest_xray_kermany sr chest_xray_sr4_calibration \
     iagan-bp,brgm_variational-bp --scale 4 --grid-images 0 &
   run brain_mri brain_mri brain_mri_cheng inpaint brain_mri_inpaint_half_calibration \
     iagan-bp,brgm_variational-bp --mask-type half --grid-images 0 &
+  wait
+  run brain_mri brain_mri brain_mri_cheng sr brain_mri_sr8_calibration iagan-bp --scale 8 --grid-images 0 &
+  run brain_mri brain_mri brain_mri_cheng mri brain_mri_mri8_calibration iagan-bp \
+    --acceleration 8 --mask-type random --grid-images 0 &
   wait
 fi
