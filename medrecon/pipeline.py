@@ -462,6 +462,9 @@ def _solve_batches(
                 images[i] = rec.image[j]
                 if samples and rec.std is not None:  # not an IAGAN ensemble's spread
                     stds[i] = rec.std[j]
+            if samples and rec.std is not None:  # one operator and options: one kind of map
+                info.update({k: rec.info[k] for k in ("std_kind", "std_calibration")
+                             if k in rec.info})
             info["device"] = str(rec.device)
             info["method"] = rec.method or method
             info["solver_seconds"] += float(rec.seconds)
