@@ -203,8 +203,8 @@ def solve_native_problem(
     operator group are solved in the rounds of :mod:`medrecon.volume`: key slices cold, the
     others from their neighbour's state with ``warm_steps`` steps (None:
     :func:`medrecon.volume.warm_steps_for`). With ``spread`` an IAGAN ensemble's members give
-    the std map (their per-pixel spread after back-projection; an ensemble spread, not a
-    posterior std).
+    the std map (their per-pixel spread after back-projection), calibrated to a std of the
+    error when the prior has a fit for the regime (:mod:`medrecon.solvers.calibration`).
 
     Generative methods solve with ``A_native o U`` and no back-projection of their own; their
     image is mapped with ``U`` and back-projected with ``A_native`` on the output grid when the
@@ -212,23 +212,14 @@ def solve_native_problem(
     with ``A_native`` on the output grid (their ``bp`` applies there too). Every batch uses the
     same ``seed``, so a slice's result does not depend on ``batch_size``.
     """
-    from medrecon.solvers import (
-        METHODS,
-        OFF_GRID_DEFAULTS,
-        auto_eta,
-        back_project,
-        solve,
-        will_back_project,
-    )
-    from medrecon.solvers.backprojection import sample_spread
-    from medrecon.solvers.calibration import StdMaps, exact_pixels
+    from medrecon.solvers import METHODS, OFF_GRID_DEFAULTS, solve, will_back_project
     from medrecon.solvers import _common as C
+    from medrecon.solvers.calibration import StdMaps
 
     generative = METHODS[method].generative
     n = problem.y.shape[0]
     images: list[torch.Tensor | None] = [None] * n
-    stds: list[torch.Tensor | None] = [None] * n
-    maps = StdMaps(n)  # ensemble spreads, calibrated all or none
+    maps = StdMaps(n)  # std maps, calibrated all or none
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
     U = problem.grid
     warm = key_every > 1 and not samples and supports_warm_start(method)
@@ -252,34 +243,15 @@ def solve_native_problem(
                     info["warm_steps"] = kw["steps"]
             y = problem.y[chunk]
             rec = solve(y, op, prior if generative else None, **kw)
-            img = rec.image
-            label = rec.method or method
+            img, label = rec.image, rec.method or method
             if generative:
-                if not U.is_identity:
-                    with torch.no_grad():
-                        img = U.A(img.float())
-                if do_bp:
-                    eta = auto_eta(sigma)
-                    img = back_project(img, y, op_native, eta=eta)
-                    label += "+bp"
+                img, label, eta = _on_output_grid(rec, y, op_native, U, do_bp=do_bp, sigma=sigma)
+                if eta is not None:
                     info["bp_eta"] = eta
-            std = None
-            if (samples or spread) and rec.samples is not None:
-                # on the output grid, back-projected like the image (measured parts certain)
-                std = sample_spread(rec.samples, op_native if do_bp else None,
-                                    eta=auto_eta(sigma),
-                                    resample=None if U.is_identity else U.A)[1]
-                # calibrations are fitted on the prior's grid: off it the spread stays raw
-                exact = exact_pixels(op_native, std.shape) if do_bp and sigma == 0 else None
-                maps.put(chunk, std, prior, rec.info.get("std_regime") if U.is_identity
-                         else None, bp=do_bp, exact=exact)
-                std = None
-            elif samples and rec.std is not None:
-                std = rec.std if U.is_identity else U.A(rec.std.float()).clamp_min(0)
+            _put_std(maps, chunk, rec, prior, op_native, U, do_bp=do_bp, sigma=sigma,
+                     samples=samples, spread=spread)
             for j, i in enumerate(chunk):
                 images[i] = img[j]
-                if std is not None:
-                    stds[i] = std[j]
             info["device"] = str(rec.device)
             info["method"] = label
             info["solver_seconds"] += float(rec.seconds)
@@ -294,8 +266,43 @@ def solve_native_problem(
         info["key_every"] = key_every
     img_all = torch.stack([t for t in images if t is not None])
     std_all, how = maps.result()
-    if std_all is None:
-        std_all = (torch.stack([t for t in stds]) if all(t is not None for t in stds)  # type: ignore[misc]
-                   else None)
     info.update(how)
     return img_all, std_all, info
+
+
+def _on_output_grid(rec: Any, y: torch.Tensor, op_native: Any, U: Any, *, do_bp: bool,
+                    sigma: float | None) -> tuple[torch.Tensor, str, float | None]:
+    """A generative result on the output grid: mapped with ``U``, then back-projected with
+    ``A_native`` when ``do_bp``. Returns the image, the method label and the BP eta (or None)."""
+    from medrecon.solvers import auto_eta, back_project
+
+    img, label, eta = rec.image, rec.method, None
+    if not U.is_identity:
+        with torch.no_grad():
+            img = U.A(img.float())
+    if do_bp:
+        eta = auto_eta(sigma)
+        img = back_project(img, y, op_native, eta=eta)
+        label += "+bp"
+    return img, label, eta
+
+
+def _put_std(maps: Any, chunk: list[int], rec: Any, prior: Any, op_native: Any, U: Any, *,
+             do_bp: bool, sigma: float | None, samples: int, spread: bool) -> None:
+    """The std map of ``chunk`` on the output grid, into ``maps``
+    (:class:`medrecon.solvers.calibration.StdMaps`): the samples' spread back-projected like
+    the image (measured parts certain), calibrated when the prior has a fit for the regime,
+    on the prior's grid only; else the solver's own std, resampled."""
+    from medrecon.solvers import auto_eta
+    from medrecon.solvers.backprojection import sample_spread
+    from medrecon.solvers.calibration import exact_pixels
+
+    if (samples or spread) and rec.samples is not None:
+        std = sample_spread(rec.samples, op_native if do_bp else None, eta=auto_eta(sigma),
+                            resample=None if U.is_identity else U.A)[1]
+        exact = exact_pixels(op_native, std.shape) if do_bp and not sigma else None
+        maps.put(chunk, std, prior, rec.info.get("std_regime") if U.is_identity else None,
+                 bp=do_bp, exact=exact)
+    elif samples and rec.std is not None:
+        std = rec.std if U.is_identity else U.A(rec.std.float()).clamp_min(0)
+        maps.put(chunk, std, prior, None, bp=do_bp)
