@@ -261,7 +261,9 @@ def test_iagan_ensemble_averages_seeded_member_runs(G, truth):
     seeds = [member_seed(5, k) for k in range(3)]
     assert seeds[0] == 5 and len(set(seeds)) == 3
     assert seeds[1:] != [member_seed(6, k) for k in range(1, 3)]  # nearby seeds do not share
-    singles = [iagan(y, op, G, seed=s, **kw) for s in seeds]
+    # member k >= 1 leaves the mean out of its probes
+    singles = [iagan(y, op, G, seed=s, **{**kw, "stage1_options": {
+        **kw["stage1_options"], "probe_mean": k == 0}}) for k, s in enumerate(seeds)]
     stack = torch.stack([r.image for r in singles])
     assert rec.samples.shape == (3, 2, 1, R, R) and rec.std.shape == (2, 1, R, R)
     # the members' adaptations run as one stacked batch: equal to separate runs up to rounding
@@ -619,3 +621,30 @@ def test_sparse_sr_takes_less_weight_adaptation(G, monkeypatch):
     solve(y, op, G, method="iagan", bp=False, device="cpu", lr_weights=5e-4)
     assert seen[-1] == 5e-4
     assert SPARSE_SR_DEFAULTS["iagan"]["lr_weights"] < api.DEFAULTS["sr"]["iagan"]["lr_weights"]
+
+
+def test_iagan_members_start_apart_where_the_mean_fits_best(G):
+    """Where the mean latent fits the measurements best it wins every member's probes; the
+    members after the first leave it out, so the ensemble does not collapse into copies of
+    one run (a zero spread that claims certainty) while member 0 stays the single run."""
+    from medrecon.solvers import csgm
+
+    with torch.no_grad():
+        x_mean = G.synthesis(G.mapping.w_avg[None, None].repeat(1, G.num_ws, 1),
+                             noise_mode="none")
+    op = sr_op()
+    y = op.A(x_mean)
+    kw = dict(steps=4, lr_weights=1e-2, device="cpu", noise_mode="none",
+              stage1_options=dict(steps=3, restarts=1, probes=4))
+    # the mean wins the probes whatever the seed: plain CSGM runs coincide
+    a, b = (csgm(y, op, G, steps=3, restarts=1, probes=4, noise_mode="none", seed=s,
+                 device="cpu") for s in (1, 2))
+    torch.testing.assert_close(a.latents, b.latents)
+    rec = iagan(y, op, G, ensemble=3, seed=1, **kw)
+    assert float(rec.std.min()) > 0  # every pixel: the members differ
+    for k in (1, 2):
+        assert float((rec.samples[k] - rec.samples[0]).abs().max()) > 1e-4
+    one = iagan(y, op, G, ensemble=1, seed=1, **kw)
+    torch.testing.assert_close(rec.samples[0], one.image, atol=5e-5, rtol=1e-4)
+    assert csgm(y, op, G, steps=3, restarts=1, probes=4, noise_mode="none", seed=1,
+                device="cpu", probe_mean=False).latents.sub(a.latents).abs().max() > 0

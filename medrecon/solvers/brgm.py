@@ -95,6 +95,7 @@ def brgm(
     steps: int = 200,
     lr: float = 0.05,
     probes: int = 32,
+    probe_mean: bool = True,
     latent_weight: float = 1.0,
     colinearity_weight: float = 10.0,
     perceptual: Any = "auto",
@@ -122,6 +123,8 @@ def brgm(
             the best one starts the optimisation. 0 starts at ``w_avg`` as the paper. Default
             32: a single start at ``w_avg`` stalls in local minima measurably more often
             (tiny in-range generators: 1 of 3 slices above 35 dB from ``w_avg`` vs 3 of 3).
+        probe_mean: whether ``w_avg`` is a candidate among the probes (IAGAN's ensemble
+            members after the first leave it out, so that they start apart). Default True.
         latent_weight: multiplier of the Bayesian Gaussian W+ prior weight. Default 1.
         colinearity_weight: weight per layer pair of ``1 - cos``, in prior units. Default 10.
         perceptual: ``'auto'`` (LPIPS-VGG if its weights are present, else off with a warning),
@@ -155,7 +158,7 @@ def brgm(
     if probes > 0:
         gen = torch.Generator(device=dev).manual_seed(int(seed))
         w0 = probe_init(lat, yd, op, restarts=1, probes=probes, generator=gen,
-                        force_mean=False, amp=amp_ctx)
+                        include_mean=bool(probe_mean), force_mean=False, amp=amp_ctx)
     else:
         w0 = C.w_average(G).to(dev)[None, None].repeat(B, G.num_ws, 1)
     scale = s * s / M

@@ -159,6 +159,7 @@ def csgm(
     lr: float = 0.05,
     restarts: int = 4,
     probes: int = 32,
+    probe_mean: bool = True,
     prior_weight: float = 1.0,
     tol: float = 1e-3,
     patience: int = 3,
@@ -184,6 +185,9 @@ def csgm(
         probes: random latents scored in one batch to pick the starting points (with several
             restarts, restart 0 always starts at the mean; a single restart starts at the best
             probe, the mean included). Default 32.
+        probe_mean: whether the mean latent (``w_avg``; ``z = 0``) is a candidate. IAGAN's
+            ensemble members after the first leave it out, so that they start apart even where
+            the mean fits best. Default True.
         prior_weight: multiplier of the Bayesian latent-prior weight ``sigma^2 / M`` (0 for
             clean data). Default 1.0.
         tol: relative decrease of the windowed objective under which a check counts as flat.
@@ -233,7 +237,7 @@ def csgm(
     # restart 0 starts at the mean when there are several restarts (a safe, diverse anchor);
     # a single restart starts at the best probe, the mean included.
     latent0 = probe_init(lat, yd, op, restarts=restarts, probes=probes, generator=gen,
-                         force_mean=restarts > 1, amp=amp_ctx)
+                         include_mean=bool(probe_mean), force_mean=restarts > 1, amp=amp_ctx)
     y_rep = yd.repeat_interleave(restarts, 0)
     progress = C.Progress(callback, stage="csgm", total_steps=steps, restarts=restarts)
     best_latent, _, best_data, hist = optimise_latent(

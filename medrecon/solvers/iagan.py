@@ -267,7 +267,9 @@ def iagan(
         ensemble: number of independent IAGAN runs (members) whose images are averaged.
             Default 1 (the paper's single run). Member ``k``'s stage 1 runs with seed
             :func:`member_seed` ``(seed, k)`` (member 0 with ``seed`` itself, so
-            ``ensemble=1`` is exactly one run). Where the measurements leave much of the image
+            ``ensemble=1`` is exactly one run); members ``k >= 1`` leave the mean latent out
+            of their stage-1 probes (``probe_mean=False``), so that they start apart even
+            where the mean fits the measurements best. Where the measurements leave much of the image
             undetermined (SR: 1/16 of the pixels at x4), each run fills the unmeasured part
             with its own plausible detail; the mean of ``K`` runs is a Monte-Carlo estimate of
             the posterior mean, the minimum-MSE estimate; its squared error is never above the
@@ -277,7 +279,8 @@ def iagan(
             of ``K * B`` slices (one vmapped forward/backward per step, which is what a GPU
             wants; on the CPU it costs about ``K`` single runs). The members come back
             as ``samples`` ``[K, B, C, H, W]`` and their per-pixel standard deviation as ``std``
-            (an ensemble spread, not a calibrated posterior std); ``latents`` and
+            (an ensemble spread; :mod:`medrecon.solvers.calibration` maps it to a std of the
+            error); ``latents`` and
             ``info['stage1_info']`` are member 0's, ``info['member_objective']`` is ``[K][B]``.
         noise_mode: StyleGAN2's per-layer noise inputs in both stages: ``'const'`` (the
             generator's stored noise maps, held fixed) or ``'none'`` (turned off, i.e. set to
@@ -326,9 +329,12 @@ def iagan(
     if init is not None:
         _check_init(init, K, B)
     solver1 = csgm if stage1 == "csgm" else brgm
+    # members after the first leave the mean latent out of their probes: where it fits best,
+    # every member would otherwise start there and, with fixed noise, end identical
     firsts = [] if init is not None else [
         solver1(y, operator, prior, device=device, seed=sk, amp=amp,
-                callback=_member_callback(callback, k, K), **opts)
+                callback=_member_callback(callback, k, K),
+                **(opts if k == 0 else {**opts, "probe_mean": False}))
         for k, sk in enumerate(seeds)]
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
