@@ -130,9 +130,14 @@ def test_find_calibration_matches_only_its_regime():
                    {"options": {"ensemble": 4, "steps": 30}}):
         assert find_calibration(p, fraction=1 / 16, **{**call, **change}) is None, change
     assert find_calibration(tiny_prior(resolution=R), fraction=1 / 16, **call) is None
-    # an entry of another format is skipped, not an error
+    # an entry of another format, or a damaged one, is skipped with a warning, not an error
     p.metadata["std_calibration"].append({"method": "iagan", "unknown": 1})
-    assert find_calibration(p, fraction=1 / 16, **call) == base
+    p.metadata["std_calibration"].append({**base.as_dict(), "fraction": "a lot"})
+    p.metadata["std_calibration"].append({**base.as_dict(), "options": [1]})
+    with pytest.warns(UserWarning, match="malformed std_calibration"):
+        assert find_calibration(p, fraction=1 / 16, **call) == base
+    p.metadata["std_calibration"] = [{**base.as_dict(), "scale": -1.0}]  # never a negative variance
+    assert find_calibration(p, fraction=1 / 16, **call) is None
 
 
 def test_solve_calibrates_the_ensemble_std_of_a_matching_regime():

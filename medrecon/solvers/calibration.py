@@ -26,6 +26,7 @@ The monotone map keeps the ranking, so ``std_error_spearman`` is unchanged by ca
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,8 +91,19 @@ class StdCalibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StdCalibration":
+        """From :meth:`as_dict`'s output (unknown keys ignored; numbers checked).
+
+        Raises:
+            TypeError, ValueError: a required key is missing or a number is not one.
+        """
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("fraction", "floor", "scale", "power", "noise_sigma"):
+            if k in kw:
+                kw[k] = float(kw[k])
+        if not isinstance(kw.get("options", {}), dict):
+            raise TypeError("options is not a mapping")
+        return cls(**kw)
 
     def matches(self, *, method: str, task: str, fraction: float, bp: bool, noise_sigma: float,
                 options: dict[str, Any], operator: str = "") -> bool:
@@ -237,13 +249,19 @@ def find_calibration(prior: Any, *, method: str, task: str | None, fraction: flo
     """
     entries = (getattr(prior, "metadata", None) or {}).get("std_calibration") or []
     found = []
-    for d in entries:
+    for d in entries if isinstance(entries, list) else []:
         try:
             c = StdCalibration.from_dict(d)
-        except TypeError:
-            continue  # an entry of another version: not ours to apply
-        if c.matches(method=method, task=str(task), fraction=fraction, bp=bp,
-                     noise_sigma=noise_sigma, options=options, operator=operator):
+            ok = c.matches(method=method, task=str(task), fraction=fraction, bp=bp,
+                           noise_sigma=noise_sigma, options=options, operator=operator)
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError):
+            # an entry of another version, or damaged: never applied, and said so
+            warnings.warn(f"prior {getattr(prior, 'name', '?')!r}: ignoring a malformed "
+                          f"std_calibration entry ({str(d)[:80]}); the std map stays a raw "
+                          "spread unless another entry fits. Refit it with "
+                          "scripts/calibrate_std.py.", stacklevel=2)
+            continue
+        if ok and c.floor >= 0 and c.scale >= 0 and math.isfinite(c.floor + c.scale + c.power):
             found.append((abs(math.log(fraction / c.fraction)), c))
     return min(found, key=lambda t: t[0])[1] if found else None
 
