@@ -1,7 +1,7 @@
 """Calibrated std maps: from the spread of a few runs to a standard deviation of the error.
 
 The spread of an IAGAN ensemble (or of variational BRGM's posterior samples) ranks the error
-(docs/results/regimes: Spearman 0.26-0.67 on SR and MRI), but it is not its standard
+(docs/results/regimes: Spearman 0.26-0.68 on SR and MRI), but it is not its standard
 deviation: where every run agrees on the same wrong value the spread is near zero and the
 error is not, and where they disagree the error is several times the spread. Binned against
 the spread, the mean squared error of held-out images follows
@@ -9,7 +9,7 @@ the spread, the mean squared error of held-out images follows
     E[err^2 | spread = s]  ~  floor + scale * (s^2)^power
 
 (a variance floor for what every run misses, plus the spread scaled up, by more where it is
-small: ``power`` came out 0.4-0.8 on SR and MRI), so the calibrated std is
+small: ``power`` came out 0.35-0.75 on SR and MRI), so the calibrated std is
 ``sigma = sqrt(floor + scale * (s^2)^power)``: the variance-scaling recalibration of Levi et
 al. ("Evaluating and calibrating uncertainty prediction in regression tasks", 2019) with a
 floor and an exponent. ``floor`` and ``scale`` are fitted per prior, method, task and regime on
