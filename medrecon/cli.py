@@ -443,8 +443,9 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     the shipped prior helped most in docs/results/regimes), reconstructs it with the prior and
     with Lanczos + back-projection (the best classical baseline there), and writes
     <output-dir>/sr.<ext>, lanczos_bp.<ext>, sr_std.<ext> (IAGAN: the ensemble's per-pixel
-    spread, calibrated to a std of the error by the prior's fit for this regime) and side_by_side.png (low-res | Lanczos + BP | medrecon | std | reference), then
-    prints PSNR/SSIM of both against the reference.
+    spread, calibrated to a std of the error by the prior's fit for this regime) and
+    side_by_side.png (low-res | Lanczos + BP | medrecon | std | reference), then prints
+    PSNR/SSIM of both against the reference.
     """
     from medrecon.io import check_image_output, load_image
 

@@ -546,25 +546,9 @@ def calibration_bins(std: torch.Tensor, error: torch.Tensor, *,
         bins: Number of bins.
         exact: Pixels the measurements fix exactly (zero std and error; left out), or None.
     """
-    s = torch.as_tensor(std).detach().double().cpu().reshape(-1)
-    e = torch.as_tensor(error).detach().double().cpu().reshape(-1)
-    if s.shape != e.shape:
-        raise MedreconInputError(f"std map {tuple(std.shape)} and error {tuple(error.shape)} "
-                                 "differ in shape.")
-    if exact is not None:
-        keep = ~torch.as_tensor(exact).reshape(-1).bool()
-        s, e = s[keep], e[keep]
-    order = torch.argsort(s, stable=True)
-    out = []
-    for k, idx in enumerate(torch.tensor_split(order, bins)):
-        if idx.numel() == 0:
-            continue
-        sb, eb = s[idx], e[idx]
-        out.append({"bin": k, "std_low": float(sb[0]), "std_high": float(sb[-1]),
-                    "mean_std": float(sb.mean()), "rmv": float(sb.pow(2).mean().sqrt()),
-                    "rmse": float(eb.pow(2).mean().sqrt()),
-                    "mae": float(eb.abs().mean()), "pixels": int(idx.numel())})
-    return out
+    from medrecon.solvers.calibration import binned
+
+    return binned(std, error, bins=bins, exact=exact)
 
 
 def write_calibration_csv(calibration: Mapping[str, Sequence[Mapping[str, float]]],
@@ -863,7 +847,7 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
         ``std_kind``), else None.
     """
     from medrecon import solvers
-    from medrecon.solvers.calibration import exact_pixels
+    from medrecon.solvers.calibration import exact_after
 
     base, bp = _split_bp(method)
     rows: list[EvalRow] = []
@@ -893,7 +877,7 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
             rho = None
             if rec.std is not None:
                 err = images_out[k] - truths[start + k][0]
-                ex = exact_pixels(operator, err.shape) if rec.info.get("bp_eta") == 0 else None
+                ex = exact_after(rec.info, operator, err.shape)
                 ex = torch.zeros(err.shape, dtype=torch.bool) if ex is None else ex
                 rho = std_error_spearman(rec.std[k][~ex], err[~ex])
                 stds.append(rec.std[k].reshape(-1))

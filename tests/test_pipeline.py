@@ -401,3 +401,32 @@ def test_spread_is_calibrated_all_or_none_by_the_priors_fit():
     np.testing.assert_allclose(cal.std.array, 2 * raw.std.array, rtol=1e-5, atol=1e-6)
     mixed = reconstruct(img, key_every=3, warm_steps=3, **kw)  # 2 of 3 slices warm: 3 steps
     assert mixed.info["std_kind"] == "spread" and "warm" in mixed.info["std_note"]
+
+
+def test_kspace_posterior_std_is_calibrated_on_the_priors_grid_only():
+    """reconstruct_kspace maps the samples' spread through the prior's matching fit when the
+    k-space is on the prior's grid, and returns the raw spread (marked) off it."""
+    from medrecon.physics import fft2c
+    from medrecon.solvers.calibration import StdCalibration
+
+    p = tiny_prior(resolution=R, seed=0)
+    img = torch.rand(1, R, R, generator=torch.Generator().manual_seed(1))
+    cols = np.zeros(R, bool)
+    cols[::2] = True
+    cols[6:10] = True
+    k = (fft2c(img.to(torch.complex64)) * torch.from_numpy(cols)).numpy()
+    kw = dict(sampled=cols, method="brgm", steps=2, samples=2, device="cpu", seed=0)
+    raw = reconstruct_kspace(k, prior=p, **kw)
+    assert raw.info["std_kind"] == "spread"
+    p.metadata["std_calibration"] = [StdCalibration(
+        method="brgm_variational", task="mri", fraction=float(cols.mean()), floor=0.0,
+        scale=4.0, operator="MRI").as_dict()]
+    cal = reconstruct_kspace(k, prior=p, **kw)
+    assert cal.info["std_kind"] == "calibrated std"
+    np.testing.assert_allclose(cal.std.array, 2 * raw.std.array, rtol=1e-4, atol=1e-6)
+    big = np.zeros((1, 2 * R, 2 * R), np.complex64)  # the same field of view, twice the grid
+    big[:, R // 2:3 * R // 2, R // 2:3 * R // 2] = k
+    bcols = np.zeros(2 * R, bool)
+    bcols[R // 2:3 * R // 2] = cols
+    off = reconstruct_kspace(big, prior=p, **{**kw, "sampled": bcols})
+    assert off.info["std_kind"] == "spread"

@@ -26,7 +26,7 @@ from medrecon.errors import MedreconInputError
 from medrecon.solvers import _common as C
 from medrecon.solvers import baselines as BL
 from medrecon.solvers.backprojection import AUTO_BP_MAX_SIGMA, auto_eta, back_project, sample_spread
-from medrecon.solvers.calibration import calibrate, exact_pixels, std_regime
+from medrecon.solvers.calibration import calibrate, exact_after, std_regime
 from medrecon.solvers.brgm import brgm, brgm_variational
 from medrecon.solvers.csgm import csgm
 from medrecon.solvers.iagan import STAGE1_DEFAULTS, iagan
@@ -367,9 +367,8 @@ def solve(
         if callback is not None:
             callback({"stage": "bp", "step": 1, "total_steps": 1, "loss": float("nan")})
     if rec.std is not None and "std_regime" in rec.info:
-        exact = do_bp and rec.info.get("bp_eta") == 0
         std, how = calibrate(rec.std, prior, rec.info["std_regime"], bp=do_bp,
-                             exact=exact_pixels(operator, rec.std.shape) if exact else None)
+                             exact=exact_after(rec.info, operator, rec.std.shape))
         rec = replace(rec, std=std)
         rec.info.update(how)
     rec.seconds = time.perf_counter() - t0

@@ -12,8 +12,8 @@ the spread, the mean squared error of held-out images follows
 small: ``power`` came out 0.35-0.75 on SR and MRI), so the calibrated std is
 ``sigma = sqrt(floor + scale * (s^2)^power)``: the variance-scaling recalibration of Levi et
 al. ("Evaluating and calibrating uncertainty prediction in regression tasks", 2019) with a
-floor and an exponent. ``floor`` and ``scale`` are fitted per prior, method, task and regime on
-validation images (``scripts/calibrate_std.py``) and ship in the prior's metadata
+floor and an exponent. ``floor``, ``scale`` and ``power`` are fitted per prior, method, task
+and regime on validation images (``scripts/calibrate_std.py``) and ship in the prior's metadata
 (``metadata["std_calibration"]``, a list of :class:`StdCalibration` dicts). A std map is
 calibrated only when one of them matches the call (method, task, operator kind, measured fraction
 within :data:`FRACTION_TOLERANCE`, back-projection, noise level, ensemble size and steps); otherwise
@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 __all__ = ["StdCalibration", "FRACTION_TOLERANCE", "FIT_BINS", "operator_kind", "regime_fraction",
-           "exact_pixels", "fit_std_calibration", "ence", "find_calibration", "apply_calibration",
-           "std_regime", "calibrate", "StdMaps"]
+           "exact_pixels", "exact_after", "binned", "fit_std_calibration", "ence",
+           "find_calibration", "apply_calibration", "std_regime", "calibrate", "StdMaps"]
 
 #: A calibration applies to measured fractions within this factor of the one it was fitted on.
 FRACTION_TOLERANCE = 1.5
@@ -163,30 +163,51 @@ def exact_pixels(operator: nn.Module | None, shape: torch.Size) -> torch.Tensor 
     return m.expand(shape)
 
 
-def _bins(std: torch.Tensor, err: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean variance and mean squared error per equal-count bin of ``std``."""
-    s = std.detach().double().cpu().reshape(-1)
-    e = err.detach().double().cpu().reshape(-1)
-    order = torch.argsort(s, stable=True)
-    var, mse = [], []
-    for idx in torch.tensor_split(order, bins):
-        if idx.numel():
-            var.append(s[idx].pow(2).mean())
-            mse.append(e[idx].pow(2).mean())
-    return torch.stack(var), torch.stack(mse)
+def exact_after(rec_info: dict[str, Any], operator: nn.Module | None,
+                shape: torch.Size) -> torch.Tensor | None:
+    """:func:`exact_pixels` of a result whose info says it was back-projected exactly
+    (``bp_eta == 0``: noiseless, so measured pixels equal the data), else None."""
+    return exact_pixels(operator, shape) if rec_info.get("bp_eta") == 0 else None
 
 
-def _uncertain(std: torch.Tensor, err: torch.Tensor, exact: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    if std.shape != err.shape:
+def binned(std: torch.Tensor, err: torch.Tensor, *, bins: int,
+           exact: torch.Tensor | None = None) -> list[dict[str, float]]:
+    """Pixels sorted by ``std`` into ``bins`` equal-count bins (``exact`` pixels left out);
+    per bin ``bin``, ``std_low``, ``std_high``, ``mean_std``, the root mean variance ``rmv``,
+    ``rmse``, ``mae`` and ``pixels``. What the fit, :func:`ence` and ``medrecon eval``'s
+    ``calibration.csv`` are computed from.
+
+    Raises:
+        MedreconInputError: ``std`` and ``err`` differ in shape.
+    """
+    s = torch.as_tensor(std).detach().double().cpu().reshape(-1)
+    e = torch.as_tensor(err).detach().double().cpu().reshape(-1)
+    if s.shape != e.shape:
         from medrecon.errors import MedreconInputError
 
         raise MedreconInputError(f"std map {tuple(std.shape)} and error {tuple(err.shape)} "
                                  "differ in shape.")
-    if exact is None:
-        return std.reshape(-1), err.reshape(-1)
-    keep = ~exact.reshape(-1)
-    return std.reshape(-1)[keep], err.reshape(-1)[keep]
+    if exact is not None:
+        keep = ~torch.as_tensor(exact).reshape(-1).bool().cpu()
+        s, e = s[keep], e[keep]
+    out = []
+    for k, idx in enumerate(torch.tensor_split(torch.argsort(s, stable=True), bins)):
+        if idx.numel() == 0:
+            continue
+        sb, eb = s[idx], e[idx]
+        out.append({"bin": k, "std_low": float(sb[0]), "std_high": float(sb[-1]),
+                    "mean_std": float(sb.mean()), "rmv": float(sb.pow(2).mean().sqrt()),
+                    "rmse": float(eb.pow(2).mean().sqrt()), "mae": float(eb.abs().mean()),
+                    "pixels": int(idx.numel())})
+    return out
+
+
+def _var_mse(std: torch.Tensor, err: torch.Tensor, exact: torch.Tensor | None,
+             bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean variance and mean squared error per bin of :func:`binned`."""
+    b = binned(std, err, bins=bins, exact=exact)
+    return (torch.tensor([r["rmv"] ** 2 for r in b], dtype=torch.float64),
+            torch.tensor([r["rmse"] ** 2 for r in b], dtype=torch.float64))
 
 
 def fit_std_calibration(std: torch.Tensor, err: torch.Tensor, *, exact: torch.Tensor | None = None,
@@ -207,8 +228,7 @@ def fit_std_calibration(std: torch.Tensor, err: torch.Tensor, *, exact: torch.Te
     import numpy as np
     from scipy.optimize import least_squares, nnls
 
-    s, e = _uncertain(std, err, exact)
-    var, mse = (t.numpy() for t in _bins(s, e, bins))
+    var, mse = (t.numpy() for t in _var_mse(std, err, exact, bins))
     keep = mse > 0  # bins of exact zeros say nothing about the scale
     var, mse = np.maximum(var[keep], _TINY), mse[keep]
     if var.size == 0:
@@ -231,9 +251,9 @@ def ence(std: torch.Tensor, err: torch.Tensor, *, exact: torch.Tensor | None = N
          bins: int = FIT_BINS) -> float:
     """Expected normalised calibration error (Levi et al. 2019): over equal-count bins of the
     predicted std, the mean of ``|RMV - RMSE| / RMV`` (root mean variance against root mean
-    squared error). 0 for a calibrated std; the raw spread of a few runs scores near 1."""
-    s, e = _uncertain(std, err, exact)
-    var, mse = _bins(s, e, bins)
+    squared error). 0 for a calibrated std; the raw spread of IAGAN's runs scored 1.5-42 on
+    the reports (docs/results/regimes), calibrated stds 0.05-0.44."""
+    var, mse = _var_mse(std, err, exact, bins)
     rmv, rmse = var.sqrt(), mse.sqrt()
     return float(((rmv - rmse).abs() / rmv.clamp_min(1e-12)).mean())
 

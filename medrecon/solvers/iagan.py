@@ -269,8 +269,8 @@ def iagan(
             :func:`member_seed` ``(seed, k)`` (member 0 with ``seed`` itself, so
             ``ensemble=1`` is exactly one run); members ``k >= 1`` leave the mean latent out
             of their stage-1 probes (``probe_mean=False``), so that they start apart even
-            where the mean fits the measurements best. Where the measurements leave much of the image
-            undetermined (SR: 1/16 of the pixels at x4), each run fills the unmeasured part
+            where the mean fits the measurements best. Where the measurements leave much of
+            the image undetermined (SR: 1/16 of the pixels at x4), each run fills the unmeasured part
             with its own plausible detail; the mean of ``K`` runs is a Monte-Carlo estimate of
             the posterior mean, the minimum-MSE estimate; its squared error is never above the
             members' average (convexity), and on held-out images it scored higher PSNR/SSIM
