@@ -28,7 +28,7 @@ from typing import Any, Callable
 import click
 
 from medrecon import __version__
-from medrecon.cli_types import InputPath
+from medrecon.cli_types import CoherenceWidth, InputPath
 from medrecon.errors import MedreconInputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -323,6 +323,11 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
             click.option("--warm-steps", type=click.IntRange(min=1), default=None,
                          help="Steps of a slice started from its neighbour. [default: a "
                          "fraction of the method's steps, medrecon.volume.warm_steps_for]"),
+            click.option("--coherence", type=CoherenceWidth(), default="auto", show_default=True,
+                         help="Volumes, generative methods: width in mm of a Gaussian across "
+                         "slices that smooths the detail the measurements do not determine "
+                         "(the measured part of each slice is kept). auto = one output "
+                         "in-plane pixel; 0 = off."),
         ]
     if task == "inpaint":
         opts.append(click.option("--mask", type=InputPath(dir_okay=False),

@@ -1,12 +1,13 @@
 """Click parameter types shared by the command groups (``medrecon``, ``eval``, ``priors``).
 
-:class:`InputPath` checks an input the way :func:`medrecon.io._paths.check_input_file` does,
+:class:`CoherenceWidth` reads ``--coherence``. :class:`InputPath` checks an input the way :func:`medrecon.io._paths.check_input_file` does,
 so a symbolic-link loop, a device such as ``/dev/zero`` or an empty file is named as what it
 is (exit 2) instead of click's generic "does not exist".
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 
 from medrecon.errors import MedreconInputError
 
-__all__ = ["InputPath"]
+__all__ = ["CoherenceWidth", "InputPath"]
 
 
 class InputPath(click.ParamType):
@@ -44,3 +45,21 @@ class InputPath(click.ParamType):
         if not p.is_dir() and not self.file_okay:
             self.fail(f"{str(p)!r} is a file; expected a folder.", param, ctx)
         return p
+
+
+class CoherenceWidth(click.ParamType):
+    """``auto`` or a width in mm ``>= 0`` (``--coherence``)."""
+
+    name = "auto|MM"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or value == "auto" or isinstance(value, float):
+            return value
+        try:
+            mm = float(value)
+        except (TypeError, ValueError):
+            mm = float("nan")
+        if not (math.isfinite(mm) and mm >= 0):
+            self.fail(f"{value!r} is not 'auto' or a width in mm >= 0 (0 turns it off).",
+                      param, ctx)
+        return mm

@@ -26,7 +26,7 @@ import torch
 
 from medrecon.errors import MedreconInputError
 from medrecon.physics import GridResample, LinearPhysics, build_operator, compose
-from medrecon.volume import solve_in_rounds, supports_warm_start, warm_steps_for
+from medrecon.volume import cohere_slices, solve_in_rounds, supports_warm_start, warm_steps_for
 
 __all__ = ["NativeProblem", "build_native_problem", "solve_native_problem"]
 
@@ -195,6 +195,7 @@ def solve_native_problem(
     key_every: int = 1,
     warm_steps: int | None = None,
     spread: bool = False,
+    coherence: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve every slice of ``problem``; return images ``[N, C, H, W]`` on the output grid,
     the posterior std (when ``samples``) and the solver information.
@@ -205,6 +206,8 @@ def solve_native_problem(
     :func:`medrecon.volume.warm_steps_for`). With ``spread`` an IAGAN ensemble's members give
     the std map (their per-pixel spread after back-projection), calibrated to a std of the
     error when the prior has a fit for the regime (:mod:`medrecon.solvers.calibration`).
+    With ``coherence > 0`` (a width in slices) a generative method's slices then have their
+    unmeasured part smoothed across slices (:func:`medrecon.volume.cohere_slices`).
 
     Generative methods solve with ``A_native o U`` and no back-projection of their own; their
     image is mapped with ``U`` and back-projected with ``A_native`` on the output grid when the
@@ -265,6 +268,10 @@ def solve_native_problem(
     if warm:
         info["key_every"] = key_every
     img_all = torch.stack([t for t in images if t is not None])
+    if generative and coherence > 0 and n > 1:
+        img_all = cohere_slices(img_all, [(op, idx) for op, idx in problem.groups],
+                                sigma=coherence)
+        info["coherence_sigma"] = round(float(coherence), 4)
     std_all, how = maps.result()
     info.update(how)
     return img_all, std_all, info

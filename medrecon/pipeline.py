@@ -737,6 +737,7 @@ def reconstruct(
     percentiles: tuple[float, float] = (0.5, 99.5),
     key_every: int | None = None,
     warm_steps: int | None = None,
+    coherence: float | str | None = None,
     spread: bool = False,
 ) -> PipelineResult:
     """Reconstruct a scan with a StyleGAN2 prior (or a classical baseline).
@@ -802,6 +803,12 @@ def reconstruct(
             scratch. Default ``None``: :data:`medrecon.volume.DEFAULT_KEY_EVERY`.
         warm_steps: Steps of a warm-started slice. Default ``None``:
             :func:`medrecon.volume.warm_steps_for` (a quarter of the cold steps).
+        coherence: Volumes (``sr``, ``inpaint``, ``deblur``, ``denoise``, generative
+            methods): the width in mm of a Gaussian across slices that smooths the part of each
+            slice its measurements do not determine, leaving the measured part as it is
+            (:func:`medrecon.volume.cohere_slices`). ``0`` turns it off. Default ``None``
+            (``"auto"``): one output in-plane pixel, so thick slices (spacing of several
+            output pixels) are left nearly alone.
         spread: IAGAN ensembles (``sr``, ``inpaint``, ``deblur``, ``denoise``): return the
             members' per-pixel spread after back-projection as ``std`` (zero where a pixel is
             measured exactly), calibrated when the prior ships a calibration for the regime
@@ -826,8 +833,8 @@ def reconstruct(
         sr_kernel=sr_kernel, acceleration=acceleration, center_fraction=center_fraction,
         mask_type=mask_type, noise_sigma=noise_sigma, samples=samples, ensemble=ensemble,
         device=device, batch_size=batch_size, seed=seed, simulate=simulate,
-        percentiles=percentiles, key_every=key_every, warm_steps=warm_steps, spread=spread,
-        has_mask=mask is not None)
+        percentiles=percentiles, key_every=key_every, warm_steps=warm_steps, coherence=coherence,
+        spread=spread, has_mask=mask is not None)
     d = run_steps(build_steps(settings, callback), {"image": image, "mask": mask, "t0": t0})
     info = d["info"]
     std = d["std_image"]

@@ -36,7 +36,7 @@ from monai.transforms import Compose, Transform
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.transforms import PLANES, IntensityWindow
-from medrecon.volume import DEFAULT_KEY_EVERY
+from medrecon.volume import DEFAULT_KEY_EVERY, coherence_sigma
 
 __all__ = [
     "ReconstructionSettings",
@@ -81,6 +81,7 @@ class ReconstructionSettings:
     percentiles: tuple[float, float]
     key_every: int
     warm_steps: int | None
+    coherence: float | str
     spread: bool
 
     @classmethod
@@ -90,7 +91,8 @@ class ReconstructionSettings:
               mask_type: str = "random", noise_sigma: Any = 0.0, samples: Any = 0,
               ensemble: Any = None, device: str = "auto", batch_size: Any = None, seed: Any = 0,
               simulate: bool = False, percentiles: tuple[float, float] = (0.5, 99.5),
-              key_every: Any = None, warm_steps: Any = None, spread: bool = False,
+              key_every: Any = None, warm_steps: Any = None, coherence: Any = None,
+              spread: bool = False,
               has_mask: bool = False) -> "ReconstructionSettings":
         """Check every option (before any work), load the prior (a name, folder or Prior) and
         fill in the defaults that depend on the task and the prior (the method, ``simulate``
@@ -112,6 +114,7 @@ class ReconstructionSettings:
             "key_every", key_every, minimum=1)
         if warm_steps is not None:
             warm_steps = P._check_int("warm_steps", warm_steps, minimum=1)
+        coherence = _check_coherence(coherence)
         if has_mask and task != "inpaint":
             raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} "
                                      "with a mask.")
@@ -124,7 +127,23 @@ class ReconstructionSettings:
             ensemble=ensemble, device=device, batch_size=batch_size, seed=seed,
             simulate=bool(simulate or task in P.SIMULATE_ONLY_TASKS or task == "mri"),
             percentiles=(float(percentiles[0]), float(percentiles[1])), key_every=key_every,
-            warm_steps=warm_steps, spread=bool(spread))
+            warm_steps=warm_steps, coherence=coherence, spread=bool(spread))
+
+
+def _check_coherence(value: Any) -> float | str:
+    """``"auto"`` (also for None) or a width in mm ``>= 0``."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= 0):
+        return float(value)
+    raise MedreconInputError(
+        f"coherence={value!r}; expected 'auto' or a width in mm >= 0 (0 turns it off).")
 
 
 class ReadVolume(Transform):
@@ -235,7 +254,8 @@ class SolveSlices(Transform):
                                        simulate=s.simulate, noise_sigma=s.noise_sigma,
                                        scale=s.scale, sr_kernel=s.sr_kernel,
                                        missing=d["missing"], key_every=s.key_every,
-                                       warm_steps=s.warm_steps, spread=s.spread, **kw)
+                                       warm_steps=s.warm_steps, spread=s.spread,
+                                       coherence=self._coherence(d), **kw)
             if s.task == "sr" and not s.simulate:
                 r_ax, c_ax = d["orient"].inplane_axes()
                 zoom[r_ax] = zoom[c_ax] = float(s.scale)
@@ -249,6 +269,15 @@ class SolveSlices(Transform):
         d["img_g"], d["std_g"], d["solver_info"], d["out_hw"], d["extra"] = out
         d["zoom"], d["progress"] = zoom, progress
         return d
+
+    def _coherence(self, d: dict) -> float:
+        """The across-slice width of :func:`medrecon.volume.cohere_slices` in slices."""
+        s = self.s
+        out_sp = d["sp_hw"]
+        if s.task == "sr" and not s.simulate:
+            out_sp = (out_sp[0] / s.scale, out_sp[1] / s.scale)
+        return coherence_sigma(s.coherence, out_spacing_hw=out_sp,
+                               slice_spacing=float(d["spacing"][d["orient"].axis]))
 
 
 class RestoreIntensities(Transform):
@@ -305,7 +334,7 @@ class Summarise(Transform):
             "noise_sigma": s.noise_sigma,
         }
         info.update(d["extra"])
-        info.update({k: sinfo[k] for k in ("key_every", "warm_steps", "std_kind",
+        info.update({k: sinfo[k] for k in ("key_every", "warm_steps", "coherence_sigma", "std_kind",
                                           "std_calibration", "std_note") if k in sinfo})
         if d["fallback"] is not None:
             info["fallback"] = d["fallback"][1]

@@ -10,6 +10,12 @@ stage 2 begins at that neighbour's adapted latents and weights (every member its
 data; the neighbour only supplies the starting point, which also ties neighbouring results
 together (a reformat across slices is smoother).
 
+After the slices are solved, :func:`cohere_slices` smooths, across slices, the part of each
+slice the measurements do not determine (its null-space part): in-plane detail finer than the
+acquisition resolves is the prior's guess, made anew on every slice, and its errors vary from
+slice to slice more than the anatomy does. The measured part of every slice is left exactly as
+it was.
+
 Guarantees: a slice's result depends on its segment (the slices between it and its key slice)
 and the seed, never on ``batch_size``, which only groups the independent problems of one
 round into solver calls. ``key_every <= 1`` solves every slice cold, exactly as before.
@@ -21,8 +27,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 __all__ = ["DEFAULT_KEY_EVERY", "WARM_FRACTION", "warm_start_rounds", "solve_in_rounds",
-           "supports_warm_start", "warm_steps_for"]
+           "supports_warm_start", "warm_steps_for", "coherence_sigma", "cohere_slices"]
 
 #: Segment length of a volume's warm starts (``key_every``) when the caller gives none: a key
 #: slice and its two neighbours. On 8 Colin27 coronal slices (SR x4, 45 -> 180 px) slices one
@@ -122,3 +130,74 @@ def solve_in_rounds(
         for _, p in rnd:  # the parents of this round are no longer needed
             if p is not None:
                 states.pop(p, None)
+
+
+def coherence_sigma(coherence: float | str | None, *, out_spacing_hw: Sequence[float],
+                    slice_spacing: float) -> float:
+    """The across-slice Gaussian width of :func:`cohere_slices`, in slices.
+
+    Args:
+        coherence: ``"auto"`` (or None): a width of one output in-plane pixel (the smaller of
+            the two), i.e. the unmeasured detail is made about as coherent across slices as
+            within them; a number: the width in mm; ``0``: off.
+        out_spacing_hw: the output grid's in-plane pixel size in mm.
+        slice_spacing: the distance between slices in mm.
+    """
+    if coherence is None or coherence == "auto":
+        mm = float(min(out_spacing_hw))
+    else:
+        mm = float(coherence)
+    if mm <= 0 or not (slice_spacing > 0 and math.isfinite(slice_spacing)):
+        return 0.0
+    return mm / float(slice_spacing)
+
+
+def _gaussian_along_slices(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x`` ``[N, ...]`` smoothed along ``N`` by a Gaussian of ``sigma`` slices (truncated at
+    4 sigma, weights renormalised at the ends of the stack: nothing is made up past them)."""
+    radius = max(1, int(math.ceil(4.0 * sigma)))
+    offs = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (offs / sigma) ** 2)
+    n = x.shape[0]
+    out = torch.zeros_like(x, dtype=torch.float64)
+    norm = torch.zeros(n, dtype=torch.float64)
+    for k, t in zip(range(-radius, radius + 1), taps.tolist()):
+        lo, hi = max(0, -k), min(n, n - k)  # out[i] += t * x[i + k] for valid i
+        if lo >= hi:
+            continue
+        out[lo:hi] += t * x[lo + k:hi + k].double()
+        norm[lo:hi] += t
+    return (out / norm.view(n, *([1] * (x.ndim - 1)))).to(x.dtype)
+
+
+def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int]]], *,
+                  sigma: float) -> torch.Tensor:
+    """Smooth the unmeasured part of a stack of slices across slices.
+
+    With ``S`` a Gaussian of ``sigma`` slices along the stack and ``A_i`` slice ``i``'s
+    operator, slice ``i`` becomes ``x_i + (I - A_i^+ A_i)(S x - x)_i``: its measured part
+    (``A_i x_i``) is unchanged to the accuracy of ``A_i^+`` and only its null-space part is
+    replaced by its neighbours' weighted mean. For a stack of independent-looking guesses of
+    the unmeasured detail this is an average over neighbouring slices, like an ensemble's mean.
+
+    Args:
+        images: ``[N, C, H, W]`` slices in their order along the slice axis.
+        groups: ``(operator, slice indices)`` pairs covering every slice once (the operators
+            of :class:`medrecon.native.NativeProblem`).
+        sigma: width in slices (:func:`coherence_sigma`); ``<= 0`` or a single slice returns
+            ``images`` unchanged.
+
+    Returns:
+        The smoothed slices (a new tensor; ``images`` is not modified).
+    """
+    if sigma <= 0 or images.shape[0] < 2:
+        return images
+    delta = _gaussian_along_slices(images, sigma) - images  # S x - x
+    out = images.clone()
+    with torch.no_grad():
+        for op, idx in groups:
+            idx = list(idx)
+            d = delta[idx]
+            d_meas = op.A_dagger(op.A(d.to(torch.float32)))  # its measured (row-space) part
+            out[idx] = images[idx] + (d - d_meas.to(d.dtype))
+    return out

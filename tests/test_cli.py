@@ -453,5 +453,16 @@ def test_volume_warm_start_options(tmp_path, prior_dir, monkeypatch):
           "--ensemble", "1", "--key-every", "2", "--warm-steps", "1", "-o", tmp_path / "o.nii.gz",
           "-q"])
     assert sorted(calls) == [(2, 1, True), (2, 3, False)]  # 2 keys cold, 2 slices warm
-    for bad in (["--key-every", "0"], ["--warm-steps", "0"]):
-        _run(["sr", src, "--prior", prior_dir, *bad, "-o", tmp_path / "x.nii.gz"], code=2)
+    for bad in (["--key-every", "0"], ["--warm-steps", "0"], ["--coherence", "-1"],
+                ["--coherence", "wide"]):
+        out = _run(["sr", src, "--prior", prior_dir, *bad, "-o", tmp_path / "x.nii.gz"], code=2)
+        assert "Traceback" not in out and bad[0] in out
+    assert not (tmp_path / "x.nii.gz").exists()
+    _run(["sr", src, "--prior", prior_dir, "--scale", "2", "--method", "iagan", "--steps", "2",
+          "--ensemble", "1", "--key-every", "1", "--coherence", "0", "-o", tmp_path / "c0.nii.gz",
+          "-q"])
+    _run(["sr", src, "--prior", prior_dir, "--scale", "2", "--method", "iagan", "--steps", "2",
+          "--ensemble", "1", "--key-every", "1", "--coherence", "3", "-o", tmp_path / "c3.nii.gz",
+          "-q"])
+    a, b = (nib.load(str(tmp_path / f)).get_fdata() for f in ("c0.nii.gz", "c3.nii.gz"))
+    assert not np.allclose(a, b, atol=1e-4)  # --coherence reached the pipeline
