@@ -1,26 +1,33 @@
-"""Whole-volume benchmark: a real brain volume, super-resolved slice by slice vs with warm starts.
+"""Whole-volume benchmark: a real brain volume super-resolved with the default and the
+earlier ways of solving a volume.
 
-The volume: the Colin27 T1 (1 mm, Debian's ``mricron-data``; fetched by
-``scripts/real_scans.py --fetch-only`` into ``--data``), ``--slices`` coronal slices from
-the middle of the brain, each box-averaged x4 in-plane at native size (45 x 45 -> 180 x 180,
+The volume: the Colin27 T1 (``--volume colin27``, the benchmark) or the MNI152 T1 template
+(``--volume mni152``, the volume the defaults were chosen on), 1 mm, fetched by
+``scripts/real_scans.py --fetch-only`` into ``--data``; ``--slices`` coronal slices from the
+middle of the brain, each box-averaged x4 in-plane at native size (45 x 45 -> 180 x 180,
 :func:`medrecon.realscan.simulate_lowres`), reconstructed with the brain prior by each mode:
 
-* ``default``: what ``medrecon sr`` runs (warm starts along the slice axis,
-  :mod:`medrecon.volume`);
-* ``slice-by-slice``: the previous default, every slice solved from scratch (``key_every=1``);
+* ``default``: what ``medrecon sr`` runs on a volume (:mod:`medrecon.volume`: one IAGAN run
+  per slice, the unmeasured detail made coherent across slices);
+* ``slice-by-slice``: every slice on its own, as a lone image is solved (the 4-member IAGAN
+  ensemble, ``key_every=1``, ``coherence=0``): the default for volumes until warm starts;
+* ``warm-starts``: the volume default before this one (``key_every=3``: key slices with the
+  4-member ensemble, the others warm-started from their neighbour; ``coherence=0``);
 * ``scipy-cubic`` and ``lanczos-bp``: the interpolation baselines.
 
 Each mode runs in its own process (so the peak memory is its own) and reports the wall time
 per volume and per slice, the peak resident memory, PSNR / SSIM on the acquired (coronal)
 plane and on the two reformats (axial, sagittal), and the inter-slice consistency
 (:func:`medrecon.realscan.interslice_error`: RMS of the slice-to-slice change minus the
-truth's, lower is better). Writes ``<out>/volume_<machine>.json`` and ``.md``.
+truth's, lower is better). Writes ``<out>/volume_<machine>_<N>slices[_<volume>].json`` and
+``.md``; rows of modes not run this time are kept from an earlier report of the same name
+(each row records its own command, threads and date), so a long mode can run on its own.
 
 Usage::
 
     python bench/bench_volume.py --data ~/.cache/medrecon/real_scans --slices 150 \
         --machine shared-2core-amd-epyc
-    python bench/bench_volume.py --slices 16 --modes default,slice-by-slice --key-every 8
+    python bench/bench_volume.py --slices 24 --volume mni152 --modes default,slice-by-slice
 """
 
 from __future__ import annotations
@@ -37,19 +44,31 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODES = ("default", "slice-by-slice", "scipy-cubic", "lanczos-bp")
-#: Colin27 coronal slices (array axis 1 of 217) centred on the brain.
-CENTRE = 108
+MODES = ("default", "slice-by-slice", "warm-starts", "scipy-cubic", "lanczos-bp")
+#: Options of the modes that run :func:`medrecon.pipeline.reconstruct` (on top of the task's).
+MODE_OPTIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "slice-by-slice": {"key_every": 1, "ensemble": 4, "coherence": 0},
+    "warm-starts": {"key_every": 3, "ensemble": 4, "coherence": 0},
+    "lanczos-bp": {"method": "lanczos", "bp": True},
+}
+#: file, 180 x 180 in-plane crop (array axes 0 and 2) and the centre of the coronal slices
+#: (array axis 1), per volume.
+VOLUMES = {
+    "colin27": ("colin27_ch2.nii.gz", (0, 0), 108, "Colin27 T1"),
+    "mni152": ("mni152_t1.nii.gz", (8, 4), 116, "MNI152 T1 template"),
+}
 
 
-def _case(data: Path, slices: int) -> Any:
+def _case(data: Path, slices: int, volume: str = "colin27") -> Any:
     from medrecon.realscan import ScanCase
 
-    lo = max(0, CENTRE - slices // 2)
-    return ScanCase(name=f"colin27_coronal_{slices}", path=str(data / "colin27_ch2.nii.gz"),
+    file, (r0, c0), centre, title = VOLUMES[volume]
+    lo = max(0, centre - slices // 2)
+    return ScanCase(name=f"{volume}_coronal_{slices}", path=str(data / file),
                     prior="brain_mri", scale=4, kernel="box",
-                    crop=[[0, 180], [lo, lo + slices], [0, 180]], slice_axis=1,
-                    description=f"Colin27 T1, {slices} coronal slices, 4 mm box average "
+                    crop=[[r0, r0 + 180], [lo, lo + slices], [c0, c0 + 180]], slice_axis=1,
+                    description=f"{title}, {slices} coronal slices, 4 mm box average "
                                 "in-plane: 45 x 45 -> 180 x 180")
 
 
@@ -62,7 +81,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from medrecon.realscan import _score, _scipy_cubic, prepare_case
 
     torch.set_num_threads(args.threads)
-    case = _case(args.data, args.slices)
+    case = _case(args.data, args.slices, args.volume)
     hr, lr, axis = prepare_case(case)
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
@@ -74,21 +93,17 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         # rule (fewest voxels, thickest spacing) cannot tell the coronal slices apart
         kw: dict[str, Any] = {"task": "sr", "prior": case.prior, "scale": case.scale,
                               "sr_kernel": case.kernel, "device": args.device, "seed": 0,
-                              "plane": "coronal"}
-        if mode == "lanczos-bp":
-            kw.update(method="lanczos", bp=True)
-        elif mode == "slice-by-slice":
-            kw["key_every"] = 1
-        elif args.key_every is not None:
-            kw["key_every"] = args.key_every
-        if args.warm_steps is not None and mode == "default":
-            kw["warm_steps"] = args.warm_steps
+                              "plane": "coronal", **MODE_OPTIONS[mode]}
+        if mode == "default":
+            for opt in ("key_every", "warm_steps", "ensemble", "coherence"):
+                if getattr(args, opt) is not None:
+                    kw[opt] = getattr(args, opt)
         if args.batch_size is not None:
             kw["batch_size"] = args.batch_size
         res = reconstruct(lr, **kw)
         out = np.asarray(res.image.array, np.float32)
         info = {k: res.info.get(k) for k in ("method", "key_every", "warm_steps", "ensemble",
-                                             "plane", "effective_factor")}
+                                             "coherence_sigma", "plane", "effective_factor")}
     seconds = time.perf_counter() - t0
     scores = _score(out, np.asarray(hr.array, np.float32), axis)
     peak = None
@@ -99,7 +114,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     except OSError:
         pass
     return {"mode": mode, "seconds": seconds, "seconds_per_slice": seconds / args.slices,
-            "peak_rss_bytes": peak, **scores, "info": info}
+            "peak_rss_bytes": peak, **scores, "info": info, "threads": args.threads,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]).replace(
+                f"--one {mode}", f"--modes {mode}")}
 
 
 def _machine(threads: int) -> dict[str, Any]:
@@ -121,23 +139,37 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Volume benchmark: {report['case']}", "",
              f"Machine: {m['cpu']}, {m['torch_threads']} torch thread(s), torch {m['torch']}. "
              f"Command: `{report['command']}`.", "",
-             "| mode | ran as | s / volume | s / slice | peak RSS (GiB) | PSNR coronal | "
+             "| mode | ran as | threads | s / volume | s / slice | peak RSS (GiB) | PSNR coronal | "
              "SSIM coronal | PSNR reformats | SSIM reformats | inter-slice error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         i = r.get("info") or {}
         ran = i.get("method") or r["mode"]
+        opts = [f"ensemble {i['ensemble']}"] if i.get("ensemble") else []
         if i.get("key_every"):
-            ran += f" (key_every {i['key_every']}, warm_steps {i.get('warm_steps')})"
+            opts.append(f"key_every {i['key_every']}, warm_steps {i.get('warm_steps')}")
+        if i.get("coherence_sigma"):
+            opts.append(f"coherence {i['coherence_sigma']:g} slice")
+        if opts:
+            ran += f" ({'; '.join(opts)})"
         mem = "" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / 2**30:.2f}"
-        lines.append(f"| {r['mode']} | {ran} | {r['seconds']:.0f} | {r['seconds_per_slice']:.2f} "
+        lines.append(f"| {r['mode']} | {ran} | {r.get('threads', m['torch_threads'])} | "
+                     f"{r['seconds']:.0f} | {r['seconds_per_slice']:.2f} "
                      f"| {mem} | {_f(r['psnr'], 2)} | {_f(r['ssim'], 4)} | "
                      f"{_f(r['psnr_reformat'], 2)} | {_f(r['ssim_reformat'], 4)} | "
                      f"{_f(r['interslice'], 5)} |")
     by = {r["mode"]: r for r in rows}
-    if "default" in by and "slice-by-slice" in by:
-        ratio = by["default"]["seconds"] / by["slice-by-slice"]["seconds"]
-        lines += ["", f"Per-slice cost of the default relative to slice-by-slice: {ratio:.3f}."]
+    d, sbs = by.get("default"), by.get("slice-by-slice")
+    if d and sbs:
+        same = d.get("threads") == sbs.get("threads")
+        lines += ["", f"Default against slice-by-slice: {d['psnr'] - sbs['psnr']:+.2f} dB / "
+                  f"{d['ssim'] - sbs['ssim']:+.4f} SSIM on the coronal plane, "
+                  f"{d['psnr_reformat'] - sbs['psnr_reformat']:+.2f} dB / "
+                  f"{d['ssim_reformat'] - sbs['ssim_reformat']:+.4f} on the reformats; "
+                  + (f"per-slice cost ratio {d['seconds'] / sbs['seconds']:.3f}."
+                     if same else "run with different thread counts: no cost ratio.")]
+    lines += ["", "Rows: " + "; ".join(f"{r['mode']}: `{r.get('command', report['command'])}` "
+                                       f"({r.get('date', 'n/a')})" for r in rows) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -148,15 +180,21 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--volume", choices=sorted(VOLUMES), default="colin27")
     ap.add_argument("--key-every", type=int, default=None)
     ap.add_argument("--warm-steps", type=int, default=None)
+    ap.add_argument("--ensemble", type=int, default=None)
+    ap.add_argument("--coherence", default=None, help="default mode: 'auto' or mm")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--machine", default=os.uname().nodename)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     args = ap.parse_args()
-    if not (args.data / "colin27_ch2.nii.gz").is_file():
-        print(f"error: {args.data / 'colin27_ch2.nii.gz'} not found; fetch it with "
+    if args.coherence not in (None, "auto"):
+        args.coherence = float(args.coherence)
+    vol_file = args.data / VOLUMES[args.volume][0]
+    if not vol_file.is_file():
+        print(f"error: {vol_file} not found; fetch it with "
               f"`python scripts/real_scans.py --data {args.data} --fetch-only`.", file=sys.stderr)
         return 2
     if args.one:
@@ -169,8 +207,8 @@ def main() -> int:
         return 2
     rows = []
     base = [sys.executable, __file__, "--data", str(args.data), "--slices", str(args.slices),
-            "--threads", str(args.threads), "--device", args.device]
-    for opt in ("key_every", "warm_steps", "batch_size"):
+            "--threads", str(args.threads), "--device", args.device, "--volume", args.volume]
+    for opt in ("key_every", "warm_steps", "ensemble", "coherence", "batch_size"):
         if getattr(args, opt) is not None:
             base += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -182,10 +220,17 @@ def main() -> int:
             return out.returncode
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {rows[-1]['seconds']:.0f} s, PSNR {rows[-1]['psnr']:.2f}", file=sys.stderr)
-    report = {"case": _case(args.data, args.slices).description, "machine": _machine(args.threads),
-              "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"volume_{args.machine}_{args.slices}slices"
+    suffix = "" if args.volume == "colin27" else f"_{args.volume}"
+    stem = args.out / f"volume_{args.machine}_{args.slices}slices{suffix}"
+    if stem.with_suffix(".json").is_file():  # keep the rows of the modes not run this time
+        old = json.loads(stem.with_suffix(".json").read_text()).get("rows", [])
+        ran = {r["mode"] for r in rows}
+        rows = [r for r in old if r["mode"] not in ran] + rows
+        rows.sort(key=lambda r: MODES.index(r["mode"]) if r["mode"] in MODES else len(MODES))
+    report = {"case": _case(args.data, args.slices, args.volume).description,
+              "machine": _machine(args.threads),
+              "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]), "rows": rows}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))

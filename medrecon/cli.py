@@ -279,7 +279,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         click.option("--ensemble", type=click.IntRange(min=1), default=None,
                      help="IAGAN: independent runs per slice whose images are averaged (an "
                      "estimate of the posterior mean; costs that many runs; 1 = one run, "
-                     "fastest). [default: per task, see docs/solvers.md]"),
+                     "fastest). [default: per task, see docs/solvers.md; an sr volume of "
+                     "thin slices: 1 per slice, made coherent, see --coherence]"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Where to compute (auto = CUDA when available)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -317,9 +318,9 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
             click.option("--key-every", type=click.IntRange(min=1), default=None,
                          help="Volumes, IAGAN: cut the slices into segments of this many along "
                          "the slice axis; each segment's middle slice is solved in full, the "
-                         "others start from their solved neighbour (fewer steps, smoother "
-                         "across slices). 1 = every slice from scratch. [default: "
-                         "medrecon.volume.DEFAULT_KEY_EVERY]"),
+                         "others start from their solved neighbour (fewer steps; 3 is the "
+                         "useful length). 1 = every slice from scratch. [default: "
+                         "medrecon.volume.DEFAULT_KEY_EVERY = 1]"),
             click.option("--warm-steps", type=click.IntRange(min=1), default=None,
                          help="Steps of a slice started from its neighbour. [default: a "
                          "fraction of the method's steps, medrecon.volume.warm_steps_for]"),
@@ -327,7 +328,7 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                          help="Volumes, generative methods: width in mm of a Gaussian across "
                          "slices that smooths the detail the measurements do not determine "
                          "(the measured part of each slice is kept). auto = one output "
-                         "in-plane pixel; 0 = off."),
+                         "in-plane pixel for sr, off for the other tasks; 0 = off."),
         ]
     if task == "inpaint":
         opts.append(click.option("--mask", type=InputPath(dir_okay=False),

@@ -783,7 +783,10 @@ def reconstruct(
         samples: Posterior samples per slice (variational BRGM); > 0 adds a std map. Default 0.
         ensemble: IAGAN only: independent runs per slice whose images are averaged (see
             :func:`medrecon.solvers.iagan`); ``1`` is one run (fastest). Default ``None``: the
-            solver's per-task default (``medrecon.solvers.DEFAULTS``).
+            solver's per-task default (``medrecon.solvers.DEFAULTS``), except for an SR volume
+            of at least 3 slices at most two output pixels apart with no ``spread`` asked for:
+            :data:`medrecon.volume.VOLUME_ENSEMBLE` (1) run per slice, its neighbours made
+            coherent by ``coherence`` standing in for the ensemble (:mod:`medrecon.volume`).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. Default ``"auto"``.
         batch_size: Slices solved together. Default ``None``: :data:`DEFAULT_BATCH` of the
             device (16 on CUDA, 4 on the CPU, where bigger batches of IAGAN's per-slice networks
@@ -800,15 +803,16 @@ def reconstruct(
             slices are cut into segments of ``key_every`` along the slice axis; each
             segment's middle slice is solved in full and the others are warm-started from
             their solved neighbour (:mod:`medrecon.volume`). ``1`` solves every slice from
-            scratch. Default ``None``: :data:`medrecon.volume.DEFAULT_KEY_EVERY`.
+            scratch. Default ``None``: :data:`medrecon.volume.DEFAULT_KEY_EVERY` (1: warm
+            starts are opt-in; ``3`` is the measured useful segment length).
         warm_steps: Steps of a warm-started slice. Default ``None``:
             :func:`medrecon.volume.warm_steps_for` (a quarter of the cold steps).
         coherence: Volumes (``sr``, ``inpaint``, ``deblur``, ``denoise``, generative
             methods): the width in mm of a Gaussian across slices that smooths the part of each
             slice its measurements do not determine, leaving the measured part as it is
             (:func:`medrecon.volume.cohere_slices`). ``0`` turns it off. Default ``None``
-            (``"auto"``): one output in-plane pixel, so thick slices (spacing of several
-            output pixels) are left nearly alone.
+            (``"auto"``): for ``sr`` one output in-plane pixel, so thick slices (spacing of
+            several output pixels) are left nearly alone; off for the other tasks.
         spread: IAGAN ensembles (``sr``, ``inpaint``, ``deblur``, ``denoise``): return the
             members' per-pixel spread after back-projection as ``std`` (zero where a pixel is
             measured exactly), calibrated when the prior ships a calibration for the regime

@@ -7,7 +7,8 @@ one thing, in this order::
 
     ReadVolume           "image" (MedicalImage)   -> "volume" (X, Y, Z), "affine", "spacing"
     CutSlices            "volume"                 -> "orient", "slices" [N, h, w], "sp_hw"
-    ChooseMethod         "slices"                 -> "method", "bp", "ensemble", "fallback"
+    ChooseMethod         "slices"                 -> "method", "bp", "ensemble", "coherence",
+                                                     "fallback"
     SliceMask            "mask"                   -> "missing" [N, h, w] (inpainting)
     WindowIntensities    "volume", "slices"       -> "window", "x" [N, C, h, w] in [-1, 1]
     SolveSlices          "x" (+ "missing")        -> "img_g", "std_g", "solver_info", "zoom"
@@ -36,7 +37,7 @@ from monai.transforms import Compose, Transform
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.transforms import PLANES, IntensityWindow
-from medrecon.volume import DEFAULT_KEY_EVERY, coherence_sigma
+from medrecon.volume import COHERENT_SIGMA, DEFAULT_KEY_EVERY, VOLUME_ENSEMBLE, coherence_sigma
 
 __all__ = [
     "ReconstructionSettings",
@@ -176,11 +177,34 @@ class CutSlices(Transform):
         return d
 
 
+#: Tasks whose volumes :func:`medrecon.volume.cohere_slices` can smooth (``coherence`` in mm);
+#: ``"auto"`` turns it on for SR only (:func:`_coherence_width`).
+COHERENT_TASKS = ("sr", "inpaint", "deblur", "denoise")
+
+
+def _coherence_width(s: ReconstructionSettings, d: dict) -> float:
+    """The across-slice width of :func:`medrecon.volume.cohere_slices` in slices. ``"auto"``
+    applies to SR, where it was measured (docs/results/tuning/brain_mri_sr4_volume_default);
+    a width in mm applies to any task of :data:`COHERENT_TASKS` (denoising has no unmeasured
+    part to smooth)."""
+    if s.task not in COHERENT_TASKS or (s.coherence == "auto" and s.task != "sr"):
+        return 0.0
+    out_sp = d["sp_hw"]
+    if s.task == "sr" and not s.simulate:
+        out_sp = (out_sp[0] / s.scale, out_sp[1] / s.scale)
+    return coherence_sigma(s.coherence, out_spacing_hw=out_sp,
+                           slice_spacing=float(d["spacing"][d["orient"].axis]))
+
+
 class ChooseMethod(Transform):
     """The method and back-projection for these slices: the settings' method, except that a
     generative SR default the prior cannot support here becomes Lanczos + back-projection
     (:func:`medrecon.pipeline.sr_fallback`, said in a :class:`MedreconWarning`); ``denoise``
-    does not back-project by default (it would return the noisy input)."""
+    does not back-project by default (it would return the noisy input). Also the across-slice
+    width of the coherence step (``"coherence"``, in slices) and the ensemble: an SR volume of
+    at least 3 slices close enough to be made coherent (:data:`medrecon.volume.COHERENT_SIGMA`)
+    with no ``ensemble`` or spread asked for gets :data:`medrecon.volume.VOLUME_ENSEMBLE`
+    run(s) per slice."""
 
     def __init__(self, settings: ReconstructionSettings) -> None:
         self.s, self.prior = settings, settings.prior
@@ -196,6 +220,11 @@ class ChooseMethod(Transform):
                 warnings.warn(fallback[1], MedreconWarning, stacklevel=2)
                 method, bp = fallback[0], (True if bp is None else bp)
         d["ensemble"] = P._check_ensemble(s.ensemble, method)
+        d["coherence"] = _coherence_width(s, d)
+        if (s.task == "sr" and d["ensemble"] is None and not s.spread and d["slices"].shape[0] >= 3
+                and d["coherence"] >= COHERENT_SIGMA and P._accepts(method, "ensemble")
+                and not s.samples):
+            d["ensemble"] = VOLUME_ENSEMBLE  # the neighbouring slices serve as the ensemble
         if s.task == "denoise" and bp is None:
             bp = False
         d["method"], d["bp"], d["fallback"] = method, bp, fallback
@@ -255,7 +284,7 @@ class SolveSlices(Transform):
                                        scale=s.scale, sr_kernel=s.sr_kernel,
                                        missing=d["missing"], key_every=s.key_every,
                                        warm_steps=s.warm_steps, spread=s.spread,
-                                       coherence=self._coherence(d), **kw)
+                                       coherence=d["coherence"], **kw)
             if s.task == "sr" and not s.simulate:
                 r_ax, c_ax = d["orient"].inplane_axes()
                 zoom[r_ax] = zoom[c_ax] = float(s.scale)
@@ -270,14 +299,6 @@ class SolveSlices(Transform):
         d["zoom"], d["progress"] = zoom, progress
         return d
 
-    def _coherence(self, d: dict) -> float:
-        """The across-slice width of :func:`medrecon.volume.cohere_slices` in slices."""
-        s = self.s
-        out_sp = d["sp_hw"]
-        if s.task == "sr" and not s.simulate:
-            out_sp = (out_sp[0] / s.scale, out_sp[1] / s.scale)
-        return coherence_sigma(s.coherence, out_spacing_hw=out_sp,
-                               slice_spacing=float(d["spacing"][d["orient"].axis]))
 
 
 class RestoreIntensities(Transform):

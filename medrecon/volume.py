@@ -1,24 +1,25 @@
-"""Whole volumes: warm starts along the slice axis.
+"""Whole volumes: neighbouring slices serve as the ensemble; warm starts along the slice axis.
 
-Neighbouring slices of a scan are nearly the same image, so a volume need not be 150 cold
-solves. With ``key_every = L`` the slices (in their order along the slice axis) are cut into
-segments of ``L``; the middle slice of each segment, its *key slice*, is solved in full (IAGAN:
-stage-1 search and stage-2 adaptation of every ensemble member); then, round by round, each
-slice one step further from its key is warm-started from the slice next to it towards the key:
-stage 2 begins at that neighbour's adapted latents and weights (every member its own) and runs
-``warm_steps`` steps on the slice's own measurements. Every slice is still fitted to its own
-data; the neighbour only supplies the starting point, which also ties neighbouring results
-together (a reformat across slices is smoother).
+Neighbouring slices of a scan are nearly the same image, so a volume need not be 150 solves
+of a lone image. By default (:data:`VOLUME_ENSEMBLE`, :data:`DEFAULT_KEY_EVERY`) every slice
+gets one IAGAN run instead of the 4-member ensemble of a lone image, and
+:func:`cohere_slices` then replaces each slice's unmeasured part (in-plane detail finer than
+the acquisition resolves: the prior's guess, made anew on every slice) by a Gaussian mean over
+its neighbours, keeping its measured part exactly. The neighbours' guesses stand in for the
+ensemble's members at a quarter of the cost. This holds while the slices are close
+(:data:`COHERENT_SIGMA`); thicker slices keep the ensemble.
 
-After the slices are solved, :func:`cohere_slices` smooths, across slices, the part of each
-slice the measurements do not determine (its null-space part): in-plane detail finer than the
-acquisition resolves is the prior's guess, made anew on every slice, and its errors vary from
-slice to slice more than the anatomy does. The measured part of every slice is left exactly as
-it was.
+Warm starts (opt-in): with ``key_every = L`` the slices (in their order along the slice axis)
+are cut into segments of ``L``; the middle slice of each segment, its *key slice*, is solved in
+full (IAGAN: stage-1 search and stage-2 adaptation of every ensemble member); then, round by
+round, each slice one step further from its key is warm-started from the slice next to it
+towards the key: stage 2 begins at that neighbour's adapted latents and weights (every member
+its own) and runs ``warm_steps`` steps on the slice's own measurements.
 
-Guarantees: a slice's result depends on its segment (the slices between it and its key slice)
-and the seed, never on ``batch_size``, which only groups the independent problems of one
-round into solver calls. ``key_every <= 1`` solves every slice cold, exactly as before.
+Guarantees: a slice's result depends on the seed, on its segment (the slices between it and
+its key slice) with warm starts, and through :func:`cohere_slices` on its neighbours within
+about four widths; never on ``batch_size``, which only groups the independent problems of one
+round into solver calls. ``key_every <= 1`` solves every slice cold.
 """
 
 from __future__ import annotations
@@ -29,18 +30,27 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_KEY_EVERY", "WARM_FRACTION", "warm_start_rounds", "solve_in_rounds",
-           "supports_warm_start", "warm_steps_for", "coherence_sigma", "cohere_slices"]
+__all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "COHERENT_SIGMA", "WARM_FRACTION",
+           "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
+           "coherence_sigma", "cohere_slices"]
 
-#: Segment length of a volume's warm starts (``key_every``) when the caller gives none: a key
-#: slice and its two neighbours. On 8 Colin27 coronal slices (SR x4, 45 -> 180 px) slices one
-#: step from their key matched cold solves (27.59 dB / 0.834 against 27.57 / 0.837) and slices
-#: further away lost 0.3-1.3 dB even with 100-200 warm steps (docs/results/tuning/
-#: brain_mri_sr4_volume_warm, scripts/tune_warm_start.py). Starting the slices two steps away
-#: straight from the key rather than from their neighbour halves that loss but does not remove
-#: it (5-slice segments, 50 warm steps: 27.30 dB against 27.09 chained, 27.57 cold), so the
-#: default keeps segments of 3, where the two orders coincide.
-DEFAULT_KEY_EVERY = 3
+#: Segment length of a volume's warm starts (``key_every``) when the caller gives none: 1, every
+#: slice solved from scratch. Warm starts are opt-in: with the 4-member ensemble on its key
+#: slices, ``key_every=3`` costs about 480 generator steps per slice against 260 for one cold
+#: run per slice made coherent (:data:`VOLUME_ENSEMBLE`), and scored the same or lower on 24
+#: coronal slices of two brain volumes (docs/results/tuning/brain_mri_sr4_volume_default).
+#: Segments of 3 remain the useful length: on 8 Colin27 slices, slices one step from their key
+#: matched cold solves and slices further away lost 0.3-1.3 dB even with 100-200 warm steps
+#: (docs/results/tuning/brain_mri_sr4_volume_warm, scripts/tune_warm_start.py).
+DEFAULT_KEY_EVERY = 1
+#: IAGAN runs per slice of a volume when the caller gives no ``ensemble`` (and asks for no
+#: spread) and its slices are close enough to be made coherent (:data:`COHERENT_SIGMA`): the
+#: neighbouring slices, averaged by :func:`cohere_slices`, stand in for the ensemble's members.
+VOLUME_ENSEMBLE = 1
+#: The smallest across-slice width (in slices, :func:`coherence_sigma`) at which a volume gets
+#: :data:`VOLUME_ENSEMBLE`: slices at most two output pixels apart. Thicker slices keep the
+#: solver's ensemble (their neighbours are too far apart to average).
+COHERENT_SIGMA = 0.5
 #: Steps of a warm-started slice as a fraction of the method's cold steps (``warm_steps``
 #: when the caller gives none), at least :data:`MIN_WARM_STEPS`.
 WARM_FRACTION = 0.25

@@ -11,8 +11,8 @@ from medrecon.errors import MedreconInputError
 from medrecon.physics import build_operator
 from medrecon.pipeline import reconstruct
 from medrecon.solvers.iagan import AdaptedState, iagan
-from medrecon.volume import (cohere_slices, coherence_sigma, solve_in_rounds, warm_start_rounds,
-                            warm_steps_for)
+from medrecon.volume import (VOLUME_ENSEMBLE, cohere_slices, coherence_sigma, solve_in_rounds,
+                            warm_start_rounds, warm_steps_for)
 from tests._tiny import tiny_prior
 
 
@@ -276,3 +276,28 @@ def test_coherence_option_is_checked(prior, bad):
     vol, aff = _volume(3)
     with pytest.raises(MedreconInputError, match="coherence"):
         reconstruct(vol, affine=aff, task="sr", prior=prior, method="iagan", coherence=bad)
+
+
+def test_sr_volumes_of_thin_slices_get_one_run_per_slice(prior, monkeypatch):
+    """The neighbours stand in for the ensemble where they are close enough to be averaged;
+    a lone image, thick slices, a spread request or an explicit ensemble keep the ensemble."""
+    vol, _ = _volume(5)
+    thin, thick = np.diag([1.0, 1.0, 0.5, 1.0]), np.diag([1.0, 1.0, 3.0, 1.0])
+    kw = dict(task="sr", prior=prior, scale=2, method="iagan", steps=2)
+    calls = []
+    real = solvers.solve
+    monkeypatch.setattr(solvers, "solve", lambda y, op, p, **k: calls.append(
+        (k.get("ensemble"), "init" in k)) or real(y, op, p, **k))
+    a = reconstruct(vol, affine=thin, **kw)
+    assert a.info["ensemble"] == VOLUME_ENSEMBLE == 1
+    assert a.info["coherence_sigma"] == pytest.approx(1.0)  # 0.5 mm pixels, 0.5 mm slices
+    assert calls and all(not warm for _, warm in calls)  # warm starts are opt-in
+    default = solvers.method_options("iagan", "sr").get("ensemble")
+    assert default and default > 1
+    for other in (dict(affine=thick), dict(affine=thin, spread=True)):
+        assert reconstruct(vol, **other, **kw).info["ensemble"] == default
+    assert reconstruct(vol[..., :1], affine=thin, **kw).info["ensemble"] == default
+    assert reconstruct(vol, affine=thin, ensemble=2, **kw).info["ensemble"] == 2
+    inp = dict(affine=thin, task="inpaint", prior=prior, method="iagan", steps=2, simulate=True)
+    lone = reconstruct(vol[..., :1], **inp).info["ensemble"]
+    assert lone > 1 and reconstruct(vol, **inp).info["ensemble"] == lone  # measured on SR only
