@@ -106,6 +106,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                                              "coherence_sigma", "plane", "effective_factor")}
     seconds = time.perf_counter() - t0
     scores = _score(out, np.asarray(hr.array, np.float32), axis)
+    if args.coherence_sweep and mode != "scipy-cubic" and mode != "lanczos-bp":
+        scores["coherence_sweep"] = _sweep(out, hr, axis, case, args.coherence_sweep)
     peak = None
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -118,6 +120,31 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]).replace(
                 f"--one {mode}", f"--modes {mode}")}
+
+
+def _sweep(out: Any, hr: Any, axis: int, case: Any, widths: str) -> list[dict[str, Any]]:
+    """Scores of ``out`` made coherent afterwards at each width in mm (``--coherence-sweep``;
+    meant for a mode run with ``--coherence 0``): :func:`medrecon.volume.cohere_slices` on the
+    output volume with the acquisition operator on the output grid (linear, so the same as
+    in the pipeline's generator units up to rounding)."""
+    import numpy as np
+    import torch
+
+    from medrecon.physics import build_operator
+    from medrecon.realscan import _score
+    from medrecon.volume import cohere_slices
+
+    vol = np.moveaxis(np.asarray(out, np.float32), axis, 0)  # [N, a, b]
+    op = build_operator("sr", img_size=vol.shape[1:], channels=1, seed=0, scale=case.scale,
+                        kernel=case.kernel)
+    slice_mm = float(np.linalg.norm(np.asarray(hr.affine)[:3, axis]))
+    rows = []
+    for mm in (float(v) for v in widths.split(",")):
+        sm = cohere_slices(torch.from_numpy(vol)[:, None], [(op, range(vol.shape[0]))],
+                           sigma=mm / slice_mm)[:, 0].numpy()
+        rows.append({"coherence_mm": mm, **_score(np.moveaxis(sm, 0, axis),
+                                                   np.asarray(hr.array, np.float32), axis)})
+    return rows
 
 
 def _machine(threads: int) -> dict[str, Any]:
@@ -158,6 +185,16 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {mem} | {_f(r['psnr'], 2)} | {_f(r['ssim'], 4)} | "
                      f"{_f(r['psnr_reformat'], 2)} | {_f(r['ssim_reformat'], 4)} | "
                      f"{_f(r['interslice'], 5)} |")
+    swept = [r for r in rows if r.get("coherence_sweep")]
+    if swept:
+        lines += ["", "Each result made coherent afterwards (`--coherence-sweep`, width in mm):",
+                  "", "| mode | width (mm) | PSNR coronal | SSIM coronal | PSNR reformats | "
+                  "SSIM reformats | inter-slice error |", "|---|---|---|---|---|---|---|"]
+        for r in swept:
+            for c in r["coherence_sweep"]:
+                lines.append(f"| {r['mode']} | {c['coherence_mm']:g} | {_f(c['psnr'], 2)} | "
+                             f"{_f(c['ssim'], 4)} | {_f(c['psnr_reformat'], 2)} | "
+                             f"{_f(c['ssim_reformat'], 4)} | {_f(c['interslice'], 5)} |")
     by = {r["mode"]: r for r in rows}
     d, sbs = by.get("default"), by.get("slice-by-slice")
     if d and sbs:
@@ -185,6 +222,9 @@ def main() -> int:
     ap.add_argument("--warm-steps", type=int, default=None)
     ap.add_argument("--ensemble", type=int, default=None)
     ap.add_argument("--coherence", default=None, help="default mode: 'auto' or mm")
+    ap.add_argument("--coherence-sweep", default=None,
+                    help="widths in mm, e.g. 0,0.7,1,1.5: also score each result made coherent "
+                    "afterwards at these widths (run the mode with --coherence 0)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--machine", default=os.uname().nodename)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -208,7 +248,8 @@ def main() -> int:
     rows = []
     base = [sys.executable, __file__, "--data", str(args.data), "--slices", str(args.slices),
             "--threads", str(args.threads), "--device", args.device, "--volume", args.volume]
-    for opt in ("key_every", "warm_steps", "ensemble", "coherence", "batch_size"):
+    for opt in ("key_every", "warm_steps", "ensemble", "coherence", "coherence_sweep",
+                "batch_size"):
         if getattr(args, opt) is not None:
             base += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}

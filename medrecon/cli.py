@@ -327,8 +327,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
             click.option("--coherence", type=CoherenceWidth(), default="auto", show_default=True,
                          help="Volumes, generative methods: width in mm of a Gaussian across "
                          "slices that smooths the detail the measurements do not determine "
-                         "(the measured part of each slice is kept). auto = one output "
-                         "in-plane pixel for sr, off for the other tasks; 0 = off."),
+                         "(the measured part of each slice is kept). auto = 1.5 output "
+                         "in-plane pixels for sr, off for the other tasks; 0 = off."),
         ]
     if task == "inpaint":
         opts.append(click.option("--mask", type=InputPath(dir_okay=False),

@@ -811,7 +811,7 @@ def reconstruct(
             methods): the width in mm of a Gaussian across slices that smooths the part of each
             slice its measurements do not determine, leaving the measured part as it is
             (:func:`medrecon.volume.cohere_slices`). ``0`` turns it off. Default ``None``
-            (``"auto"``): for ``sr`` one output in-plane pixel, so thick slices (spacing of
+            (``"auto"``): for ``sr`` 1.5 output in-plane pixels, so thick slices (spacing of
             several output pixels) are left nearly alone; off for the other tasks.
         spread: IAGAN ensembles (``sr``, ``inpaint``, ``deblur``, ``denoise``): return the
             members' per-pixel spread after back-projection as ``std`` (zero where a pixel is

@@ -242,9 +242,9 @@ def test_cohere_slices_is_off_for_zero_width_or_one_slice():
         cohere_slices(x[:1], [(op, [0])], sigma=2.0), x[:1])
 
 
-def test_coherence_width_is_one_output_pixel_in_slices():
-    assert coherence_sigma("auto", out_spacing_hw=(0.5, 0.6), slice_spacing=2.0) == 0.25
-    assert coherence_sigma(None, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 1.0
+def test_coherence_width_is_one_and_a_half_output_pixels_in_slices():
+    assert coherence_sigma("auto", out_spacing_hw=(0.5, 0.6), slice_spacing=2.0) == 0.375
+    assert coherence_sigma(None, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 1.5
     assert coherence_sigma(3.0, out_spacing_hw=(1.0, 1.0), slice_spacing=1.5) == 2.0
     assert coherence_sigma(0.0, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 0.0
 
@@ -254,7 +254,7 @@ def test_volume_coherence_in_the_pipeline(prior):
     kw = dict(task="sr", prior=prior, scale=2, sr_kernel="box", method="iagan", steps=3,
               ensemble=1, seed=2, key_every=1)
     a = reconstruct(vol, affine=aff, **kw)
-    assert a.info["coherence_sigma"] == pytest.approx(0.5 / 3.0, abs=1e-4)
+    assert a.info["coherence_sigma"] == pytest.approx(1.5 * 0.5 / 3.0, abs=1e-4)
     b = reconstruct(vol, affine=aff, coherence=0, **kw)
     c = reconstruct(vol, affine=aff, coherence=3.0, **kw)  # one slice of width
     assert "coherence_sigma" not in b.info and c.info["coherence_sigma"] == 1.0
@@ -290,7 +290,7 @@ def test_sr_volumes_of_thin_slices_get_one_run_per_slice(prior, monkeypatch):
         (k.get("ensemble"), "init" in k)) or real(y, op, p, **k))
     a = reconstruct(vol, affine=thin, **kw)
     assert a.info["ensemble"] == VOLUME_ENSEMBLE == 1
-    assert a.info["coherence_sigma"] == pytest.approx(1.0)  # 0.5 mm pixels, 0.5 mm slices
+    assert a.info["coherence_sigma"] == pytest.approx(1.5)  # 0.5 mm pixels, 0.5 mm slices
     assert calls and all(not warm for _, warm in calls)  # warm starts are opt-in
     default = solvers.method_options("iagan", "sr").get("ensemble")
     assert default and default > 1
