@@ -177,7 +177,7 @@ def _gaussian_along_slices(x: torch.Tensor, sigma: float) -> torch.Tensor:
     taps = torch.exp(-0.5 * (offs / sigma) ** 2)
     n = x.shape[0]
     out = torch.zeros_like(x, dtype=torch.float64)
-    norm = torch.zeros(n, dtype=torch.float64)
+    norm = torch.zeros(n, dtype=torch.float64, device=x.device)
     for k, t in zip(range(-radius, radius + 1), taps.tolist()):
         lo, hi = max(0, -k), min(n, n - k)  # out[i] += t * x[i + k] for valid i
         if lo >= hi:
