@@ -176,15 +176,17 @@ def _gaussian_along_slices(x: torch.Tensor, sigma: float) -> torch.Tensor:
     offs = torch.arange(-radius, radius + 1, dtype=torch.float64)
     taps = torch.exp(-0.5 * (offs / sigma) ** 2)
     n = x.shape[0]
-    out = torch.zeros_like(x, dtype=torch.float64)
-    norm = torch.zeros(n, dtype=torch.float64, device=x.device)
+    out = torch.zeros_like(x)  # in x's precision: one more stack, not a float64 copy of it
+    norm = [0.0] * n
     for k, t in zip(range(-radius, radius + 1), taps.tolist()):
         lo, hi = max(0, -k), min(n, n - k)  # out[i] += t * x[i + k] for valid i
         if lo >= hi:
             continue
-        out[lo:hi] += t * x[lo + k:hi + k].double()
-        norm[lo:hi] += t
-    return (out / norm.view(n, *([1] * (x.ndim - 1)))).to(x.dtype)
+        out[lo:hi].add_(x[lo + k:hi + k], alpha=t)
+        for i in range(lo, hi):
+            norm[i] += t
+    scale = torch.tensor([1.0 / v for v in norm], dtype=x.dtype, device=x.device)
+    return out.mul_(scale.view(n, *([1] * (x.ndim - 1))))
 
 
 def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int]]], *,
