@@ -75,7 +75,8 @@ class ReconstructionParameters:
             ``None`` lets medrecon choose the prior's default for the task. Default ``"iagan"``.
         steps: Optimisation steps per slice; ``None`` keeps the method's default. Default ``None``.
         ensemble: IAGAN: independent runs per slice whose images are averaged (``--ensemble``;
-            1 is the fastest); ``None`` keeps the per-task default. Default ``None``.
+            1 is the fastest); ``None`` keeps the per-task default (an SR volume of thin
+            slices: one run per slice, made coherent across slices). Default ``None``.
         device: ``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"``. Default ``"auto"``.
         seed: Seed of every random choice (latent restarts, simulated masks, noise). Default 0.
         samples: Posterior samples to draw for an uncertainty (std) map; 0 draws none. Default 0.
