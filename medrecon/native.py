@@ -269,8 +269,7 @@ def solve_native_problem(
         info["key_every"] = key_every
     img_all = torch.stack([t for t in images if t is not None])
     if generative and coherence > 0 and n > 1:
-        img_all = cohere_slices(img_all, [(op, idx) for op, idx in problem.groups],
-                                sigma=coherence)
+        img_all = cohere_slices(img_all, problem.groups, sigma=coherence)
         info["coherence_sigma"] = round(float(coherence), 4)
     std_all, how = maps.result()
     info.update(how)

@@ -539,7 +539,8 @@ class SynthesisBlock(nn.Module):
             # NVIDIA's rule, and (automatic choice only) not where the per-sample modulated
             # weight [O, I, k, k] outnumbers the layer's input activations [I, H, W] (the
             # 128-channel layers at 4-16 px): there scaling the activations is the cheaper
-            # pass (3.5 % of an IAGAN step on the CPU; equal to rounding)
+            # pass. Equal to rounding; with the hardtanh clamp it took the CPU W+ step at
+            # batch 8 from 13.2 to 10.0 ms per image (bench/results/nvidia_*)
             return fused_modconv and (not by_size or layer.weight.numel() <= inp[0].numel())
 
         if self.in_channels == 0:
