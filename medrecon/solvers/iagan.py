@@ -162,8 +162,8 @@ def adapt_weights(
     B = ws0.shape[0]
     net = _StackedSynthesis(G.synthesis, B, init=init_weights)
     w = ws0.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([{"params": [w], "lr": lr_latent},
-                            {"params": list(net.params.values()), "lr": lr_weights}])
+    opt = _adam([{"params": [w], "lr": lr_latent},
+                 {"params": list(net.params.values()), "lr": lr_weights}])
     base = [lr_latent, lr_weights]
     dev = ws0.device
     best_obj = torch.full((B,), float("inf"), device=dev)
@@ -214,6 +214,17 @@ def adapt_weights(
         final["latents"] = w.detach().float().cpu()
         final["weights"] = {n: p.detach().float().cpu() for n, p in net.params.items()}
     return best_img, best_ws, best_obj, hist[:done].tolist(), done
+
+
+def _adam(groups: list[dict]) -> torch.optim.Adam:
+    """Adam over the stacked per-slice weights, fused into one kernel where this torch has it
+    for the parameters' device: the default (foreach) update made about 10 passes over the
+    weights, 14 % of an IAGAN step on the CPU (10.8 against 2.4 ms for 4 slices' 5 M values,
+    2 threads). Same update to rounding."""
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel here: the default update
+        return torch.optim.Adam(groups)
 
 
 def adapt_one(G, ws0, y, op, **kwargs):
