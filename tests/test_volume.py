@@ -317,3 +317,22 @@ def test_default_volume_result_is_batch_independent_and_seeded(prior):
     assert np.array_equal(a.image, c.image)
     d = reconstruct(vol, batch_size=1, **{**kw, "seed": 5})
     assert not np.allclose(a.image, d.image, atol=1e-4)
+
+
+def test_iagan_adam_falls_back_where_no_fused_kernel_exists(prior, monkeypatch):
+    """The fused Adam update is an optimisation: where torch has no fused kernel for the
+    parameters, the default update runs instead, and both give the same result to rounding."""
+    iagan_mod = __import__("sys").modules["medrecon.solvers.iagan"]
+    op = build_operator("sr", img_size=(16, 16), channels=1, seed=0, scale=2, kernel="box")
+    y = op.A(torch.rand(2, 1, 16, 16) * 2 - 1)
+    a = iagan(y, op, prior, steps=3, seed=0, stage1_options={"steps": 2, "probes": 4})
+    real = torch.optim.Adam
+
+    def no_fused(groups, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("fused=True is not supported here")
+        return real(groups, **kw)
+
+    monkeypatch.setattr(iagan_mod.torch.optim, "Adam", no_fused)
+    b = iagan(y, op, prior, steps=3, seed=0, stage1_options={"steps": 2, "probes": 4})
+    assert torch.allclose(a.image, b.image, atol=1e-4)
