@@ -7,7 +7,6 @@ is (exit 2) instead of click's generic "does not exist".
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +52,9 @@ class CoherenceWidth(click.ParamType):
     name = "auto|MM"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or value == "auto" or isinstance(value, float):
-            return value
+        from medrecon.volume import check_coherence
+
         try:
-            mm = float(value)
-        except (TypeError, ValueError):
-            mm = float("nan")
-        if not (math.isfinite(mm) and mm >= 0):
-            self.fail(f"{value!r} is not 'auto' or a width in mm >= 0 (0 turns it off).",
-                      param, ctx)
-        return mm
+            return check_coherence(value)
+        except MedreconInputError as e:
+            self.fail(str(e), param, ctx)

@@ -807,8 +807,7 @@ def reconstruct(
             starts are opt-in; ``3`` is the measured useful segment length).
         warm_steps: Steps of a warm-started slice. Default ``None``:
             :func:`medrecon.volume.warm_steps_for` (a quarter of the cold steps).
-        coherence: Volumes (``sr``, ``inpaint``, ``deblur``, ``denoise``, generative
-            methods): the width in mm of a Gaussian across slices that smooths the part of each
+        coherence: Volumes (``sr``, ``inpaint``, ``deblur``, generative methods): the width in mm of a Gaussian across slices that smooths the part of each
             slice its measurements do not determine, leaving the measured part as it is
             (:func:`medrecon.volume.cohere_slices`). ``0`` turns it off. Default ``None``
             (``"auto"``): for ``sr`` 1.5 output in-plane pixels, so thick slices (spacing of

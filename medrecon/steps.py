@@ -37,7 +37,8 @@ from monai.transforms import Compose, Transform
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.transforms import PLANES, IntensityWindow
-from medrecon.volume import COHERENT_SIGMA, DEFAULT_KEY_EVERY, VOLUME_ENSEMBLE, coherence_sigma
+from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, VOLUME_ENSEMBLE, check_coherence,
+                             coherence_sigma)
 
 __all__ = [
     "ReconstructionSettings",
@@ -115,7 +116,7 @@ class ReconstructionSettings:
             "key_every", key_every, minimum=1)
         if warm_steps is not None:
             warm_steps = P._check_int("warm_steps", warm_steps, minimum=1)
-        coherence = _check_coherence(coherence)
+        coherence = check_coherence(coherence)
         if has_mask and task != "inpaint":
             raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} "
                                      "with a mask.")
@@ -130,21 +131,6 @@ class ReconstructionSettings:
             percentiles=(float(percentiles[0]), float(percentiles[1])), key_every=key_every,
             warm_steps=warm_steps, coherence=coherence, spread=bool(spread))
 
-
-def _check_coherence(value: Any) -> float | str:
-    """``"auto"`` (also for None) or a width in mm ``>= 0``."""
-    if value is None or value == "auto":
-        return "auto"
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            value = None
-    if (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and value >= 0):
-        return float(value)
-    raise MedreconInputError(
-        f"coherence={value!r}; expected 'auto' or a width in mm >= 0 (0 turns it off).")
 
 
 class ReadVolume(Transform):
@@ -177,16 +163,16 @@ class CutSlices(Transform):
         return d
 
 
-#: Tasks whose volumes :func:`medrecon.volume.cohere_slices` can smooth (``coherence`` in mm);
-#: ``"auto"`` turns it on for SR only (:func:`_coherence_width`).
-COHERENT_TASKS = ("sr", "inpaint", "deblur", "denoise")
+#: Tasks whose volumes :func:`medrecon.volume.cohere_slices` can smooth (``coherence`` in mm;
+#: denoising measures every pixel, so it has nothing to smooth); ``"auto"`` turns it on for SR
+#: only (:func:`_coherence_width`).
+COHERENT_TASKS = ("sr", "inpaint", "deblur")
 
 
 def _coherence_width(s: ReconstructionSettings, d: dict) -> float:
     """The across-slice width of :func:`medrecon.volume.cohere_slices` in slices. ``"auto"``
     applies to SR, where it was measured (docs/results/tuning/brain_mri_sr4_volume_default);
-    a width in mm applies to any task of :data:`COHERENT_TASKS` (denoising has no unmeasured
-    part to smooth)."""
+    a width in mm applies to any task of :data:`COHERENT_TASKS`."""
     if s.task not in COHERENT_TASKS or (s.coherence == "auto" and s.task != "sr"):
         return 0.0
     out_sp = d["sp_hw"]

@@ -32,7 +32,7 @@ import torch
 
 __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "COHERENT_SIGMA", "WARM_FRACTION",
            "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
-           "coherence_sigma", "cohere_slices"]
+           "check_coherence", "coherence_sigma", "cohere_slices"]
 
 #: Segment length of a volume's warm starts (``key_every``) when the caller gives none: 1, every
 #: slice solved from scratch. Warm starts are opt-in: with the 4-member ensemble on its key
@@ -147,6 +147,29 @@ def solve_in_rounds(
         for _, p in rnd:  # the parents of this round are no longer needed
             if p is not None:
                 states.pop(p, None)
+
+
+def check_coherence(value: Any) -> float | str:
+    """``coherence`` as given by a caller or the CLI: ``"auto"`` (also for None) or a width in
+    mm ``>= 0`` (a number or its text).
+
+    Raises:
+        MedreconInputError: anything else, naming the accepted values.
+    """
+    from medrecon.errors import MedreconInputError
+
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= 0):
+        return float(value)
+    raise MedreconInputError(
+        f"coherence={value!r}; expected 'auto' or a width in mm >= 0 (0 turns it off).")
 
 
 def coherence_sigma(coherence: float | str | None, *, out_spacing_hw: Sequence[float],
