@@ -123,28 +123,39 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sweep(out: Any, hr: Any, axis: int, case: Any, widths: str) -> list[dict[str, Any]]:
-    """Scores of ``out`` made coherent afterwards at each width in mm (``--coherence-sweep``;
-    meant for a mode run with ``--coherence 0``): :func:`medrecon.volume.cohere_slices` on the
-    output volume with the acquisition operator on the output grid (linear, so the same as
-    in the pipeline's generator units up to rounding)."""
+    """Scores of ``out`` made coherent afterwards at each entry of ``widths``
+    (``--coherence-sweep``; meant for a mode run with ``--coherence 0``): ``MM`` (a width in
+    mm with the default guide, :data:`medrecon.volume.GUIDE_RANGE`) or ``MM:H`` (guide range
+    ``H``; ``none`` for Gaussian weights alone). :func:`medrecon.volume.cohere_slices` runs on
+    the output volume with the acquisition operator on the output grid (linear, and the guide
+    is relative to the intensity range, so the same as in the pipeline's generator units up
+    to rounding)."""
     import numpy as np
     import torch
 
     from medrecon.physics import build_operator
     from medrecon.realscan import _score
-    from medrecon.volume import cohere_slices
+    from medrecon.volume import GUIDE_RANGE, cohere_slices
 
     vol = np.moveaxis(np.asarray(out, np.float32), axis, 0)  # [N, a, b]
     op = build_operator("sr", img_size=vol.shape[1:], channels=1, seed=0, scale=case.scale,
                         kernel=case.kernel)
     slice_mm = float(np.linalg.norm(np.asarray(hr.affine)[:3, axis]))
     rows = []
-    for mm in (float(v) for v in widths.split(",")):
+    for mm, guide in (_sweep_entry(e, GUIDE_RANGE) for e in widths.split(",")):
         sm = cohere_slices(torch.from_numpy(vol)[:, None], [(op, range(vol.shape[0]))],
-                           sigma=mm / slice_mm)[:, 0].numpy()
-        rows.append({"coherence_mm": mm, **_score(np.moveaxis(sm, 0, axis),
-                                                   np.asarray(hr.array, np.float32), axis)})
+                           sigma=mm / slice_mm, guide_range=guide)[:, 0].numpy()
+        rows.append({"coherence_mm": mm, "guide_range": guide,
+                     **_score(np.moveaxis(sm, 0, axis), np.asarray(hr.array, np.float32), axis)})
     return rows
+
+
+def _sweep_entry(entry: str, default_guide: float) -> tuple[float, float | None]:
+    """``"MM"`` or ``"MM:H"`` (``H`` a number or ``none``) -> ``(mm, guide_range)``."""
+    mm, _, guide = entry.strip().partition(":")
+    if not guide:
+        return float(mm), default_guide
+    return float(mm), None if guide.strip().lower() == "none" else float(guide)
 
 
 def _machine(threads: int) -> dict[str, Any]:
@@ -187,12 +198,17 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{_f(r['interslice'], 5)} |")
     swept = [r for r in rows if r.get("coherence_sweep")]
     if swept:
-        lines += ["", "Each result made coherent afterwards (`--coherence-sweep`, width in mm):",
-                  "", "| mode | width (mm) | PSNR coronal | SSIM coronal | PSNR reformats | "
-                  "SSIM reformats | inter-slice error |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "Each result made coherent afterwards (`--coherence-sweep`, width in mm; "
+                  "guide range as a fraction of the measured intensity range, none: Gaussian "
+                  "weights alone):", "", "| mode | width (mm) | guide | PSNR coronal | "
+                  "SSIM coronal | PSNR reformats | SSIM reformats | inter-slice error |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in swept:
             for c in r["coherence_sweep"]:
-                lines.append(f"| {r['mode']} | {c['coherence_mm']:g} | {_f(c['psnr'], 2)} | "
+                g = c.get("guide_range")  # None also in rows from before the guide
+                g = "-" if not c["coherence_mm"] else "none" if g is None else f"{g:g}"
+                lines.append(f"| {r['mode']} | {c['coherence_mm']:g} | {g} | "
+                             f"{_f(c['psnr'], 2)} | "
                              f"{_f(c['ssim'], 4)} | {_f(c['psnr_reformat'], 2)} | "
                              f"{_f(c['ssim_reformat'], 4)} | {_f(c['interslice'], 5)} |")
     by = {r["mode"]: r for r in rows}
@@ -223,8 +239,9 @@ def main() -> int:
     ap.add_argument("--ensemble", type=int, default=None)
     ap.add_argument("--coherence", default=None, help="default mode: 'auto' or mm")
     ap.add_argument("--coherence-sweep", default=None,
-                    help="widths in mm, e.g. 0,0.7,1,1.5: also score each result made coherent "
-                    "afterwards at these widths (run the mode with --coherence 0)")
+                    help="widths in mm, each optionally with a guide range, e.g. "
+                    "0,1.5:none,4,4:0.05: also score each result made coherent afterwards "
+                    "(run the mode with --coherence 0)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--machine", default=os.uname().nodename)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

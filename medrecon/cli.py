@@ -325,10 +325,11 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                          help="Steps of a slice started from its neighbour. [default: a "
                          "fraction of the method's steps, medrecon.volume.warm_steps_for]"),
             click.option("--coherence", type=CoherenceWidth(), default="auto", show_default=True,
-                         help="Volumes, generative methods: width in mm of a Gaussian across "
-                         "slices that smooths the detail the measurements do not determine "
-                         "(the measured part of each slice is kept). auto = 1.5 output "
-                         "in-plane pixels for sr, off for the other tasks; 0 = off."),
+                         help="Volumes, generative methods: width in mm across slices over "
+                         "which the detail the measurements do not determine is averaged, "
+                         "neighbours weighted by how alike their measurements are (the "
+                         "measured part of each slice is kept). auto = 4 output in-plane "
+                         "pixels for sr, off for the other tasks; 0 = off."),
         ]
     if task == "inpaint":
         opts.append(click.option("--mask", type=InputPath(dir_okay=False),

@@ -807,11 +807,13 @@ def reconstruct(
             starts are opt-in; ``3`` is the measured useful segment length).
         warm_steps: Steps of a warm-started slice. Default ``None``:
             :func:`medrecon.volume.warm_steps_for` (a quarter of the cold steps).
-        coherence: Volumes (``sr``, ``inpaint``, ``deblur``, generative methods): the width in mm of a Gaussian across slices that smooths the part of each
-            slice its measurements do not determine, leaving the measured part as it is
-            (:func:`medrecon.volume.cohere_slices`). ``0`` turns it off. Default ``None``
-            (``"auto"``): for ``sr`` 1.5 output in-plane pixels, so thick slices (spacing of
-            several output pixels) are left nearly alone; off for the other tasks.
+        coherence: Volumes (``sr``, ``inpaint``, ``deblur``, generative methods): the width
+            in mm across slices over which the part of each slice its measurements do not
+            determine is averaged, neighbours weighted by how alike their measured content
+            is, leaving the measured part as it is (:func:`medrecon.volume.cohere_slices`).
+            ``0`` turns it off. Default ``None`` (``"auto"``): for ``sr``
+            :data:`medrecon.volume.AUTO_PIXELS` (4) output in-plane pixels, so thick slices
+            (spacing of several output pixels) are averaged little; off for the other tasks.
         spread: IAGAN ensembles (``sr``, ``inpaint``, ``deblur``, ``denoise``): return the
             members' per-pixel spread after back-projection as ``std`` (zero where a pixel is
             measured exactly), calibrated when the prior ships a calibration for the regime

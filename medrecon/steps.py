@@ -171,7 +171,7 @@ COHERENT_TASKS = ("sr", "inpaint", "deblur")
 
 def _coherence_width(s: ReconstructionSettings, d: dict) -> float:
     """The across-slice width of :func:`medrecon.volume.cohere_slices` in slices. ``"auto"``
-    applies to SR, where it was measured (docs/results/tuning/brain_mri_sr4_volume_default);
+    applies to SR, where it was measured (docs/results/tuning/brain_mri_sr4_volume_guided);
     a width in mm applies to any task of :data:`COHERENT_TASKS`."""
     if s.task not in COHERENT_TASKS or (s.coherence == "auto" and s.task != "sr"):
         return 0.0

@@ -4,8 +4,9 @@ Neighbouring slices of a scan are nearly the same image, so a volume need not be
 of a lone image. By default (:data:`VOLUME_ENSEMBLE`, :data:`DEFAULT_KEY_EVERY`) every slice
 gets one IAGAN run instead of the 4-member ensemble of a lone image, and
 :func:`cohere_slices` then replaces each slice's unmeasured part (in-plane detail finer than
-the acquisition resolves: the prior's guess, made anew on every slice) by a Gaussian mean over
-its neighbours, keeping its measured part exactly. The neighbours' guesses stand in for the
+the acquisition resolves: the prior's guess, made anew on every slice) by a weighted mean over
+its neighbours, keeping its measured part exactly; a neighbour counts less where the
+measurements show the anatomy changing. The neighbours' guesses stand in for the
 ensemble's members at a quarter of the cost. This holds while the slices are close
 (:data:`COHERENT_SIGMA`); thicker slices keep the ensemble.
 
@@ -18,7 +19,7 @@ its own) and runs ``warm_steps`` steps on the slice's own measurements.
 
 Guarantees: a slice's result depends on the seed, on its segment (the slices between it and
 its key slice) with warm starts, and through :func:`cohere_slices` on its neighbours within
-about four widths; never on ``batch_size``, which only groups the independent problems of one
+three widths; never on ``batch_size``, which only groups the independent problems of one
 round into solver calls. ``key_every <= 1`` solves every slice cold.
 """
 
@@ -29,8 +30,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "COHERENT_SIGMA", "WARM_FRACTION",
+__all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE", "GUIDE_WINDOW",
+           "COHERENT_SIGMA", "WARM_FRACTION",
            "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
            "check_coherence", "coherence_sigma", "cohere_slices"]
 
@@ -47,17 +50,25 @@ DEFAULT_KEY_EVERY = 1
 #: spread) and its slices are close enough to be made coherent (:data:`COHERENT_SIGMA`): the
 #: neighbouring slices, averaged by :func:`cohere_slices`, stand in for the ensemble's members.
 VOLUME_ENSEMBLE = 1
-#: Width of ``coherence="auto"`` in output in-plane pixels. On 24 coronal MNI152 slices (the
-#: volume it was chosen on; one IAGAN run per slice, SR x4) widths of 1 and 1.5 pixels gave
-#: 27.58 / 0.875 and 27.54 / 0.875 dB / SSIM (27.04 / 0.850 without), 1.5 the better reformats
-#: (30.99 / 0.861 against 30.92 / 0.858); on Colin27 1.5 was ahead on all of them
-#: (docs/results/tuning/brain_mri_sr4_volume_default).
-AUTO_PIXELS = 1.5
+#: Width of ``coherence="auto"`` in output in-plane pixels, with :data:`GUIDE_RANGE` and
+#: :data:`GUIDE_WINDOW`. Chosen on 24 coronal MNI152 slices (one IAGAN run per slice, SR x4,
+#: 1 mm slices), checked on 24 of Colin27 (docs/results/tuning/brain_mri_sr4_volume_guided):
+#: 27.61 / 0.881 and 28.50 / 0.843 dB / SSIM, against 27.45 / 0.873 and 28.43 / 0.841 for
+#: the best plain Gaussian (1.5 pixels, no guide) and 26.93 / 0.848 and 27.55 / 0.821 without
+#: coherence; 3-5 pixels are within 0.02 dB of each other on both volumes.
+AUTO_PIXELS = 4.0
+#: ``h`` of :func:`cohere_slices`' guide as a fraction of the measured intensity range (0.5-99.5
+#: percentiles): neighbours whose measured content differs locally by much more than this
+#: count little. 0.05-0.08 were within 0.03 dB on both tuning volumes.
+GUIDE_RANGE = 0.065
+#: Side in output pixels of the window over which :func:`cohere_slices` compares two slices'
+#: measured content (3-7 within 0.02 dB).
+GUIDE_WINDOW = 5
 #: The smallest across-slice width (in slices, :func:`coherence_sigma`) at which an SR volume
 #: gets :data:`VOLUME_ENSEMBLE`: with the automatic width, slices at most two output pixels
 #: apart. Thicker slices keep the solver's ensemble (their neighbours are too far apart to
 #: average).
-COHERENT_SIGMA = 0.75
+COHERENT_SIGMA = AUTO_PIXELS / 2
 #: Steps of a warm-started slice as a fraction of the method's cold steps (``warm_steps``
 #: when the caller gives none), at least :data:`MIN_WARM_STEPS`.
 WARM_FRACTION = 0.25
@@ -178,8 +189,7 @@ def coherence_sigma(coherence: float | str | None, *, out_spacing_hw: Sequence[f
 
     Args:
         coherence: ``"auto"`` (or None): :data:`AUTO_PIXELS` output in-plane pixels (of the
-            smaller of the two), i.e. the unmeasured detail is made about as coherent across
-            slices as within them; a number: the width in mm; ``0``: off.
+            smaller of the two); a number: the width in mm; ``0``: off.
         out_spacing_hw: the output grid's in-plane pixel size in mm.
         slice_spacing: the distance between slices in mm.
     """
@@ -192,54 +202,86 @@ def coherence_sigma(coherence: float | str | None, *, out_spacing_hw: Sequence[f
     return mm / float(slice_spacing)
 
 
-def _gaussian_along_slices(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``x`` ``[N, ...]`` smoothed along ``N`` by a Gaussian of ``sigma`` slices (truncated at
-    4 sigma, weights renormalised at the ends of the stack: nothing is made up past them)."""
-    radius = max(1, int(math.ceil(4.0 * sigma)))
-    offs = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    taps = torch.exp(-0.5 * (offs / sigma) ** 2)
-    n = x.shape[0]
-    out = torch.zeros_like(x)  # in x's precision: one more stack, not a float64 copy of it
-    norm = [0.0] * n
-    for k, t in zip(range(-radius, radius + 1), taps.tolist()):
-        lo, hi = max(0, -k), min(n, n - k)  # out[i] += t * x[i + k] for valid i
-        if lo >= hi:
-            continue
-        out[lo:hi].add_(x[lo + k:hi + k], alpha=t)
-        for i in range(lo, hi):
-            norm[i] += t
-    scale = torch.tensor([1.0 / v for v in norm], dtype=x.dtype, device=x.device)
-    return out.mul_(scale.view(n, *([1] * (x.ndim - 1))))
+def _robust_range(x: torch.Tensor) -> float:
+    """The 0.5-99.5 percentile range of ``x`` (of at most about a million evenly strided
+    values: the range of a volume, not of every voxel); 1 where it is 0 or not finite."""
+    flat = x.detach().reshape(-1)
+    flat = flat[::max(1, flat.numel() // 2**20)].float()
+    lo, hi = torch.quantile(flat, torch.tensor([0.005, 0.995], device=flat.device)).tolist()
+    span = hi - lo
+    return span if math.isfinite(span) and span > 0 else 1.0
 
 
 def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int]]], *,
-                  sigma: float) -> torch.Tensor:
-    """Smooth the unmeasured part of a stack of slices across slices.
+                  sigma: float, guide_range: float | None = GUIDE_RANGE,
+                  guide_window: int = GUIDE_WINDOW) -> torch.Tensor:
+    """Replace each slice's unmeasured part by a weighted mean of its neighbours'.
 
-    With ``S`` a Gaussian of ``sigma`` slices along the stack and ``A_i`` slice ``i``'s
-    operator, slice ``i`` becomes ``x_i + (I - A_i^+ A_i)(S x - x)_i``: its measured part
-    (``A_i x_i``) is unchanged to the accuracy of ``A_i^+`` and only its null-space part is
-    replaced by its neighbours' weighted mean. For a stack of independent-looking guesses of
-    the unmeasured detail this is an average over neighbouring slices, like an ensemble's mean.
+    With ``P_i = A_i^+ A_i`` slice ``i``'s measured (row-space) part, slice ``i`` becomes
+    ``P_i x_i + (I - P_i) m_i``, ``m_i = sum_j w_ij (I - P_j) x_j / sum_j w_ij``: its measured
+    part is kept (to the accuracy of ``A_i^+``) and its unmeasured part, the prior's guess made
+    anew on every slice, is replaced by a mean of the neighbours' guesses, like an ensemble's
+    mean. The weight of slice ``j`` at a pixel is a Gaussian of ``sigma`` slices in
+    ``|i - j|`` times, unless ``guide_range`` is None, how alike the two slices' *measured*
+    parts are around that pixel: ``exp(-d^2 / h^2)`` with ``d^2`` the mean of
+    ``(P_i x_i - P_j x_j)^2`` over a ``guide_window`` x ``guide_window`` pixel window and
+    ``h = guide_range`` times the measured parts' 0.5-99.5 percentile range (a joint bilateral
+    filter across slices, guided by the measurements alone). Where the anatomy changes from
+    slice to slice the measurements say so, and a neighbour's guess counts less there.
 
     Args:
-        images: ``[N, C, H, W]`` slices in their order along the slice axis.
+        images: ``[N, C, H, W]`` real slices in their order along the slice axis.
         groups: ``(operator, slice indices)`` pairs covering every slice once (the operators
             of :class:`medrecon.native.NativeProblem`).
         sigma: width in slices (:func:`coherence_sigma`); ``<= 0`` or a single slice returns
-            ``images`` unchanged.
+            ``images`` unchanged. Neighbours up to ``3 sigma`` away take part.
+        guide_range: ``h`` as a fraction of the measured intensity range. Default
+            :data:`GUIDE_RANGE`; None: Gaussian weights alone.
+        guide_window: side of the window of ``d^2`` in output pixels. Default
+            :data:`GUIDE_WINDOW`.
 
     Returns:
-        The smoothed slices (a new tensor; ``images`` is not modified).
+        The new slices (a new tensor; ``images`` is not modified). Memory: about four more
+        stacks of ``images``' size.
     """
     if sigma <= 0 or images.shape[0] < 2:
         return images
-    delta = _gaussian_along_slices(images, sigma) - images  # S x - x
-    out = images.clone()
+    n = images.shape[0]
     with torch.no_grad():
-        for op, idx in groups:
-            idx = list(idx)
-            d = delta[idx]
-            d_meas = op.A_dagger(op.A(d.to(torch.float32)))  # its measured (row-space) part
-            out[idx] = images[idx] + (d - d_meas.to(d.dtype))
+        measured = _apply(groups, images, _project)  # P_i x_i
+        unmeasured = images - measured
+        guide = measured.mean(1, keepdim=True)  # [N, 1, H, W]
+        inv_h2 = 0.0 if guide_range is None else 1.0 / (guide_range * _robust_range(guide)) ** 2
+        num = torch.zeros_like(images)
+        den = torch.zeros_like(guide)
+        radius = max(1, int(math.ceil(3.0 * sigma)))
+        pad = guide_window // 2
+        for k in range(-radius, radius + 1):
+            lo, hi = max(0, -k), min(n, n - k)  # slice i (lo <= i < hi) takes slice i + k
+            if lo >= hi:
+                continue
+            w = torch.full_like(guide[lo:hi], math.exp(-0.5 * (k / sigma) ** 2))
+            if inv_h2 and k:
+                d2 = (guide[lo:hi] - guide[lo + k:hi + k]).square_()
+                d2 = F.avg_pool2d(d2, guide_window, stride=1, padding=pad,
+                                  count_include_pad=False)
+                w.mul_(d2.mul_(-inv_h2).exp_())
+            num[lo:hi].addcmul_(w, unmeasured[lo + k:hi + k])
+            den[lo:hi].add_(w)
+        mix = num.div_(den)
+        return measured + mix - _apply(groups, mix, _project)
+
+
+def _project(op: Any, x: torch.Tensor) -> torch.Tensor:
+    """``A^+ A x`` (the measured part), computed in float32."""
+    return op.A_dagger(op.A(x.to(torch.float32))).to(x.dtype)
+
+
+def _apply(groups: Sequence[tuple[Any, Sequence[int]]], x: torch.Tensor,
+           fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(op, x[idx])`` for each group, put back in slice order."""
+    out = torch.empty_like(x)
+    for op, idx in groups:
+        idx = list(idx)
+        out[idx] = fn(op, x[idx])
     return out

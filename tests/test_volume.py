@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -242,9 +244,42 @@ def test_cohere_slices_is_off_for_zero_width_or_one_slice():
         cohere_slices(x[:1], [(op, [0])], sigma=2.0), x[:1])
 
 
-def test_coherence_width_is_one_and_a_half_output_pixels_in_slices():
-    assert coherence_sigma("auto", out_spacing_hw=(0.5, 0.6), slice_spacing=2.0) == 0.375
-    assert coherence_sigma(None, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 1.5
+def test_cohere_slices_guide_keeps_a_changing_anatomy_apart():
+    """Where the measured content changes from one slice to the next, the neighbours across
+    the change count little: a step between two anatomies is kept sharper than by Gaussian
+    weights alone, while a uniform stack is averaged as much."""
+    gen = torch.Generator().manual_seed(3)
+    op = build_operator("sr", img_size=(16, 16), channels=1, seed=0, scale=4, kernel="box")
+    a, b = torch.randn(2, 1, 1, 16, 16, generator=gen)
+    truth = torch.cat([a.repeat(6, 1, 1, 1), b.repeat(6, 1, 1, 1)])
+    guess = truth + 0.3 * _null_noise(op, truth.shape, gen)
+    err = lambda v: float((v - truth).pow(2).mean())  # noqa: E731
+    guided = cohere_slices(guess, [(op, range(12))], sigma=3.0)
+    plain = cohere_slices(guess, [(op, range(12))], sigma=3.0, guide_range=None)
+    assert err(guided) < 0.5 * err(plain)
+    assert err(guided) < 0.5 * err(guess)
+
+
+def test_cohere_slices_plain_weights_are_a_truncated_gaussian():
+    gen = torch.Generator().manual_seed(4)
+    op = build_operator("sr", img_size=(8, 8), channels=1, seed=0, scale=2, kernel="box")
+    x = torch.randn(7, 1, 8, 8, generator=gen)
+    sigma = 0.8  # neighbours up to ceil(3 * 0.8) = 3 slices away
+    P = lambda v: op.A_dagger(op.A(v))  # noqa: E731
+    null = x - P(x)
+    ref = torch.empty_like(x)
+    for i in range(7):
+        js = [j for j in range(7) if abs(j - i) <= 3]
+        w = torch.tensor([math.exp(-0.5 * ((j - i) / sigma) ** 2) for j in js])
+        m = (w.view(-1, 1, 1, 1) * null[js]).sum(0) / w.sum()
+        ref[i] = P(x[i:i + 1])[0] + m - P(m[None])[0]
+    out = cohere_slices(x, [(op, range(7))], sigma=sigma, guide_range=None)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_coherence_width_is_four_output_pixels_in_slices():
+    assert coherence_sigma("auto", out_spacing_hw=(0.5, 0.6), slice_spacing=2.0) == 1.0
+    assert coherence_sigma(None, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 4.0
     assert coherence_sigma(3.0, out_spacing_hw=(1.0, 1.0), slice_spacing=1.5) == 2.0
     assert coherence_sigma(0.0, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 0.0
 
@@ -254,7 +289,7 @@ def test_volume_coherence_in_the_pipeline(prior):
     kw = dict(task="sr", prior=prior, scale=2, sr_kernel="box", method="iagan", steps=3,
               ensemble=1, seed=2, key_every=1)
     a = reconstruct(vol, affine=aff, **kw)
-    assert a.info["coherence_sigma"] == pytest.approx(1.5 * 0.5 / 3.0, abs=1e-4)
+    assert a.info["coherence_sigma"] == pytest.approx(4 * 0.5 / 3.0, abs=1e-4)
     b = reconstruct(vol, affine=aff, coherence=0, **kw)
     c = reconstruct(vol, affine=aff, coherence=3.0, **kw)  # one slice of width
     assert "coherence_sigma" not in b.info and c.info["coherence_sigma"] == 1.0
@@ -290,7 +325,7 @@ def test_sr_volumes_of_thin_slices_get_one_run_per_slice(prior, monkeypatch):
         (k.get("ensemble"), "init" in k)) or real(y, op, p, **k))
     a = reconstruct(vol, affine=thin, **kw)
     assert a.info["ensemble"] == VOLUME_ENSEMBLE == 1
-    assert a.info["coherence_sigma"] == pytest.approx(1.5)  # 0.5 mm pixels, 0.5 mm slices
+    assert a.info["coherence_sigma"] == pytest.approx(4.0)  # 0.5 mm pixels, 0.5 mm slices
     assert calls and all(not warm for _, warm in calls)  # warm starts are opt-in
     default = solvers.method_options("iagan", "sr").get("ensemble")
     assert default and default > 1
@@ -312,7 +347,7 @@ def test_default_volume_result_is_batch_independent_and_seeded(prior):
     a = reconstruct(vol, batch_size=1, **kw)
     b = reconstruct(vol, batch_size=6, **kw)
     c = reconstruct(vol, batch_size=1, **kw)
-    assert a.info["ensemble"] == 1 and a.info["coherence_sigma"] == pytest.approx(1.5)
+    assert a.info["ensemble"] == 1 and a.info["coherence_sigma"] == pytest.approx(4.0)
     assert np.allclose(a.image, b.image, atol=1e-5)
     assert np.array_equal(a.image, c.image)
     d = reconstruct(vol, batch_size=1, **{**kw, "seed": 5})

@@ -1,0 +1,91 @@
+"""Tests of the volume benchmark's own logic (bench/bench_volume.py): the coherence sweep, its
+entries, the report and the checks before any solve. The solves themselves are the pipeline's
+(tests/test_volume.py); the committed runs are in bench/results."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from medrecon.physics import build_operator
+from medrecon.realscan import _score
+from medrecon.volume import GUIDE_RANGE
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_volume.py"
+    spec = importlib.util.spec_from_file_location("bench_volume", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sweep_entries_take_a_width_and_an_optional_guide(bench):
+    assert bench._sweep_entry("4", 0.065) == (4.0, 0.065)
+    assert bench._sweep_entry(" 1.5:none", 0.065) == (1.5, None)
+    assert bench._sweep_entry("3:0.05", 0.065) == (3.0, 0.05)
+
+
+def test_sweep_scores_the_volume_made_coherent(bench):
+    """A stack of one anatomy with independent unmeasured errors on every slice: width 0 scores
+    the result as it is, a width averages the errors away (both weightings)."""
+    gen = torch.Generator().manual_seed(0)
+    op = build_operator("sr", img_size=(16, 16), channels=1, seed=0, scale=4, kernel="box")
+    truth = torch.rand(1, 1, 16, 16, generator=gen).repeat(8, 1, 1, 1)
+    z = torch.randn(truth.shape, generator=gen)
+    guess = truth + 0.2 * (z - op.A_dagger(op.A(z)))
+    to_vol = lambda t: np.moveaxis(t[:, 0].numpy(), 0, 1)  # noqa: E731  slices on axis 1
+    hr = SimpleNamespace(array=to_vol(truth), affine=np.eye(4))
+    rows = bench._sweep(to_vol(guess), hr, 1, SimpleNamespace(scale=4, kernel="box"),
+                        "0,2:none,2")
+    assert [(r["coherence_mm"], r["guide_range"]) for r in rows] == [
+        (0.0, GUIDE_RANGE), (2.0, None), (2.0, GUIDE_RANGE)]
+    raw = _score(to_vol(guess), hr.array, 1)
+    assert rows[0]["psnr"] == pytest.approx(raw["psnr"])
+    assert rows[1]["psnr"] > raw["psnr"] + 3 and rows[2]["psnr"] > raw["psnr"] + 3
+    assert rows[1]["interslice"] < raw["interslice"]
+
+
+def _row(mode, psnr, seconds, threads=2, **extra):
+    return {"mode": mode, "seconds": seconds, "seconds_per_slice": seconds / 10,
+            "peak_rss_bytes": 2**30, "psnr": psnr, "ssim": 0.8, "psnr_reformat": psnr + 1,
+            "ssim_reformat": 0.79, "interslice": 0.02, "threads": threads,
+            "info": {"method": "iagan", "ensemble": 1}, "command": f"run {mode}",
+            "date": "2026-11-29 22:00", **extra}
+
+
+def test_report_compares_the_default_with_slice_by_slice(bench):
+    sweep = [{"coherence_mm": 0.0, "guide_range": 0.065, "psnr": 29.0, "ssim": 0.8,
+              "psnr_reformat": 30.0, "ssim_reformat": 0.8, "interslice": 0.03},
+             {"coherence_mm": 1.5, "psnr": 30.0, "ssim": 0.8, "psnr_reformat": 31.0,
+              "ssim_reformat": 0.8, "interslice": 0.02},  # a row from before the guide
+             {"coherence_mm": 4.0, "guide_range": 0.065, "psnr": 30.2, "ssim": 0.81,
+              "psnr_reformat": 31.2, "ssim_reformat": 0.81, "interslice": 0.019}]
+    report = {"case": "test volume", "command": "bench", "machine": {
+        "cpu": "cpu", "torch_threads": 2, "torch": "2"},
+        "rows": [_row("default", 30.0, 100, coherence_sweep=sweep),
+                 _row("slice-by-slice", 30.25, 400)]}
+    md = bench.markdown(report)
+    assert "| default | 0 | - | 29.00 |" in md and "| default | 1.5 | none | 30.00 |" in md
+    assert "| default | 4 | 0.065 | 30.20 |" in md
+    assert "-0.25 dB" in md and "per-slice cost ratio 0.250" in md
+    report["rows"][1]["threads"] = 1
+    assert "different thread counts: no cost ratio" in bench.markdown(report)
+
+
+def test_bad_invocations_stop_before_any_solve(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_volume.py", "--data", str(tmp_path)])
+    assert bench.main() == 2
+    assert "fetch it with" in capsys.readouterr().err
+    (tmp_path / "colin27_ch2.nii.gz").write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["bench_volume.py", "--data", str(tmp_path),
+                                      "--modes", "default,fastest"])
+    assert bench.main() == 2
+    assert "unknown mode(s) ['fastest']" in capsys.readouterr().err
