@@ -105,6 +105,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         info = {k: res.info.get(k) for k in ("method", "key_every", "warm_steps", "ensemble",
                                              "coherence_sigma", "plane", "effective_factor")}
     seconds = time.perf_counter() - t0
+    if args.save is not None:  # the result, for per-slice analysis (the target was checked free)
+        import nibabel as nib
+
+        nib.Nifti1Image(out, np.asarray(hr.affine)).to_filename(_saved(args, mode))
     scores = _score(out, np.asarray(hr.array, np.float32), axis)
     if args.coherence_sweep and mode != "scipy-cubic" and mode != "lanczos-bp":
         scores["coherence_sweep"] = _sweep(out, hr, axis, case, args.coherence_sweep)
@@ -156,6 +160,11 @@ def _sweep_entry(entry: str, default_guide: float) -> tuple[float, float | None]
     if not guide:
         return float(mm), default_guide
     return float(mm), None if guide.strip().lower() == "none" else float(guide)
+
+
+def _saved(args: argparse.Namespace, mode: str) -> Path:
+    """Where ``--save`` writes a mode's volume."""
+    return args.save / f"{args.volume}_{args.slices}slices_{mode}.nii.gz"
 
 
 def _machine(threads: int) -> dict[str, Any]:
@@ -243,6 +252,9 @@ def main() -> int:
                     "0,1.5:none,4,4:0.05: also score each result made coherent afterwards "
                     "(run the mode with --coherence 0)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--save", type=Path, default=None,
+                    help="also write each mode's volume here as <volume>_<N>slices_<mode>.nii.gz "
+                    "(on the ground truth's grid; an existing file is never replaced)")
     ap.add_argument("--machine", default=os.uname().nodename)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
@@ -262,11 +274,18 @@ def main() -> int:
     if unknown:
         print(f"error: unknown mode(s) {unknown}; choose from {', '.join(MODES)}.", file=sys.stderr)
         return 2
+    taken = [str(_saved(args, m)) for m in modes if args.save and _saved(args, m).exists()]
+    if taken:
+        print(f"error: {', '.join(taken)} exist(s); --save never replaces a file: move it or "
+              "choose another folder.", file=sys.stderr)
+        return 2
+    if args.save is not None:
+        args.save.mkdir(parents=True, exist_ok=True)
     rows = []
     base = [sys.executable, __file__, "--data", str(args.data), "--slices", str(args.slices),
             "--threads", str(args.threads), "--device", args.device, "--volume", args.volume]
     for opt in ("key_every", "warm_steps", "ensemble", "coherence", "coherence_sweep",
-                "batch_size"):
+                "batch_size", "save"):
         if getattr(args, opt) is not None:
             base += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}

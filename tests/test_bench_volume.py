@@ -89,3 +89,15 @@ def test_bad_invocations_stop_before_any_solve(bench, tmp_path, monkeypatch, cap
                                       "--modes", "default,fastest"])
     assert bench.main() == 2
     assert "unknown mode(s) ['fastest']" in capsys.readouterr().err
+
+
+def test_save_never_replaces_a_file(bench, tmp_path, monkeypatch, capsys):
+    (tmp_path / "colin27_ch2.nii.gz").write_bytes(b"")
+    out = tmp_path / "volumes"
+    out.mkdir()
+    (out / "colin27_24slices_default.nii.gz").write_bytes(b"mine")
+    monkeypatch.setattr(sys, "argv", ["bench_volume.py", "--data", str(tmp_path), "--slices",
+                                      "24", "--modes", "default", "--save", str(out)])
+    assert bench.main() == 2
+    assert "never replaces a file" in capsys.readouterr().err
+    assert (out / "colin27_24slices_default.nii.gz").read_bytes() == b"mine"
