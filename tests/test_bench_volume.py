@@ -4,9 +4,7 @@ entries, the report and the checks before any solve. The solves themselves are t
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,15 +14,12 @@ import torch
 from medrecon.physics import build_operator
 from medrecon.realscan import _score
 from medrecon.volume import GUIDE_RANGE
+from tests._scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_volume.py"
-    spec = importlib.util.spec_from_file_location("bench_volume", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/bench_volume.py")
 
 
 def test_sweep_entries_take_a_width_and_an_optional_guide(bench):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from medrecon.solvers.calibration import (
     operator_kind,
     regime_fraction,
 )
+from tests._scripts import load_script
 from tests._tiny import tiny_prior
 
 R = 16
@@ -167,10 +166,7 @@ def test_solve_calibrates_the_ensemble_std_of_a_matching_regime():
 
 
 def test_calibrate_script_writes_the_entry_into_prior_json(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_std.py"
-    spec = importlib.util.spec_from_file_location("calibrate_std", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/calibrate_std.py")
     pj = tmp_path / "prior.json"
     pj.write_text(json.dumps({"name": "x", "metadata": {"modality": "mri"}}))
     e = StdCalibration(method="iagan", task="sr", fraction=0.0625, floor=1e-3, scale=4.0,

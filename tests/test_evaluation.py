@@ -7,10 +7,8 @@ Everything runs on a tiny random-weight prior (16 px) and two tiny PNGs written 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from PIL import Image
 
 from medrecon import evaluation as ev
 from medrecon.errors import MedreconInputError, MissingWeightsError
+from tests._scripts import load_script
 
 R = 16
 #: Keep CSGM to one start and no probe batch: the tests check plumbing, not quality.
@@ -309,12 +308,7 @@ def test_bad_arguments_raise_input_errors(prior, images):
 # Benchmark script
 # ---------------------------------------------------------------------------------------------
 def _bench_module():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_solvers.py"
-    spec = importlib.util.spec_from_file_location("bench_solvers", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_solvers", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/bench_solvers.py", register=True)
 
 
 def test_bench_writes_json_and_markdown(prior_path, tmp_path):
@@ -370,11 +364,7 @@ def test_bench_times_a_volume_in_solver_batches(prior_path, tmp_path):
 # scripts/tune_defaults.py: defaults are chosen on validation images the report never sees
 # ---------------------------------------------------------------------------------------------
 def _tune_module():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_defaults.py"
-    spec = importlib.util.spec_from_file_location("tune_defaults", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/tune_defaults.py")
 
 
 def test_tuning_validation_split_is_disjoint_from_the_report_images():
@@ -416,10 +406,7 @@ def test_confirmation_set_avoids_report_and_validation_images(tmp_path):
     """scripts/confirm_set.py lists held-out images that neither the report nor any tuning
     validation set uses, and writes them as an image record ``medrecon eval --folds`` reads."""
     tune = _tune_module()
-    path = Path(__file__).resolve().parents[1] / "scripts" / "confirm_set.py"
-    spec = importlib.util.spec_from_file_location("confirm_set", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/confirm_set.py")
     ids = [f"c/{i:03d}.png" for i in range(100)]
     got = mod.confirmation_set(ids, n=20, test_limit=8, validation_sizes=[6, 16])
     test, _ = tune.validation_split(ids, test_limit=8, n=0)
@@ -438,10 +425,7 @@ def test_confirmation_set_avoids_report_and_validation_images(tmp_path):
 
 
 def test_paired_difference_script(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "scripts" / "paired_diff.py"
-    spec = importlib.util.spec_from_file_location("paired_diff", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/paired_diff.py")
     csv_path = tmp_path / "results.csv"
     lines = ["image,method,psnr,ssim,lpips,seconds,device"]
     for i, (a, b) in enumerate([(30.0, 29.0), (28.0, 28.5), (31.0, 29.5)]):
@@ -539,10 +523,7 @@ def test_calibration_bins():
 def test_seam_tuning_script_options_and_report(tmp_path):
     """scripts/tune_inpaint_seam.py: mask specs parse into build_operator options, and the
     report tabulates every variant of every mask from runs.jsonl."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_inpaint_seam.py"
-    spec = importlib.util.spec_from_file_location("tune_inpaint_seam", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/tune_inpaint_seam.py")
     assert mod.mask_options("center_box:0.25") == {"mask_type": "center_box", "box_fraction": 0.25}
     assert mod.mask_options("free_form") == {"mask_type": "free_form"}
     rows = [{"mask": m, "images": ["a.png", "b.png"], "mean": {"paste": [30.0 + k, 0.9],

@@ -15,6 +15,7 @@ from medrecon.pipeline import reconstruct
 from medrecon.solvers.iagan import AdaptedState, iagan
 from medrecon.volume import (VOLUME_ENSEMBLE, cohere_slices, coherence_sigma, solve_in_rounds,
                             warm_start_rounds, warm_steps_for)
+from tests._scripts import load_script
 from tests._tiny import tiny_prior
 
 
@@ -83,13 +84,7 @@ def test_batch_size_only_groups_a_rounds_problems():
 def test_tuning_scripts_star_order_starts_every_slice_from_its_key(monkeypatch):
     """scripts/tune_warm_start.py's alternative order (measured, not offered) is a valid
     solve order: one warm round, each slice's parent is its segment's key slice."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_warm_start.py"
-    spec = importlib.util.spec_from_file_location("tune_warm_start", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/tune_warm_start.py")
     rounds = mod.star_rounds(list(range(12)), 5)
     assert [i for i, _ in rounds[0]] == [2, 7, 10]
     assert sorted(i for rnd in rounds for i, _ in rnd) == list(range(12))
