@@ -244,6 +244,12 @@ def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int
         The new slices (a new tensor; ``images`` is not modified). Memory: about four more
         stacks of ``images``' size.
     """
+    if guide_range is not None and not (isinstance(guide_range, (int, float))
+                                        and math.isfinite(guide_range) and guide_range > 0):
+        from medrecon.errors import MedreconInputError
+
+        raise MedreconInputError(f"guide_range={guide_range!r}; expected a number > 0, or None "
+                                 "for Gaussian weights alone.")
     if sigma <= 0 or images.shape[0] < 2:
         return images
     n = images.shape[0]

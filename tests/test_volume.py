@@ -270,6 +270,9 @@ def test_cohere_slices_plain_weights_are_a_truncated_gaussian():
         ref[i] = P(x[i:i + 1])[0] + m - P(m[None])[0]
     out = cohere_slices(x, [(op, range(7))], sigma=sigma, guide_range=None)
     assert torch.allclose(out, ref, atol=1e-5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(MedreconInputError, match="guide_range"):
+            cohere_slices(x, [(op, range(7))], sigma=sigma, guide_range=bad)
 
 
 def test_coherence_width_is_four_output_pixels_in_slices():
