@@ -254,7 +254,7 @@ def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int
         return images
     n = images.shape[0]
     with torch.no_grad():
-        measured = _apply(groups, images, _project)  # P_i x_i
+        measured = _measured(groups, images)  # P_i x_i
         unmeasured = images - measured
         guide = measured.mean(1, keepdim=True)  # [N, 1, H, W]
         inv_h2 = 0.0 if guide_range is None else 1.0 / (guide_range * _robust_range(guide)) ** 2
@@ -275,19 +275,13 @@ def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int
             num[lo:hi].addcmul_(w, unmeasured[lo + k:hi + k])
             den[lo:hi].add_(w)
         mix = num.div_(den)
-        return measured + mix - _apply(groups, mix, _project)
+        return measured + mix - _measured(groups, mix)
 
 
-def _project(op: Any, x: torch.Tensor) -> torch.Tensor:
-    """``A^+ A x`` (the measured part), computed in float32."""
-    return op.A_dagger(op.A(x.to(torch.float32))).to(x.dtype)
-
-
-def _apply(groups: Sequence[tuple[Any, Sequence[int]]], x: torch.Tensor,
-           fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``fn(op, x[idx])`` for each group, put back in slice order."""
+def _measured(groups: Sequence[tuple[Any, Sequence[int]]], x: torch.Tensor) -> torch.Tensor:
+    """Every slice's measured part ``A_i^+ A_i x_i`` (computed in float32, in ``x``'s dtype)."""
     out = torch.empty_like(x)
     for op, idx in groups:
         idx = list(idx)
-        out[idx] = fn(op, x[idx])
+        out[idx] = op.A_dagger(op.A(x[idx].to(torch.float32))).to(x.dtype)
     return out
