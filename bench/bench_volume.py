@@ -108,7 +108,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.save is not None:  # the result, for per-slice analysis (the target was checked free)
         import nibabel as nib
 
-        nib.Nifti1Image(out, np.asarray(hr.affine)).to_filename(_saved(args, mode))
+        target = _saved(args, mode)
+        part = target.with_name(f".part-{target.name}")  # the name appears only when complete
+        nib.Nifti1Image(out, np.asarray(hr.affine)).to_filename(part)
+        os.replace(part, target)
     scores = _score(out, np.asarray(hr.array, np.float32), axis)
     if args.coherence_sweep and mode != "scipy-cubic" and mode != "lanczos-bp":
         scores["coherence_sweep"] = _sweep(out, hr, axis, case, args.coherence_sweep)
@@ -155,11 +158,28 @@ def _sweep(out: Any, hr: Any, axis: int, case: Any, widths: str) -> list[dict[st
 
 
 def _sweep_entry(entry: str, default_guide: float) -> tuple[float, float | None]:
-    """``"MM"`` or ``"MM:H"`` (``H`` a number or ``none``) -> ``(mm, guide_range)``."""
-    mm, _, guide = entry.strip().partition(":")
-    if not guide:
-        return float(mm), default_guide
-    return float(mm), None if guide.strip().lower() == "none" else float(guide)
+    """``"MM"`` or ``"MM:H"`` (``H`` a number > 0 or ``none``) -> ``(mm, guide_range)``.
+
+    Raises:
+        MedreconInputError: anything else, naming the entry.
+    """
+    import math
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.volume import check_coherence
+
+    mm_text, _, guide = entry.strip().partition(":")
+    try:
+        mm = check_coherence(mm_text.strip())
+        h = (default_guide if not guide else None if guide.strip().lower() == "none"
+             else float(guide))
+    except (MedreconInputError, ValueError):
+        mm, h = "auto", -1.0
+    if mm == "auto" or (h is not None and not (math.isfinite(h) and h > 0)):
+        raise MedreconInputError(
+            f"sweep entry {entry!r}; expected MM or MM:H (a width in mm >= 0; H a guide range "
+            "> 0 or none), e.g. 0,1.5:none,4,4:0.05.")
+    return float(mm), h
 
 
 def _saved(args: argparse.Namespace, mode: str) -> Path:
@@ -259,8 +279,18 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     args = ap.parse_args()
-    if args.coherence not in (None, "auto"):
-        args.coherence = float(args.coherence)
+    from medrecon.errors import MedreconInputError
+    from medrecon.volume import GUIDE_RANGE, check_coherence
+
+    try:  # option values, checked before any solve
+        if args.coherence is not None:
+            args.coherence = check_coherence(args.coherence)
+        if args.coherence_sweep is not None:
+            for e in args.coherence_sweep.split(","):
+                _sweep_entry(e, GUIDE_RANGE)
+    except MedreconInputError as exc:
+        print(f"error: --coherence: {exc}", file=sys.stderr)
+        return 2
     vol_file = args.data / VOLUMES[args.volume][0]
     if not vol_file.is_file():
         print(f"error: {vol_file} not found; fetch it with "

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medrecon.errors import MedreconInputError
+
 __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE", "GUIDE_WINDOW",
            "COHERENT_SIGMA", "WARM_FRACTION",
            "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
@@ -167,8 +169,6 @@ def check_coherence(value: Any) -> float | str:
     Raises:
         MedreconInputError: anything else, naming the accepted values.
     """
-    from medrecon.errors import MedreconInputError
-
     if value is None or value == "auto":
         return "auto"
     if isinstance(value, str):
@@ -246,10 +246,12 @@ def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int
     """
     if guide_range is not None and not (isinstance(guide_range, (int, float))
                                         and math.isfinite(guide_range) and guide_range > 0):
-        from medrecon.errors import MedreconInputError
-
         raise MedreconInputError(f"guide_range={guide_range!r}; expected a number > 0, or None "
                                  "for Gaussian weights alone.")
+    if isinstance(guide_window, bool) or not isinstance(guide_window, int) or guide_window < 1 \
+            or guide_window % 2 == 0:
+        raise MedreconInputError(f"guide_window={guide_window!r}; expected an odd number of "
+                                 "pixels >= 1.")
     if sigma <= 0 or images.shape[0] < 2:
         return images
     n = images.shape[0]

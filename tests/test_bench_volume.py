@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medrecon.errors import MedreconInputError
 from medrecon.physics import build_operator
 from medrecon.realscan import _score
 from medrecon.volume import GUIDE_RANGE
@@ -26,6 +27,9 @@ def test_sweep_entries_take_a_width_and_an_optional_guide(bench):
     assert bench._sweep_entry("4", 0.065) == (4.0, 0.065)
     assert bench._sweep_entry(" 1.5:none", 0.065) == (1.5, None)
     assert bench._sweep_entry("3:0.05", 0.065) == (3.0, 0.05)
+    for bad in ("wide", "-1", "4:0", "4:nan", "4:x", "auto"):
+        with pytest.raises(MedreconInputError, match="sweep entry"):
+            bench._sweep_entry(bad, 0.065)
 
 
 def test_sweep_scores_the_volume_made_coherent(bench):
@@ -84,6 +88,32 @@ def test_bad_invocations_stop_before_any_solve(bench, tmp_path, monkeypatch, cap
                                       "--modes", "default,fastest"])
     assert bench.main() == 2
     assert "unknown mode(s) ['fastest']" in capsys.readouterr().err
+    for opt in (["--coherence-sweep", "0,4:zero"], ["--coherence", "wide"]):
+        monkeypatch.setattr(sys, "argv", ["bench_volume.py", "--data", str(tmp_path), *opt])
+        assert bench.main() == 2
+        assert "error: --coherence" in capsys.readouterr().err
+
+
+def test_save_writes_the_modes_volume_on_the_truths_grid(bench, tmp_path):
+    """``--save`` in a mode run (the cheap cubic mode on a synthetic volume the size of the
+    benchmark's crop): a complete NIfTI with the ground truth's affine, nothing else left."""
+    import nibabel as nib
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    nib.Nifti1Image(rng.random((180, 112, 180), dtype=np.float32) * 100, aff).to_filename(
+        data / "colin27_ch2.nii.gz")
+    args = SimpleNamespace(data=data, slices=4, volume="colin27", threads=1, device="cpu",
+                           save=tmp_path / "vols", coherence_sweep=None, batch_size=None)
+    args.save.mkdir()
+    row = bench.run_mode("scipy-cubic", args)
+    files = sorted(p.name for p in args.save.iterdir())
+    assert files == ["colin27_4slices_scipy-cubic.nii.gz"]
+    img = nib.load(args.save / files[0])
+    assert img.shape == (180, 4, 180) and np.isfinite(row["psnr"])
+    assert np.allclose(img.affine[:3, :3], aff[:3, :3])
 
 
 def test_save_never_replaces_a_file(bench, tmp_path, monkeypatch, capsys):

@@ -273,6 +273,9 @@ def test_cohere_slices_plain_weights_are_a_truncated_gaussian():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(MedreconInputError, match="guide_range"):
             cohere_slices(x, [(op, range(7))], sigma=sigma, guide_range=bad)
+    for bad in (4, 0, 2.5, True):
+        with pytest.raises(MedreconInputError, match="guide_window"):
+            cohere_slices(x, [(op, range(7))], sigma=sigma, guide_window=bad)
 
 
 def test_coherence_width_is_four_output_pixels_in_slices():
