@@ -196,6 +196,69 @@ def test_upfirdn_matches_direct_definition():
     assert down.shape == x.shape
 
 
+@pytest.mark.parametrize("f", [[1, 3, 3, 1], [1, 2, 1], [[1, 2, 0], [0, 1, 3]], [1, 2, 3, 4, 3, 2, 1, 0.5]])
+@pytest.mark.parametrize("kw", [dict(up=2, padding=[2, 1, 2, 1]), dict(down=2, padding=1),
+                                dict(up=(2, 1), down=(1, 2), padding=[1, -1, 0, 2]),
+                                dict(padding=[-1, 0, 2, 1], flip_filter=True, gain=3.0)])
+def test_upfirdn_few_channel_matmul_path_equals_convolution(f, kw):
+    # 1-3 channels take the matrix-product path on the CPU (separable filters; the 2-D
+    # [[1,2,0],[0,1,3]] is not separable and keeps the convolution); 8 channels take the
+    # convolution: channel by channel they must agree.
+    g = torch.Generator().manual_seed(3)
+    filt = ops.setup_filter(f, separable=len(f) >= 8 if isinstance(f[0], (int, float)) else None)
+    x = torch.randn(2, 3, 12, 11, generator=g, dtype=torch.float64)
+    few = ops.upfirdn2d(x, filt.double(), **kw)
+    many = ops.upfirdn2d(x.repeat(1, 3, 1, 1)[:, :8], filt.double(), **kw)
+    assert few.shape[1] == 3 and torch.allclose(few, many[:, :3], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(ops.upfirdn2d(x[:, :1], filt.double(), **kw), many[:, :1], atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["linear", "lrelu", "relu", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("gain", [None, 1.0, 0.5, -2.0])
+@pytest.mark.parametrize("clamp", [None, 0.3])
+def test_bias_act_in_place_steps_equal_the_definition(act, bias, gain, clamp):
+    # bias_act runs its later steps in place on its own intermediate tensor: values, first
+    # and second derivatives equal the plain composition, and the caller's tensors are kept.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    func, a, default_gain = ops.ACTIVATIONS[act]
+    x0, gain_ = x.detach().clone(), default_gain if gain is None else gain
+
+    def reference(x, b=None):
+        y = func(x + b.reshape(1, -1, 1, 1) if b is not None else x, a) * gain_
+        return y.clamp(-clamp, clamp) if clamp is not None else y
+
+    inputs = (x, b) if bias else (x,)
+    out = ops.bias_act(*inputs, act=act, gain=gain, clamp=clamp)
+    assert torch.allclose(out, reference(*inputs), atol=1e-12)
+    assert torch.equal(x.detach(), x0)
+    torch.autograd.gradcheck(lambda *t: ops.bias_act(*t, act=act, gain=gain, clamp=clamp), inputs)
+    torch.autograd.gradgradcheck(lambda *t: ops.bias_act(*t, act=act, gain=gain, clamp=clamp), inputs)
+
+
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_one_by_one_modulated_conv_equals_grouped_convolution(demodulate, fused):
+    # ToRGB's 1 x 1 modulated convolution runs as a batched matrix product: same values and
+    # gradients as the per-sample convolution of its definition.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 6, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 6, 1, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    styles = torch.randn(3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    out = ops.modulated_conv2d(x, weight, styles, demodulate=demodulate, fused_modconv=fused)
+    wn = weight[None] * styles[:, None, :, None, None]  # [N, O, I, 1, 1]
+    if demodulate:
+        wn = wn * (wn.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    ref = torch.cat([torch.nn.functional.conv2d(x[n:n + 1], wn[n]) for n in range(3)])
+    assert torch.allclose(out, ref, atol=1e-12)
+    probe = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * probe).sum(), (x, weight, styles))
+    refs = torch.autograd.grad((ref * probe).sum(), (x, weight, styles))
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, refs))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
