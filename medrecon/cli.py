@@ -286,7 +286,7 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Slices solved together (lower it if memory runs out: IAGAN holds "
                      "one synthesis-network copy per slice and ensemble run). [default: 16 on "
-                     "CUDA, 4 on the CPU]"),
+                     "CUDA; on the CPU 8 for one IAGAN run per slice, else 4]"),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Random seed (restarts, simulated masks and noise); same seed, same "
                      "result."),

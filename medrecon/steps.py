@@ -77,7 +77,7 @@ class ReconstructionSettings:
     samples: int
     ensemble: int | None
     device: str
-    batch_size: int
+    batch_size: int | None
     seed: int
     simulate: bool
     percentiles: tuple[float, float]
@@ -100,7 +100,8 @@ class ReconstructionSettings:
         fill in the defaults that depend on the task and the prior (the method, ``simulate``
         for tasks that always simulate)."""
         task = P._check_task(task)
-        batch_size = P.default_batch_size(batch_size, device)
+        if batch_size is not None:  # None: the default, chosen once the ensemble is known
+            batch_size = P.default_batch_size(batch_size, device)
         samples = P._check_int("samples", samples, minimum=0)
         seed = P._check_int("seed", seed, minimum=0)
         if steps is not None:
@@ -260,8 +261,10 @@ class SolveSlices(Transform):
     def __call__(self, d: dict) -> dict:
         s, x = self.s, d["x"]
         progress = P._Progress(self.callback, x.shape[0], d["method"])
+        batch_size = P.default_batch_size(s.batch_size, s.device, single_run=(
+            d["ensemble"] == 1 and P._accepts(d["method"], "ensemble")))
         kw = dict(method=d["method"], steps=s.steps, bp=d["bp"], samples=s.samples,
-                  device=s.device, batch_size=s.batch_size, seed=s.seed, progress=progress,
+                  device=s.device, batch_size=batch_size, seed=s.seed, progress=progress,
                   ensemble=d["ensemble"])
         zoom = [1.0, 1.0, 1.0]
         if s.task in P.NATIVE_TASKS:  # volumes: warm starts along the slice axis

@@ -373,8 +373,11 @@ def test_default_batch_size_depends_on_the_device(monkeypatch):
 
     assert default_batch_size(None, "cpu") == DEFAULT_BATCH["cpu"] == 4
     assert default_batch_size(7, "cpu") == 7
+    assert default_batch_size(None, "cpu", single_run=True) == 8
+    assert default_batch_size(5, "cpu", single_run=True) == 5
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_batch_size(None, "auto") == DEFAULT_BATCH["cuda"] == 16
+    assert default_batch_size(None, "auto", single_run=True) == 16
     with pytest.raises(MedreconInputError, match="batch_size must be an integer >= 1"):
         default_batch_size(0, "cpu")
 

@@ -339,6 +339,28 @@ def test_sr_volumes_of_thin_slices_get_one_run_per_slice(prior, monkeypatch):
     assert lone > 1 and reconstruct(vol, **inp).info["ensemble"] == lone  # measured on SR only
 
 
+def test_cpu_batch_default_follows_the_runs_per_slice(prior, monkeypatch):
+    """On the CPU one IAGAN run per slice (the thin-volume default) is solved 8 slices a call,
+    an ensemble 4 a call; a batch size given is kept."""
+    from medrecon.pipeline import CPU_SINGLE_RUN_BATCH, DEFAULT_BATCH
+
+    vol, _ = _volume(9)
+    kw = dict(affine=np.diag([1.0, 1.0, 0.5, 1.0]), task="sr", prior=prior, scale=2,
+              method="iagan", steps=1, device="cpu")
+    calls = []
+    real = solvers.solve
+    monkeypatch.setattr(solvers, "solve", lambda y, op, p, **k: calls.append(
+        y.shape[0]) or real(y, op, p, **k))
+    assert reconstruct(vol, **kw).info["ensemble"] == 1
+    assert calls == [CPU_SINGLE_RUN_BATCH, 1] and CPU_SINGLE_RUN_BATCH == 8
+    calls.clear()
+    reconstruct(vol, ensemble=2, **kw)
+    assert calls == [DEFAULT_BATCH["cpu"]] * 2 + [1]
+    calls.clear()
+    reconstruct(vol, batch_size=3, **kw)
+    assert calls == [3, 3, 3]
+
+
 def test_default_volume_result_is_batch_independent_and_seeded(prior):
     """One run per slice + coherence (the SR volume default): the batch size only groups the
     slices' independent solves; the coherence step sees the whole stack either way."""
