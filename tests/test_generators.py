@@ -217,9 +217,10 @@ def test_upfirdn_few_channel_matmul_path_equals_convolution(f, kw):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("gain", [None, 1.0, 0.5, -2.0])
 @pytest.mark.parametrize("clamp", [None, 0.3])
-def test_bias_act_in_place_steps_equal_the_definition(act, bias, gain, clamp):
-    # bias_act runs its later steps in place on its own intermediate tensor: values, first
-    # and second derivatives equal the plain composition, and the caller's tensors are kept.
+def test_bias_act_equals_the_definition(act, bias, gain, clamp):
+    # bias_act folds a positive gain into the bias add where the activation allows it:
+    # values, first and second derivatives equal the plain composition, and the caller's
+    # tensors are kept.
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
