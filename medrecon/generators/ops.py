@@ -272,11 +272,12 @@ def _upfirdn_axes(x, f, *, up, down, pad, flip_filter, c):
     px0, px1, py0, py1 = pad
     fh, fw = int(f.shape[0]), int(f.shape[1])
     n = x.shape[0]
-    if n > 1:
+    if n > 1 and x.device.type == "cpu":
         # every channel of every image is filtered alike: one depthwise convolution over the
         # N * C channels of one image. oneDNN's depthwise backward over a batch is several
         # times slower: profiled in a volume solve (2 threads), 15.4 ms a call for 8 images
-        # of 16 channels at 131^2 against 2.6 ms for one image of 128 channels
+        # of 16 channels at 131^2 against 2.6 ms for one image of 128 channels. (Not on
+        # CUDA, where it would also undo the channels-last layout of the fp16 layers.)
         y = _upfirdn_axes(x.reshape(1, n * c, *x.shape[2:]), f, up=up, down=down, pad=pad,
                           flip_filter=flip_filter, c=n * c)
         return y.reshape(n, c, *y.shape[2:])
