@@ -213,6 +213,20 @@ def test_upfirdn_few_channel_matmul_path_equals_convolution(f, kw):
     assert torch.allclose(ops.upfirdn2d(x[:, :1], filt.double(), **kw), many[:, :1], atol=1e-12)
 
 
+def test_upfirdn_matrices_built_under_autocast_serve_outside_it():
+    # the few-channel path caches its matrices; one first built inside a CPU bf16 autocast
+    # region (the CPU bf16 synthesis) must still be float32 for a float32 call outside it
+    ops._axis_matrix.cache_clear()
+    f = ops.setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 1, 16, 12, generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ops.upsample2d(x, f)
+    outside = ops.upsample2d(x, f)
+    assert outside.dtype == torch.float32
+    assert torch.allclose(outside, ops.upsample2d(x.repeat(1, 8, 1, 1), f)[:, :1], atol=1e-6)
+    assert torch.allclose(inside.float(), outside, atol=0.05 * outside.abs().max())
+
+
 @pytest.mark.parametrize("act", ["linear", "lrelu", "relu", "tanh"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("gain", [None, 1.0, 0.5, -2.0])

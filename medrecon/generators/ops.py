@@ -248,12 +248,14 @@ def _separable_factors(f: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 def _axis_matrix(n: int, taps: tuple[float, ...], up: int, down: int, p0: int, p1: int,
                  flip_filter: bool, dtype: torch.dtype) -> torch.Tensor:
     """``M [n, n']``: upfirdn of a length-``n`` signal along one axis is ``signal @ M``, built by
-    applying :func:`_upfirdn_axes` to the ``n`` unit signals (so the two paths agree exactly)."""
-    eye = torch.eye(n, dtype=dtype)[:, None, None, :]  # n one-row images
-    k = torch.tensor(taps, dtype=dtype)[None, :]
-    m = _upfirdn_axes(eye, k, up=(up, 1), down=(down, 1), pad=(p0, p1, 0, 0),
-                      flip_filter=flip_filter, c=1)
-    return m[:, 0, 0, :].contiguous()
+    applying :func:`_upfirdn_axes` to the ``n`` unit signals (so the two paths agree exactly).
+    Built outside any autocast region, in ``dtype``: the cache outlives the caller's context."""
+    with torch.autocast("cpu", enabled=False), torch.no_grad():
+        eye = torch.eye(n, dtype=dtype)[:, None, None, :]  # n one-row images
+        k = torch.tensor(taps, dtype=dtype)[None, :]
+        m = _upfirdn_axes(eye, k, up=(up, 1), down=(down, 1), pad=(p0, p1, 0, 0),
+                          flip_filter=flip_filter, c=1)
+    return m[:, 0, 0, :].to(dtype).contiguous()
 
 
 def _upfirdn_matmul(x, factors, *, up, down, pad, flip_filter):
