@@ -113,6 +113,9 @@ def test_steps_warnings_point_at_the_caller(prior):
 
 def test_settings_are_immutable_and_fill_task_defaults(prior):
     s = ReconstructionSettings.check(task="mri", prior=prior, method="zero_filled")
-    assert s.simulate is True and s.batch_size >= 1
+    assert s.simulate is True and s.batch_size is None  # the default, chosen at the solve
+    assert ReconstructionSettings.check(task="mri", prior=prior, batch_size=3).batch_size == 3
+    with pytest.raises(MedreconInputError, match="batch_size"):
+        ReconstructionSettings.check(task="mri", prior=prior, batch_size=0)
     with pytest.raises(Exception):
         s.task = "sr"  # type: ignore[misc]
