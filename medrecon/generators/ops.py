@@ -208,7 +208,7 @@ def upfirdn2d(
     if gain != 1:
         f = f * (gain ** (f.ndim / 2))
     if x.device.type == "cpu" and c <= _MATRIX_MAX_CHANNELS and max(x.shape[-2:]) <= _MATRIX_MAX_SIZE:
-        factors = _separable_factors(f)
+        factors = _separable_factors(tuple(f.shape), tuple(f.flatten().tolist()))
         if factors is not None:
             return _upfirdn_matmul(x, factors, up=(upx, upy), down=(downx, downy),
                                    pad=(px0, px1, py0, py1), flip_filter=flip_filter)
@@ -230,11 +230,14 @@ _MATRIX_MAX_CHANNELS = 4
 _MATRIX_MAX_SIZE = 256
 
 
-def _separable_factors(f: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``(fy, fx)`` with ``f = outer(fy, fx)`` (2-D) or ``(f, f)`` (1-D), else None."""
-    if f.ndim == 1:
-        taps = tuple(f.tolist())
-        return taps, taps
+@functools.lru_cache(maxsize=64)
+def _separable_factors(shape: tuple[int, ...], values: tuple[float, ...]
+                       ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(fy, fx)`` with ``f = outer(fy, fx)`` (2-D) or ``(f, f)`` (1-D), else None, for the
+    filter ``f`` of this shape and these values (cached: asked on every synthesis step)."""
+    if len(shape) == 1:
+        return values, values
+    f = torch.tensor(values, dtype=torch.float64).reshape(shape)
     total = float(f.sum())
     if total == 0.0:
         return None
