@@ -207,6 +207,18 @@ DEFAULT_BATCH: dict[str, int] = {"cpu": 4, "cuda": 16}
 CPU_SINGLE_RUN_BATCH = 8
 
 
+def runs_per_slice(method: str, task: str, ensemble: int | None) -> int:
+    """Solver runs per slice: ``ensemble``, or the method's default for the task (1 for a
+    method without an ensemble)."""
+    from medrecon.solvers import method_options
+
+    if not _accepts(method, "ensemble"):
+        return 1
+    if ensemble is not None:
+        return int(ensemble)
+    return int(method_options(method, _SOLVER_TASK.get(task, task)).get("ensemble") or 1)
+
+
 def default_batch_size(batch_size: Any, device: Any, *, single_run: bool = False) -> int:
     """``batch_size`` checked, or the default for the device ``device`` resolves to:
     :data:`DEFAULT_BATCH`, or :data:`CPU_SINGLE_RUN_BATCH` on the CPU when ``single_run``

@@ -261,8 +261,10 @@ class SolveSlices(Transform):
     def __call__(self, d: dict) -> dict:
         s, x = self.s, d["x"]
         progress = P._Progress(self.callback, x.shape[0], d["method"])
-        batch_size = P.default_batch_size(s.batch_size, s.device, single_run=(
-            d["ensemble"] == 1 and P._accepts(d["method"], "ensemble")))
+        # one IAGAN run per slice (an ensemble method asked for, or defaulting to, one run)
+        single = P._accepts(d["method"], "ensemble") and P.runs_per_slice(
+            d["method"], s.task, d["ensemble"]) == 1
+        batch_size = P.default_batch_size(s.batch_size, s.device, single_run=single)
         kw = dict(method=d["method"], steps=s.steps, bp=d["bp"], samples=s.samples,
                   device=s.device, batch_size=batch_size, seed=s.seed, progress=progress,
                   ensemble=d["ensemble"])

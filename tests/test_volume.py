@@ -359,6 +359,13 @@ def test_cpu_batch_default_follows_the_runs_per_slice(prior, monkeypatch):
     calls.clear()
     reconstruct(vol, batch_size=3, **kw)
     assert calls == [3, 3, 3]
+    calls.clear()  # a task whose IAGAN default is one run per slice (no ensemble option given)
+    assert solvers.method_options("iagan", "denoise").get("ensemble", 1) == 1
+    reconstruct(vol, **{**kw, "task": "denoise", "scale": None})
+    assert calls == [CPU_SINGLE_RUN_BATCH, 1]
+    calls.clear()  # SR of thick slices: the solver's default ensemble of 4
+    reconstruct(vol, **{**kw, "affine": np.diag([1.0, 1.0, 3.0, 1.0])})
+    assert calls == [DEFAULT_BATCH["cpu"]] * 2 + [1]
 
 
 def test_default_volume_result_is_batch_independent_and_seeded(prior):
