@@ -13,7 +13,13 @@ middle of the brain, each box-averaged x4 in-plane at native size (45 x 45 -> 18
   ensemble, ``key_every=1``, ``coherence=0``): the default for volumes until warm starts;
 * ``warm-starts``: the volume default before this one (``key_every=3``: key slices with the
   4-member ensemble, the others warm-started from their neighbour; ``coherence=0``);
-* ``scipy-cubic`` and ``lanczos-bp``: the interpolation baselines.
+* ``scipy-cubic`` and ``lanczos-bp``: the interpolation baselines;
+* ``lone-slice``: the cost of one slice reconstructed on its own, as a user with a single
+  slice runs it (a one-slice scan gets the lone-image default, the 4-member ensemble): the
+  slices at :data:`LONE_OFFSETS` from the centre of the stack, each its own
+  :func:`medrecon.pipeline.reconstruct` call in one process; the row's time is their median,
+  its scores their mean on the acquired plane (data range of the whole stack). The default's per-slice cost is reported
+  against it (the target: at most a quarter).
 
 Each mode runs in its own process (so the peak memory is its own) and reports the wall time
 per volume and per slice, the peak resident memory, PSNR / SSIM on the acquired (coronal)
@@ -44,7 +50,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODES = ("default", "slice-by-slice", "warm-starts", "scipy-cubic", "lanczos-bp")
+MODES = ("default", "slice-by-slice", "warm-starts", "scipy-cubic", "lanczos-bp", "lone-slice")
+#: Slices of the ``lone-slice`` mode, as offsets from the centre of the stack.
+LONE_OFFSETS = (-1, 0, 1)
 #: Options of the modes that run :func:`medrecon.pipeline.reconstruct` (on top of the task's).
 MODE_OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -60,11 +68,13 @@ VOLUMES = {
 }
 
 
-def _case(data: Path, slices: int, volume: str = "colin27") -> Any:
+def _case(data: Path, slices: int, volume: str = "colin27", offset: int = 0) -> Any:
+    """The benchmark's case: ``slices`` coronal slices around the volume's centre (moved by
+    ``offset`` slices)."""
     from medrecon.realscan import ScanCase
 
     file, (r0, c0), centre, title = VOLUMES[volume]
-    lo = max(0, centre - slices // 2)
+    lo = max(0, centre + offset - slices // 2)
     return ScanCase(name=f"{volume}_coronal_{slices}", path=str(data / file),
                     prior="brain_mri", scale=4, kernel="box",
                     crop=[[r0, r0 + 180], [lo, lo + slices], [c0, c0 + 180]], slice_axis=1,
@@ -81,6 +91,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from medrecon.realscan import _score, _scipy_cubic, prepare_case
 
     torch.set_num_threads(args.threads)
+    if mode == "lone-slice":
+        return _lone_slice(args)
     case = _case(args.data, args.slices, args.volume)
     hr, lr, axis = prepare_case(case)
     t0 = time.perf_counter()
@@ -113,8 +125,45 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         nib.Nifti1Image(out, np.asarray(hr.affine)).to_filename(part)
         os.replace(part, target)
     scores = _score(out, np.asarray(hr.array, np.float32), axis)
-    if args.coherence_sweep and mode != "scipy-cubic" and mode != "lanczos-bp":
+    if args.coherence_sweep and mode not in ("scipy-cubic", "lanczos-bp"):
         scores["coherence_sweep"] = _sweep(out, hr, axis, case, args.coherence_sweep)
+    return _row(mode, args, seconds, args.slices, scores, info)
+
+
+def _lone_slice(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``lone-slice`` mode: each slice at :data:`LONE_OFFSETS` reconstructed on its own
+    (a one-slice scan, prepared like the stack's, so the same measurements), timed one by one;
+    the row's seconds are their median (the first call also loads the prior)."""
+    import statistics
+
+    import numpy as np
+
+    from medrecon.pipeline import reconstruct
+    from medrecon.realscan import _plane_scores, prepare_case
+
+    stack = np.asarray(prepare_case(_case(args.data, args.slices, args.volume))[0].array)
+    data_range = float(stack.max() - stack.min())  # the stack's, as its rows are scored
+    times, scores, info = [], [], {}
+    for off in LONE_OFFSETS:
+        case = _case(args.data, 1, args.volume, offset=off)
+        hr, lr, axis = prepare_case(case)
+        t0 = time.perf_counter()
+        res = reconstruct(lr, task="sr", prior=case.prior, scale=case.scale,
+                          sr_kernel=case.kernel, device=args.device, seed=0, plane="coronal",
+                          **({"batch_size": args.batch_size} if args.batch_size else {}))
+        times.append(time.perf_counter() - t0)
+        scores.append(_plane_scores(np.asarray(res.image.array, np.float32),
+                                    np.asarray(hr.array, np.float32), axis, data_range))
+        info = {k: res.info.get(k) for k in ("method", "ensemble", "plane")}
+    info.update(offsets=list(LONE_OFFSETS), seconds_each=times)
+    mean = {k: float(np.mean([s[i] for s in scores])) for i, k in enumerate(("psnr", "ssim"))}
+    return _row("lone-slice", args, statistics.median(times), 1,
+                {**mean, "psnr_reformat": None, "ssim_reformat": None, "interslice": None}, info)
+
+
+def _row(mode: str, args: argparse.Namespace, seconds: float, slices: int,
+         scores: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """One report row: time, peak memory of this process, scores and how it ran."""
     peak = None
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -122,7 +171,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 peak = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return {"mode": mode, "seconds": seconds, "seconds_per_slice": seconds / args.slices,
+    return {"mode": mode, "seconds": seconds, "seconds_per_slice": seconds / slices,
             "peak_rss_bytes": peak, **scores, "info": info, "threads": args.threads,
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]).replace(
@@ -217,6 +266,8 @@ def markdown(report: dict[str, Any]) -> str:
             opts.append(f"key_every {i['key_every']}, warm_steps {i.get('warm_steps')}")
         if i.get("coherence_sigma"):
             opts.append(f"coherence {i['coherence_sigma']:g} slice")
+        if i.get("offsets"):
+            opts.append(f"one slice per call, median of {len(i['offsets'])}")
         if opts:
             ran += f" ({'; '.join(opts)})"
         mem = "" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / 2**30:.2f}"
@@ -250,6 +301,13 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{d['ssim_reformat'] - sbs['ssim_reformat']:+.4f} on the reformats; "
                   + (f"per-slice cost ratio {d['seconds'] / sbs['seconds']:.3f}."
                      if same else "run with different thread counts: no cost ratio.")]
+    lone = by.get("lone-slice")
+    if d and lone:
+        lines += ["", "Default's per-slice cost against a lone slice: "
+                  + (f"{d['seconds_per_slice']:.2f} s / {lone['seconds']:.2f} s = "
+                     f"{d['seconds_per_slice'] / lone['seconds']:.3f} (target: at most 0.25)."
+                     if d.get("threads") == lone.get("threads")
+                     else "run with different thread counts: no cost ratio.")]
     lines += ["", "Rows: " + "; ".join(f"{r['mode']}: `{r.get('command', report['command'])}` "
                                        f"({r.get('date', 'n/a')})" for r in rows) + "."]
     return "\n".join(lines) + "\n"

@@ -126,3 +126,58 @@ def test_save_never_replaces_a_file(bench, tmp_path, monkeypatch, capsys):
     assert bench.main() == 2
     assert "never replaces a file" in capsys.readouterr().err
     assert (out / "colin27_24slices_default.nii.gz").read_bytes() == b"mine"
+
+
+def test_report_gives_the_per_slice_cost_against_a_lone_slice(bench):
+    lone = _row("lone-slice", 30.4, 40, seconds_per_slice=40,
+                info={"method": "iagan", "ensemble": 4, "offsets": [-1, 0, 1]})
+    report = {"case": "test volume", "command": "bench", "machine": {
+        "cpu": "cpu", "torch_threads": 2, "torch": "2"},
+        "rows": [_row("default", 30.0, 100), lone]}
+    md = bench.markdown(report)
+    assert "one slice per call, median of 3" in md
+    assert "10.00 s / 40.00 s = 0.250 (target: at most 0.25)" in md
+    lone["threads"] = 1
+    assert "against a lone slice: run with different thread counts" in bench.markdown(report)
+
+
+def test_lone_slice_solves_each_slice_on_its_own(bench, tmp_path, monkeypatch):
+    """The lone-slice mode: one reconstruct call per slice of LONE_OFFSETS, each given the
+    one-slice scan of the stack's own measurements; the median time; scores on the stack's
+    data range."""
+    import nibabel as nib
+
+    import medrecon.pipeline as P
+    from medrecon.io import MedicalImage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    truth = np.random.default_rng(0).random((180, 112, 180), dtype=np.float32) * 100
+    nib.Nifti1Image(truth, np.eye(4)).to_filename(data / "colin27_ch2.nii.gz")
+    seen = []
+
+    def fake(lr, **kw):  # nearest upsampling of the measurements, on the truth's grid
+        seen.append((lr.array.shape, kw["plane"], kw["seed"]))
+        arr = np.repeat(np.repeat(np.asarray(lr.array), 4, 0), 4, 2)
+        return SimpleNamespace(image=MedicalImage(arr, np.eye(4)),
+                               info={"method": "fake", "ensemble": 4, "plane": kw["plane"]})
+
+    monkeypatch.setattr(P, "reconstruct", fake)
+    args = SimpleNamespace(data=data, slices=6, volume="colin27", threads=1, device="cpu",
+                           save=None, coherence_sweep=None, batch_size=None)
+    row = bench.run_mode("lone-slice", args)
+    assert seen == [((45, 1, 45), "coronal", 0)] * len(bench.LONE_OFFSETS)
+    assert row["mode"] == "lone-slice" and row["seconds"] == row["seconds_per_slice"]
+    assert row["seconds"] == sorted(row["info"]["seconds_each"])[1]
+    assert row["info"]["offsets"] == list(bench.LONE_OFFSETS)
+    # the same slices cut from the stack's own low-resolution scan score the same
+    from medrecon.realscan import _plane_scores, prepare_case
+
+    hr, lr, axis = prepare_case(bench._case(data, 6, "colin27"))
+    centre = 6 // 2  # the stack's centre slice, offset 0
+    up = np.repeat(np.repeat(np.asarray(lr.array), 4, 0), 4, 2)
+    rng_ = float(np.asarray(hr.array).max() - np.asarray(hr.array).min())
+    want = np.mean([_plane_scores(up[:, centre + o:centre + o + 1], np.asarray(
+        hr.array)[:, centre + o:centre + o + 1], axis, rng_)[0] for o in bench.LONE_OFFSETS])
+    assert row["psnr"] == pytest.approx(want, rel=1e-6)
+    assert row["psnr_reformat"] is None and row["interslice"] is None
