@@ -150,17 +150,27 @@ def build_native_problem(
                          {"grid": {"size": fit.size, "content": fit.content, "offset": fit.offset}})
 
 
-def solver_kwargs(method: str, *, device: Any, seed: int, callback: Any, bp: bool | None,
-                  steps: int | None = None, samples: int = 0, ensemble: int | None = None,
-                  task: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
-    """The keywords of one :func:`medrecon.solvers.solve` call of the pipeline.
+def solver_kwargs(method: str, *, device: Any, seed: int, slices: Sequence[int], callback: Any,
+                  bp: bool | None, steps: int | None = None, samples: int = 0,
+                  ensemble: int | None = None, task: str | None = None,
+                  overrides: dict | None = None) -> dict[str, Any]:
+    """The keywords of one :func:`medrecon.solvers.solve` call of the pipeline on ``slices``
+    (their indices in the scan).
 
-    ``overrides`` (e.g. :data:`medrecon.solvers.OFF_GRID_DEFAULTS`) refine the method's
-    defaults; the user's ``steps`` then win (IAGAN: the same budget for both stages).
+    A generative method gets one seed per slice, :func:`medrecon.solvers._common.slice_seed`
+    ``(seed, i)`` (``seed`` itself for slice 0): each slice draws its own random start, so a
+    slice's result does not depend on the batch it is solved in, and neighbouring slices'
+    guesses of what is not measured are independent (they average in
+    :func:`medrecon.volume.cohere_slices` as an ensemble's members do). ``overrides`` (e.g.
+    :data:`medrecon.solvers.OFF_GRID_DEFAULTS`) refine the method's defaults; the user's
+    ``steps`` then win (IAGAN: the same budget for both stages).
     """
     from medrecon.solvers import METHODS
+    from medrecon.solvers._common import slice_seed
 
-    kw: dict[str, Any] = {"method": method, "device": device, "seed": int(seed),
+    per_slice = METHODS[method].generative and "seed" in METHODS[method].defaults
+    kw: dict[str, Any] = {"method": method, "device": device,
+                          "seed": [slice_seed(seed, i) for i in slices] if per_slice else seed,
                           "callback": callback, **(overrides or {})}
     if bp is not None:
         kw["bp"] = bp
@@ -212,8 +222,9 @@ def solve_native_problem(
     Generative methods solve with ``A_native o U`` and no back-projection of their own; their
     image is mapped with ``U`` and back-projected with ``A_native`` on the output grid when the
     solver would back-project (:func:`medrecon.solvers.will_back_project`). Baselines solve
-    with ``A_native`` on the output grid (their ``bp`` applies there too). Every batch uses the
-    same ``seed``, so a slice's result does not depend on ``batch_size``.
+    with ``A_native`` on the output grid (their ``bp`` applies there too). Each slice draws
+    its random numbers from its own seed (:func:`solver_kwargs`), so a slice's result does not
+    depend on ``batch_size``.
     """
     from medrecon.solvers import METHODS, OFF_GRID_DEFAULTS, solve, will_back_project
     from medrecon.solvers import _common as C
@@ -234,7 +245,8 @@ def solve_native_problem(
 
         def solve_chunk(chunk: list[int], init: Any, want_state: bool) -> Any:
             kw = solver_kwargs(
-                method, device=device, seed=seed, bp=False if generative else bp, steps=steps,
+                method, device=device, seed=seed, slices=chunk, bp=False if generative else bp,
+                steps=steps,
                 callback=progress.solver_callback(chunk[0], chunk[-1] + 1), samples=samples,
                 ensemble=ensemble, task=solver_task,
                 overrides=OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if off_grid else None)

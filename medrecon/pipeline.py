@@ -475,9 +475,9 @@ def _solve_batches(
         idx = list(idx)
         for b0 in range(0, len(idx), batch_size):
             chunk = idx[b0 : b0 + batch_size]
-            kw = solver_kwargs(method, device=device, seed=seed, bp=bp, steps=steps,
+            kw = solver_kwargs(method, device=device, seed=seed, slices=chunk, bp=bp,
+                               steps=steps, samples=samples, ensemble=ensemble,
                                callback=progress.solver_callback(chunk[0], chunk[-1] + 1),
-                               samples=samples, ensemble=ensemble,
                                task=None if task is None else _SOLVER_TASK.get(task, task))
             rec = solve(y[chunk], op, prior, **kw)
             for j, i in enumerate(chunk):
@@ -815,10 +815,12 @@ def reconstruct(
             are slower per slice and use more memory), and on the CPU
             :data:`CPU_SINGLE_RUN_BATCH` (8) when IAGAN runs once per slice.
         seed: Seed of every random choice (operator pattern, simulated noise, solver probes).
-            Every batch is solved with it, and the solvers treat the slices of a batch as
-            independent problems, so a slice's result does not depend on ``batch_size`` (up to
-            float rounding); with warm starts it depends on the slices of its segment
-            (``key_every``), which ``batch_size`` does not change. Default 0.
+            Slice ``i`` of a generative method draws its probes from its own seed,
+            :func:`medrecon.solvers._common.slice_seed` ``(seed, i)`` (``seed`` itself for a
+            lone image), so neighbouring slices start apart, and the solvers treat the slices
+            of a batch as independent problems, so a slice's result does not depend on
+            ``batch_size`` (up to float rounding); with warm starts it depends on the slices of
+            its segment (``key_every``), which ``batch_size`` does not change. Default 0.
         simulate: Treat ``image`` as the ground truth and measure it with the operator (seeded).
         callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
         percentiles: Intensity percentiles mapped to ``-1``/``+1``. Default ``(0.5, 99.5)``.
@@ -1011,8 +1013,9 @@ def _solve_kspace(
         do_bp = generative and will_back_project(method, bp=bp, noise_sigma=noise)
         for b0 in range(0, len(idx), batch_size):
             chunk = idx[b0:b0 + batch_size]
-            kw = solver_kwargs(method, device=device, seed=seed, task="mri", steps=steps,
-                               bp=False if generative else bp, samples=samples, ensemble=ensemble,
+            kw = solver_kwargs(method, device=device, seed=seed, slices=chunk, task="mri",
+                               steps=steps, bp=False if generative else bp, samples=samples,
+                               ensemble=ensemble,
                                callback=progress.solver_callback(chunk[0], chunk[-1] + 1))
             yn = y_native[chunk][:, None]
             if generative:

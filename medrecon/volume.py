@@ -17,10 +17,15 @@ round, each slice one step further from its key is warm-started from the slice n
 towards the key: stage 2 begins at that neighbour's adapted latents and weights (every member
 its own) and runs ``warm_steps`` steps on the slice's own measurements.
 
-Guarantees: a slice's result depends on the seed, on its segment (the slices between it and
-its key slice) with warm starts, and through :func:`cohere_slices` on its neighbours within
-three widths; never on ``batch_size``, which only groups the independent problems of one
-round into solver calls. ``key_every <= 1`` solves every slice cold.
+Every slice draws its random start from its own seed (its place in the scan:
+:func:`medrecon.solvers._common.slice_seed`), so the neighbours' guesses are independent, as
+an ensemble's members are; shared probes made neighbours start alike and averaged less
+(150 Colin27 slices: 29.78 -> 29.87 dB, reformats 30.24 -> 30.38).
+
+Guarantees: a slice's result depends on the seed and its place in the scan, on its segment
+(the slices between it and its key slice) with warm starts, and through
+:func:`cohere_slices` on its neighbours within three widths; never on ``batch_size``, which
+only groups the independent problems of one round into solver calls. ``key_every <= 1`` solves every slice cold.
 """
 
 from __future__ import annotations

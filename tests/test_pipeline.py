@@ -150,7 +150,7 @@ def test_generative_run_is_seeded_and_leaves_global_rng_alone(prior):
 
 
 def test_result_does_not_depend_on_batch_size(prior):
-    """Every batch is solved with the same seed and slices are independent problems, so a
+    """Each slice is seeded by its place in the scan and slices are independent problems, so a
     volume solved one slice at a time equals the volume solved in one batch."""
     vol = _smooth_volume((8, 8, 3), seed=2)
     img = MedicalImage(vol, _affine(spacing=(1.0, 1.0, 1.0)))
@@ -158,6 +158,30 @@ def test_result_does_not_depend_on_batch_size(prior):
     one = reconstruct(img, batch_size=1, **kw).image.array
     three = reconstruct(img, batch_size=3, **kw).image.array
     np.testing.assert_allclose(one, three, rtol=1e-3, atol=1e-3 * float(np.abs(vol).max()))
+
+
+def test_each_slice_of_a_scan_gets_its_own_seed(prior, monkeypatch):
+    """A generative solver gets slice_seed(seed, i) for slice i of the scan, whatever the
+    batch (slice 0 keeps the scan's seed); a baseline gets the scan's seed as it was."""
+    import medrecon.solvers as S
+    from medrecon.solvers._common import slice_seed
+
+    calls = []
+    real = S.solve
+
+    def spy(y, op, prior_, **kw):
+        calls.append((kw["method"], kw["seed"]))
+        return real(y, op, prior_, **kw)
+
+    monkeypatch.setattr(S, "solve", spy)
+    vol = _smooth_volume((8, 8, 3), seed=2)
+    img = MedicalImage(vol, _affine(spacing=(1.0, 1.0, 1.0)))
+    kw = dict(task="sr", prior=prior, scale=2, steps=2, device="cpu", seed=4)
+    reconstruct(img, method="csgm", batch_size=2, **kw)
+    assert calls == [("csgm", [4, slice_seed(4, 1)]), ("csgm", [slice_seed(4, 2)])]
+    calls.clear()
+    reconstruct(img, method="lanczos", **kw)
+    assert calls and all(c == ("lanczos", 4) for c in calls)
 
 
 def test_ensemble_option_reaches_iagan_and_reports_progress(prior):

@@ -180,6 +180,57 @@ def test_seeded_determinism_and_global_rng_untouched(G, truth):
     assert not torch.equal(a.latents, c.latents)
 
 
+def test_slice_seeds_are_apart_and_keep_a_lone_images_seed():
+    from medrecon.solvers._common import slice_seed
+    from medrecon.solvers.iagan import member_seed
+
+    assert slice_seed(7, 0) == 7  # a lone image (slice 0) keeps the caller's seed
+    seeds = [slice_seed(7, i) for i in range(200)]
+    assert len(set(seeds)) == 200 and all(0 <= s < 2**63 for s in seeds)
+    assert not set(seeds[1:]) & {member_seed(7, k) for k in range(1, 200)}
+    assert seeds == [slice_seed(7, i) for i in range(200)] and slice_seed(8, 1) != seeds[1]
+
+
+def test_per_slice_seeds_give_each_slice_its_own_draws(G, truth):
+    """One seed per slice: slice b of a batch is slice b solved alone with its own seed (no
+    batch-mate changes it), equal seeds on equal data agree, different seeds start apart; in
+    CSGM, IAGAN (member k of slice b: member_seed(seed[b], k)) and BRGM's posterior draws."""
+    from medrecon.solvers.iagan import member_seed
+
+    op = sr_op()
+    y = op.A(truth[:1]).repeat(3, 1, 1, 1)  # one slice three times
+    kw = dict(space="w+", steps=4, restarts=1, probes=4, probe_mean=False, check_every=0,
+              device="cpu")
+    rec = csgm(y, op, G, seed=[3, 4, 3], **kw)
+    torch.testing.assert_close(rec.image[1:2], csgm(y[:1], op, G, seed=4, **kw).image,
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rec.latents[0], rec.latents[2])
+    assert not torch.allclose(rec.latents[0], rec.latents[1])
+    ikw = dict(steps=3, lr_weights=1e-2, device="cpu",
+               stage1_options=dict(steps=2, restarts=1, probes=3))
+    ens = iagan(y[:2], op, G, ensemble=2, seed=[5, 9], **ikw)
+    assert ens.info["member_seeds"] == [[5, 9], [member_seed(5, 1), member_seed(9, 1)]]
+    alone = iagan(y[:1], op, G, ensemble=2, seed=9, **ikw)
+    torch.testing.assert_close(ens.samples[:, 1:2], alone.samples, atol=1e-4, rtol=1e-4)
+    vkw = dict(steps=3, num_samples=2, samples_per_step=2, perceptual="off", device="cpu")
+    v = brgm_variational(y[:2], op, G, seed=[1, 2], **vkw)
+    torch.testing.assert_close(v.samples[:, 1:2], brgm_variational(y[:1], op, G, seed=2,
+                                                                   **vkw).samples,
+                               atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(v.samples[:, 0], v.samples[:, 1])
+
+
+@pytest.mark.parametrize("seed, match", [([1, 2], "2 seeds for 3 slice"), (-1, "seed=-1"),
+                                         ([1, 2.5, 3], "seed=2.5"), (True, "seed=True")])
+def test_bad_seeds_stop_before_any_solve(G, truth, seed, match):
+    op = sr_op()
+    y = op.A(truth)
+    for solver, kw in ((csgm, dict(steps=1, probes=2)), (iagan, dict(steps=1)),
+                       (brgm_variational, dict(steps=1, perceptual="off"))):
+        with pytest.raises(MedreconInputError, match=match):
+            solver(y, op, G, seed=seed, device="cpu", **kw)
+
+
 # ---------------------------------------------------------------------------------------------
 # IAGAN
 

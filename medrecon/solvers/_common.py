@@ -11,6 +11,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
+from operator import index as _as_index
 from typing import Any, Callable, Mapping
 
 import torch
@@ -160,6 +161,59 @@ def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: 
         bound = ">= 0" if allow_zero else "> 0"
         raise MedreconInputError(f"{name}={value!r}; expected a value {bound}.")
     return value
+
+
+def slice_seed(seed: int, index: int) -> int:
+    """Seed of slice ``index`` of a scan solved with ``seed``: ``seed`` itself for slice 0 (a
+    lone image keeps its seed), else a 63-bit value drawn from
+    ``numpy.random.SeedSequence([seed, index, 0x51CE])`` (apart from every
+    :func:`medrecon.solvers.iagan.member_seed`, so no slice repeats another's member)."""
+    if index == 0:
+        return int(seed)
+    import numpy as np
+
+    ss = np.random.SeedSequence([int(seed) % 2**63, int(index), 0x51CE])
+    return int(ss.generate_state(2, np.uint64)[0] % 2**63)
+
+
+def check_seed(seed: Any, n: int) -> int | list[int]:
+    """``seed`` as an int >= 0, or as a list of ``n`` of them (one per slice).
+
+    Raises:
+        MedreconInputError: anything else, naming the value and what is expected.
+    """
+    def one(s: Any) -> int:
+        try:
+            value = None if isinstance(s, bool) else _as_index(s)
+        except TypeError:
+            value = None
+        if value is None or value < 0:
+            raise MedreconInputError(
+                f"seed={s!r}; expected an integer >= 0 (or one per slice).")
+        return value
+
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != n:
+            raise MedreconInputError(
+                f"{len(seed)} seeds for {n} slice(s); give one integer, or one per slice.")
+        return [one(s) for s in seed]
+    return one(seed)
+
+
+def seed_generators(seed: Any, n: int, device: torch.device
+                    ) -> torch.Generator | list[torch.Generator]:
+    """The private RNG of a solver call on ``n`` slices: one ``torch.Generator`` shared by the
+    batch for an int ``seed`` (every slice gets the same random draws), or one per slice for a
+    sequence of ``n`` seeds (each slice its own draws, so neighbouring slices of a scan start
+    apart, while a slice's draws depend only on its own seed, never on its batch).
+
+    Raises:
+        MedreconInputError: ``seed`` neither an int >= 0 nor ``n`` of them (:func:`check_seed`).
+    """
+    seed = check_seed(seed, n)
+    if isinstance(seed, list):
+        return [torch.Generator(device=device).manual_seed(s) for s in seed]
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def noise_sigma(operator: Any) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -288,7 +289,7 @@ def solve(
     bp_eta: float | None = None,
     task: str | None = None,
     device: str | torch.device = "auto",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     callback: C.ProgressCallback | None = None,
     **options: Any,
 ) -> Reconstruction:
@@ -309,7 +310,9 @@ def solve(
             :data:`SPARSE_SR_FRACTION` of the pixels, :data:`SPARSE_SR_DEFAULTS` over them).
             ``None`` infers it from the operator class.
         device: ``'auto'`` (CUDA if available), ``'cpu'`` or ``'cuda'``.
-        seed: seed of every random choice.
+        seed: seed of every random choice; generative methods also take one per slice (each
+            slice then draws its own random start; the pipeline gives slice ``i`` of a scan
+            :func:`medrecon.solvers._common.slice_seed` ``(seed, i)``).
         callback: progress callable receiving dicts ``{stage, step, total_steps, loss, ...}``.
         **options: method options (see the method's docstring); unknown ones raise.
 

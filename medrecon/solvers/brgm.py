@@ -33,6 +33,7 @@ is ``sum rho + const``; the reference code omitted it, which collapses q to a po
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -106,7 +107,7 @@ def brgm(
     check_every: int = 10,
     noise_mode: str = "const",
     device: str | torch.device = "auto",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     callback: C.ProgressCallback | None = None,
     amp: bool = True,
 ) -> Reconstruction:
@@ -137,7 +138,8 @@ def brgm(
         noise_mode: ``'const'`` or ``'none'``, as in :func:`~medrecon.solvers.csgm`. Default
             ``'const'``.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
-        seed: seed of the initial probes (private ``torch.Generator``).
+        seed: seed of the initial probes (private ``torch.Generator``); one per slice gives
+            each slice its own probes (:func:`medrecon.solvers._common.seed_generators`).
         callback: progress callable.
         amp: bf16 autocast of the synthesis on CUDA.
 
@@ -156,7 +158,7 @@ def brgm(
     B = yd.shape[0]
     C.check_positive("probes", probes, integer=True, allow_zero=True)
     if probes > 0:
-        gen = torch.Generator(device=dev).manual_seed(int(seed))
+        gen = C.seed_generators(seed, B, dev)
         w0 = probe_init(lat, yd, op, restarts=1, probes=probes, generator=gen,
                         include_mean=bool(probe_mean), force_mean=False, amp=amp_ctx)
     else:
@@ -178,6 +180,16 @@ def brgm(
                           info=info)
 
 
+def _normal(generator: torch.Generator | Sequence[torch.Generator], samples: int,
+            shape: Sequence[int]) -> torch.Tensor:
+    """Standard-normal draws ``[samples, 1 or B, *shape]``: from one generator, shared by the
+    batch's slices (broadcast over them), or from one generator per slice, each its own."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn((samples, *shape), generator=g, device=g.device)
+                            for g in generator], 1)
+    return torch.randn((samples, 1, *shape), generator=generator, device=generator.device)
+
+
 def variational_core(
     lat: LatentSpace,
     y: torch.Tensor,
@@ -191,7 +203,7 @@ def variational_core(
     prior_weight: float,
     entropy_weight: float,
     extra,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     progress: C.Progress,
     amp,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
@@ -199,7 +211,8 @@ def variational_core(
 
     Each step draws ``samples_per_step`` reparametrised samples per slice (one batch of
     ``S * B`` syntheses) from the seeded ``generator``; the standard-normal draws are shared by
-    the slices of the batch, so each slice's result is independent of its batch-mates.
+    the slices of the batch, so each slice's result is independent of its batch-mates (one
+    generator per slice: each slice's own draws, see :func:`_normal`).
 
     Returns:
         ``(m, rho, history)``.
@@ -213,9 +226,8 @@ def variational_core(
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_schedule(step, steps, base=lr)
-        # one draw per sample shared by the slices: a slice's result does not depend on which
-        # other slices share its batch
-        eps = torch.randn((S, 1, *m0.shape[1:]), generator=generator, device=generator.device)
+        # the draws depend on the slice's seed alone, never on which other slices share its batch
+        eps = _normal(generator, S, m0.shape[1:])
         ws = (m[None] + rho.exp()[None] * eps.to(m0.device)).reshape(S * B, *m0.shape[1:])
         with amp():
             x = C.synthesize(lat.G, ws)
@@ -252,7 +264,7 @@ def brgm_variational(
     sigma_floor: float = 0.01,
     noise_mode: str = "const",
     device: str | torch.device = "auto",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     callback: C.ProgressCallback | None = None,
     amp: bool = True,
 ) -> Reconstruction:
@@ -273,7 +285,8 @@ def brgm_variational(
         noise_mode: ``'const'`` or ``'none'``, as in :func:`~medrecon.solvers.csgm`. Default
             ``'const'``.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
-        seed: seed of the Monte-Carlo draws (private ``torch.Generator``).
+        seed: seed of the Monte-Carlo draws (private ``torch.Generator``); one per slice gives
+            each slice its own draws (:func:`medrecon.solvers._common.seed_generators`).
         callback: progress callable.
         amp: bf16 autocast of the synthesis on CUDA.
 
@@ -294,7 +307,7 @@ def brgm_variational(
                                                           perceptual, hp, noise_mode)
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
     B = yd.shape[0]
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    gen = C.seed_generators(seed, B, dev)
     m0 = C.w_average(G).to(dev)[None, None].repeat(B, G.num_ws, 1)
     rho0 = (init_std * lat.sigma).log()[None, None].expand(B, G.num_ws, -1)
     scale = s * s / M
@@ -307,7 +320,7 @@ def brgm_variational(
     samples = []
     with torch.no_grad(), amp_ctx():
         for _ in range(num_samples):
-            eps = torch.randn((1, *m.shape[1:]), generator=gen, device=gen.device).to(dev)
+            eps = _normal(gen, 1, m.shape[1:])[0].to(dev)
             samples.append(C.synthesize(G, m + rho.exp() * eps))
     stack = torch.stack(samples)  # [N, B, C, H, W]
     info = dict(hp, seed=seed, perceptual=perc_desc, sigma_used=s,

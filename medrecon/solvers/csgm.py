@@ -14,6 +14,7 @@ reaches the noise level (discrepancy principle), which keeps CSGM from fitting t
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -166,7 +167,7 @@ def csgm(
     check_every: int = 10,
     noise_mode: str = "const",
     device: str | torch.device = "auto",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     callback: C.ProgressCallback | None = None,
     amp: bool = True,
 ) -> Reconstruction:
@@ -200,7 +201,8 @@ def csgm(
             measurements). Default ``'const'``; the per-task defaults are in
             :data:`medrecon.solvers.DEFAULTS`.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
-        seed: seed of the probes (private ``torch.Generator``).
+        seed: seed of the probes (private ``torch.Generator``); one per slice gives each
+            slice its own probes (:func:`medrecon.solvers._common.seed_generators`).
         callback: progress callable, receives ``{stage, step, total_steps, loss, ...}``.
         amp: bf16 autocast of the synthesis on CUDA (ignored on CPU).
 
@@ -230,10 +232,10 @@ def csgm(
     mu, sigma = _stats_for(space, parts, G, dev)
     lat = LatentSpace(G, space, mu, sigma)
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
     s = C.noise_sigma(operator)
     M = C.measurement_count(yd)
     B = yd.shape[0]
+    gen = C.seed_generators(seed, B, dev)
     # restart 0 starts at the mean when there are several restarts (a safe, diverse anchor);
     # a single restart starts at the best probe, the mean included.
     latent0 = probe_init(lat, yd, op, restarts=restarts, probes=probes, generator=gen,

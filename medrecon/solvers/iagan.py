@@ -22,6 +22,7 @@ results, slower).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +252,7 @@ def iagan(
     ensemble: int = 1,
     noise_mode: str = "const",
     device: str | torch.device = "auto",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     callback: C.ProgressCallback | None = None,
     amp: bool = True,
     init: AdaptedState | None = None,
@@ -300,7 +301,9 @@ def iagan(
             it off scored higher on held-out images (``docs/solvers.md``). Default ``'const'``;
             stage 1 uses the same mode unless ``stage1_options`` sets its own.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
-        seed: seed passed to stage 1 (of member 0; see ``ensemble``).
+        seed: seed passed to stage 1 (of member 0; see ``ensemble``); one per slice gives each
+            slice its own stage-1 probes (:func:`medrecon.solvers._common.seed_generators`),
+            member ``k`` of slice ``b`` then seeded by ``member_seed(seed[b], k)``.
         callback: progress callable (stages ``'csgm'``/``'brgm'`` then ``'iagan'``).
         amp: bf16 autocast of the synthesis on CUDA.
         init: a warm start (:class:`AdaptedState` of ``ensemble`` members and ``B`` slices,
@@ -336,7 +339,9 @@ def iagan(
         opts.pop("restarts")
     K = ensemble
     B = y.shape[0]
-    seeds = [member_seed(seed, k) for k in range(K)]
+    seed = C.check_seed(seed, B)  # a bad seed stops before any solve
+    seeds = [[member_seed(sb, k) for sb in seed] if isinstance(seed, list)
+             else member_seed(seed, k) for k in range(K)]
     if init is not None:
         _check_init(init, K, B)
     solver1 = csgm if stage1 == "csgm" else brgm

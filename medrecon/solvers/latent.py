@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -89,7 +90,7 @@ def probe_init(
     *,
     restarts: int,
     probes: int,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     include_mean: bool = True,
     force_mean: bool = True,
     amp=None,
@@ -102,6 +103,11 @@ def probe_init(
     (``w_avg``/``z = 0`` is a candidate when ``include_mean``, and always restart 0 when also
     ``force_mean``), so restarts start from diverse, already plausible points.
 
+    ``generator`` is one RNG, whose probes every slice shares, or one per slice
+    (:func:`medrecon.solvers._common.seed_generators`), each slice then scoring its own
+    ``probes`` draws (``B`` times the syntheses): the slices of a scan then start from
+    independent points, as the members of an ensemble do.
+
     Returns:
         Latents ``[B * restarts, ...]`` ordered slice-major (restarts of slice b are contiguous).
     """
@@ -109,30 +115,37 @@ def probe_init(
     B = y.shape[0]
     dev = y.device
     n_rand = max(probes, restarts)
-    z = torch.randn(n_rand, G.z_dim, generator=generator, device=generator.device).to(dev)
-    if lat.space == "z":
-        cands = z
-        if include_mean:
-            cands = torch.cat([torch.zeros_like(z[:1]), z], 0)
-    else:
+
+    def candidates(gen: torch.Generator) -> torch.Tensor:  # [P, ...] in the latent space
+        z = torch.randn(n_rand, G.z_dim, generator=gen, device=gen.device).to(dev)
+        if lat.space == "z":
+            return torch.cat([torch.zeros_like(z[:1]), z], 0) if include_mean else z
         w = map_z(G, z)[:, 0]
         if include_mean:
             w = torch.cat([w_average(G)[None].to(w), w], 0)
-        cands = lat.from_w(w)
+        return lat.from_w(w)
+
+    own = isinstance(generator, (list, tuple))  # one candidate set per slice
+    cands = torch.cat([candidates(g) for g in generator]) if own else candidates(generator)
+    P = cands.shape[0] // B if own else cands.shape[0]
     scores = []
     for start in range(0, cands.shape[0], chunk):
         c = cands[start:start + chunk]
         with amp() if amp is not None else contextlib.nullcontext():
             x = synthesize(G, lat.to_ws(c))
-        ax = operator.A(x)  # [P, ...]
-        # pairwise mean residual [B, P] without materialising B x P copies of the images
-        diff = ax[None] - y[:, None]
+        ax = operator.A(x)  # [n, ...]
+        if own:  # each candidate against its own slice
+            diff = ax - y[torch.arange(start, start + c.shape[0], device=dev) // P]
+        else:  # pairwise [B, n] without materialising B x n copies of the images
+            diff = ax[None] - y[:, None]
         d2 = (diff.real**2 + diff.imag**2) if diff.is_complex() else diff * diff
-        scores.append(d2.reshape(B, c.shape[0], -1).mean(-1))
-    score = torch.cat(scores, 1)  # [B, P]
+        scores.append(d2.reshape(*diff.shape[:diff.ndim - ax.ndim + 1], -1).mean(-1))
+    score = torch.cat(scores, -1).reshape(B, P)
     if include_mean and force_mean:
         score[:, 0] = -math.inf  # the mean is always restart 0
     idx = score.topk(restarts, dim=1, largest=False).indices  # [B, R]
+    if own:
+        idx = idx + P * torch.arange(B, device=idx.device)[:, None]
     return cands[idx.reshape(-1)].clone()
 
 
