@@ -20,7 +20,8 @@ its own) and runs ``warm_steps`` steps on the slice's own measurements.
 Every slice draws its random start from its own seed (its place in the scan:
 :func:`medrecon.solvers._common.slice_seed`), so the neighbours' guesses are independent, as
 an ensemble's members are; shared probes made neighbours start alike and averaged less
-(150 Colin27 slices: 29.78 -> 29.87 dB, reformats 30.24 -> 30.38).
+(the 150-slice benchmark, ``bench/results/volume_*``: 29.78 -> 29.85 dB, reformats 30.24 ->
+30.35).
 
 Guarantees: a slice's result depends on the seed and its place in the scan, on its segment
 (the slices between it and its key slice) with warm starts, and through

@@ -139,7 +139,7 @@ def probe_init(
         else:  # pairwise [B, n] without materialising B x n copies of the images
             diff = ax[None] - y[:, None]
         d2 = (diff.real**2 + diff.imag**2) if diff.is_complex() else diff * diff
-        scores.append(d2.reshape(*diff.shape[:diff.ndim - ax.ndim + 1], -1).mean(-1))
+        scores.append(d2.flatten(1 if own else 2).mean(-1))  # [n] or [B, n]
     score = torch.cat(scores, -1).reshape(B, P)
     if include_mean and force_mean:
         score[:, 0] = -math.inf  # the mean is always restart 0
