@@ -226,6 +226,7 @@ def test_bad_seeds_stop_before_any_solve(G, truth, seed, match):
     op = sr_op()
     y = op.A(truth)
     for solver, kw in ((csgm, dict(steps=1, probes=2)), (iagan, dict(steps=1)),
+                       (brgm, dict(steps=1, probes=0, perceptual="off")),
                        (brgm_variational, dict(steps=1, perceptual="off"))):
         with pytest.raises(MedreconInputError, match=match):
             solver(y, op, G, seed=seed, device="cpu", **kw)

@@ -157,8 +157,8 @@ def brgm(
     amp_ctx = lambda: C.autocast(dev, amp)  # noqa: E731
     B = yd.shape[0]
     C.check_positive("probes", probes, integer=True, allow_zero=True)
+    gen = C.seed_generators(seed, B, dev)  # checks the seed even when no probe is drawn
     if probes > 0:
-        gen = C.seed_generators(seed, B, dev)
         w0 = probe_init(lat, yd, op, restarts=1, probes=probes, generator=gen,
                         include_mean=bool(probe_mean), force_mean=False, amp=amp_ctx)
     else:
