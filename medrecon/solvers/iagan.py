@@ -321,19 +321,9 @@ def iagan(
     """
     t0 = time.perf_counter()
     y = C.check_measurements(y)
-    C.check_positive("steps", steps, integer=True)
-    C.check_positive("lr_latent", lr_latent, allow_zero=True)
-    C.check_positive("lr_weights", lr_weights, allow_zero=True)
-    C.check_positive("noisy_step_factor", noisy_step_factor)
-    C.check_positive("ensemble", ensemble, integer=True)
-    if ensemble < 1:
-        raise MedreconInputError(f"ensemble={ensemble!r}; expected an integer >= 1.")
-    if stage1 not in ("csgm", "brgm"):
-        raise MedreconInputError(f"stage1={stage1!r}; expected 'csgm' or 'brgm'.")
-    if not isinstance(stage1_options, (dict, type(None))):
-        raise MedreconInputError(
-            f"stage1_options is a {type(stage1_options).__name__}; expected a dict of options.")
-    C.check_noise_mode(noise_mode)
+    _check_options(steps=steps, lr_latent=lr_latent, lr_weights=lr_weights,
+                   noisy_step_factor=noisy_step_factor, ensemble=ensemble, stage1=stage1,
+                   stage1_options=stage1_options, noise_mode=noise_mode)
     opts = {**STAGE1_DEFAULTS, "noise_mode": noise_mode, **(stage1_options or {})}
     if stage1 == "brgm" and "restarts" not in (stage1_options or {}):
         opts.pop("restarts")
@@ -389,6 +379,24 @@ def iagan(
                           seconds=time.perf_counter() - t0, device=str(dev), method="iagan",
                           samples=samples, std=samples.std(0, correction=1), info=info,
                           state=state)
+
+
+def _check_options(*, steps: Any, lr_latent: Any, lr_weights: Any, noisy_step_factor: Any,
+                   ensemble: Any, stage1: Any, stage1_options: Any, noise_mode: Any) -> None:
+    """:func:`iagan`'s options, checked before any solve (each error names the option)."""
+    C.check_positive("steps", steps, integer=True)
+    C.check_positive("lr_latent", lr_latent, allow_zero=True)
+    C.check_positive("lr_weights", lr_weights, allow_zero=True)
+    C.check_positive("noisy_step_factor", noisy_step_factor)
+    C.check_positive("ensemble", ensemble, integer=True)
+    if ensemble < 1:
+        raise MedreconInputError(f"ensemble={ensemble!r}; expected an integer >= 1.")
+    if stage1 not in ("csgm", "brgm"):
+        raise MedreconInputError(f"stage1={stage1!r}; expected 'csgm' or 'brgm'.")
+    if not isinstance(stage1_options, (dict, type(None))):
+        raise MedreconInputError(
+            f"stage1_options is a {type(stage1_options).__name__}; expected a dict of options.")
+    C.check_noise_mode(noise_mode)
 
 
 def _unstack(t: torch.Tensor, members: int) -> torch.Tensor:
