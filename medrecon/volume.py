@@ -43,7 +43,7 @@ from medrecon.errors import MedreconInputError
 __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE", "GUIDE_WINDOW",
            "COHERENT_SIGMA", "WARM_FRACTION",
            "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
-           "check_coherence", "coherence_sigma", "cohere_slices"]
+           "check_coherence", "coherence_sigma", "cohere_slices", "neighbour_support"]
 
 #: Segment length of a volume's warm starts (``key_every``) when the caller gives none: 1, every
 #: slice solved from scratch. Warm starts are opt-in: with the 4-member ensemble on its key
@@ -233,7 +233,8 @@ def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int
     ``(P_i x_i - P_j x_j)^2`` over a ``guide_window`` x ``guide_window`` pixel window and
     ``h = guide_range`` times the measured parts' 0.5-99.5 percentile range (a joint bilateral
     filter across slices, guided by the measurements alone). Where the anatomy changes from
-    slice to slice the measurements say so, and a neighbour's guess counts less there.
+    slice to slice the measurements say so, and a neighbour's guess counts less there
+    (:func:`neighbour_support`: how many guesses a pixel's mean then holds).
 
     Args:
         images: ``[N, C, H, W]`` real slices in their order along the slice axis.
@@ -250,6 +251,53 @@ def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int
         The new slices (a new tensor; ``images`` is not modified). Memory: about four more
         stacks of ``images``' size.
     """
+    _check_guide(guide_range, guide_window)
+    if sigma <= 0 or images.shape[0] < 2:
+        return images
+    with torch.no_grad():
+        measured = _measured(groups, images)  # P_i x_i
+        unmeasured = images - measured
+        num = torch.zeros_like(images)
+        den = torch.zeros_like(measured[:, :1])
+        for k, lo, hi, w in _neighbour_weights(measured, sigma, guide_range, guide_window):
+            num[lo:hi].addcmul_(w, unmeasured[lo + k:hi + k])
+            den[lo:hi].add_(w)
+        mix = num.div_(den)
+        return measured + mix - _measured(groups, mix)
+
+
+def neighbour_support(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int]]], *,
+                      sigma: float, guide_range: float | None = GUIDE_RANGE,
+                      guide_window: int = GUIDE_WINDOW) -> torch.Tensor:
+    """How many guesses :func:`cohere_slices` averages at each pixel: the sum of its weights,
+    the slice itself counting 1.
+
+    It is between 1 and the sum of the Gaussian weights (about ``sigma * sqrt(2 pi)``) and
+    lowest where the measurements show the anatomy changing from slice to slice, and at the
+    ends of the stack (neighbours on one side). It depends on ``images`` only through their
+    measured parts ``A_i^+ A_i x_i``, so the back-projected measurements give it before any
+    solve. Same arguments as :func:`cohere_slices`.
+
+    Returns:
+        ``[N, 1, H, W]`` (ones when ``sigma <= 0`` or for a single slice).
+    """
+    _check_guide(guide_range, guide_window)
+    with torch.no_grad():
+        measured = _measured(groups, images)
+        den = torch.zeros_like(measured[:, :1])
+        if sigma <= 0 or images.shape[0] < 2:
+            return den.fill_(1.0)
+        for _, lo, hi, w in _neighbour_weights(measured, sigma, guide_range, guide_window):
+            den[lo:hi].add_(w)
+        return den
+
+
+def _check_guide(guide_range: Any, guide_window: Any) -> None:
+    """``guide_range`` (a number > 0, or None) and ``guide_window`` (an odd number >= 1).
+
+    Raises:
+        MedreconInputError: naming the value and what is accepted.
+    """
     if guide_range is not None and not (isinstance(guide_range, (int, float))
                                         and math.isfinite(guide_range) and guide_range > 0):
         raise MedreconInputError(f"guide_range={guide_range!r}; expected a number > 0, or None "
@@ -258,32 +306,28 @@ def cohere_slices(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence[int
             or guide_window % 2 == 0:
         raise MedreconInputError(f"guide_window={guide_window!r}; expected an odd number of "
                                  "pixels >= 1.")
-    if sigma <= 0 or images.shape[0] < 2:
-        return images
-    n = images.shape[0]
-    with torch.no_grad():
-        measured = _measured(groups, images)  # P_i x_i
-        unmeasured = images - measured
-        guide = measured.mean(1, keepdim=True)  # [N, 1, H, W]
-        inv_h2 = 0.0 if guide_range is None else 1.0 / (guide_range * _robust_range(guide)) ** 2
-        num = torch.zeros_like(images)
-        den = torch.zeros_like(guide)
-        radius = max(1, int(math.ceil(3.0 * sigma)))
-        pad = guide_window // 2
-        for k in range(-radius, radius + 1):
-            lo, hi = max(0, -k), min(n, n - k)  # slice i (lo <= i < hi) takes slice i + k
-            if lo >= hi:
-                continue
-            w = torch.full_like(guide[lo:hi], math.exp(-0.5 * (k / sigma) ** 2))
-            if inv_h2 and k:
-                d2 = (guide[lo:hi] - guide[lo + k:hi + k]).square_()
-                d2 = F.avg_pool2d(d2, guide_window, stride=1, padding=pad,
-                                  count_include_pad=False)
-                w.mul_(d2.mul_(-inv_h2).exp_())
-            num[lo:hi].addcmul_(w, unmeasured[lo + k:hi + k])
-            den[lo:hi].add_(w)
-        mix = num.div_(den)
-        return measured + mix - _measured(groups, mix)
+
+
+def _neighbour_weights(measured: torch.Tensor, sigma: float, guide_range: float | None,
+                       guide_window: int):
+    """The weights of :func:`cohere_slices`, one slice offset ``k`` at a time: yields
+    ``(k, lo, hi, w)``, slices ``lo <= i < hi`` taking slice ``i + k`` with weight ``w``
+    ``[hi - lo, 1, H, W]`` (``measured``: the slices' measured parts ``[N, C, H, W]``)."""
+    n = measured.shape[0]
+    guide = measured.mean(1, keepdim=True)  # [N, 1, H, W]
+    inv_h2 = 0.0 if guide_range is None else 1.0 / (guide_range * _robust_range(guide)) ** 2
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    pad = guide_window // 2
+    for k in range(-radius, radius + 1):
+        lo, hi = max(0, -k), min(n, n - k)  # slice i (lo <= i < hi) takes slice i + k
+        if lo >= hi:
+            continue
+        w = torch.full_like(guide[lo:hi], math.exp(-0.5 * (k / sigma) ** 2))
+        if inv_h2 and k:
+            d2 = (guide[lo:hi] - guide[lo + k:hi + k]).square_()
+            d2 = F.avg_pool2d(d2, guide_window, stride=1, padding=pad, count_include_pad=False)
+            w.mul_(d2.mul_(-inv_h2).exp_())
+        yield k, lo, hi, w
 
 
 def _measured(groups: Sequence[tuple[Any, Sequence[int]]], x: torch.Tensor) -> torch.Tensor:

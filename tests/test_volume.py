@@ -13,8 +13,8 @@ from medrecon.errors import MedreconInputError
 from medrecon.physics import build_operator
 from medrecon.pipeline import reconstruct
 from medrecon.solvers.iagan import AdaptedState, iagan
-from medrecon.volume import (VOLUME_ENSEMBLE, cohere_slices, coherence_sigma, solve_in_rounds,
-                            warm_start_rounds, warm_steps_for)
+from medrecon.volume import (VOLUME_ENSEMBLE, cohere_slices, coherence_sigma, neighbour_support,
+                             solve_in_rounds, warm_start_rounds, warm_steps_for)
 from tests._scripts import load_script
 from tests._tiny import tiny_prior
 
@@ -276,6 +276,34 @@ def test_cohere_slices_plain_weights_are_a_truncated_gaussian():
     for bad in (4, 0, 2.5, True):
         with pytest.raises(MedreconInputError, match="guide_window"):
             cohere_slices(x, [(op, range(7))], sigma=sigma, guide_window=bad)
+
+
+def test_neighbour_support_counts_the_guesses_each_pixel_averages():
+    """The sum of cohere_slices' weights: the full truncated Gaussian inside a uniform stack,
+    less at its ends, less across a change of anatomy, 1 without neighbours; only the
+    measured parts matter (the back-projected measurements give it before a solve)."""
+    gen = torch.Generator().manual_seed(5)
+    op = build_operator("sr", img_size=(16, 16), channels=1, seed=0, scale=4, kernel="box")
+    a, b = torch.randn(2, 1, 1, 16, 16, generator=gen)
+    stack = torch.cat([a.repeat(8, 1, 1, 1), b.repeat(8, 1, 1, 1)])
+    groups = [(op, range(16))]
+    sigma = 1.0
+    full = sum(math.exp(-0.5 * (k / sigma) ** 2) for k in range(-3, 4))
+    s = neighbour_support(stack, groups, sigma=sigma)
+    assert s.shape == (16, 1, 16, 16)
+    plain = neighbour_support(stack, groups, sigma=sigma, guide_range=None)
+    assert torch.allclose(plain[3:13], torch.full_like(plain[3:13], full), atol=1e-5)
+    assert torch.allclose(plain[0], torch.full_like(plain[0], full - sum(
+        math.exp(-0.5 * k ** 2) for k in (1, 2, 3))), atol=1e-5)  # one side only
+    assert torch.allclose(s[2], plain[2], atol=1e-4)  # uniform there: the guide changes nothing
+    assert float(s[7].mean()) < float(plain[7].mean()) - 0.5  # next to the change: less
+    assert float(s.min()) >= 1.0 - 1e-6
+    # the unmeasured detail does not enter
+    noisy = stack + _null_noise(op, stack.shape, gen)
+    assert torch.allclose(neighbour_support(noisy, groups, sigma=sigma), s, atol=1e-4)
+    assert torch.equal(neighbour_support(stack, groups, sigma=0.0), torch.ones_like(s))
+    with pytest.raises(MedreconInputError, match="guide_window"):
+        neighbour_support(stack, groups, sigma=sigma, guide_window=2)
 
 
 def test_coherence_width_is_four_output_pixels_in_slices():
