@@ -29,11 +29,17 @@ truth's, lower is better). Writes ``<out>/volume_<machine>_<N>slices[_<volume>].
 ``.md``; rows of modes not run this time are kept from an earlier report of the same name
 (each row records its own command, threads and date), so a long mode can run on its own.
 
+``--compare-saved`` solves nothing: from the default and slice-by-slice volumes that earlier
+runs with ``--save`` wrote there, it adds to the report where along the stack the two differ
+(:func:`per_slice`: PSNR / SSIM by stretches of :data:`STRETCH` slices, next to the neighbour
+support of the default's coherence step, :func:`medrecon.volume.neighbour_support`).
+
 Usage::
 
     python bench/bench_volume.py --data ~/.cache/medrecon/real_scans --slices 150 \
         --machine shared-2core-amd-epyc
     python bench/bench_volume.py --slices 24 --volume mni152 --modes default,slice-by-slice
+    python bench/bench_volume.py --slices 150 --save VOLS --compare-saved
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MODES = ("default", "slice-by-slice", "warm-starts", "scipy-cubic", "lanczos-bp", "lone-slice")
 #: Slices of the ``lone-slice`` mode, as offsets from the centre of the stack.
 LONE_OFFSETS = (-1, 0, 1)
+#: Slices per stretch of the per-slice comparison (``--compare-saved``).
+STRETCH = 10
+#: Foreground of the neighbour support's per-slice mean: measured intensity above this
+#: fraction of the stack's largest (the air around the head is alike on every slice).
+FOREGROUND = 0.1
 #: Options of the modes that run :func:`medrecon.pipeline.reconstruct` (on top of the task's).
 MODE_OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -231,6 +242,92 @@ def _sweep_entry(entry: str, default_guide: float) -> tuple[float, float | None]
     return float(mm), h
 
 
+def per_slice(args: argparse.Namespace) -> dict[str, Any]:
+    """Default against slice by slice along the stack, from the volumes ``--save`` wrote.
+
+    Per stretch of :data:`STRETCH` slices: the mean PSNR / SSIM of both on the acquired plane
+    (the stack's data range, as the rows are scored) and the default's neighbour support: the
+    number of guesses its coherence step averages (:func:`medrecon.volume.neighbour_support`
+    at the automatic width, from the measurements alone: the truth's measured part, which is
+    what the noise-free measurements give), its mean over each slice's foreground
+    (:data:`FOREGROUND`). Also the correlation over slices of the PSNR gap with the support.
+
+    Raises:
+        MedreconInputError: a volume missing or not on the truth's grid.
+    """
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.metrics import psnr, ssim
+    from medrecon.physics import build_operator
+    from medrecon.realscan import prepare_case
+    from medrecon.volume import coherence_sigma, neighbour_support
+
+    case = _case(args.data, args.slices, args.volume)
+    hr, _, axis = prepare_case(case)
+    ref = np.asarray(hr.array, np.float32)
+    modes = ("default", "slice-by-slice")
+    missing = [str(_saved(args, m)) for m in modes if not _saved(args, m).is_file()]
+    if missing:
+        raise MedreconInputError(f"{', '.join(missing)} not found: run those modes with --save "
+                                 f"{args.save} first.")
+    vols = {m: np.asarray(nib.load(_saved(args, m)).dataobj, np.float32) for m in modes}
+    for m, v in vols.items():
+        if v.shape != ref.shape:
+            raise MedreconInputError(f"{_saved(args, m)} is {v.shape}, the truth {ref.shape}: "
+                                     "saved for another --slices or --volume.")
+    data_range = float(ref.max() - ref.min()) or 1.0
+    def stack(a: Any) -> torch.Tensor:  # [N, 1, H, W], slices first
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, axis, 0), np.float64))[:, None]
+
+    truth = stack(ref)
+    scores = {m: (torch.as_tensor(psnr(stack(v), truth, data_range=data_range)),
+                  torch.as_tensor(ssim(stack(v), truth, data_range=data_range)))
+              for m, v in vols.items()}
+    n = truth.shape[0]
+    op = build_operator("sr", img_size=tuple(truth.shape[2:]), channels=1, seed=0,
+                        scale=case.scale, kernel=case.kernel)
+    spacing = np.linalg.norm(np.asarray(hr.affine)[:3, :3], axis=0)
+    sigma = coherence_sigma("auto", slice_spacing=float(spacing[axis]),
+                            out_spacing_hw=[float(spacing[a]) for a in range(3) if a != axis])
+    truth = truth.float()
+    support = neighbour_support(truth, [(op, range(n))], sigma=sigma)[:, 0]
+    measured = op.A_dagger(op.A(truth))[:, 0]
+    fg = (measured > FOREGROUND * float(measured.max())).float()
+    support = ((support * fg).sum((1, 2)) / fg.sum((1, 2)).clamp(min=1)).double()
+    gap = scores["default"][0] - scores["slice-by-slice"][0]
+    stretches = []
+    for a in range(0, n, STRETCH):
+        b = min(n, a + STRETCH)
+        stretches.append({"slices": [a, b], "support": float(support[a:b].mean()),
+                          **{f"{k}_{m}": float(scores[m][j][a:b].mean())
+                             for m in modes for j, k in enumerate(("psnr", "ssim"))}})
+    corr = float(np.corrcoef(gap.numpy(), support.numpy())[0, 1]) if n > 2 else None
+    return {"stretch": STRETCH, "sigma_slices": sigma, "stretches": stretches,
+            "support_full": _full_support(sigma),
+            "gap_support_correlation": corr,
+            "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def _full_support(sigma: float) -> float:
+    """The neighbour support in the middle of a stack of identical slices long enough for the
+    weights' reach (``3 sigma``) on both sides: the most a slice can have at width ``sigma``."""
+    import math
+
+    import torch
+
+    from medrecon.physics import build_operator
+    from medrecon.volume import neighbour_support
+
+    n = 2 * (math.ceil(3 * sigma) + 1) + 1
+    op = build_operator("sr", img_size=(4, 4), channels=1, seed=0, scale=2, kernel="box")
+    return float(neighbour_support(torch.zeros(n, 1, 4, 4), [(op, range(n))],
+                                   sigma=sigma)[n // 2].mean())
+
+
 def _saved(args: argparse.Namespace, mode: str) -> Path:
     """Where ``--save`` writes a mode's volume."""
     return args.save / f"{args.volume}_{args.slices}slices_{mode}.nii.gz"
@@ -308,9 +405,35 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{d['seconds_per_slice'] / lone['seconds']:.3f} (target: at most 0.25)."
                      if d.get("threads") == lone.get("threads")
                      else "run with different thread counts: no cost ratio.")]
+    lines += _per_slice_lines(report.get("per_slice"))
     lines += ["", "Rows: " + "; ".join(f"{r['mode']}: `{r.get('command', report['command'])}` "
                                        f"({r.get('date', 'n/a')})" for r in rows) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _per_slice_lines(ps: dict[str, Any] | None) -> list[str]:
+    """The report's per-slice section (:func:`per_slice`), or nothing."""
+    if not ps:
+        return []
+    lines = ["", f"Where along the stack the default and slice-by-slice differ (`{ps['command']}`, "
+             f"{ps['date']}): mean PSNR / SSIM on the acquired plane by stretches of "
+             f"{ps['stretch']} slices, and the default's neighbour support, the number of "
+             f"guesses its coherence step averages ({ps['sigma_slices']:g} slices wide; at most "
+             f"{ps['support_full']:.2f}, inside a stack that does not change), on the slices' "
+             "foreground:", "",
+             "| slices | neighbour support | PSNR default | PSNR slice-by-slice | PSNR gap | "
+             "SSIM default | SSIM slice-by-slice | SSIM gap |", "|---|---|---|---|---|---|---|---|"]
+    for r in ps["stretches"]:
+        a, b = r["slices"]
+        lines.append(f"| {a}-{b - 1} | {r['support']:.2f} | {r['psnr_default']:.2f} | "
+                     f"{r['psnr_slice-by-slice']:.2f} | "
+                     f"{r['psnr_default'] - r['psnr_slice-by-slice']:+.2f} | "
+                     f"{r['ssim_default']:.4f} | {r['ssim_slice-by-slice']:.4f} | "
+                     f"{r['ssim_default'] - r['ssim_slice-by-slice']:+.4f} |")
+    if ps.get("gap_support_correlation") is not None:
+        lines += ["", "Correlation over the slices of the PSNR gap with the neighbour support: "
+                  f"{ps['gap_support_correlation']:.2f}."]
+    return lines
 
 
 def main() -> int:
@@ -333,6 +456,9 @@ def main() -> int:
     ap.add_argument("--save", type=Path, default=None,
                     help="also write each mode's volume here as <volume>_<N>slices_<mode>.nii.gz "
                     "(on the ground truth's grid; an existing file is never replaced)")
+    ap.add_argument("--compare-saved", action="store_true",
+                    help="solve nothing: add to the report where along the stack the default and "
+                         "slice-by-slice volumes saved in --save differ")
     ap.add_argument("--machine", default=os.uname().nodename)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
@@ -356,6 +482,20 @@ def main() -> int:
         return 2
     if args.one:
         print(json.dumps(run_mode(args.one, args)))
+        return 0
+    if args.compare_saved:
+        if args.save is None:
+            print("error: --compare-saved reads the volumes of --save DIR; give the folder.",
+                  file=sys.stderr)
+            return 2
+        try:
+            section = per_slice(args)
+        except MedreconInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        report = {**_report(args, []), "per_slice": section}
+        _write(args, report)
+        print(markdown(report))
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
@@ -385,22 +525,41 @@ def main() -> int:
             return out.returncode
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {rows[-1]['seconds']:.0f} s, PSNR {rows[-1]['psnr']:.2f}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.volume == "colin27" else f"_{args.volume}"
-    stem = args.out / f"volume_{args.machine}_{args.slices}slices{suffix}"
-    if stem.with_suffix(".json").is_file():  # keep the rows of the modes not run this time
-        old = json.loads(stem.with_suffix(".json").read_text()).get("rows", [])
-        ran = {r["mode"] for r in rows}
-        rows = [r for r in old if r["mode"] not in ran] + rows
-        rows.sort(key=lambda r: MODES.index(r["mode"]) if r["mode"] in MODES else len(MODES))
-    report = {"case": _case(args.data, args.slices, args.volume).description,
-              "machine": _machine(args.threads),
-              "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]), "rows": rows}
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    report = _report(args, rows)
+    _write(args, report)
     print(markdown(report))
     return 0
 
+
+def _stem(args: argparse.Namespace) -> Path:
+    suffix = "" if args.volume == "colin27" else f"_{args.volume}"
+    return args.out / f"volume_{args.machine}_{args.slices}slices{suffix}"
+
+
+def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of this run: its rows, with the rows of the modes not run this time (and
+    the per-slice section) kept from an earlier report of the same name; when no row ran
+    (``--compare-saved``), that report's machine and command too."""
+    old: dict[str, Any] = {}
+    if _stem(args).with_suffix(".json").is_file():
+        old = json.loads(_stem(args).with_suffix(".json").read_text())
+    ran = {r["mode"] for r in rows}
+    rows = [r for r in old.get("rows", []) if r["mode"] not in ran] + rows
+    rows.sort(key=lambda r: MODES.index(r["mode"]) if r["mode"] in MODES else len(MODES))
+    report = {"case": _case(args.data, args.slices, args.volume).description,
+              "machine": _machine(args.threads),
+              "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]), "rows": rows}
+    if not ran:
+        report.update({k: old[k] for k in ("machine", "command") if k in old})
+    if old.get("per_slice"):
+        report["per_slice"] = old["per_slice"]
+    return report
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    _stem(args).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    _stem(args).with_suffix(".md").write_text(markdown(report))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -181,3 +181,87 @@ def test_lone_slice_solves_each_slice_on_its_own(bench, tmp_path, monkeypatch):
         hr.array)[:, centre + o:centre + o + 1], axis, rng_)[0] for o in bench.LONE_OFFSETS])
     assert row["psnr"] == pytest.approx(want, rel=1e-6)
     assert row["psnr_reformat"] is None and row["interslice"] is None
+
+
+def _saved_pair(bench, tmp_path, slices=20):
+    """A synthetic truth the size of the benchmark's crop, and saved default / slice-by-slice
+    volumes: the default worse on the first half of the stack, alike on the second."""
+    import nibabel as nib
+
+    from medrecon.realscan import prepare_case
+
+    data, vols = tmp_path / "data", tmp_path / "vols"
+    data.mkdir()
+    vols.mkdir()
+    rng = np.random.default_rng(1)
+    nib.Nifti1Image(rng.random((180, 120, 180), dtype=np.float32) * 100, np.eye(4)).to_filename(
+        data / "colin27_ch2.nii.gz")
+    hr = prepare_case(bench._case(data, slices, "colin27"))[0]
+    truth = np.asarray(hr.array, np.float32)
+    noise = rng.normal(size=truth.shape).astype(np.float32)
+    sbs = truth + 2 * noise
+    default = sbs.copy()
+    default[:, :slices // 2] += 3 * noise[:, :slices // 2]
+    for mode, v in (("default", default), ("slice-by-slice", sbs)):
+        nib.Nifti1Image(v, np.asarray(hr.affine)).to_filename(
+            vols / f"colin27_{slices}slices_{mode}.nii.gz")
+    return data, vols, truth, {"default": default, "slice-by-slice": sbs}
+
+
+def test_per_slice_compares_the_saved_volumes_along_the_stack(bench, tmp_path):
+    from medrecon.realscan import _plane_scores
+
+    data, vols, truth, saved = _saved_pair(bench, tmp_path)
+    args = SimpleNamespace(data=data, slices=20, volume="colin27", save=vols)
+    ps = bench.per_slice(args)
+    assert [r["slices"] for r in ps["stretches"]] == [[0, 10], [10, 20]]
+    rng_ = float(truth.max() - truth.min())
+    for r in ps["stretches"]:
+        a, b = r["slices"]
+        for mode, v in saved.items():
+            want = _plane_scores(v[:, a:b], truth[:, a:b], 1, rng_)
+            assert r[f"psnr_{mode}"] == pytest.approx(want[0], rel=1e-6)
+            assert r[f"ssim_{mode}"] == pytest.approx(want[1], rel=1e-6)
+        assert 1.0 <= r["support"] <= ps["support_full"] + 1e-6
+    first, second = ps["stretches"]
+    assert first["psnr_default"] < first["psnr_slice-by-slice"] - 1
+    assert second["psnr_default"] == pytest.approx(second["psnr_slice-by-slice"])
+    assert ps["sigma_slices"] == pytest.approx(4.0)  # 4 output pixels of 1 mm, 1 mm slices
+    assert ps["support_full"] == pytest.approx(sum(np.exp(-0.5 * (k / 4) ** 2)
+                                                   for k in range(-12, 13)), rel=1e-5)
+    lines = "\n".join(bench._per_slice_lines(ps))
+    assert "| 0-9 |" in lines and "| 10-19 |" in lines and "Correlation" in lines
+    # a missing or mismatched volume is named
+    (vols / "colin27_20slices_default.nii.gz").unlink()
+    with pytest.raises(MedreconInputError, match="not found: run those modes with --save"):
+        bench.per_slice(args)
+    # volumes of 20 slices under the names of a 10-slice run
+    for mode in ("default", "slice-by-slice"):
+        (vols / f"colin27_10slices_{mode}.nii.gz").write_bytes(
+            (vols / "colin27_20slices_slice-by-slice.nii.gz").read_bytes())
+    with pytest.raises(MedreconInputError, match="another --slices"):
+        bench.per_slice(SimpleNamespace(data=data, slices=10, volume="colin27", save=vols))
+
+
+def test_compare_saved_adds_the_section_and_keeps_the_rows(bench, tmp_path, monkeypatch, capsys):
+    import json
+
+    data, vols, _, _ = _saved_pair(bench, tmp_path)
+    out = tmp_path / "out"
+    argv = ["bench_volume.py", "--data", str(data), "--slices", "20", "--out", str(out),
+            "--machine", "m", "--compare-saved"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench.main() == 2  # no --save: nothing to compare
+    assert "--compare-saved reads the volumes of --save" in capsys.readouterr().err
+    out.mkdir()
+    old = {"case": "c", "machine": {"cpu": "earlier", "torch_threads": 2, "torch": "t"},
+           "command": "earlier command", "rows": [_row("default", 30.0, 100)]}
+    (out / "volume_m_20slices.json").write_text(json.dumps(old))
+    monkeypatch.setattr(sys, "argv", argv + ["--save", str(vols)])
+    assert bench.main() == 0
+    report = json.loads((out / "volume_m_20slices.json").read_text())
+    assert report["rows"] == old["rows"] and report["machine"] == old["machine"]
+    assert report["command"] == "earlier command"
+    assert [r["slices"] for r in report["per_slice"]["stretches"]] == [[0, 10], [10, 20]]
+    md = (out / "volume_m_20slices.md").read_text()
+    assert "Where along the stack" in md and "| 10-19 |" in md
