@@ -537,9 +537,10 @@ def _stem(args: argparse.Namespace) -> Path:
 
 
 def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The report of this run: its rows, with the rows of the modes not run this time (and
-    the per-slice section) kept from an earlier report of the same name; when no row ran
-    (``--compare-saved``), that report's machine and command too."""
+    """The report of this run: its rows, with the rows of the modes not run this time and
+    whatever else (the per-slice section, entries added by hand) kept from an earlier report
+    of the same name; when no row ran (``--compare-saved``), that report's machine and
+    command too."""
     old: dict[str, Any] = {}
     if _stem(args).with_suffix(".json").is_file():
         old = json.loads(_stem(args).with_suffix(".json").read_text())
@@ -551,9 +552,8 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, A
               "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]), "rows": rows}
     if not ran:
         report.update({k: old[k] for k in ("machine", "command") if k in old})
-    if old.get("per_slice"):
-        report["per_slice"] = old["per_slice"]
-    return report
+    # anything else the earlier report holds (its per-slice section, rows kept by hand)
+    return {**report, **{k: v for k, v in old.items() if k not in report}}
 
 
 def _write(args: argparse.Namespace, report: dict[str, Any]) -> None:

@@ -255,13 +255,15 @@ def test_compare_saved_adds_the_section_and_keeps_the_rows(bench, tmp_path, monk
     assert "--compare-saved reads the volumes of --save" in capsys.readouterr().err
     out.mkdir()
     old = {"case": "c", "machine": {"cpu": "earlier", "torch_threads": 2, "torch": "t"},
-           "command": "earlier command", "rows": [_row("default", 30.0, 100)]}
+           "command": "earlier command", "rows": [_row("default", 30.0, 100)],
+           "default_run_earlier": _row("default", 29.0, 120)}
     (out / "volume_m_20slices.json").write_text(json.dumps(old))
     monkeypatch.setattr(sys, "argv", argv + ["--save", str(vols)])
     assert bench.main() == 0
     report = json.loads((out / "volume_m_20slices.json").read_text())
     assert report["rows"] == old["rows"] and report["machine"] == old["machine"]
     assert report["command"] == "earlier command"
+    assert report["default_run_earlier"] == old["default_run_earlier"]  # kept as it was
     assert [r["slices"] for r in report["per_slice"]["stretches"]] == [[0, 10], [10, 20]]
     md = (out / "volume_m_20slices.md").read_text()
     assert "Where along the stack" in md and "| 10-19 |" in md
