@@ -183,11 +183,23 @@ def nvidia_ops_ran(nv: dict[str, Any], requested: str, device: str) -> str:
 
 
 def git_commit(repo: Path) -> str:
+    """The commit of NVIDIA's checkout ``repo``: git's, when ``repo`` is the top of a checkout
+    (not a folder inside another repository, such as a copy of their code in this one); else
+    the first word of a ``COMMIT`` file beside their code (scripts/gpu_prepare.sh writes it)."""
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
-        return out.stdout.strip() if out.returncode == 0 else "unknown (not a git checkout)"
+        top = subprocess.run(["git", "-C", str(repo), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=30)
+        if top.returncode == 0 and Path(top.stdout.strip()).resolve() == repo.resolve():
+            out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 timeout=30)
+            if out.returncode == 0:
+                return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
+        pass
+    stamp = repo / "COMMIT"
+    if stamp.is_file() and stamp.read_text().split():
+        return stamp.read_text().split()[0]
+    return "unknown (not a git checkout, no COMMIT file)"
 
 
 # ----------------------------------------------------------------------------------------

@@ -333,24 +333,37 @@ def _saved(args: argparse.Namespace, mode: str) -> Path:
     return args.save / f"{args.volume}_{args.slices}slices_{mode}.nii.gz"
 
 
-def _machine(threads: int) -> dict[str, Any]:
+def _machine(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """The machine of a report: its CPU, and its GPU when the modes ran on CUDA."""
     import platform
 
     import torch
     from bench_generator import cpu_model  # the sibling benchmark's machine probe
 
-    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": threads,
-            "torch": torch.__version__, "python": platform.python_version()}
+    m = {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": threads,
+         "torch": torch.__version__, "python": platform.python_version()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        m["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return m
 
 
 def _f(v: float | None, digits: int) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def _gap(a: dict[str, Any], b: dict[str, Any], key: str, digits: int) -> str:
+    """``a[key] - b[key]`` signed, or n/a where either is missing (reformats of a stack of
+    fewer slices than SSIM's window are not scored)."""
+    if a.get(key) is None or b.get(key) is None:
+        return "n/a"
+    return f"{a[key] - b[key]:+.{digits}f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, rows = report["machine"], report["rows"]
     lines = [f"# Volume benchmark: {report['case']}", "",
-             f"Machine: {m['cpu']}, {m['torch_threads']} torch thread(s), torch {m['torch']}. "
+             f"Machine: {m['cpu']}{', ' + m['gpu'] if m.get('gpu') else ''}, "
+             f"{m['torch_threads']} torch thread(s), torch {m['torch']}. "
              f"Command: `{report['command']}`.", "",
              "| mode | ran as | threads | s / volume | s / slice | peak RSS (GiB) | PSNR coronal | "
              "SSIM coronal | PSNR reformats | SSIM reformats | inter-slice error |",
@@ -392,10 +405,10 @@ def markdown(report: dict[str, Any]) -> str:
     d, sbs = by.get("default"), by.get("slice-by-slice")
     if d and sbs:
         same = d.get("threads") == sbs.get("threads")
-        lines += ["", f"Default against slice-by-slice: {d['psnr'] - sbs['psnr']:+.2f} dB / "
-                  f"{d['ssim'] - sbs['ssim']:+.4f} SSIM on the coronal plane, "
-                  f"{d['psnr_reformat'] - sbs['psnr_reformat']:+.2f} dB / "
-                  f"{d['ssim_reformat'] - sbs['ssim_reformat']:+.4f} on the reformats; "
+        lines += ["", f"Default against slice-by-slice: {_gap(d, sbs, 'psnr', 2)} dB / "
+                  f"{_gap(d, sbs, 'ssim', 4)} SSIM on the coronal plane, "
+                  f"{_gap(d, sbs, 'psnr_reformat', 2)} dB / "
+                  f"{_gap(d, sbs, 'ssim_reformat', 4)} on the reformats; "
                   + (f"per-slice cost ratio {d['seconds'] / sbs['seconds']:.3f}."
                      if same else "run with different thread counts: no cost ratio.")]
     lone = by.get("lone-slice")
@@ -548,7 +561,7 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, A
     rows = [r for r in old.get("rows", []) if r["mode"] not in ran] + rows
     rows.sort(key=lambda r: MODES.index(r["mode"]) if r["mode"] in MODES else len(MODES))
     report = {"case": _case(args.data, args.slices, args.volume).description,
-              "machine": _machine(args.threads),
+              "machine": _machine(args.threads, args.device),
               "command": "python bench/bench_volume.py " + " ".join(sys.argv[1:]), "rows": rows}
     if not ran:
         report.update({k: old[k] for k in ("machine", "command") if k in old})

@@ -77,6 +77,12 @@ def test_report_compares_the_default_with_slice_by_slice(bench):
     assert "-0.25 dB" in md and "per-slice cost ratio 0.250" in md
     report["rows"][1]["threads"] = 1
     assert "different thread counts: no cost ratio" in bench.markdown(report)
+    # a stack thinner than SSIM's window has no reformat scores: the gap says n/a
+    for r in report["rows"]:
+        r["psnr_reformat"] = r["ssim_reformat"] = None
+    assert "n/a dB / n/a on the reformats" in bench.markdown(report)
+    report["machine"]["gpu"] = "NVIDIA H200"  # modes run on CUDA name the GPU
+    assert "Machine: cpu, NVIDIA H200, 2 torch thread(s)" in bench.markdown(report)
 
 
 def test_bad_invocations_stop_before_any_solve(bench, tmp_path, monkeypatch, capsys):
