@@ -574,5 +574,6 @@ def _write(args: argparse.Namespace, report: dict[str, Any]) -> None:
     _stem(args).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     _stem(args).with_suffix(".md").write_text(markdown(report))
 
+
 if __name__ == "__main__":
     sys.exit(main())
