@@ -26,7 +26,8 @@ import torch
 
 from medrecon.errors import MedreconInputError
 from medrecon.physics import GridResample, LinearPhysics, build_operator, compose
-from medrecon.volume import cohere_slices, solve_in_rounds, supports_warm_start, warm_steps_for
+from medrecon.volume import (SLAB, cohere_slices, slab_links, solve_in_rounds, supports_warm_start,
+                             warm_steps_for)
 
 __all__ = ["NativeProblem", "build_native_problem", "solve_native_problem"]
 
@@ -153,7 +154,7 @@ def build_native_problem(
 def solver_kwargs(method: str, *, device: Any, seed: int, slices: Sequence[int], callback: Any,
                   bp: bool | None, steps: int | None = None, samples: int = 0,
                   ensemble: int | None = None, task: str | None = None,
-                  overrides: dict | None = None) -> dict[str, Any]:
+                  overrides: dict | None = None, coupling: float = 0.0) -> dict[str, Any]:
     """The keywords of one :func:`medrecon.solvers.solve` call of the pipeline on ``slices``
     (their indices in the scan).
 
@@ -163,7 +164,9 @@ def solver_kwargs(method: str, *, device: Any, seed: int, slices: Sequence[int],
     guesses of what is not measured are independent (they average in
     :func:`medrecon.volume.cohere_slices` as an ensemble's members do). ``overrides`` (e.g.
     :data:`medrecon.solvers.OFF_GRID_DEFAULTS`) refine the method's defaults; the user's
-    ``steps`` then win (IAGAN: the same budget for both stages).
+    ``steps`` then win (IAGAN: the same budget for both stages). With ``coupling > 0`` IAGAN's
+    stage 1 couples the adjacent slices of one slab among ``slices``
+    (:func:`medrecon.volume.slab_links`, :data:`medrecon.volume.SLAB`).
     """
     from medrecon.solvers import METHODS
     from medrecon.solvers._common import slice_seed
@@ -179,6 +182,9 @@ def solver_kwargs(method: str, *, device: Any, seed: int, slices: Sequence[int],
         kw["steps"] = steps
         if "stage1_options" in defaults:
             kw["stage1_options"] = {"steps": steps}
+    if coupling > 0 and "stage1_options" in defaults:
+        kw["stage1_options"] = {**kw.get("stage1_options", {}), "coupling": coupling,
+                                "links": slab_links(list(slices), SLAB)}
     if samples:
         kw["num_samples"] = samples
     if ensemble is not None:
@@ -206,6 +212,7 @@ def solve_native_problem(
     warm_steps: int | None = None,
     spread: bool = False,
     coherence: float = 0.0,
+    coupling: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Solve every slice of ``problem``; return images ``[N, C, H, W]`` on the output grid,
     the posterior std (when ``samples``) and the solver information.
@@ -217,7 +224,10 @@ def solve_native_problem(
     the std map (their per-pixel spread after back-projection), calibrated to a std of the
     error when the prior has a fit for the regime (:mod:`medrecon.solvers.calibration`).
     With ``coherence > 0`` (a width in slices) a generative method's slices then have their
-    unmeasured part smoothed across slices (:func:`medrecon.volume.cohere_slices`).
+    unmeasured part smoothed across slices (:func:`medrecon.volume.cohere_slices`). With
+    ``coupling > 0`` (cold solves of a method whose stage 1 takes it: IAGAN) neighbouring
+    slices are searched jointly in stage 1 within slabs of :data:`medrecon.volume.SLAB`
+    slices, and every solver call holds whole slabs.
 
     Generative methods solve with ``A_native o U`` and no back-projection of their own; their
     image is mapped with ``U`` and back-projected with ``A_native`` on the output grid when the
@@ -237,6 +247,8 @@ def solve_native_problem(
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
     U = problem.grid
     warm = key_every > 1 and not samples and supports_warm_start(method)
+    coupled = (coupling > 0 and generative and not warm
+               and "stage1_options" in METHODS[method].defaults)
     for op_native, idx in problem.groups:
         sigma = C.noise_sigma(op_native)
         do_bp = generative and will_back_project(method, bp=bp, noise_sigma=sigma)
@@ -248,7 +260,7 @@ def solve_native_problem(
                 method, device=device, seed=seed, slices=chunk, bp=False if generative else bp,
                 steps=steps,
                 callback=progress.solver_callback(chunk[0], chunk[-1] + 1), samples=samples,
-                ensemble=ensemble, task=solver_task,
+                ensemble=ensemble, task=solver_task, coupling=coupling if coupled else 0.0,
                 overrides=OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if off_grid else None)
             if warm:
                 kw["return_state"] = want_state
@@ -276,9 +288,11 @@ def solve_native_problem(
             return rec.state
 
         solve_in_rounds(list(idx), key_every=key_every if warm else 1, batch_size=batch_size,
-                        solve_chunk=solve_chunk)
+                        solve_chunk=solve_chunk, slab=SLAB if coupled else 1)
     if warm:
         info["key_every"] = key_every
+    if coupled:
+        info["coupling"] = coupling
     img_all = torch.stack([t for t in images if t is not None])
     if generative and coherence > 0 and n > 1:
         img_all = cohere_slices(img_all, problem.groups, sigma=coherence)

@@ -8,7 +8,7 @@ one thing, in this order::
     ReadVolume           "image" (MedicalImage)   -> "volume" (X, Y, Z), "affine", "spacing"
     CutSlices            "volume"                 -> "orient", "slices" [N, h, w], "sp_hw"
     ChooseMethod         "slices"                 -> "method", "bp", "ensemble", "coherence",
-                                                     "fallback"
+                                                     "coupling", "fallback"
     SliceMask            "mask"                   -> "missing" [N, h, w] (inpainting)
     WindowIntensities    "volume", "slices"       -> "window", "x" [N, C, h, w] in [-1, 1]
     SolveSlices          "x" (+ "missing")        -> "img_g", "std_g", "solver_info", "zoom"
@@ -37,8 +37,8 @@ from monai.transforms import Compose, Transform
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.transforms import PLANES, IntensityWindow
-from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, VOLUME_ENSEMBLE, check_coherence,
-                             coherence_sigma)
+from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, SLICE_COUPLING, VOLUME_ENSEMBLE,
+                             check_coherence, coherence_sigma)
 
 __all__ = [
     "ReconstructionSettings",
@@ -191,7 +191,8 @@ class ChooseMethod(Transform):
     width of the coherence step (``"coherence"``, in slices) and the ensemble: an SR volume of
     at least 3 slices close enough to be made coherent (:data:`medrecon.volume.COHERENT_SIGMA`)
     with no ``ensemble`` or spread asked for gets :data:`medrecon.volume.VOLUME_ENSEMBLE`
-    run(s) per slice."""
+    run(s) per slice, its neighbouring slices searched jointly in stage 1 (``"coupling"``:
+    :data:`medrecon.volume.SLICE_COUPLING`; 0 otherwise)."""
 
     def __init__(self, settings: ReconstructionSettings) -> None:
         self.s, self.prior = settings, settings.prior
@@ -208,10 +209,12 @@ class ChooseMethod(Transform):
                 method, bp = fallback[0], (True if bp is None else bp)
         d["ensemble"] = P._check_ensemble(s.ensemble, method)
         d["coherence"] = _coherence_width(s, d)
+        d["coupling"] = 0.0
         if (s.task == "sr" and d["ensemble"] is None and not s.spread and d["slices"].shape[0] >= 3
                 and d["coherence"] >= COHERENT_SIGMA and P._accepts(method, "ensemble")
                 and not s.samples):
             d["ensemble"] = VOLUME_ENSEMBLE  # the neighbouring slices serve as the ensemble
+            d["coupling"] = SLICE_COUPLING  # and are searched jointly in stage 1
         if s.task == "denoise" and bp is None:
             bp = False
         d["method"], d["bp"], d["fallback"] = method, bp, fallback
@@ -275,7 +278,7 @@ class SolveSlices(Transform):
                                        scale=s.scale, sr_kernel=s.sr_kernel,
                                        missing=d["missing"], key_every=s.key_every,
                                        warm_steps=s.warm_steps, spread=s.spread,
-                                       coherence=d["coherence"], **kw)
+                                       coherence=d["coherence"], coupling=d["coupling"], **kw)
             if s.task == "sr" and not s.simulate:
                 r_ax, c_ax = d["orient"].inplane_axes()
                 zoom[r_ax] = zoom[c_ax] = float(s.scale)
@@ -346,8 +349,8 @@ class Summarise(Transform):
             "noise_sigma": s.noise_sigma,
         }
         info.update(d["extra"])
-        info.update({k: sinfo[k] for k in ("key_every", "warm_steps", "coherence_sigma", "std_kind",
-                                          "std_calibration", "std_note") if k in sinfo})
+        info.update({k: sinfo[k] for k in ("key_every", "warm_steps", "coherence_sigma", "coupling",
+                                          "std_kind", "std_calibration", "std_note") if k in sinfo})
         if d["fallback"] is not None:
             info["fallback"] = d["fallback"][1]
         if s.task == "sr":

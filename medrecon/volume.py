@@ -23,10 +23,18 @@ an ensemble's members are; shared probes made neighbours start alike and average
 (the 150-slice benchmark, ``bench/results/volume_*``: 29.78 -> 29.85 dB, reformats 30.24 ->
 30.35).
 
-Guarantees: a slice's result depends on the seed and its place in the scan, on its segment
-(the slices between it and its key slice) with warm starts, and through
-:func:`cohere_slices` on its neighbours within three widths; never on ``batch_size``, which
-only groups the independent problems of one round into solver calls. ``key_every <= 1`` solves every slice cold.
+The starts are searched jointly, though: IAGAN's stage 1 (the latent search) couples each
+slice to its neighbours within fixed slabs of :data:`SLAB` slices (:data:`SLICE_COUPLING`
+times the squared distance between neighbouring W+ latents joins each slice's objective), so
+a slice's start draws on its neighbours' measurements too. Stage 2, which invents the
+unmeasured detail, stays per slice, and the guesses that :func:`cohere_slices` averages stay
+the slices' own.
+
+Guarantees: a slice's result depends on the seed and its place in the scan, on the slices
+of its slab (the default's coupled stage 1), on its segment (the slices between it and its
+key slice) with warm starts, and through :func:`cohere_slices` on its neighbours within three
+widths; never on ``batch_size``, which only groups the problems of one round into solver
+calls (with the coupling, whole slabs). ``key_every <= 1`` solves every slice cold.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import torch.nn.functional as F
 from medrecon.errors import MedreconInputError
 
 __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE", "GUIDE_WINDOW",
-           "COHERENT_SIGMA", "WARM_FRACTION",
+           "COHERENT_SIGMA", "SLICE_COUPLING", "SLAB", "WARM_FRACTION", "slab_links",
            "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
            "check_coherence", "coherence_sigma", "cohere_slices", "neighbour_support"]
 
@@ -77,6 +85,17 @@ GUIDE_WINDOW = 5
 #: apart. Thicker slices keep the solver's ensemble (their neighbours are too far apart to
 #: average).
 COHERENT_SIGMA = AUTO_PIXELS / 2
+#: Weight of the coupling of neighbouring slices in IAGAN's stage 1 for the volume default
+#: (``coupling`` of :func:`medrecon.solvers.csgm.csgm`): each slice's latent search also pays
+#: this times the squared distance of its W+ latent to its neighbours' within its slab
+#: (:data:`SLAB`), so neighbouring slices are searched jointly and each start draws on its
+#: neighbours' measurements. Chosen on the 150-slice Colin27 benchmark
+#: (bench/results/volume_*): see docs/results.md.
+SLICE_COUPLING = 1e-4
+#: Slices per slab of the coupling: slice ``i`` is coupled to ``i - 1`` and ``i + 1`` when they
+#: are in its slab ``i // SLAB`` (fixed by position, so not by ``batch_size``); a solver call
+#: then holds whole slabs (:func:`solve_in_rounds`).
+SLAB = 8
 #: Steps of a warm-started slice as a fraction of the method's cold steps (``warm_steps``
 #: when the caller gives none), at least :data:`MIN_WARM_STEPS`.
 WARM_FRACTION = 0.25
@@ -133,6 +152,7 @@ def solve_in_rounds(
     key_every: int,
     batch_size: int,
     solve_chunk: Callable[[list[int], Any, bool], Any],
+    slab: int = 1,
 ) -> None:
     """Solve ``indices`` in the order of :func:`warm_start_rounds`.
 
@@ -140,6 +160,8 @@ def solve_in_rounds(
         indices: slice indices in order along the slice axis.
         key_every: segment length (see :func:`warm_start_rounds`).
         batch_size: slices per solver call (a round is cut into calls of this size).
+        slab: with ``slab > 1`` a call holds whole slabs (the slices ``i`` of one
+            ``i // slab``): as many as fit in ``batch_size`` slices, at least one.
         solve_chunk: ``solve_chunk(slices, init, want_state)`` solves ``slices`` (all cold, or
             all warm-started from ``init``, the parents' states side by side) and returns
             their state (an object with ``select``/``cat``, e.g.
@@ -150,8 +172,7 @@ def solve_in_rounds(
     states: dict[int, Any] = {}
     for r, rnd in enumerate(rounds):
         needed = parents[r]  # slices of this round that the next round starts from
-        for b0 in range(0, len(rnd), batch_size):
-            part = rnd[b0:b0 + batch_size]
+        for part in _calls(rnd, batch_size, slab):
             chunk = [i for i, _ in part]
             init = None
             if part[0][1] is not None:
@@ -166,6 +187,33 @@ def solve_in_rounds(
         for _, p in rnd:  # the parents of this round are no longer needed
             if p is not None:
                 states.pop(p, None)
+
+
+def _calls(rnd: list[tuple[int, int | None]], batch_size: int, slab: int
+           ) -> list[list[tuple[int, int | None]]]:
+    """One round cut into solver calls of at most ``batch_size`` slices; with ``slab > 1``
+    each call holds whole slabs (consecutive entries of one ``i // slab``), at least one."""
+    if slab <= 1:
+        return [rnd[b0:b0 + batch_size] for b0 in range(0, len(rnd), batch_size)]
+    units: list[list[tuple[int, int | None]]] = []
+    for item in rnd:
+        if units and units[-1][-1][0] // slab == item[0] // slab:
+            units[-1].append(item)
+        else:
+            units.append([item])
+    calls: list[list[tuple[int, int | None]]] = []
+    for unit in units:
+        if calls and len(calls[-1]) + len(unit) <= batch_size:
+            calls[-1].extend(unit)
+        else:
+            calls.append(list(unit))
+    return calls
+
+
+def slab_links(slices: Sequence[int], slab: int) -> list[bool]:
+    """Which consecutive entries of ``slices`` (indices along the slice axis) are coupled
+    neighbours: adjacent slices of one slab (``links`` of :func:`medrecon.solvers.csgm.csgm`)."""
+    return [b == a + 1 and a // slab == b // slab for a, b in zip(slices, slices[1:])]
 
 
 def check_coherence(value: Any) -> float | str:

@@ -700,3 +700,57 @@ def test_iagan_members_start_apart_where_the_mean_fits_best(G):
     torch.testing.assert_close(rec.samples[0], one.image, atol=5e-5, rtol=1e-4)
     assert csgm(y, op, G, steps=3, restarts=1, probes=4, noise_mode="none", seed=1,
                 device="cpu", probe_mean=False).latents.sub(a.latents).abs().max() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Coupling of neighbouring slices in the latent search (the volume default's stage 1)
+
+
+def test_neighbour_penalty_sums_each_slices_linked_distances():
+    from medrecon.solvers.csgm import neighbour_penalty
+
+    ws = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 2.0], [5.0, 2.0]])  # 4 slices, 1 restart
+    links = torch.tensor([1.0, 1.0, 0.0])  # slices 2 and 3 in different slabs
+    assert neighbour_penalty(ws, links).tolist() == [1.0, 1.0 + 4.0, 4.0, 0.0]
+    # two restarts per slice: restart r is coupled to restart r of the neighbour
+    w2 = torch.tensor([[0.0], [10.0], [1.0], [13.0]])  # slice 0: r0 0, r1 10; slice 1: 1, 13
+    assert neighbour_penalty(w2, torch.tensor([1.0]), restarts=2).tolist() == [1.0, 9.0, 1.0, 9.0]
+
+
+def test_coupling_draws_neighbouring_slices_latents_together(G, truth):
+    op = sr_op()
+    y = op.A(truth)
+    kw = dict(steps=30, restarts=1, probes=4, seed=[3, 4, 5], device="cpu")
+    free = csgm(y, op, G, **kw)
+    tied = csgm(y, op, G, coupling=10.0, **kw)
+    gap = lambda r: float((r.latents[1:] - r.latents[:-1]).square().sum())  # noqa: E731
+    assert gap(tied) < 0.5 * gap(free)
+    assert tied.info["coupling"] == 10.0 and free.info["coupling"] == 0.0
+    # no links: the slices are solved on their own, exactly as without coupling
+    alone = csgm(y, op, G, coupling=10.0, links=[False, False], **kw)
+    assert torch.equal(alone.latents, free.latents)
+    # a link between slices 0 and 1 only: slice 2 as without coupling in its own search
+    part = csgm(y, op, G, coupling=10.0, links=[True, False], **kw)
+    assert float((part.latents[0] - part.latents[1]).square().sum()) < float(
+        (free.latents[0] - free.latents[1]).square().sum())
+    for bad in (dict(links=[True]), dict(links="yes"), dict(links=[True, 2]),
+                dict(coupling=-1.0), dict(coupling=float("nan"))):
+        with pytest.raises(MedreconInputError, match="links|coupling"):
+            csgm(y, op, G, **{**kw, **bad})
+
+
+def test_iagan_refuses_stage1_options_its_stage1_does_not_take(G, truth):
+    op = sr_op()
+    y = op.A(truth[:1])
+    with pytest.raises(MedreconInputError, match=r"stage1_options \['coupling'\] are not options "
+                                                 r"of stage1='brgm'"):
+        iagan(y, op, G, stage1="brgm", stage1_options={"coupling": 1.0}, steps=2, device="cpu")
+    with pytest.raises(MedreconInputError, match=r"\['speed'\]"):
+        iagan(y, op, G, stage1_options={"speed": 2}, steps=2, device="cpu")
+    # the coupling reaches IAGAN's stage 1 through stage1_options
+    y3 = op.A(truth)
+    kw = dict(steps=2, stage1_options={"steps": 10, "probes": 4}, seed=[1, 2, 3], device="cpu")
+    free = iagan(y3, op, G, **kw)
+    tied = iagan(y3, op, G, **{**kw, "stage1_options": {**kw["stage1_options"], "coupling": 10.0}})
+    assert tied.info["stage1_info"]["coupling"] == 10.0
+    assert not torch.allclose(free.image, tied.image)

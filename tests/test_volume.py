@@ -13,8 +13,9 @@ from medrecon.errors import MedreconInputError
 from medrecon.physics import build_operator
 from medrecon.pipeline import reconstruct
 from medrecon.solvers.iagan import AdaptedState, iagan
-from medrecon.volume import (VOLUME_ENSEMBLE, cohere_slices, coherence_sigma, neighbour_support,
-                             solve_in_rounds, warm_start_rounds, warm_steps_for)
+from medrecon.volume import (SLAB, SLICE_COUPLING, VOLUME_ENSEMBLE, cohere_slices, coherence_sigma,
+                             neighbour_support, slab_links, solve_in_rounds, warm_start_rounds,
+                             warm_steps_for)
 from tests._scripts import load_script
 from tests._tiny import tiny_prior
 
@@ -79,6 +80,54 @@ def test_batch_size_only_groups_a_rounds_problems():
             ref = parent_of
         assert parent_of == ref
     assert sum(p is None for p in ref.values()) == 4  # one key per segment of 5
+
+
+def test_a_coupled_volume_is_solved_in_whole_slabs():
+    """With ``slab`` a call holds whole slabs (fixed by position): as many as fit in the
+    batch size, at least one; the links couple adjacent slices of one slab only."""
+    seen = []
+    for bs in (1, 3, 8, 16, 64):
+        seen.clear()
+        solve_in_rounds(list(range(20)), key_every=1, batch_size=bs, slab=8,
+                        solve_chunk=lambda c, init, want: seen.append(list(c)))
+        assert sorted(i for c in seen for i in c) == list(range(20))
+        for c in seen:  # never a slab cut in two
+            assert {i // 8 for i in c} == {i // 8 for i in range(c[0], c[-1] + 1)}
+            assert len(c) <= max(bs, 8)
+        if bs <= 8:
+            assert seen == [list(range(0, 8)), list(range(8, 16)), list(range(16, 20))]
+    assert seen == [list(range(20))]  # 64: everything in one call
+    assert slab_links([6, 7, 8, 9], 8) == [True, False, True]
+    assert slab_links([2, 4, 5], 8) == [False, True]  # not adjacent along the axis: not linked
+    assert slab_links([3], 8) == []
+
+
+def test_default_volume_couples_neighbouring_slices_in_stage1(prior, monkeypatch):
+    """The SR volume default passes the coupling and its slab links to IAGAN's stage 1; a lone
+    image, a chosen ensemble and coherence 0 are solved as before, without it; the result
+    does not depend on the batch size."""
+    vol, _ = _volume(10)
+    thin = np.diag([1.0, 1.0, 0.5, 1.0])
+    kw = dict(affine=thin, task="sr", prior=prior, scale=2, method="iagan", steps=3, seed=2)
+    seen = []
+    real = solvers.solve
+    monkeypatch.setattr(solvers, "solve", lambda y, op, p, **k: seen.append(
+        k.get("stage1_options")) or real(y, op, p, **k))
+    a = reconstruct(vol, batch_size=1, **kw)
+    assert a.info["coupling"] == SLICE_COUPLING
+    assert seen == [{"steps": 3, "coupling": SLICE_COUPLING, "links": [True] * 7},
+                    {"steps": 3, "coupling": SLICE_COUPLING, "links": [True]}]
+    b = reconstruct(vol, batch_size=10, **kw)
+    assert seen[-1]["links"] == [True] * 7 + [False, True]  # both slabs in one call
+    assert np.allclose(a.image, b.image, atol=1e-5)
+    for other in (dict(ensemble=1), dict(coherence=0)):
+        seen.clear()
+        r = reconstruct(vol, **{**kw, **other})
+        assert "coupling" not in r.info and all("coupling" not in (o or {}) for o in seen)
+        if "ensemble" in other:  # the same solve but for the coupling: it does change it
+            assert not np.allclose(a.image, r.image, atol=1e-4)
+    seen.clear()
+    assert "coupling" not in reconstruct(vol[..., :1], **kw).info
 
 
 def test_tuning_scripts_star_order_starts_every_slice_from_its_key(monkeypatch):
@@ -369,7 +418,8 @@ def test_sr_volumes_of_thin_slices_get_one_run_per_slice(prior, monkeypatch):
 
 def test_cpu_batch_default_follows_the_runs_per_slice(prior, monkeypatch):
     """On the CPU one IAGAN run per slice (the thin-volume default) is solved 8 slices a call,
-    an ensemble 4 a call; a batch size given is kept."""
+    an ensemble 4 a call; a batch size given is kept, except that the default's coupled
+    stage 1 solves whole slabs."""
     from medrecon.pipeline import CPU_SINGLE_RUN_BATCH, DEFAULT_BATCH
 
     vol, _ = _volume(9)
@@ -384,9 +434,15 @@ def test_cpu_batch_default_follows_the_runs_per_slice(prior, monkeypatch):
     calls.clear()
     reconstruct(vol, ensemble=2, **kw)
     assert calls == [DEFAULT_BATCH["cpu"]] * 2 + [1]
-    calls.clear()
-    reconstruct(vol, batch_size=3, **kw)
+    calls.clear()  # a batch size given is kept where slices are solved on their own ...
+    reconstruct(vol, batch_size=3, ensemble=1, **kw)
     assert calls == [3, 3, 3]
+    calls.clear()  # ... while the default's coupled stage 1 takes whole slabs of SLAB slices
+    reconstruct(vol, batch_size=3, **kw)
+    assert calls == [SLAB, 1] and SLAB == 8
+    calls.clear()
+    reconstruct(vol, batch_size=16, **kw)
+    assert calls == [9]
     calls.clear()  # a task whose IAGAN default is one run per slice (no ensemble option given)
     assert solvers.method_options("iagan", "denoise").get("ensemble", 1) == 1
     reconstruct(vol, **{**kw, "task": "denoise", "scale": None})

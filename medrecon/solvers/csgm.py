@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from medrecon.errors import MedreconInputError
 from medrecon.solvers import _common as C
 from medrecon.solvers.latent import LatentSpace, check_space, lr_schedule, probe_init
 from medrecon.solvers.result import Reconstruction
@@ -170,6 +171,8 @@ def csgm(
     seed: int | Sequence[int] = 0,
     callback: C.ProgressCallback | None = None,
     amp: bool = True,
+    coupling: float = 0.0,
+    links: Sequence[bool] | None = None,
 ) -> Reconstruction:
     """CSGM latent search with seeded, batched restarts.
 
@@ -205,6 +208,14 @@ def csgm(
             slice its own probes (:func:`medrecon.solvers._common.seed_generators`).
         callback: progress callable, receives ``{stage, step, total_steps, loss, ...}``.
         amp: bf16 autocast of the synthesis on CUDA (ignored on CPU).
+        coupling: weight of a coupling of neighbouring slices of the batch: each slice's
+            objective gains ``coupling`` times the squared distance of its W+ latent to its
+            linked neighbours' (restart r to restart r), so that slices next to each other along
+            the slice axis are solved jointly (:mod:`medrecon.volume`). Default 0: every slice
+            on its own.
+        links: ``B - 1`` booleans, entry ``b`` True where slices ``b`` and ``b + 1`` of the
+            batch are neighbours along the slice axis. Default None: every consecutive pair
+            (the batch is one stretch of neighbouring slices, in order).
 
     Returns:
         A :class:`Reconstruction` with ``latents`` in W+.
@@ -222,6 +233,8 @@ def csgm(
     C.check_positive("patience", patience, integer=True)
     C.check_positive("check_every", check_every, integer=True, allow_zero=True)
     C.check_noise_mode(noise_mode)
+    C.check_positive("coupling", coupling, allow_zero=True)
+    link = _check_links(links, y.shape[0])
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
     G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
@@ -242,10 +255,16 @@ def csgm(
                          include_mean=bool(probe_mean), force_mean=restarts > 1, amp=amp_ctx)
     y_rep = yd.repeat_interleave(restarts, 0)
     progress = C.Progress(callback, stage="csgm", total_steps=steps, restarts=restarts)
+    pairs = torch.tensor(link, dtype=torch.float32, device=dev)
+
+    def coupled(latent: torch.Tensor, ws: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return coupling * neighbour_penalty(ws, pairs, restarts)
+
     best_latent, _, best_data, hist = optimise_latent(
         lat, y_rep, op, latent0, steps=steps, lr=lr, prior_weight=prior_weight * s * s / M,
         tol=tol, patience=patience, check_every=check_every, noise_var=s * s,
-        progress=progress, amp=amp_ctx)
+        progress=progress, amp=amp_ctx,
+        extra=coupled if coupling > 0 and any(link) else None)
     pick = best_data.view(B, restarts).argmin(1)  # best restart per slice, by data loss
     rows = torch.arange(B, device=dev) * restarts + pick
     with torch.no_grad():
@@ -254,12 +273,45 @@ def csgm(
             img = C.synthesize(G, ws)
     info = dict(space=space, steps=steps, steps_run=len(hist), lr=lr, restarts=restarts,
                 probes=probes, prior_weight=prior_weight, tol=tol, patience=patience,
-                check_every=check_every, seed=seed, noise_sigma=s,
+                check_every=check_every, seed=seed, noise_sigma=s, coupling=coupling,
                 data_loss=best_data.view(B, restarts).min(1).values.tolist(),
                 restart_chosen=pick.tolist(), stages=[("csgm", len(hist))])
     return Reconstruction(image=img, latents=ws, loss_history=hist,
                           seconds=time.perf_counter() - t0, device=str(dev), method="csgm",
                           info=info)
+
+
+def neighbour_penalty(ws: torch.Tensor, links: torch.Tensor, restarts: int = 1) -> torch.Tensor:
+    """Each batch entry's squared W+ distance to its linked neighbours, ``[B * restarts]``.
+
+    Args:
+        ws: ``[B * restarts, ...]`` latents, slice-major (a slice's restarts together).
+        links: ``[B - 1]`` weights (1: slices ``b`` and ``b + 1`` are neighbours, 0: not).
+        restarts: restarts per slice; restart ``r`` of a slice is coupled to restart ``r`` of
+            its neighbours.
+    """
+    w = ws.reshape(ws.shape[0] // restarts, restarts, -1)
+    d = (w[1:] - w[:-1]).square().sum(-1) * links.to(w.dtype)[:, None]  # [B - 1, restarts]
+    pen = torch.zeros(w.shape[:2], dtype=w.dtype, device=w.device)
+    pen[1:] += d
+    pen[:-1] += d
+    return pen.reshape(-1)
+
+
+def _check_links(links: Any, batch: int) -> list[bool]:
+    """``links`` of :func:`csgm` for a batch of ``batch`` slices (None: every pair linked).
+
+    Raises:
+        MedreconInputError: not ``batch - 1`` booleans.
+    """
+    if links is None:
+        return [True] * max(0, batch - 1)
+    vals = list(links) if isinstance(links, (list, tuple)) else None
+    if vals is None or len(vals) != batch - 1 or not all(
+            isinstance(v, (bool, int)) and v in (0, 1) for v in vals):
+        raise MedreconInputError(f"links={links!r}; expected {batch - 1} booleans (one per pair of "
+                                 f"consecutive slices of the batch of {batch}), or None.")
+    return [bool(v) for v in vals]
 
 
 def _stats_for(space: str, parts: C.PriorParts, G: nn.Module, dev: torch.device):

@@ -21,6 +21,7 @@ results, slower).
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -396,6 +397,13 @@ def _check_options(*, steps: Any, lr_latent: Any, lr_weights: Any, noisy_step_fa
     if not isinstance(stage1_options, (dict, type(None))):
         raise MedreconInputError(
             f"stage1_options is a {type(stage1_options).__name__}; expected a dict of options.")
+    # the keys the stage-1 solver takes (IAGAN itself sets its device, seed, progress and amp)
+    known = set(inspect.signature(csgm if stage1 == "csgm" else brgm).parameters) - {
+        "y", "operator", "prior", "device", "seed", "callback", "amp"}
+    unknown = sorted(set(stage1_options or {}) - known)
+    if unknown:
+        raise MedreconInputError(f"stage1_options {unknown} are not options of stage1={stage1!r}; "
+                                 f"its options: {', '.join(sorted(known))}.")
     C.check_noise_mode(noise_mode)
 
 
