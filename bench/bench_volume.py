@@ -126,7 +126,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         res = reconstruct(lr, **kw)
         out = np.asarray(res.image.array, np.float32)
         info = {k: res.info.get(k) for k in ("method", "key_every", "warm_steps", "ensemble",
-                                             "coherence_sigma", "plane", "effective_factor")}
+                                             "coherence_sigma", "coupling", "plane",
+                                             "effective_factor")}
     seconds = time.perf_counter() - t0
     if args.save is not None:  # the result, for per-slice analysis (the target was checked free)
         import nibabel as nib
@@ -376,6 +377,8 @@ def markdown(report: dict[str, Any]) -> str:
             opts.append(f"key_every {i['key_every']}, warm_steps {i.get('warm_steps')}")
         if i.get("coherence_sigma"):
             opts.append(f"coherence {i['coherence_sigma']:g} slice")
+        if i.get("coupling"):
+            opts.append(f"stage-1 coupling {i['coupling']:g}")
         if i.get("offsets"):
             opts.append(f"one slice per call, median of {len(i['offsets'])}")
         if opts:

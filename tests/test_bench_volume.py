@@ -81,6 +81,8 @@ def test_report_compares_the_default_with_slice_by_slice(bench):
     for r in report["rows"]:
         r["psnr_reformat"] = r["ssim_reformat"] = None
     assert "n/a dB / n/a on the reformats" in bench.markdown(report)
+    report["rows"][0]["info"]["coupling"] = 1e-4
+    assert "(ensemble 1; stage-1 coupling 0.0001)" in bench.markdown(report)
     report["machine"]["gpu"] = "NVIDIA H200"  # modes run on CUDA name the GPU
     assert "Machine: cpu, NVIDIA H200, 2 torch thread(s)" in bench.markdown(report)
 
