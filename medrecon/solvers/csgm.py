@@ -224,16 +224,9 @@ def csgm(
     y = C.check_measurements(y)
     operator = C.check_operator(operator)
     space = check_space(space)
-    C.check_positive("steps", steps, integer=True)
-    C.check_positive("lr", lr)
-    C.check_positive("restarts", restarts, integer=True)
-    C.check_positive("probes", probes, integer=True, allow_zero=True)
-    C.check_positive("prior_weight", prior_weight, allow_zero=True)
-    C.check_positive("tol", tol, allow_zero=True)
-    C.check_positive("patience", patience, integer=True)
-    C.check_positive("check_every", check_every, integer=True, allow_zero=True)
-    C.check_noise_mode(noise_mode)
-    C.check_positive("coupling", coupling, allow_zero=True)
+    _check_options(steps=steps, lr=lr, restarts=restarts, probes=probes,
+                   prior_weight=prior_weight, tol=tol, patience=patience,
+                   check_every=check_every, noise_mode=noise_mode, coupling=coupling)
     link = _check_links(links, y.shape[0])
     dev = C.resolve_device(device)
     parts = C.unpack_prior(prior)
@@ -255,16 +248,10 @@ def csgm(
                          include_mean=bool(probe_mean), force_mean=restarts > 1, amp=amp_ctx)
     y_rep = yd.repeat_interleave(restarts, 0)
     progress = C.Progress(callback, stage="csgm", total_steps=steps, restarts=restarts)
-    pairs = torch.tensor(link, dtype=torch.float32, device=dev)
-
-    def coupled(latent: torch.Tensor, ws: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return coupling * neighbour_penalty(ws, pairs, restarts)
-
     best_latent, _, best_data, hist = optimise_latent(
         lat, y_rep, op, latent0, steps=steps, lr=lr, prior_weight=prior_weight * s * s / M,
         tol=tol, patience=patience, check_every=check_every, noise_var=s * s,
-        progress=progress, amp=amp_ctx,
-        extra=coupled if coupling > 0 and any(link) else None)
+        progress=progress, amp=amp_ctx, extra=_coupling_term(coupling, link, restarts, dev))
     pick = best_data.view(B, restarts).argmin(1)  # best restart per slice, by data loss
     rows = torch.arange(B, device=dev) * restarts + pick
     with torch.no_grad():
@@ -279,6 +266,32 @@ def csgm(
     return Reconstruction(image=img, latents=ws, loss_history=hist,
                           seconds=time.perf_counter() - t0, device=str(dev), method="csgm",
                           info=info)
+
+
+def _check_options(*, steps: Any, lr: Any, restarts: Any, probes: Any, prior_weight: Any,
+                   tol: Any, patience: Any, check_every: Any, noise_mode: Any,
+                   coupling: Any) -> None:
+    """:func:`csgm`'s numeric options, checked before any solve (each error names its option)."""
+    C.check_positive("steps", steps, integer=True)
+    C.check_positive("lr", lr)
+    C.check_positive("restarts", restarts, integer=True)
+    C.check_positive("probes", probes, integer=True, allow_zero=True)
+    C.check_positive("prior_weight", prior_weight, allow_zero=True)
+    C.check_positive("tol", tol, allow_zero=True)
+    C.check_positive("patience", patience, integer=True)
+    C.check_positive("check_every", check_every, integer=True, allow_zero=True)
+    C.check_noise_mode(noise_mode)
+    C.check_positive("coupling", coupling, allow_zero=True)
+
+
+def _coupling_term(coupling: float, link: list[bool], restarts: int, dev: torch.device
+                   ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The ``extra`` energy of :func:`optimise_latent` that couples linked neighbouring slices
+    (:func:`neighbour_penalty` times ``coupling``), or None when nothing is coupled."""
+    if coupling <= 0 or not any(link):
+        return None
+    pairs = torch.tensor(link, dtype=torch.float32, device=dev)
+    return lambda latent, ws, x: coupling * neighbour_penalty(ws, pairs, restarts)
 
 
 def neighbour_penalty(ws: torch.Tensor, links: torch.Tensor, restarts: int = 1) -> torch.Tensor:
