@@ -285,8 +285,9 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                      show_default=True, help="Where to compute (auto = CUDA when available)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Slices solved together (lower it if memory runs out: IAGAN holds "
-                     "one synthesis-network copy per slice and ensemble run). [default: 16 on "
-                     "CUDA; on the CPU 8 for one IAGAN run per slice, else 4]"),
+                     "one synthesis-network copy per slice and ensemble run; the SR volume "
+                     "default solves whole slabs of 8). [default: 16 on CUDA; on the CPU 8 for "
+                     "one IAGAN run per slice, else 4]"),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Random seed (restarts, simulated masks and noise); same seed, same "
                      "result."),

@@ -808,19 +808,22 @@ def reconstruct(
             solver's per-task default (``medrecon.solvers.DEFAULTS``), except for an SR volume
             of at least 3 slices at most two output pixels apart with no ``spread`` asked for:
             :data:`medrecon.volume.VOLUME_ENSEMBLE` (1) run per slice, its neighbours made
-            coherent by ``coherence`` standing in for the ensemble (:mod:`medrecon.volume`).
+            coherent by ``coherence`` standing in for the ensemble and its stage 1 coupled to
+            theirs in slabs of :data:`medrecon.volume.SLAB` (:mod:`medrecon.volume`).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. Default ``"auto"``.
         batch_size: Slices solved together. Default ``None``: :data:`DEFAULT_BATCH` of the
             device (16 on CUDA, 4 on the CPU, where bigger batches of IAGAN's per-slice networks
             are slower per slice and use more memory), and on the CPU
-            :data:`CPU_SINGLE_RUN_BATCH` (8) when IAGAN runs once per slice.
+            :data:`CPU_SINGLE_RUN_BATCH` (8) when IAGAN runs once per slice; the SR volume
+            default's coupled calls hold whole slabs (at least :data:`medrecon.volume.SLAB`).
         seed: Seed of every random choice (operator pattern, simulated noise, solver probes).
             Slice ``i`` of a generative method draws its probes from its own seed,
             :func:`medrecon.solvers._common.slice_seed` ``(seed, i)`` (``seed`` itself for a
             lone image), so neighbouring slices start apart, and the solvers treat the slices
             of a batch as independent problems, so a slice's result does not depend on
             ``batch_size`` (up to float rounding); with warm starts it depends on the slices of
-            its segment (``key_every``), which ``batch_size`` does not change. Default 0.
+            its segment (``key_every``), in the SR volume default on those of its slab, which
+            ``batch_size`` does not change. Default 0.
         simulate: Treat ``image`` as the ground truth and measure it with the operator (seeded).
         callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
         percentiles: Intensity percentiles mapped to ``-1``/``+1``. Default ``(0.5, 99.5)``.
