@@ -330,11 +330,11 @@ def neighbour_support(images: torch.Tensor, groups: Sequence[tuple[Any, Sequence
         ``[N, 1, H, W]`` (ones when ``sigma <= 0`` or for a single slice).
     """
     _check_guide(guide_range, guide_window)
+    if sigma <= 0 or images.shape[0] < 2:
+        return torch.ones_like(images[:, :1])
     with torch.no_grad():
         measured = _measured(groups, images)
         den = torch.zeros_like(measured[:, :1])
-        if sigma <= 0 or images.shape[0] < 2:
-            return den.fill_(1.0)
         for _, lo, hi, w in _neighbour_weights(measured, sigma, guide_range, guide_window):
             den[lo:hi].add_(w)
         return den
