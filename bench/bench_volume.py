@@ -115,7 +115,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         # scans are acquired, and with more slices than in-plane pixels the acquired-plane
         # rule (fewest voxels, thickest spacing) cannot tell the coronal slices apart
         kw: dict[str, Any] = {"task": "sr", "prior": case.prior, "scale": case.scale,
-                              "sr_kernel": case.kernel, "device": args.device, "seed": 0,
+                              "sr_kernel": case.kernel, "device": args.device, "seed": args.seed,
                               "plane": "coronal", **MODE_OPTIONS[mode]}
         if mode == "default":
             for opt in ("key_every", "warm_steps", "ensemble", "coherence"):
@@ -128,6 +128,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         info = {k: res.info.get(k) for k in ("method", "key_every", "warm_steps", "ensemble",
                                              "coherence_sigma", "coupling", "plane",
                                              "effective_factor")}
+        info["seed"] = args.seed
     seconds = time.perf_counter() - t0
     if args.save is not None:  # the result, for per-slice analysis (the target was checked free)
         import nibabel as nib
@@ -161,12 +162,13 @@ def _lone_slice(args: argparse.Namespace) -> dict[str, Any]:
         hr, lr, axis = prepare_case(case)
         t0 = time.perf_counter()
         res = reconstruct(lr, task="sr", prior=case.prior, scale=case.scale,
-                          sr_kernel=case.kernel, device=args.device, seed=0, plane="coronal",
+                          sr_kernel=case.kernel, device=args.device, seed=args.seed, plane="coronal",
                           **({"batch_size": args.batch_size} if args.batch_size else {}))
         times.append(time.perf_counter() - t0)
         scores.append(_plane_scores(np.asarray(res.image.array, np.float32),
                                     np.asarray(hr.array, np.float32), axis, data_range))
         info = {k: res.info.get(k) for k in ("method", "ensemble", "plane")}
+        info["seed"] = args.seed
     info.update(offsets=list(LONE_OFFSETS), seconds_each=times)
     mean = {k: float(np.mean([s[i] for s in scores])) for i, k in enumerate(("psnr", "ssim"))}
     return _row("lone-slice", args, statistics.median(times), 1,
@@ -330,8 +332,9 @@ def _full_support(sigma: float) -> float:
 
 
 def _saved(args: argparse.Namespace, mode: str) -> Path:
-    """Where ``--save`` writes a mode's volume."""
-    return args.save / f"{args.volume}_{args.slices}slices_{mode}.nii.gz"
+    """Where ``--save`` writes a mode's volume (named by its seed when that is not 0)."""
+    seed = f"_seed{args.seed}" if getattr(args, "seed", 0) else ""
+    return args.save / f"{args.volume}_{args.slices}slices_{mode}{seed}.nii.gz"
 
 
 def _machine(threads: int, device: str = "cpu") -> dict[str, Any]:
@@ -379,6 +382,8 @@ def markdown(report: dict[str, Any]) -> str:
             opts.append(f"coherence {i['coherence_sigma']:g} slice")
         if i.get("coupling"):
             opts.append(f"stage-1 coupling {i['coupling']:g}")
+        if i.get("seed"):
+            opts.append(f"seed {i['seed']}")
         if i.get("offsets"):
             opts.append(f"one slice per call, median of {len(i['offsets'])}")
         if opts:
@@ -469,6 +474,9 @@ def main() -> int:
                     "0,1.5:none,4,4:0.05: also score each result made coherent afterwards "
                     "(run the mode with --coherence 0)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the reconstructions (default: %(default)s); runs with other "
+                         "seeds show the spread of a mode's scores")
     ap.add_argument("--save", type=Path, default=None,
                     help="also write each mode's volume here as <volume>_<N>slices_<mode>.nii.gz "
                     "(on the ground truth's grid; an existing file is never replaced)")
@@ -532,6 +540,8 @@ def main() -> int:
                 "batch_size", "save"):
         if getattr(args, opt) is not None:
             base += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    if args.seed:
+        base += ["--seed", str(args.seed)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for mode in modes:
         print(f"[{time.strftime('%H:%M:%S')}] {mode} ...", file=sys.stderr, flush=True)

@@ -122,6 +122,10 @@ def test_save_writes_the_modes_volume_on_the_truths_grid(bench, tmp_path):
     img = nib.load(args.save / files[0])
     assert img.shape == (180, 4, 180) and np.isfinite(row["psnr"])
     assert np.allclose(img.affine[:3, :3], aff[:3, :3])
+    args.seed = 2  # another seed's volume goes beside it, named by its seed
+    bench.run_mode("scipy-cubic", args)
+    assert sorted(p.name for p in args.save.iterdir()) == [
+        "colin27_4slices_scipy-cubic.nii.gz", "colin27_4slices_scipy-cubic_seed2.nii.gz"]
 
 
 def test_save_never_replaces_a_file(bench, tmp_path, monkeypatch, capsys):
@@ -172,9 +176,10 @@ def test_lone_slice_solves_each_slice_on_its_own(bench, tmp_path, monkeypatch):
 
     monkeypatch.setattr(P, "reconstruct", fake)
     args = SimpleNamespace(data=data, slices=6, volume="colin27", threads=1, device="cpu",
-                           save=None, coherence_sweep=None, batch_size=None)
+                           save=None, coherence_sweep=None, batch_size=None, seed=3)
     row = bench.run_mode("lone-slice", args)
-    assert seen == [((45, 1, 45), "coronal", 0)] * len(bench.LONE_OFFSETS)
+    assert seen == [((45, 1, 45), "coronal", 3)] * len(bench.LONE_OFFSETS)  # --seed reaches it
+    assert row["info"]["seed"] == 3
     assert row["mode"] == "lone-slice" and row["seconds"] == row["seconds_per_slice"]
     assert row["seconds"] == sorted(row["info"]["seconds_each"])[1]
     assert row["info"]["offsets"] == list(bench.LONE_OFFSETS)
@@ -275,3 +280,15 @@ def test_compare_saved_adds_the_section_and_keeps_the_rows(bench, tmp_path, monk
     assert [r["slices"] for r in report["per_slice"]["stretches"]] == [[0, 10], [10, 20]]
     md = (out / "volume_m_20slices.md").read_text()
     assert "Where along the stack" in md and "| 10-19 |" in md
+
+
+def test_report_names_a_rows_seed_when_not_zero(bench):
+    report = {"case": "test volume", "command": "bench", "machine": {
+        "cpu": "cpu", "torch_threads": 2, "torch": "2"},
+        "rows": [_row("default", 30.0, 100, info={"method": "iagan", "ensemble": 1, "seed": 0}),
+                 _row("slice-by-slice", 30.0, 400, info={"method": "iagan", "ensemble": 4,
+                                                         "seed": 2})]}
+    lines = bench.markdown(report).splitlines()
+    row = lambda mode: next(x for x in lines if x.startswith(f"| {mode} |"))  # noqa: E731
+    assert "seed" not in row("default")
+    assert "ensemble 4; seed 2" in row("slice-by-slice")
