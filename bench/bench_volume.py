@@ -162,7 +162,8 @@ def _lone_slice(args: argparse.Namespace) -> dict[str, Any]:
         hr, lr, axis = prepare_case(case)
         t0 = time.perf_counter()
         res = reconstruct(lr, task="sr", prior=case.prior, scale=case.scale,
-                          sr_kernel=case.kernel, device=args.device, seed=args.seed, plane="coronal",
+                          sr_kernel=case.kernel, device=args.device, seed=args.seed,
+                          plane="coronal",
                           **({"batch_size": args.batch_size} if args.batch_size else {}))
         times.append(time.perf_counter() - t0)
         scores.append(_plane_scores(np.asarray(res.image.array, np.float32),
@@ -479,6 +480,7 @@ def main() -> int:
                          "seeds show the spread of a mode's scores")
     ap.add_argument("--save", type=Path, default=None,
                     help="also write each mode's volume here as <volume>_<N>slices_<mode>.nii.gz "
+                    "(<mode>_seed<K> for --seed K) "
                     "(on the ground truth's grid; an existing file is never replaced)")
     ap.add_argument("--compare-saved", action="store_true",
                     help="solve nothing: add to the report where along the stack the default and "
