@@ -501,6 +501,9 @@ def main() -> int:
     except MedreconInputError as exc:
         print(f"error: --coherence: {exc}", file=sys.stderr)
         return 2
+    if args.seed < 0:
+        print(f"error: --seed {args.seed}; expected an integer >= 0.", file=sys.stderr)
+        return 2
     vol_file = args.data / VOLUMES[args.volume][0]
     if not vol_file.is_file():
         print(f"error: {vol_file} not found; fetch it with "

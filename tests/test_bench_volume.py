@@ -100,6 +100,9 @@ def test_bad_invocations_stop_before_any_solve(bench, tmp_path, monkeypatch, cap
         monkeypatch.setattr(sys, "argv", ["bench_volume.py", "--data", str(tmp_path), *opt])
         assert bench.main() == 2
         assert "error: --coherence" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["bench_volume.py", "--data", str(tmp_path), "--seed", "-1"])
+    assert bench.main() == 2
+    assert "error: --seed -1; expected an integer >= 0." in capsys.readouterr().err
 
 
 def test_save_writes_the_modes_volume_on_the_truths_grid(bench, tmp_path):
