@@ -28,7 +28,7 @@ from typing import Any, Callable
 import click
 
 from medrecon import __version__
-from medrecon.cli_types import CoherenceWidth, InputPath
+from medrecon.cli_types import SEED, CoherenceWidth, InputPath
 from medrecon.errors import MedreconInputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -288,7 +288,7 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                      "one synthesis-network copy per slice and ensemble run; the SR volume "
                      "default solves whole slabs of 8). [default: 16 on CUDA; on the CPU 8 for "
                      "one IAGAN run per slice, else 4]"),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Random seed (restarts, simulated masks and noise); same seed, same "
                      "result."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input)."),
@@ -437,7 +437,7 @@ DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Optimisation steps (IAGAN: per stage). [default: the method's default]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing demo outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)

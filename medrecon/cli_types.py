@@ -1,6 +1,6 @@
 """Click parameter types shared by the command groups (``medrecon``, ``eval``, ``priors``).
 
-:class:`CoherenceWidth` reads ``--coherence``. :class:`InputPath` checks an input the way :func:`medrecon.io._paths.check_input_file` does,
+:data:`SEED` reads ``--seed``, :class:`CoherenceWidth` ``--coherence``. :class:`InputPath` checks an input the way :func:`medrecon.io._paths.check_input_file` does,
 so a symbolic-link loop, a device such as ``/dev/zero`` or an empty file is named as what it
 is (exit 2) instead of click's generic "does not exist".
 """
@@ -14,7 +14,11 @@ import click
 
 from medrecon.errors import MedreconInputError
 
-__all__ = ["CoherenceWidth", "InputPath"]
+__all__ = ["SEED", "CoherenceWidth", "InputPath"]
+
+#: ``--seed``: 0 to ``2**63 - 1``, the seeds the solvers take
+#: (:data:`medrecon.solvers._common.SEED_LIMIT`, not imported here to keep ``--help`` light).
+SEED = click.IntRange(min=0, max=2**63 - 1)
 
 
 class InputPath(click.ParamType):

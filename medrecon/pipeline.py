@@ -188,9 +188,12 @@ def _check_task(task: str) -> str:
     return t
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise MedreconInputError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+def _check_int(name: str, value: Any, *, minimum: int, limit: int | None = None) -> int:
+    """``value`` as an int ``>= minimum`` (and ``< limit`` when given)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
+            or (limit is not None and value >= limit):
+        bound = f">= {minimum}" if limit is None else f"from {minimum} to {limit - 1}"
+        raise MedreconInputError(f"{name} must be an integer {bound}; got {value!r}.")
     return int(value)
 
 

@@ -36,6 +36,7 @@ from monai.transforms import Compose, Transform
 
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
+from medrecon.solvers._common import SEED_LIMIT, is_real
 from medrecon.transforms import PLANES, IntensityWindow
 from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, SLICE_COUPLING, VOLUME_ENSEMBLE,
                              check_coherence, coherence_sigma)
@@ -103,12 +104,12 @@ class ReconstructionSettings:
         if batch_size is not None:  # None: the default, chosen once the ensemble is known
             batch_size = P.default_batch_size(batch_size, device)
         samples = P._check_int("samples", samples, minimum=0)
-        seed = P._check_int("seed", seed, minimum=0)
+        seed = P._check_int("seed", seed, minimum=0, limit=SEED_LIMIT)
         if steps is not None:
             steps = P._check_int("steps", steps, minimum=1)
         if plane is not None and plane not in PLANES:
             raise MedreconInputError(f"unknown plane {plane!r}; expected one of {', '.join(PLANES)}.")
-        if not (isinstance(noise_sigma, (int, float)) and math.isfinite(noise_sigma)
+        if not (is_real(noise_sigma) and math.isfinite(noise_sigma)
                 and noise_sigma >= 0):
             raise MedreconInputError(f"noise_sigma must be a finite number >= 0; got {noise_sigma!r}.")
         if task == "sr":

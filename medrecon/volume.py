@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from medrecon.errors import MedreconInputError
+from medrecon.solvers._common import is_real
 
 __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE", "GUIDE_WINDOW",
            "COHERENT_SIGMA", "SLICE_COUPLING", "SLAB", "WARM_FRACTION", "slab_links",
@@ -230,8 +231,7 @@ def check_coherence(value: Any) -> float | str:
             value = float(value)
         except ValueError:
             pass
-    if (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and value >= 0):
+    if is_real(value) and math.isfinite(value) and value >= 0:
         return float(value)
     raise MedreconInputError(
         f"coherence={value!r}; expected 'auto' or a width in mm >= 0 (0 turns it off).")
@@ -346,8 +346,8 @@ def _check_guide(guide_range: Any, guide_window: Any) -> None:
     Raises:
         MedreconInputError: naming the value and what is accepted.
     """
-    if guide_range is not None and not (isinstance(guide_range, (int, float))
-                                        and math.isfinite(guide_range) and guide_range > 0):
+    if guide_range is not None and not (is_real(guide_range) and math.isfinite(guide_range)
+                                        and guide_range > 0):
         raise MedreconInputError(f"guide_range={guide_range!r}; expected a number > 0, or None "
                                  "for Gaussian weights alone.")
     if isinstance(guide_window, bool) or not isinstance(guide_window, int) or guide_window < 1 \

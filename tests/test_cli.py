@@ -466,3 +466,15 @@ def test_volume_warm_start_options(tmp_path, prior_dir, monkeypatch):
           "-q"])
     a, b = (nib.load(str(tmp_path / f)).get_fdata() for f in ("c0.nii.gz", "c3.nii.gz"))
     assert not np.allclose(a, b, atol=1e-4)  # --coherence reached the pipeline
+
+
+def test_seed_option_takes_what_the_solvers_take(tmp_path):
+    """--seed stops at exit 2 above the solvers' limit (it gave a ValueError from
+    torch.Generator.manual_seed after reading the input)."""
+    from medrecon.cli_types import SEED
+    from medrecon.solvers._common import SEED_LIMIT
+
+    assert (SEED.min, SEED.max) == (0, SEED_LIMIT - 1)
+    r = CliRunner().invoke(cli, ["sr", str(tmp_path / "none.nii.gz"), "-o",
+                                  str(tmp_path / "o.nii.gz"), "--seed", str(SEED_LIMIT)])
+    assert r.exit_code == 2 and "--seed" in r.output

@@ -221,7 +221,8 @@ def test_per_slice_seeds_give_each_slice_its_own_draws(G, truth):
 
 
 @pytest.mark.parametrize("seed, match", [([1, 2], "2 seeds for 3 slice"), (-1, "seed=-1"),
-                                         ([1, 2.5, 3], "seed=2.5"), (True, "seed=True")])
+                                         ([1, 2.5, 3], "seed=2.5"), (True, "seed=True"),
+                                         (2**63, "from 0 to 2\\*\\*63 - 1")])
 def test_bad_seeds_stop_before_any_solve(G, truth, seed, match):
     op = sr_op()
     y = op.A(truth)

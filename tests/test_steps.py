@@ -93,11 +93,28 @@ def test_options_are_checked_before_any_step(prior, monkeypatch):
     ran = []
     monkeypatch.setattr(ReadVolume, "__call__", lambda self, d: ran.append(1) or d)
     for kw, msg in [({"plane": "oblique"}, "unknown plane"), ({"seed": -1}, "seed"),
+                    ({"seed": 2**63}, "seed must be an integer from 0 to 9223372036854775807"),
                     ({"noise_sigma": float("nan")}, "noise_sigma"), ({"scale": 0}, "scale"),
                     ({"mask": np.zeros((10, 12, 3))}, "only used by task 'inpaint'")]:
         with pytest.raises(MedreconInputError, match=msg):
             reconstruct(_image(), task="sr", prior=prior, method="bicubic", **kw)
     assert not ran
+
+
+def test_numpy_scalars_are_numbers(prior):
+    """Options read from numpy (np.float32, np.int64) are accepted like Python numbers; numpy
+    booleans are not numbers."""
+    from medrecon.solvers._common import check_positive
+    from medrecon.volume import check_coherence
+
+    assert check_coherence(np.float32(2.0)) == 2.0 and check_coherence(np.int64(0)) == 0.0
+    with pytest.raises(MedreconInputError, match="coherence"):
+        check_coherence(np.bool_(True))
+    assert check_positive("steps", np.int64(3), integer=True) == 3
+    assert check_positive("lr", np.float32(0.5)) == np.float32(0.5)
+    out = reconstruct(_image(), task="denoise", prior=prior, method="pseudo_inverse",
+                      noise_sigma=np.float32(0.01))
+    assert out.info["noise_sigma"] == pytest.approx(0.01)
 
 
 def test_steps_warnings_point_at_the_caller(prior):

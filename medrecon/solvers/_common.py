@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from operator import index as _as_index
@@ -151,16 +152,27 @@ def check_options(options: Mapping[str, Any], allowed: set[str], method: str) ->
         )
 
 
+#: Seeds are below ``2**63`` (what ``torch.Generator.manual_seed`` and the derived per-slice
+#: and per-member seeds take).
+SEED_LIMIT = 2**63
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number: Python or numpy ints and floats (``numpy.float32``
+    included), not booleans."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False):
     """Validates a numeric hyperparameter."""
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok_type = isinstance(value, numbers.Integral) if integer else is_real(value)
     if isinstance(value, bool) or not ok_type or not math.isfinite(value):
         kind = "an integer" if integer else "a finite number"
         raise MedreconInputError(f"{name}={value!r}; expected {kind}.")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise MedreconInputError(f"{name}={value!r}; expected a value {bound}.")
-    return value
+    return int(value) if integer else value
 
 
 def slice_seed(seed: int, index: int) -> int:
@@ -187,9 +199,9 @@ def check_seed(seed: Any, n: int) -> int | list[int]:
             value = None if isinstance(s, bool) else _as_index(s)
         except TypeError:
             value = None
-        if value is None or value < 0:
+        if value is None or not 0 <= value < SEED_LIMIT:
             raise MedreconInputError(
-                f"seed={s!r}; expected an integer >= 0 (or one per slice).")
+                f"seed={s!r}; expected an integer from 0 to 2**63 - 1 (or one per slice).")
         return value
 
     if isinstance(seed, (list, tuple)):

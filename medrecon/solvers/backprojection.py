@@ -89,10 +89,10 @@ def back_project(
             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.")
     y = C.check_measurements(y)
     operator = C.check_operator(operator)
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+    if not (C.is_real(eta) and math.isfinite(eta) and eta >= 0):
         raise MedreconInputError(f"eta={eta!r}; expected a finite number >= 0.")
     seam = SEAM_DECAY if seam is None else seam
-    if not (isinstance(seam, (int, float)) and math.isfinite(seam) and seam >= 0):
+    if not (C.is_real(seam) and math.isfinite(seam) and seam >= 0):
         raise MedreconInputError(f"seam={seam!r}; expected a finite number of pixels >= 0.")
     if y.shape[0] != x.shape[0]:
         raise MedreconInputError(
