@@ -148,6 +148,49 @@ def test_reconstructd_keys_std_and_missing(prior):
     assert t2({"image": img})["image"].shape == (1, 48, 48, 2)
 
 
+def test_a_metatensor_without_channel_axis_is_named_as_such(tmp_path, prior):
+    """LoadImage without ensure_channel_first gives (X, Y, Z): the error says to make it
+    channel-first, not to average 'channels' that are a spatial axis."""
+    import nibabel as nib
+
+    from medrecon.errors import MedreconInputError
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 12, 4), np.float32),
+                             np.eye(4)), tmp_path / "v.nii.gz")
+    plain = LoadImage(image_only=True)(str(tmp_path / "v.nii.gz"))
+    assert tuple(plain.shape) == (12, 12, 4)
+    with pytest.raises(MedreconInputError, match="no channel axis.*EnsureChannelFirst"):
+        reconstruct(plain, task="sr", prior=prior, method="bicubic")
+    first = LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "v.nii.gz"))
+    assert reconstruct(first, task="sr", prior=prior, method="bicubic", scale=2).image.shape \
+        == (1, 24, 24, 4)
+
+
+def test_regridded_meta_updates_affine_shape_and_pixdim():
+    from medrecon.monai.convert import regridded_meta
+
+    aff = np.diag([0.5, 0.25, 2.0, 1.0])
+    nifti = regridded_meta({"pixdim": np.array([-1.0, 2, 1, 2, 0, 0, 0, 0])}, aff, (4, 8, 3))
+    np.testing.assert_allclose(nifti["pixdim"], [-1.0, 0.5, 0.25, 2.0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(nifti["spatial_shape"], [4, 8, 3])
+    torch.testing.assert_close(nifti["affine"], torch.as_tensor(aff))
+    short = regridded_meta({"pixdim": [2.0, 2.0, 1.0]}, aff, (4, 8, 3))  # not NIfTI-style
+    np.testing.assert_allclose(short["pixdim"], [1.0, 0.5, 0.25, 2.0, 1, 1, 1, 1])
+    assert "pixdim" not in regridded_meta({}, aff, (4, 8, 3))
+
+
+def test_intensity_window_keeps_every_channel():
+    from medrecon.monai import IntensityWindowd
+
+    img = MetaTensor(torch.rand(2, 6, 5, 3) * torch.tensor([10.0, 300.0]).view(2, 1, 1, 1))
+    t = IntensityWindowd(keys="image")
+    d = t({"image": img})
+    assert d["image"].shape == img.shape
+    assert float(d["image"][1].max()) > 0.9  # the second channel is windowed, not dropped
+    back = t.inverse(d)["image"]
+    np.testing.assert_allclose(back.numpy(), img.numpy(), rtol=1e-4, atol=1e-3)
+
+
 def test_intensity_window_inverts_through_invertd():
     from monai.transforms import Compose, Invertd
 
@@ -201,11 +244,33 @@ def test_simulate_degradation(task):
     if task == "sr":
         assert d["image"].shape == (1, 4, 3)
         np.testing.assert_allclose(np.diag(d["image"].affine.numpy())[:2], [2.0, 2.0])
+        np.testing.assert_array_equal(d["image"].meta["spatial_shape"], [4, 3])
     else:
         assert d["image"].shape == img.shape
     if task == "inpaint":
         assert set(torch.unique(d["mask"]).tolist()) == {0.0, 1.0}
         assert bool((d["image"][d["mask"] > 0] == 0).all())
+
+
+def test_simulated_sr_keeps_the_trace_and_updates_pixdim(tmp_path):
+    """A loaded NIfTI volume after Orientation: the SR degradation keeps its
+    applied_operations and writes the new voxel sizes into pixdim as into the affine."""
+    import nibabel as nib
+    from monai.transforms import Orientation
+
+    from medrecon.monai import SimulateDegradation
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((16, 16, 4), np.float32),
+                             np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "v.nii.gz")
+    img = Orientation("RAS", labels=None)(
+        LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "v.nii.gz")))
+    lr = SimulateDegradation("sr", scale=4)(img)
+    assert lr.shape == (1, 4, 4, 4)
+    assert [op["class"] for op in lr.applied_operations] == \
+        [op["class"] for op in img.applied_operations] == ["Orientation"]
+    np.testing.assert_allclose(lr.meta["pixdim"][1:4], [4.0, 4.0, 2.0])
+    np.testing.assert_allclose(np.linalg.norm(lr.affine.numpy()[:3, :3], axis=0), [4.0, 4.0, 2.0])
+    np.testing.assert_allclose(img.meta["pixdim"][1:4], [1.0, 1.0, 2.0])  # input untouched
 
 
 def test_simulated_kspace_uses_monai_reconstruction_keys():

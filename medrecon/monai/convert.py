@@ -57,6 +57,12 @@ def to_medical_image(image: Any, *, affine: Any = None) -> tuple[Any, Callable[[
     if _is_metatensor(image):
         if affine is not None:
             raise MedreconInputError("affine= is only for arrays; a MetaTensor carries its own.")
+        spatial = image.meta.get("spatial_shape")
+        if spatial is not None and tuple(int(v) for v in np.ravel(spatial)) == tuple(image.shape):
+            raise MedreconInputError(
+                f"the MetaTensor {tuple(image.shape)} has no channel axis (its shape is its "
+                "spatial shape); make it channel-first with monai.transforms.EnsureChannelFirst() "
+                "or LoadImage(image_only=True, ensure_channel_first=True).")
         if image.ndim not in (3, 4):
             raise MedreconInputError(
                 f"the MetaTensor has shape {tuple(image.shape)}; expected channel-first (1, X, Y) "
@@ -122,9 +128,30 @@ def record_operation(info: dict, orig_size: tuple[int, ...], orig_affine: np.nda
             TraceKeys.EXTRA_INFO: extra, TraceKeys.DO_TRANSFORM: True}
 
 
+def regridded_meta(meta: dict, affine: Any, shape: tuple[int, ...]) -> dict:
+    """A copy of ``meta`` for the same image on a new grid: its ``affine``, ``spatial_shape``
+    and, where present, the voxel sizes of its NIfTI-style ``pixdim`` (``pixdim[1:]``; one
+    shorter than the grid's dimensions is rewritten as ``[1, *spacing, 1, ...]``, 8 long)."""
+    from monai.utils import MetaKeys
+
+    aff = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine,
+                     dtype=np.float64)
+    out = dict(meta)
+    out[MetaKeys.AFFINE] = torch.as_tensor(aff, dtype=torch.float64)
+    out[MetaKeys.SPATIAL_SHAPE] = np.asarray(shape, dtype=np.int64)
+    nd = aff.shape[0] - 1
+    spacing = np.linalg.norm(aff[:nd, :nd], axis=0)
+    if "pixdim" in out:
+        pix = np.array(out["pixdim"], dtype=np.float64, copy=True).ravel()
+        if pix.size < 1 + nd:
+            pix = np.ones(max(8, 1 + nd))
+        pix[1:1 + nd] = spacing
+        out["pixdim"] = pix
+    return out
+
+
 def _to_metatensor(out: Any, source: Any, info: dict, *, two_d: bool) -> Any:
     from monai.data import MetaTensor
-    from monai.utils import MetaKeys
 
     arr = np.asarray(out.array, dtype=np.float32)
     arr = arr[:, :, 0] if two_d else arr
@@ -135,15 +162,7 @@ def _to_metatensor(out: Any, source: Any, info: dict, *, two_d: bool) -> Any:
         a2 = np.eye(3)
         a2[:2, :2], a2[:2, 2] = aff[:2, :2], aff[:2, 3]
         aff = a2
-    meta = dict(source.meta)
-    meta[MetaKeys.AFFINE] = torch.as_tensor(aff, dtype=torch.float64)
-    meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(arr.shape, dtype=np.int64)
-    nd = aff.shape[0] - 1
-    spacing = np.linalg.norm(aff[:nd, :nd], axis=0)
-    if "pixdim" in meta:
-        pix = np.array(meta["pixdim"], dtype=np.float64, copy=True)
-        pix[1:1 + len(spacing)] = spacing
-        meta["pixdim"] = pix
+    meta = regridded_meta(source.meta, aff, arr.shape)
     ops = list(source.applied_operations)
     ops.append(record_operation(info, tuple(source.shape[1:]), src_aff))
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(arr))[None], meta=meta,

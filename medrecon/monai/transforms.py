@@ -34,6 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, Transform
 
 from medrecon.errors import MedreconInputError
+from medrecon.monai.convert import regridded_meta
 
 __all__ = [
     "IntensityWindowd",
@@ -201,7 +202,7 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             img = _as_metatensor(d[key])
             w = IntensityWindow.fit(img.as_tensor(), lower=self.lower, upper=self.upper)
-            out = _like(img, w.apply(img.as_tensor().float())[0])
+            out = _like(img, w.apply(img.as_tensor().float()), channels=True)
             self.push_transform(out, extra_info={"low": w.low, "high": w.high})
             d[key] = out
         return d
@@ -214,7 +215,7 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
             img = d[key]
             op = self.pop_transform(img)
             w = IntensityWindow(op["extra_info"]["low"], op["extra_info"]["high"])
-            out = _like(img, w.invert(img.as_tensor().float())[0])
+            out = _like(img, w.invert(img.as_tensor().float()), channels=True)
             out.applied_operations = list(img.applied_operations)
             d[key] = out
         return d
@@ -282,9 +283,8 @@ class SimulateDegradation(Transform):
                 a2 = torch.eye(3, dtype=torch.float64)
                 a2[:2, :2], a2[:2, 2] = out_aff[:2, :2], out_aff[:2, 3]
                 out_aff = a2
-            out = MetaTensor(arr[None], meta={**img.meta, "affine": out_aff})
-            out.meta["spatial_shape"] = np.asarray(arr.shape)
-            return out
+            return MetaTensor(arr[None], meta=regridded_meta(img.meta, out_aff, tuple(arr.shape)),
+                              applied_operations=list(img.applied_operations))
         s = torch.movedim(vol, axis, 0)[:, None]  # [N, 1, a, b]
         size = (s.shape[-2], s.shape[-1])
         if self.task == "inpaint":
@@ -370,7 +370,9 @@ class SimulateDegradationd(MapTransform):
         d["mask"] = m[None]
 
 
-def _like(img: MetaTensor, arr: torch.Tensor) -> MetaTensor:
-    """A channel-first MetaTensor of ``arr`` (no channel axis) with ``img``'s geometry."""
+def _like(img: MetaTensor, arr: torch.Tensor, *, channels: bool = False) -> MetaTensor:
+    """A channel-first MetaTensor of ``arr`` (without a channel axis, or with its own when
+    ``channels``) with ``img``'s geometry."""
     meta = {**img.meta, "affine": img.affine}
-    return MetaTensor(arr[None].float(), meta=meta, applied_operations=list(img.applied_operations))
+    return MetaTensor((arr if channels else arr[None]).float(), meta=meta,
+                      applied_operations=list(img.applied_operations))
