@@ -580,19 +580,35 @@ MIN_SLICE_SIDE = 4
 THIN_SLICE_SIDE = 8
 
 
+#: How much the spacing of one axis must differ (as a fraction of the other two's common
+#: spacing) to make it the sliced axis of :func:`acquisition_axis`: more than a rectangular
+#: in-plane pixel (up to about 20 %), less than an SR factor.
+ODD_SPACING = 0.25
+
+
 def acquisition_axis(shape: Sequence[int], spacing: Sequence[float], *,
                      dicom_series: bool = False) -> int | None:
     """The array axis across the acquired slices of a 3D volume, or ``None`` when no plane
     stands out.
 
     A DICOM series is stacked along axis 2 (one acquired slice per file or frame). Otherwise
-    the acquired plane holds the two axes with the largest matrix: the sliced axis is the one
-    with the fewest voxels, ties broken by the coarsest spacing (thick slices); an isotropic
-    cube (equal matrix and spacing within 1%) has no acquired plane.
+    acquired pixels are square: when two axes share a spacing (within 1 %) and the third's
+    differs from it by more than :data:`ODD_SPACING`, the third is the sliced axis, whether
+    its slices are thick (a clinical stack) or thin (coarse pixels, as a simulated
+    low-resolution scan, ``SimulateDegradation``, has them). Else the acquired plane holds
+    the two axes with the largest matrix: the sliced axis is the one with the fewest voxels,
+    ties broken by the coarsest spacing; an isotropic cube (equal matrix and spacing within
+    1 %) has no acquired plane.
     """
     shape = [int(v) for v in shape]
     if dicom_series and shape[2] > 1:
         return 2
+    sp = [float(v) for v in spacing]
+    for a in range(3):
+        b, c = (x for x in range(3) if x != a)
+        pair = (sp[b] + sp[c]) / 2
+        if abs(sp[b] - sp[c]) <= 0.01 * pair and abs(sp[a] - pair) > ODD_SPACING * pair:
+            return a
     smallest = min(shape)
     cand = [a for a in range(3) if shape[a] == smallest]
     if len(cand) == 1:

@@ -273,6 +273,22 @@ def test_simulated_sr_keeps_the_trace_and_updates_pixdim(tmp_path):
     np.testing.assert_allclose(img.meta["pixdim"][1:4], [1.0, 1.0, 2.0])  # input untouched
 
 
+def test_reconstruct_restores_the_plane_simulate_degradation_degraded(prior):
+    """SimulateDegradation('sr') coarsens the plane across the last axis: Reconstruct, with no
+    plane given, finds that plane (its axis's 1 mm stands out from 4 x 4 mm pixels) and
+    restores the 1 mm grid (it used to cut axial slices and super-resolve the wrong axes)."""
+    from medrecon.monai import Reconstruct, SimulateDegradation
+
+    cor = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]],
+                       dtype=torch.float64)  # array axis 2 runs anterior: coronal slices
+    hr = MetaTensor(torch.rand(1, 32, 32, 8), affine=cor)
+    lr = SimulateDegradation("sr", scale=4)(hr)
+    assert lr.shape == (1, 8, 8, 8)
+    out = Reconstruct(prior, "sr", method="bicubic", scale=4, device="cpu")(lr)
+    assert out.shape == (1, 32, 32, 8)
+    np.testing.assert_allclose(np.linalg.norm(out.affine.numpy()[:3, :3], axis=0), [1, 1, 1])
+
+
 def test_simulated_kspace_uses_monai_reconstruction_keys():
     from medrecon.monai import SimulateDegradationd
 

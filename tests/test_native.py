@@ -106,6 +106,14 @@ def test_plane_choice():
     assert acquisition_axis((64, 64, 64), (1, 1, 3)) == 2  # equal matrix: the thick axis
     assert acquisition_axis((64, 64, 64), (1, 1, 1)) is None  # isotropic cube: none
     assert acquisition_axis((512, 512, 600), (0.7, 0.7, 0.6), dicom_series=True) == 2
+    # square pixels: the axis whose spacing stands out is sliced, thick or thin
+    assert acquisition_axis((64, 64, 100), (3, 3, 5)) == 2  # more thick slices than pixels
+    assert acquisition_axis((45, 150, 45), (4, 1, 4)) == 1  # coarse pixels, thin slices
+    assert acquisition_axis((40, 150, 45), (4, 1, 4)) == 1  # not the 40-pixel axis
+    assert acquisition_axis((12, 12, 48), (4, 4, 1)) == 2  # a SimulateDegradation output
+    # a rectangular pixel (20 %) does not stand out: the fewest voxels decide
+    assert acquisition_axis((256, 256, 60), (0.9, 1.0, 1.0)) == 2
+    assert acquisition_axis((160, 256, 256), (1.2, 1.0, 1.0)) == 0
 
 
 def test_default_plane_is_the_acquired_one(prior):
