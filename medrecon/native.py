@@ -234,7 +234,7 @@ def solve_native_problem(
     solver would back-project (:func:`medrecon.solvers.will_back_project`). Baselines solve
     with ``A_native`` on the output grid (their ``bp`` applies there too). Each slice draws
     its random numbers from its own seed (:func:`solver_kwargs`), so a slice's result does not
-    depend on ``batch_size``.
+    depend on ``batch_size`` (of 2 or more; see :mod:`medrecon.volume` for ``1``).
     """
     from medrecon.solvers import METHODS, OFF_GRID_DEFAULTS, solve, will_back_project
     from medrecon.solvers import _common as C

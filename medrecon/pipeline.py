@@ -840,9 +840,13 @@ def reconstruct(
             :func:`medrecon.solvers._common.slice_seed` ``(seed, i)`` (``seed`` itself for a
             lone image), so neighbouring slices start apart, and the solvers treat the slices
             of a batch as independent problems, so a slice's result does not depend on
-            ``batch_size`` (up to float rounding); with warm starts it depends on the slices of
-            its segment (``key_every``), in the SR volume default on those of its slab, which
-            ``batch_size`` does not change. Default 0.
+            ``batch_size``: on the CPU every ``batch_size`` of 2 or more gives the same values
+            (to the last bits of the final resampling), while ``batch_size=1`` runs
+            single-sample kernels whose other rounding the optimisation amplifies into another
+            result of the same quality (:mod:`medrecon.volume`; the SR volume default takes
+            whole slabs whatever the ``batch_size``). With warm starts a slice depends on the
+            slices of its segment (``key_every``), in the SR volume default on those of its
+            slab, which ``batch_size`` does not change. Default 0.
         simulate: Treat ``image`` as the ground truth and measure it with the operator (seeded).
         callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
         percentiles: Intensity percentiles mapped to ``-1``/``+1``. Default ``(0.5, 99.5)``.

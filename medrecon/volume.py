@@ -33,8 +33,14 @@ the slices' own.
 Guarantees: a slice's result depends on the seed and its place in the scan, on the slices
 of its slab (the default's coupled stage 1), on its segment (the slices between it and its
 key slice) with warm starts, and through :func:`cohere_slices` on its neighbours within three
-widths; never on ``batch_size``, which only groups the problems of one round into solver
-calls (with the coupling, whole slabs). ``key_every <= 1`` solves every slice cold.
+widths; not on ``batch_size``, which only groups the problems of one round into solver
+calls (with the coupling, whole slabs; a lone last slice joins the call before it). On the
+CPU every ``batch_size`` of 2 or more gives the same values, to the last bits of the mapping
+to the output grid after the solves (tests/test_volume.py); ``batch_size=1`` solves each
+slice alone, with the CPU libraries' single-sample kernels, whose other rounding the
+optimisation amplifies into another result of the same quality, as another seed would (the
+coupled default takes whole slabs whatever the ``batch_size``). GPU libraries also choose
+kernels by shape. ``key_every <= 1`` solves every slice cold.
 """
 
 from __future__ import annotations
@@ -193,21 +199,37 @@ def solve_in_rounds(
 def _calls(rnd: list[tuple[int, int | None]], batch_size: int, slab: int
            ) -> list[list[tuple[int, int | None]]]:
     """One round cut into solver calls of at most ``batch_size`` slices; with ``slab > 1``
-    each call holds whole slabs (consecutive entries of one ``i // slab``), at least one."""
+    each call holds whole slabs (consecutive entries of one ``i // slab``), at least one.
+
+    With ``batch_size >= 2`` (or slabs) no slice is left alone in a call when the round has
+    others: a last call of one slice joins the call before it (one slice over
+    ``batch_size``). A call of one slice runs other CPU kernels than a batch (a single
+    sample's convolutions and matrix products sum in another order), and the solvers'
+    optimisation amplifies that rounding into a visibly different result; calls of two or
+    more slices give every slice the same values whatever their size (tests/test_volume.py)."""
     if slab <= 1:
-        return [rnd[b0:b0 + batch_size] for b0 in range(0, len(rnd), batch_size)]
+        calls = [rnd[b0:b0 + batch_size] for b0 in range(0, len(rnd), batch_size)]
+        return _no_lone_last(calls) if batch_size >= 2 else calls
     units: list[list[tuple[int, int | None]]] = []
     for item in rnd:
         if units and units[-1][-1][0] // slab == item[0] // slab:
             units[-1].append(item)
         else:
             units.append([item])
-    calls: list[list[tuple[int, int | None]]] = []
+    calls = []
     for unit in units:
         if calls and len(calls[-1]) + len(unit) <= batch_size:
             calls[-1].extend(unit)
         else:
             calls.append(list(unit))
+    return _no_lone_last(calls)
+
+
+def _no_lone_last(calls: list[list[Any]]) -> list[list[Any]]:
+    """``calls`` with a last call of one slice joined to the call before it."""
+    if len(calls) >= 2 and len(calls[-1]) == 1:
+        last = calls.pop()
+        calls[-1] = calls[-1] + last
     return calls
 
 

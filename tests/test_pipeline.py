@@ -151,7 +151,9 @@ def test_generative_run_is_seeded_and_leaves_global_rng_alone(prior):
 
 def test_result_does_not_depend_on_batch_size(prior):
     """Each slice is seeded by its place in the scan and slices are independent problems, so a
-    volume solved one slice at a time equals the volume solved in one batch."""
+    volume solved one slice at a time equals the volume solved in one batch, to rounding over
+    a few steps (a lone slice rounds otherwise, which more steps amplify; batches of 2 or more
+    agree to the last bits: tests/test_volume.py::test_batch_size_leaves_every_value_unchanged)."""
     vol = _smooth_volume((8, 8, 3), seed=2)
     img = MedicalImage(vol, _affine(spacing=(1.0, 1.0, 1.0)))
     kw = dict(task="sr", prior=prior, method="iagan", scale=2, steps=6, device="cpu", seed=4)
@@ -174,11 +176,13 @@ def test_each_slice_of_a_scan_gets_its_own_seed(prior, monkeypatch):
         return real(y, op, prior_, **kw)
 
     monkeypatch.setattr(S, "solve", spy)
-    vol = _smooth_volume((8, 8, 3), seed=2)
+    vol = _smooth_volume((8, 8, 5), seed=2)
     img = MedicalImage(vol, _affine(spacing=(1.0, 1.0, 1.0)))
     kw = dict(task="sr", prior=prior, scale=2, steps=2, device="cpu", seed=4)
     reconstruct(img, method="csgm", batch_size=2, **kw)
-    assert calls == [("csgm", [4, slice_seed(4, 1)]), ("csgm", [slice_seed(4, 2)])]
+    # 5 slices in calls of 2: the lone fifth joins the call before it (medrecon.volume._calls)
+    assert calls == [("csgm", [4, slice_seed(4, 1)]),
+                     ("csgm", [slice_seed(4, i) for i in (2, 3, 4)])]
     calls.clear()
     reconstruct(img, method="lanczos", **kw)
     assert calls and all(c == ("lanczos", 4) for c in calls)

@@ -130,6 +130,10 @@ class FullyConnectedLayer(nn.Module):
         self.bias_gain = float(lr_multiplier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if x.ndim == 2 and 1 < n < MIN_GEMM_ROWS and not _vmapped(x):
+            # a few rows: padded, so that each row's product is the same as in a big batch
+            x = torch.cat([x, x.new_zeros(MIN_GEMM_ROWS - n, x.shape[1])])
         w = self.weight.to(x.dtype) * self.weight_gain
         b = self.bias
         if b is not None:
@@ -137,9 +141,30 @@ class FullyConnectedLayer(nn.Module):
             if self.bias_gain != 1:
                 b = b * self.bias_gain
         if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        x = x.matmul(w.t())
-        return ops.bias_act(x, b, act=self.activation)
+            out = torch.addmm(b.unsqueeze(0), x, w.t())
+        else:
+            out = ops.bias_act(x.matmul(w.t()), b, act=self.activation)
+        return out[:n]
+
+
+#: Dense layers pad a batch of 2 or more rows but fewer than this with zero rows. The CPU's
+#: BLAS multiplies fewer than 4 rows with another kernel, which sums in another order: a
+#: latent in a batch of 2-3 came out different in the last bits from the same latent in a
+#: batch of 4 or more, and a reconstruction's optimisation amplifies last bits into visibly
+#: different results, so a slice's result depended on ``batch_size``. A single row is not
+#: padded: a lone sample's small convolutions (4-8 px) use other kernels anyway, and the pad
+#: would cost it 3 % of a W+ step. Convolutions of 2 or more samples and batched matrix
+#: products (the per-slice weights under ``vmap``) were the same at every batch size.
+MIN_GEMM_ROWS = 8
+
+
+def _vmapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a batched tensor inside ``torch.func.vmap`` (its products are batched
+    matrix products already; padding there would only cost time)."""
+    try:
+        return bool(torch._C._functorch.is_batchedtensor(x))
+    except AttributeError:  # a torch without this query: pad (correct, a little slower)
+        return False
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
