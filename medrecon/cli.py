@@ -254,7 +254,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         click.option("-o", "--output", "output", type=click.Path(dir_okay=True, path_type=Path),
                       default=None, help="Output file (format from the suffix: .nii.gz, .nii, "
                       ".dcm or a folder for DICOM, .png). [default: <INPUT stem>_"
-                      f"{task}_<method><suffix> beside INPUT]"),
+                      f"{task}_<method><suffix> beside INPUT; one DICOM file of a series "
+                      "folder: <folder>_<stem>_... beside the folder]"),
         click.option("--prior", default=DEFAULT_PRIOR[task], show_default=True,
                      help="Prior bundle name (chest_xray, brain_mri; see `medrecon priors list`) "
                      "or a prior directory."),

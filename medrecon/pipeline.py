@@ -1200,13 +1200,42 @@ def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
     back-projected).
 
     A DICOM series directory gives ``<dir>_<task>_<method>.nii.gz``; k-space (``.npy``/``.h5``)
-    input gives ``.nii.gz`` (the output is an image, not k-space).
+    input gives ``.nii.gz`` (the output is an image, not k-space). A DICOM file in a folder
+    of other DICOM files (one slice of a series) gives ``<dir>_<stem>_<task>_<method>.dcm``
+    beside that folder: a derived DICOM written into it would make the user's series folder
+    hold two series.
     """
     p = Path(input_path)
     stem, suffix = _split_suffix(p)
     if suffix == "" or suffix.lower() in KSPACE_SUFFIXES:
         suffix = ".nii.gz"
+    if p.is_file() and _in_dicom_folder(p):
+        return p.parent.with_name(f"{p.parent.name}_{stem}_{task}_{method}.dcm")
     return p.with_name(f"{stem}_{task}_{method}{suffix}")
+
+
+def _in_dicom_folder(path: Path, *, look: int = 64) -> bool:
+    """Whether ``path`` is a DICOM file whose folder holds another DICOM file (of the first
+    ``look`` other entries: a series folder shows one soon)."""
+    from medrecon.io._paths import sniff
+
+    dicom_suffixes = ("", ".dcm", ".dicom", ".ima")
+    try:
+        if sniff(path) != "dicom" or path.parent.resolve() == path.parent.parent.resolve():
+            return False
+        seen = 0
+        for other in path.parent.iterdir():
+            if other.name == path.name or other.name.startswith("."):
+                continue
+            seen += 1
+            if seen > look:
+                return False
+            if other.suffix.lower() in dicom_suffixes and other.is_file() \
+                    and sniff(other) == "dicom":
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def _output_label(method: str, options: Mapping[str, Any]) -> str:

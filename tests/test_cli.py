@@ -180,6 +180,12 @@ def test_dicom_series_to_nifti_and_dicom(tmp_path, prior_dir):
     # default output name for a series folder
     _run(["denoise", series, "--prior", prior_dir, "--method", "pseudo_inverse", "-q"])
     assert (tmp_path / "series_denoise_pseudo_inverse.nii.gz").exists()
+    # one slice of the series: the default output goes beside the folder, not into it (a
+    # derived series in the folder made it hold two series)
+    _run(["denoise", series / "IM001.dcm", "--prior", prior_dir, "--method", "pseudo_inverse",
+          "-q"])
+    assert (tmp_path / "series_IM001_denoise_pseudo_inverse.dcm").is_file()
+    assert _digest(series) == before and load_image(series).shape == (64, 64, 3)
 
 
 def test_monochrome1_is_read_inverted(tmp_path, prior_dir):

@@ -327,6 +327,20 @@ def test_default_paths(tmp_path):
     assert default_output_path(tmp_path / "k.h5", "mri", "csgm").name == "k_mri_csgm.nii.gz"
     (tmp_path / "series").mkdir()
     assert default_output_path(tmp_path / "series", "sr", "iagan").name == "series_sr_iagan.nii.gz"
+    # a DICOM file among others (a slice of a series): beside the folder, never into it
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    for name in ("IM1.dcm", "IM2"):
+        (tmp_path / "series" / name).write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    assert default_output_path(tmp_path / "series" / "IM1.dcm", "sr", "iagan") == \
+        tmp_path / "series_IM1_sr_iagan.dcm"
+    (tmp_path / "lone").mkdir()  # a DICOM file alone in its folder, or beside other files
+    (tmp_path / "lone" / "notes.txt").write_text("x")
+    (tmp_path / "lone" / "IM1.dcm").write_bytes((tmp_path / "series" / "IM1.dcm").read_bytes())
+    assert default_output_path(tmp_path / "lone" / "IM1.dcm", "sr", "iagan") == \
+        tmp_path / "lone" / "IM1_sr_iagan.dcm"
 
 
 def test_default_output_name_says_when_the_result_is_back_projected(tmp_path, prior):
