@@ -168,6 +168,23 @@ def test_medical_image_rejects_bad_arrays(array, match):
         MedicalImage(array)
 
 
+def test_a_file_with_a_zero_spacing_is_named_in_one_line(tmp_path):
+    """A NIfTI whose sform has a zero column: one line naming the file and the fix (it was a
+    multi-line matrix without the file)."""
+    img = nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
+    hdr = img.header.copy()
+    hdr["srow_z"] = [0, 0, 0, 0]
+    hdr["pixdim"][3] = 0
+    hdr["sform_code"], hdr["qform_code"] = 1, 0
+    hdr.set_data_offset(352)
+    path = tmp_path / "zero.nii"
+    path.write_bytes(hdr.binaryblock + b"\0" * 4 + np.ones((8, 8, 4), np.float32).tobytes("F"))
+    with pytest.raises(MedreconInputError) as err:
+        load_image(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "singular" in msg and "repair" in msg
+
+
 def test_medical_image_rejects_singular_affine():
     with pytest.raises(MedreconInputError, match="singular"):
         MedicalImage(np.zeros((2, 2)), np.diag([1.0, 0.0, 1.0, 1.0]))

@@ -67,17 +67,24 @@ def check_affine(affine: object, *, name: str = "affine") -> np.ndarray:
             "matrix (e.g. nibabel's img.affine)."
         )
     if not np.all(np.isfinite(a)):
-        raise MedreconInputError(f"{name} has non-finite entries:\n{a}\nExpected finite values.")
+        raise MedreconInputError(f"{name} has non-finite entries ({_one_line(a)}); expected finite "
+                                 "values: repair the file's geometry (e.g. its NIfTI sform/qform).")
     if not np.allclose(a[3], [0.0, 0.0, 0.0, 1.0]):
         raise MedreconInputError(
             f"{name} last row must be [0, 0, 0, 1]; got {a[3].tolist()}. Use a homogeneous affine."
         )
     if abs(np.linalg.det(a[:3, :3])) < 1e-12:
         raise MedreconInputError(
-            f"{name} is singular (a zero spacing or collinear axes):\n{a}\n"
-            "Expected three independent axis vectors with non-zero length."
+            f"{name} is singular, a zero spacing or collinear axes ({_one_line(a)}); expected "
+            "three independent axis vectors of non-zero length: repair the file's geometry "
+            "(e.g. a zero NIfTI pixdim or srow)."
         )
     return a
+
+
+def _one_line(a: np.ndarray) -> str:
+    """A matrix on one line, rows as lists (for error messages)."""
+    return str(np.round(a, 6).tolist())
 
 
 def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:

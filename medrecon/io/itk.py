@@ -15,7 +15,7 @@ import numpy as np
 
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.io._paths import ITK_SUFFIXES, check_finite, max_voxels
-from medrecon.io.geometry import lps_to_ras
+from medrecon.io.geometry import check_affine, lps_to_ras
 from medrecon.io.image import MedicalImage
 
 __all__ = ["ITK_SUFFIXES", "read_itk"]
@@ -75,4 +75,5 @@ def read_itk(path: Path, *, volume: int | None = None) -> MedicalImage:
     check_finite(data, what=f"{str(path)!r}")
     meta = {"format": path.suffix.lower()[1:], "path": str(path), "source_paths": [str(path)],
             "modality": None, "photometric": None}
-    return MedicalImage(data, lps_to_ras(lps), meta)
+    return MedicalImage(data, check_affine(lps_to_ras(lps), name=f"the geometry of {str(path)!r}"),
+                        meta)

@@ -17,6 +17,7 @@ import numpy as np
 
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.io._paths import check_claimed_size, check_finite
+from medrecon.io.geometry import check_affine
 from medrecon.io.image import MedicalImage
 
 __all__ = ["read_nifti", "set_nifti_header", "write_nifti"]
@@ -121,7 +122,7 @@ def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
     if cal_max > cal_min:
         meta["window_center"] = (cal_max + cal_min) / 2.0
         meta["window_width"] = cal_max - cal_min
-    return MedicalImage(data, affine, meta)
+    return MedicalImage(data, check_affine(affine, name=f"the affine of {str(path)!r}"), meta)
 
 
 def write_nifti(image: MedicalImage, tmp: Path, *, description: str) -> None:
