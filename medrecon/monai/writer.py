@@ -46,7 +46,7 @@ __all__ = [
 
 #: The metadata medrecon's format writers use (see :class:`medrecon.io.MedicalImage`).
 WRITER_META = ("format", "bit_depth", "window_center", "window_width", "nifti_sform_code",
-               "nifti_qform_code")
+               "nifti_qform_code", "full_shape")
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -124,6 +124,10 @@ class MedreconNiftiWriter(NibabelWriter):
 
         ImageWriter.write(self, filename, verbose=verbose)
         affine = np.eye(4) if self.affine is None else to_affine_nd(3, _numpy(self.affine))
+        full = self.meta.get("full_shape") or ()
+        if self.meta.get("format") == "nifti" and len(full) >= 3 and np.ndim(self.data_obj) == 2:
+            # one slice of a 3D NIfTI stays X x Y x 1, its slice thickness in the header
+            self.data_obj = _numpy(self.data_obj)[:, :, None]
         self.data_obj = self.create_backend_obj(self.data_obj, affine=affine,
                                                 dtype=self.output_dtype, **obj_kwargs)
         set_nifti_header(self.data_obj, np.asarray(affine, dtype=np.float64), self.meta,
