@@ -436,7 +436,8 @@ def _stack_affine(stack: list[_Slice], d: np.ndarray, axes, *, located: bool,
             warnings.warn(
                 f"{source}: slice spacing is not uniform (from {gaps.min():.4g} to "
                 f"{gaps.max():.4g} mm; missing slices?). The affine uses the mean spacing "
-                f"{gaps.mean():.4g} mm, so positions of some slices are approximate.",
+                f"{gaps.mean():.4g} mm, so positions of some slices are approximate in a NIfTI "
+                "result; a DICOM result keeps every slice's own position.",
                 stacklevel=5,
             )
     else:

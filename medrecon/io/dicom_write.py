@@ -247,6 +247,9 @@ def write_dicom(
         wc, ww = (p_lo + p_hi) / 2.0, max(float(p_hi - p_lo), 1e-3)
 
     same_slices = n_src == nz
+    # the slices' true places along the normal (a series with a missing slice has uneven gaps,
+    # which the image's single affine spreads evenly): one output slice per source slice
+    along = _reference_offsets(references, normal) if same_slices else None
     written = []
     for k in range(nz):
         ds = copy.deepcopy(base)
@@ -255,6 +258,8 @@ def write_dicom(
         ds.ContentDate, ds.ContentTime = date, time
         ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
         position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
+        if along is not None:
+            position = position + normal * (along[k] - float(position @ normal))
         ds.ImagePositionPatient = [_ds(v) for v in position]
         ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([row_cos, col_cos])]
         ds.PixelSpacing = [_ds(dy), _ds(dx)]  # (between rows, between columns)
@@ -286,3 +291,20 @@ def write_dicom(
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         written.append(path)
     return written
+
+
+def _reference_offsets(references: Sequence[Dataset], normal: np.ndarray) -> list[float] | None:
+    """Each reference slice's position along ``normal`` (LPS, mm), in order, or None where a
+    reference has no position or lies in another orientation (then the affine's evenly spaced
+    positions are written)."""
+    out = []
+    for ds in references:
+        ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+            return None
+        iop = np.asarray([float(v) for v in iop])
+        n = np.cross(iop[:3], iop[3:])
+        if not np.isfinite(n).all() or abs(abs(float(n @ normal)) - 1.0) > 1e-3:
+            return None
+        out.append(float(np.asarray([float(v) for v in ipp]) @ normal))
+    return out
