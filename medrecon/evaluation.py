@@ -1266,8 +1266,8 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--seed", type=int, default=0, help="Base seed (operator, noise, solver restarts).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1,
-              help="Images per solver call (every size from 2 gives the same values on the "
-              "CPU; 1 solves each image alone, with other rounding).")
+              help="Images per solver call (1 keeps every image independent; a larger batch "
+              "draws its solver seed from the ids of the whole batch).")
 @click.option("--grid-images", type=click.IntRange(min=0), default=4,
               help="Images shown in grid.png.")
 @click.option("--lpips/--no-lpips", default=True,
