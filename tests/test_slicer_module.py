@@ -262,6 +262,16 @@ def test_parameters_reject_bad_values(kwargs, needle):
     assert needle in str(info.value) and "expected" in str(info.value)
 
 
+@pytest.mark.parametrize("extra", [("-o", "/home/user/scan.nii.gz"), ("--output=x.nii.gz",),
+                                   ("--overwrite",), ("--log-format", "text"), ("--mask", "m")])
+def test_extra_args_cannot_take_over_what_the_module_sets(extra):
+    """-o in the extra arguments wrote, with the module's --overwrite, over any file of the
+    user's (the module then loaded it as the result)."""
+    with pytest.raises(MedreconInputError, match="set by the module"):
+        runner.ReconstructionParameters(extra_args=extra).validate()
+    runner.ReconstructionParameters(extra_args=("--no-bp", "--plane", "axial")).validate()
+
+
 def test_mask_only_with_inpainting():
     with pytest.raises(MedreconInputError, match="needs a mask"):
         runner.ReconstructionParameters(task="inpaint").cli_arguments("i", "o")

@@ -61,6 +61,13 @@ DEVICES: Tuple[str, ...] = ("auto", "cuda", "cpu")
 SHIPPED_PRIORS: Tuple[str, ...] = ("brain_mri", "chest_xray")
 
 
+#: CLI options the module sets itself and ``extra_args`` may not: the output (a temporary
+#: file the module loads; ``-o`` there would write, with the module's ``--overwrite``, over a
+#: file of the user's), the overwrite flag, the log format its progress parser reads, the mask.
+MODULE_OWNED_OPTIONS = ("-o", "--output", "--overwrite", "--log-format", "--mask", "-q",
+                        "--quiet")
+
+
 @dataclass(frozen=True)
 class ReconstructionParameters:
     """Everything the ``medrecon`` CLI needs besides the file paths.
@@ -142,6 +149,13 @@ class ReconstructionParameters:
                 f"Invalid extra_args: got {self.extra_args!r}; expected a sequence of strings. "
                 "Split a command-line string with shlex.split first."
             )
+        owned = sorted({a.split("=", 1)[0] for a in self.extra_args}
+                       & set(MODULE_OWNED_OPTIONS))
+        if owned:
+            raise MedreconInputError(
+                f"Invalid extra_args: {', '.join(owned)} are set by the module (the output goes "
+                "to a new volume node, never to a file of yours; progress needs --log-format "
+                "json; the mask comes from the Mask selector). Remove them.")
 
     def check_mask(self, *, has_mask: bool) -> None:
         """Check that a mask is given exactly when the task needs one.
