@@ -115,6 +115,9 @@ def inference(bundle: Path) -> dict:
         "sr_kernel": "box",
         "noise_sigma": 0.0,
         "seed": 0,
+        # replace existing results in output_dir (bundle_datalist refuses them before any work
+        # otherwise: SaveImaged would replace them silently)
+        "overwrite": False,
         "network_def": network_def(bundle),
         "network": "$@network_def.to(@device)",
         # the bundle's job as a network (degraded scans (B, 1, H, W) -> reconstructions), the
@@ -123,11 +126,15 @@ def inference(bundle: Path) -> dict:
         # prior's own generator; network_def stays the generator that ckpt_export exports.
         "reconstructor": {"_target_": "medrecon.monai.Reconstructor", "inferer": "@inferer"},
         "image_keys": "$['image', 'mask'] if @mask_dir else ['image']",
-        "dataset_data": "$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir)",
+        "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
+                         "output_dir=@output_dir, output_postfix=@task, overwrite=@overwrite)"),
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "LoadImaged", "keys": "@image_keys", "image_only": True},
+                # medrecon's reader: the CLI's geometry for every format (DICOM pixel spacing and
+                # orientation, MONOCHROME1 inverted), where MONAI's default readers differ
+                {"_target_": "LoadImaged", "keys": "@image_keys", "image_only": True,
+                 "reader": "$medrecon.monai.MedreconReader()"},
                 {"_target_": "EnsureChannelFirstd", "keys": "@image_keys"},
             ],
         },
@@ -137,7 +144,8 @@ def inference(bundle: Path) -> dict:
                        "shuffle": False, "num_workers": 0},
         "inferer": {"_target_": "medrecon.monai.ReconstructionInferer", "prior": "@prior_dir",
                     "task": "@task", "method": "@method", "steps": "@steps", "scale": "@scale",
-                    "sr_kernel": "@sr_kernel", "noise_sigma": "@noise_sigma", "seed": "@seed"},
+                    "sr_kernel": "@sr_kernel", "noise_sigma": "@noise_sigma", "seed": "@seed",
+                    "device": "$str(@device)"},
         "prepare_batch": ("$monai.engines.PrepareBatchExtraInput(extra_keys={'mask': 'mask'}) "
                           "if @mask_dir else monai.engines.default_prepare_batch"),
         "postprocessing": {
@@ -170,7 +178,8 @@ EVALUATE = {
     "reference_dir": "$@bundle_root + '/sample_reference'",
     "data_range": 255.0,
     "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
-                     "reference_dir=@reference_dir)"),
+                     "reference_dir=@reference_dir, output_dir=@output_dir, "
+                     "output_postfix=@task, overwrite=@overwrite)"),
     "image_keys": "$(['image', 'mask'] if @mask_dir else ['image']) + ['label']",
     "key_metric": {
         "val_psnr": {
@@ -247,7 +256,7 @@ can add plausible but false anatomy, and can remove real findings.
 |---|---|
 | `models/generator.safetensors`, `models/generator.json` | StyleGAN2 generator (EMA weights, fp16 storage, sha256 in the JSON) |
 | `models/w_stats.safetensors` | mean / std of w over 10,000 seeded z (BRGM's latent prior) |
-| `models/prior.json` | prior metadata (modality, training record) |
+| `models/prior.json` | prior metadata (modality, training record, the std-map calibrations `std_calibration` fitted by `scripts/calibrate_std.sh`) |
 | `models/folds.json` | the patient-wise 5-fold assignment of every training image |
 | `models/training.json` | kimg, steps, time, hardware, hyperparameters |
 | `models/model.pt` | the generator's plain state dict, loaded into `network_def` by the bundle's `CheckpointLoader` |
@@ -299,7 +308,9 @@ same inferer and overrides), the one `network_data_format` in `configs/metadata.
 Override `task` (`sr`, `inpaint`, `mri` and `cs` simulated, `deblur`, `denoise`), `method`
 (`iagan`, `brgm`, `csgm`, or a baseline; default the prior's choice), `steps`, `scale`,
 `sr_kernel` (`box` for the shipped samples; match your data), `mask_dir` (inpainting masks of
-the same file names, nonzero = missing), `noise_sigma`, `dataset_dir`, `output_dir`.
+the same file names, nonzero = missing), `noise_sigma`, `seed`, `device`, `dataset_dir`,
+`output_dir`, `overwrite` (an existing result is refused before any work without
+`--overwrite true`).
 The same prior from the command line: `medrecon sr INPUT --prior {name} -o OUT`.
 
 ## Retraining

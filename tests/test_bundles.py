@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +133,30 @@ def test_verify_net_in_out_on_the_reconstructor(name):
     assert tuple(y.shape) == expected, f"got {tuple(y.shape)}, metadata says {expected}"
     res = json.loads((b / "models" / "prior.json").read_text())["resolution"]
     assert tuple(y.shape[2:]) == (res, res)  # n = 1: SR x4 onto the prior's own grid
+
+
+def test_bundle_reads_dicom_like_the_cli_and_passes_the_device(name, tmp_path):
+    """medrecon's reader in LoadImaged: a DICOM slice keeps its pixel spacing (MONAI's default
+    reader gave 1 mm, axes swapped, MONOCHROME1 not inverted); the device reaches the solver."""
+    import nibabel as nib
+    from monai.bundle import ConfigParser, ConfigWorkflow
+    from pydicom.data import get_testdata_file
+
+    b = BUNDLES[name]
+    cfg = ConfigParser()
+    cfg.read_config(str(b / "configs" / "inference.json"))
+    assert cfg["inferer"]["device"] == "$str(@device)"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mr.dcm").write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    wf = ConfigWorkflow(
+        config_file=str(b / "configs" / "inference.json"),
+        meta_file=str(b / "configs" / "metadata.json"),
+        logging_file=str(b / "configs" / "logging.conf"), workflow_type="infer",
+        bundle_root=str(b), dataset_dir=str(data), output_dir=str(tmp_path / "out"),
+        device="cpu", method="bicubic")
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    out = nib.load(str(tmp_path / "out" / "mr_sr.nii.gz"))
+    np.testing.assert_allclose(out.header.get_zooms()[:2], (0.3125 / 4, 0.3125 / 4))

@@ -575,3 +575,27 @@ def test_medrecon_writers_in_a_plain_save_image(tmp_path):
     with Image.open(tmp_path / "a_x.png") as png:
         assert png.mode.startswith("I") and png.size == (4, 3)
         np.testing.assert_array_equal(np.array(png), (np.arange(12).reshape(4, 3) * 1000).T)
+
+
+def test_bundle_outputs_are_checked_before_any_work(tmp_path):
+    """SaveImaged replaces files silently: the datalist refuses two images with one output
+    and an existing output unless overwrite, before any image is read."""
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import bundle_datalist
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir(), out.mkdir()
+    (src / "a.png").write_bytes(b"x")
+    (src / "b.nii.gz").write_bytes(b"x")
+    kw = dict(output_dir=out, output_postfix="sr")
+    assert [d["image"] for d in bundle_datalist(src, **kw)] == [str(src / "a.png"),
+                                                                 str(src / "b.nii.gz")]
+    (out / "b_sr.nii.gz").write_bytes(b"mine")
+    with pytest.raises(MedreconInputError, match="b_sr.nii.gz' exists; pass --overwrite true"):
+        bundle_datalist(src, **kw)
+    assert len(bundle_datalist(src, overwrite=True, **kw)) == 2
+    (src / "a.nii.gz").write_bytes(b"x")
+    with pytest.raises(MedreconInputError, match="a.nii.gz and a.png would both be written"):
+        bundle_datalist(src, overwrite=True, **kw)
+    assert (out / "b_sr.nii.gz").read_bytes() == b"mine"
+

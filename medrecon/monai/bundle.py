@@ -8,7 +8,7 @@ from medrecon.errors import MedreconInputError
 
 __all__ = ["BUNDLE_SUFFIXES", "bundle_datalist"]
 
-#: Files the bundles read with MONAI's ``LoadImaged`` (its default readers).
+#: Files the bundles read (MONAI's ``LoadImaged`` with :class:`medrecon.monai.MedreconReader`).
 BUNDLE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm",
                    ".mha", ".mhd", ".nrrd")
 
@@ -28,15 +28,23 @@ def _images(folder: Path) -> list[Path]:
 
 
 def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = None,
-                    reference_dir: str | Path | None = None) -> list[dict[str, str]]:
+                    reference_dir: str | Path | None = None,
+                    output_dir: str | Path | None = None, output_postfix: str = "",
+                    output_ext: str = ".nii.gz", overwrite: bool = False) -> list[dict[str, str]]:
     """``[{"image": ..., ["mask": ...], ["label": ...]}]`` for a bundle run.
 
     Images are the readable files of ``dataset_dir`` in sorted order. A mask (nonzero =
     missing) and a reference are found by file stem in their folders (a ``_lr`` suffix of the
     image stem is dropped when looking for its reference, as in the shipped samples).
 
+    With ``output_dir``, the files ``SaveImaged`` will write there
+    (``<stem>_<output_postfix><output_ext>``) are checked before any work: two images may not
+    share one (``a.png`` and ``a.nii.gz``: the second result would replace the first), and one
+    that exists is refused unless ``overwrite`` (``SaveImaged`` replaces files silently).
+
     Raises:
-        MedreconInputError: a missing folder, no images, an image without its mask or reference.
+        MedreconInputError: a missing folder, no images, an image without its mask or
+            reference, two images with one output, an existing output without ``overwrite``.
     """
     src = Path(dataset_dir)
     if not src.is_dir():
@@ -59,4 +67,24 @@ def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = No
                     f"no {key} for {img.name} in {str(folder)!r} (looked for {stem}.*); give "
                     f"each image a {key} file of the same name.")
             item[key] = str(table[stem])
+    if output_dir is not None:
+        _check_outputs(images, Path(output_dir), f"_{output_postfix}" if output_postfix else "",
+                       output_ext, overwrite=overwrite)
     return out
+
+
+def _check_outputs(images: list[Path], folder: Path, postfix: str, ext: str, *,
+                   overwrite: bool) -> None:
+    """The outputs of ``images`` in ``folder``: one per image, none there unless ``overwrite``."""
+    seen: dict[Path, Path] = {}
+    for img in images:
+        out = folder / f"{_stem(img)}{postfix}{ext}"
+        if out in seen:
+            raise MedreconInputError(
+                f"{seen[out].name} and {img.name} would both be written to {str(out)!r}; rename "
+                "one, or reconstruct them from separate folders.")
+        seen[out] = img
+        if (out.exists() or out.is_symlink()) and not overwrite:
+            raise MedreconInputError(
+                f"{str(out)!r} exists; pass --overwrite true to replace it, or another "
+                "--output_dir.")

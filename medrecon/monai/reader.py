@@ -88,7 +88,8 @@ class MedreconReader(ImageReader):
         for im in imgs:
             arr = np.asarray(im.array, dtype=np.float32)
             arrays.append(arr[:, :, 0] if flat is not None else arr)
-        meta = {k: v for k, v in first.meta.items() if k not in NOT_IN_META}
+        # None values (e.g. no modality) are left out: a DataLoader cannot collate them
+        meta = {k: v for k, v in first.meta.items() if k not in NOT_IN_META and v is not None}
         meta[MetaKeys.AFFINE] = aff
         meta[MetaKeys.ORIGINAL_AFFINE] = aff.copy()
         meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(arrays[0].shape)
