@@ -28,8 +28,11 @@ GUARANTEES = """## Your files: what every command guarantees
   `eval`, `priors import`, `train export`). Creation is exclusive: of two runs started together
   for one new output, one wins and the other exits 2; an output that appears while medrecon
   runs is left alone.
-* **No foreign file is ever removed.** `--overwrite` replaces only what medrecon wrote: a DICOM
-  series folder or a prior folder holding anything else is refused; `eval --out` replaces
+* **No foreign file is ever removed.** `--overwrite` replaces only what medrecon wrote: every
+  image file it writes carries its mark in the header (NIfTI `descrip`, DICOM `Manufacturer`,
+  PNG and TIFF `Software`), and an existing file without it is refused (a `.npy` has no room
+  for one: remove it yourself); a DICOM series folder or a prior folder holding anything else
+  is refused; `eval --out` replaces
   only its own report files and leaves every other file in the folder.
 * **Checks come first.** Format, dimensionality (a volume cannot go into `.png`), inputs,
   existing outputs and a writable place are validated before any reconstruction starts.

@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+from PIL import Image
 import pytest
 from click.testing import CliRunner
 from nibabel.testing import data_path as NIB_DATA
@@ -346,8 +347,15 @@ def test_usage_errors_exit_2(tmp_path, prior_dir):
     err = [json.loads(x) for x in res.stderr.splitlines() if x.startswith("{")]
     assert err and err[-1]["event"] == "error" and err[-1]["exit_code"] == 2
     assert dst.read_bytes() == b"keep me"
-    _run(["sr", src, "-o", dst, "--prior", prior_dir, "--method", "bicubic", "--scale", "2",
-          "--overwrite", "-q"])
+    # ... and with --overwrite too: medrecon did not write it (no mark in its header)
+    res = CliRunner().invoke(cli, ["sr", str(src), "-o", str(dst), "--prior", prior_dir,
+                                   "--method", "bicubic", "--scale", "2", "--overwrite"])
+    assert res.exit_code == 2 and "medrecon did not write it" in (res.output + res.stderr)
+    assert dst.read_bytes() == b"keep me"
+    dst.unlink()  # a result of medrecon's own is replaced with --overwrite
+    for _ in range(2):
+        _run(["sr", src, "-o", dst, "--prior", prior_dir, "--method", "bicubic", "--scale", "2",
+              "--overwrite", "-q"])
     assert nib.load(str(dst)).shape[:2] == (16, 16)
     res = CliRunner().invoke(cli, ["sr", str(src), "-o", str(src), "--prior", prior_dir,
                                    "--method", "bicubic", "--overwrite"])
@@ -527,3 +535,34 @@ def test_a_series_with_a_missing_slice_keeps_its_positions_in_dicom(tmp_path, pr
     z0 = along(series)[0]
     np.testing.assert_allclose(np.array(along(series)) - z0, [0, 2, 6, 8], atol=1e-3)
     np.testing.assert_allclose(along(out), along(series), atol=1e-3)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".png", ".tif", ".dcm"])
+def test_overwrite_replaces_only_results_medrecon_wrote(tmp_path, prior_dir, suffix):
+    """Every image file medrecon writes carries its mark (NIfTI descrip, PNG/TIFF Software,
+    DICOM Manufacturer); --overwrite replaces such a file and refuses one of the user's."""
+    from medrecon.io.api import written_by_medrecon
+
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)).save(src)
+    out = tmp_path / f"out{suffix}"
+    args = ["sr", src, "-o", out, "--prior", prior_dir, "--method", "bicubic", "--scale", "2",
+            "--overwrite", "-q"]
+    _run(args)
+    assert written_by_medrecon(out)
+    _run(args)  # its own result: replaced
+    theirs = tmp_path / f"theirs{suffix}"
+    theirs.write_bytes(src.read_bytes() if suffix == ".png" else out.read_bytes())
+    if suffix != ".png":  # the same bytes but without the mark: rewrite the file as a user's
+        theirs.unlink()
+        if suffix == ".nii.gz":
+            nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(theirs))
+        elif suffix == ".tif":
+            Image.fromarray(np.zeros((4, 4), np.float32)).save(theirs)
+        else:
+            ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+            ds.save_as(theirs)
+    before = theirs.read_bytes()
+    res = CliRunner().invoke(cli, [str(a) for a in args[:3]] + [str(theirs)] + args[4:])
+    assert res.exit_code == 2 and "medrecon did not write it" in (res.output + res.stderr)
+    assert theirs.read_bytes() == before

@@ -24,6 +24,11 @@ WRITE_SUFFIXES = NIFTI_SUFFIXES + (".dcm", ".png", ".tif", ".tiff", ".npy")
 
 _DICOM_MAGIC_OFFSET = 128
 
+#: What medrecon writes into every image file it makes (NIfTI ``descrip``, DICOM
+#: ``Manufacturer``, PNG ``Software`` text, TIFF ``Software`` tag), so that ``--overwrite``
+#: can tell its own results from a user's file (:func:`written_by_medrecon`).
+MEDRECON_MARK = "medrecon"
+
 
 def full_suffix(path: Path) -> str:
     """Lower-case suffix, keeping the double ``.nii.gz``."""

@@ -19,6 +19,7 @@ from medrecon.io._paths import (
     NUMPY_SUFFIXES,
     RASTER_SUFFIXES,
     READ_SUFFIXES,
+    MEDRECON_MARK,
     WRITE_SUFFIXES,
     check_finite,
     check_input_file,
@@ -26,7 +27,7 @@ from medrecon.io._paths import (
     sniff,
 )
 from medrecon.io.dicom_read import _scan, read_dicom_file, read_dicom_folder, read_dicom_header
-from medrecon.io.dicom_write import write_dicom
+from medrecon.io.dicom_write import made_by_medrecon, write_dicom
 from medrecon.io.image import MedicalImage
 from medrecon.io.nifti import read_nifti, write_nifti
 from medrecon.io.raster import read_numpy, read_raster, write_numpy, write_raster
@@ -177,6 +178,28 @@ def _dicom_series_foreign(folder: Path) -> list[str]:
 
     return sorted(e.name for e in folder.iterdir() if not is_medrecon_slice(e))
 
+def written_by_medrecon(path: Path) -> bool:
+    """Whether the image file ``path`` carries :data:`MEDRECON_MARK` where medrecon's writers
+    put it (read from the header only; False for anything unreadable or unmarked)."""
+    try:
+        kind = sniff(path)
+        if kind in ("nifti", "gzip"):
+            import nibabel as nib
+
+            descrip = nib.load(str(path)).header["descrip"].tobytes()
+            return descrip.startswith(MEDRECON_MARK.encode())
+        if kind == "dicom":
+            return made_by_medrecon(path)
+        if kind in ("png", "tiff"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                soft = im.info.get("Software") or (im.tag_v2.get(305) if kind == "tiff" else None)
+            return str(soft or "").startswith(MEDRECON_MARK)
+    except Exception:  # noqa: BLE001 - unreadable or not an image: not ours
+        return False
+    return False
+
 
 def check_image_output(
     path: str | os.PathLike,
@@ -218,6 +241,11 @@ def check_image_output(
         )
     outputs.check_output(out, overwrite=overwrite, protected=inputs, want_dir=as_dir,
                          foreign=_dicom_series_foreign if as_dir else None)
+    if not as_dir and out.is_file() and not written_by_medrecon(out):
+        raise MedreconInputError(
+            f"{str(out)!r} exists and medrecon did not write it (its header has no medrecon "
+            "mark); --overwrite replaces only medrecon's own results, never a file of yours. "
+            "Choose another output path, or move that file away yourself.")
     return out, as_dir
 
 

@@ -164,6 +164,12 @@ def is_medrecon_slice(path: Path) -> bool:
     """
     if not SLICE_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
         return False
+    return made_by_medrecon(path)
+
+
+def made_by_medrecon(path: Path) -> bool:
+    """Whether the DICOM file ``path`` says medrecon made it (``Manufacturer`` "medrecon" and
+    our ``ImplementationVersionName``); False for anything unreadable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

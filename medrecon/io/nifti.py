@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.io._paths import check_claimed_size, check_finite
+from medrecon.io._paths import MEDRECON_MARK, check_claimed_size, check_finite
 from medrecon.io.geometry import check_affine
 from medrecon.io.image import MedicalImage
 
@@ -159,6 +159,8 @@ def set_nifti_header(img: nib.Nifti1Image, affine: np.ndarray, meta: Mapping[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img.set_qform(affine, code=qform_code if orthogonal else 0)
+    if not description.startswith(MEDRECON_MARK):  # the mark an --overwrite looks for
+        description = f"{MEDRECON_MARK} {description}"
     hdr["descrip"] = description.encode("ascii", "replace")[:79]
     wc, ww = meta.get("window_center"), meta.get("window_width")
     if wc is not None and ww:

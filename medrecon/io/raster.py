@@ -19,13 +19,17 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.io._paths import check_finite, check_numpy_file
+from medrecon.io._paths import MEDRECON_MARK, check_finite, check_numpy_file
 from medrecon.io.geometry import LPS_TO_RAS
 from medrecon.io.image import MedicalImage
 
 __all__ = ["read_raster", "write_raster", "read_numpy", "write_numpy", "LUMA_WEIGHTS"]
+
+#: TIFF tag of the writing software.
+TIFF_SOFTWARE = 305
 
 #: BT.601 luminance weights used for every RGB -> grey conversion in medrecon.io.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -131,10 +135,12 @@ def write_raster(image: MedicalImage, tmp: Path, *, suffix: str, out: Path) -> N
     plane = image.array[:, :, 0].T  # (H, W)
     if suffix == ".png":
         bits = image.meta.get("bit_depth") if image.meta.get("format") in ("png", "jpg", "jpeg", "tiff") else None
-        Image.fromarray(_to_integer_range(plane, out, bits)).save(tmp, format="PNG")
+        info = PngInfo()
+        info.add_text("Software", MEDRECON_MARK)  # the mark an --overwrite looks for
+        Image.fromarray(_to_integer_range(plane, out, bits)).save(tmp, format="PNG", pnginfo=info)
     else:
         Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).save(
-            tmp, format="TIFF"
+            tmp, format="TIFF", tiffinfo={TIFF_SOFTWARE: MEDRECON_MARK}
         )
 
 
