@@ -220,7 +220,7 @@ def test_parse_line_protocol():
 
 def test_cli_arguments_per_task():
     P = runner.ReconstructionParameters
-    sr = P(task="sr", scale=2, steps=7, seed=3, device="cpu", samples=4,
+    sr = P(task="sr", scale=2, steps=7, seed=3, device="cpu", samples=4, method="brgm",
            ensemble=2).cli_arguments("i.nii", "o.nii")
     assert sr[:4] == ["sr", "i.nii", "-o", "o.nii"]
     flags = dict(zip(sr[4::2], sr[5::2]))
@@ -254,12 +254,23 @@ def test_cli_arguments_per_task():
         (dict(center_fraction=1.0), "center_fraction"),
         (dict(noise_sigma=float("nan")), "noise_sigma"),
         (dict(extra_args="--no-bp"), "shlex"),
+        (dict(scale=33), "from 2 to 32"),  # the CLI's ranges, before the CLI is started
+        (dict(seed=2**63), "seed"),
+        (dict(acceleration=65), "from 2 to 64"),
+        (dict(samples=2), "single estimate"),  # the default method, iagan, draws no samples
     ],
 )
 def test_parameters_reject_bad_values(kwargs, needle):
     with pytest.raises(MedreconInputError) as info:
         runner.ReconstructionParameters(**kwargs).validate()
     assert needle in str(info.value) and "expected" in str(info.value)
+
+
+def test_parameters_take_numpy_integers():
+    import numpy as np
+
+    runner.ReconstructionParameters(seed=np.int64(3), scale=np.int32(2), samples=np.int64(2),
+                                    method="brgm").validate()
 
 
 @pytest.mark.parametrize("extra", [("-o", "/home/user/scan.nii.gz"), ("--output=x.nii.gz",),
@@ -762,7 +773,7 @@ def test_module_logic_runs_without_gui(medrecon_module, scene, slicer_mod, fake_
     assert default[-2:] == ["-m", "medrecon"] and os.path.exists(default[0])
     logic.temp_root = str(runs_dir)
     volume = _volume(scene, slicer_mod, np.ones((2, 3, 4), np.float32))
-    result = logic.process(volume, runner.ReconstructionParameters(task="sr", scale=2, samples=2))
+    result = logic.process(volume, runner.ReconstructionParameters(task="sr", method="brgm", scale=2, samples=2))
     assert result.output_volume.GetDisplayNode() is not None  # display nodes made by the module
     assert result.uncertainty_volume.GetDisplayNode() is not None
     assert list(runs_dir.iterdir()) == []
@@ -792,7 +803,7 @@ def test_selftest_standin_cli(scene, slicer_mod, runs_dir):
     data = np.random.default_rng(2).normal(size=(2, 3, 4)).astype(np.float32)
     volume = _volume(scene, slicer_mod, data)
     result = _logic([sys.executable, str(standin)], runs_dir).process(
-        volume, runner.ReconstructionParameters(task="sr", scale=2, samples=1))
+        volume, runner.ReconstructionParameters(task="sr", method="brgm", scale=2, samples=1))
     out = result.output_volume
     np.testing.assert_allclose(out.GetSpacing(), (SPACING[0] / 2, SPACING[1] / 2, SPACING[2]), rtol=1e-5)
     np.testing.assert_allclose(_directions(out), DIRECTION, atol=1e-5)

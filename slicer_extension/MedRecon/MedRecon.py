@@ -569,7 +569,7 @@ class MedReconTest(ScriptedLoadableModuleTest):
         volume, array, rotation = self._obliqueVolume()
         logic = self._standInLogic()
         progress = []
-        result = logic.process(volume, ReconstructionParameters(task="sr", scale=2, samples=2),
+        result = logic.process(volume, ReconstructionParameters(task="sr", method="brgm", scale=2, samples=2),
                                timeout=120, progress_callback=lambda f, m: progress.append(f))
         out = result.output_volume
         np.testing.assert_allclose(out.GetSpacing(), (0.35, 0.4, 2.5), rtol=1e-5)

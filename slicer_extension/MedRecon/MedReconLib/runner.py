@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import numbers
 import os
 import queue
 import signal
@@ -53,6 +54,10 @@ TASK_LABELS: Dict[str, str] = {
 METHODS: Tuple[str, ...] = (
     "iagan", "brgm", "csgm", "bicubic", "zero_filled", "tv", "biharmonic", "wiener",
 )
+
+#: Methods that draw posterior samples (``samples > 0``; ``brgm`` runs as its variational
+#: form, as in the CLI).
+SAMPLING_METHODS: Tuple[str, ...] = ("brgm", "brgm_variational")
 
 #: Values of ``medrecon --device``.
 DEVICES: Tuple[str, ...] = ("auto", "cuda", "cpu")
@@ -134,10 +139,16 @@ class ReconstructionParameters:
                 f"Unknown device {self.device!r}; expected one of {', '.join(DEVICES)}. "
                 "Use 'auto' to take the GPU when one is available."
             )
-        _check_int("seed", self.seed, minimum=0, hint="any non-negative integer")
+        # the CLI's ranges, checked here before the volume is exported and the CLI started
+        _check_int("seed", self.seed, minimum=0, maximum=2**63 - 1, hint="0 to 2**63 - 1")
         _check_int("samples", self.samples, minimum=0, hint="0 disables the uncertainty map")
-        _check_int("scale", self.scale, minimum=2, hint="e.g. 2, 4 or 8")
-        _check_int("acceleration", self.acceleration, minimum=2, hint="e.g. 4 or 8")
+        _check_int("scale", self.scale, minimum=2, maximum=32, hint="e.g. 2, 4 or 8")
+        _check_int("acceleration", self.acceleration, minimum=2, maximum=64, hint="e.g. 4 or 8")
+        if self.samples > 0 and self.method not in SAMPLING_METHODS:
+            raise MedreconInputError(
+                f"Invalid samples: got {self.samples} with method {self.method!r}, which gives a "
+                f"single estimate; expected a sampling method ({', '.join(SAMPLING_METHODS)}) "
+                "for an uncertainty map, or samples 0.")
         _check_float("center_fraction", self.center_fraction, low=0.0, high=1.0, open_low=True,
                      open_high=True, hint="e.g. 0.08 for 8% of the k-space lines")
         _check_float("noise_sigma", self.noise_sigma, low=0.0, high=math.inf, open_low=False,
@@ -230,10 +241,13 @@ def _check_word(name: str, value: Any, expected: str) -> None:
         )
 
 
-def _check_int(name: str, value: Any, *, minimum: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _check_int(name: str, value: Any, *, minimum: int, hint: str,
+               maximum: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         raise MedreconInputError(
-            f"Invalid {name}: got {value!r}; expected an integer >= {minimum} ({hint})."
+            f"Invalid {name}: got {value!r}; expected an integer {bound} ({hint})."
         )
 
 
