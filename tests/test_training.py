@@ -536,3 +536,33 @@ def test_cli_folds_run_export(tmp_path):
     bad = runner.invoke(train, ["run", "--data", str(data), "--out", str(tmp_path / "r2"),
                                 "--resolution", "24", "--kimg", "0.004"])
     assert bad.exit_code == 2 and "power of two" in bad.output
+
+
+def test_folds_command_never_writes_over_a_users_file(tmp_path):
+    """train folds wrote its JSON over any path, an input image included: now an input is
+    refused always, an existing file without --overwrite, and a file that is not a fold
+    record even with it; the record is written whole or not at all."""
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    image = data / "NORMAL" / "IM-0000-0001.png"
+    before = image.read_bytes()
+    notes = tmp_path / "notes.json"
+    notes.write_text("mine")
+    run = CliRunner().invoke
+    base = ["folds", "--data", str(data), "--folds", "3", "--out"]
+    for out, extra, needle in ((image, ["--overwrite"], "never writes over"),
+                               (notes, [], "already exists"),
+                               (notes, ["--overwrite"], "not a fold record")):
+        res = run(train, base + [str(out)] + extra)
+        assert res.exit_code == 2 and needle in res.output, res.output
+    assert image.read_bytes() == before and notes.read_text() == "mine"
+    good = tmp_path / "f.json"
+    assert run(train, base + [str(good)]).exit_code == 0
+    assert run(train, base + [str(good), "--overwrite"]).exit_code == 0  # its own record
+    assert load_folds(good).k == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f.json", "notes.json"]

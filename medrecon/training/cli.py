@@ -96,15 +96,20 @@ def run_cmd(data_dir, out_dir, resolution, kimg, fold, folds, scheme, max_minute
 @click.option("--scheme", default="auto", show_default=True,
               type=click.Choice(["auto", "xray", "brain", "image"]))
 @click.option("--seed", default=0, show_default=True, type=int)
-def folds_cmd(data_dir, out_file, folds, scheme, seed):
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing folds file (one medrecon wrote: a fold record).")
+def folds_cmd(data_dir, out_file, folds, scheme, seed, overwrite):
     """Write the patient-wise K-fold assignment of DATA to a JSON file."""
-    from medrecon.training.folds import make_folds, save_folds
+    from medrecon.io.outputs import OutputStage
+    from medrecon.training.folds import check_folds_output, make_folds, save_folds
 
     try:
+        check_folds_output(out_file, data_dir=data_dir, overwrite=overwrite)
         fa = make_folds(data_dir, scheme=scheme, k=folds, seed=seed)
+        with OutputStage(overwrite=overwrite) as stage:
+            save_folds(fa, stage.file(out_file))
     except MedreconInputError as exc:
         _fail(exc)
-    save_folds(fa, out_file)
     info = fa.to_json()
     click.echo(f"{fa.scheme}: {len(fa.files)} images, per fold {info['images_per_fold']}, "
                f"groups per fold {info['groups_per_fold']} -> {out_file}")

@@ -316,6 +316,28 @@ def save_folds(folds: FoldAssignment, path: str | Path) -> Path:
     return path
 
 
+def check_folds_output(path: str | Path, *, data_dir: str | Path, overwrite: bool) -> Path:
+    """Where ``medrecon train folds`` may write, checked before any work: never in or over the
+    data (the record would become a training file, or replace an image), an existing file only
+    with ``overwrite`` and only if it is a fold record (:func:`load_folds` reads it).
+
+    Raises:
+        MedreconInputError: naming the path and the fix.
+    """
+    from medrecon.io.outputs import check_output
+
+    out = check_output(path, overwrite=overwrite, protected=[data_dir], what="folds file")
+    if out.is_file():
+        try:
+            load_folds(out)
+        except MedreconInputError:
+            raise MedreconInputError(
+                f"{str(out)!r} exists and is not a fold record medrecon wrote; --overwrite "
+                "replaces only those. Choose another --out, or move that file away yourself."
+            ) from None
+    return out
+
+
 def load_folds(path: str | Path) -> FoldAssignment:
     """Read a JSON written by :func:`save_folds` and check its sha256."""
     path = Path(path)
