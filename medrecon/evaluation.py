@@ -932,6 +932,24 @@ def _input_files(images: Any) -> list[Path]:
     return [Path(p).expanduser() for p in images]
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _not_written_by_report(folder: Path, present: list[str]) -> list[str]:
+    """The report-named files in ``folder`` that its report's settings.json does not list with
+    their content (``report_files``: a user's file of that name, or one changed since).
+    Reports written before the list was kept are trusted as before."""
+    try:
+        made = json.loads((folder / "settings.json").read_text(encoding="utf-8"))["report_files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(made, dict):
+        return []
+    return [n for n in present if n != "settings.json"
+            and (n not in made or not (folder / n).is_file() or _sha256(folder / n) != made[n])]
+
+
 def _is_report(folder: Path) -> bool:
     """Whether ``folder`` holds a report written by ``medrecon eval`` (its settings.json)."""
     try:
@@ -981,6 +999,12 @@ def check_report_dir(out_dir: str | Path, *, images: Any = None, overwrite: bool
             raise OutputExistsError(
                 f"--out {str(out)!r} already holds a report ({', '.join(present)}); pass "
                 "--overwrite (overwrite=True) to replace it, or choose another --out.")
+        foreign = _not_written_by_report(out, present)
+        if foreign:
+            raise MedreconInputError(
+                f"--out {str(out)!r} holds {', '.join(foreign)}, which its report did not write "
+                "(or which changed since); --overwrite replaces only the report's own files. "
+                "Move them away, or choose another --out.")
         for n in present:
             if not (out / n).is_file() or (out / n).is_symlink():
                 raise MedreconInputError(
@@ -1006,14 +1030,17 @@ def write_report(run: EvalRun, out_dir: str | Path, *, overwrite: bool = False) 
 
     out = check_report_dir(out_dir, overwrite=overwrite)
     with OutputStage(overwrite=overwrite) as stage:
-        write_results_csv(run.rows, stage.file(out / "results.csv"))
-        write_summary_md(run, stage.file(out / "summary.md"))
+        staged = {"results.csv": write_results_csv(run.rows, stage.file(out / "results.csv")),
+                  "summary.md": write_summary_md(run, stage.file(out / "summary.md"))}
         if run.grid:
-            write_grid(run.grid, stage.file(out / "grid.png"))
+            staged["grid.png"] = write_grid(run.grid, stage.file(out / "grid.png"))
         if run.calibration:
-            write_calibration_csv(run.calibration, stage.file(out / "calibration.csv"))
+            staged["calibration.csv"] = write_calibration_csv(
+                run.calibration, stage.file(out / "calibration.csv"))
+        # what this report wrote, so that an --overwrite later replaces exactly these files
+        settings = {**run.settings, "report_files": {n: _sha256(Path(p)) for n, p in staged.items()}}
         stage.file(out / "settings.json").write_text(
-            json.dumps(run.settings, indent=2, default=str) + "\n", encoding="utf-8")
+            json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     for name, made in (("grid.png", run.grid), ("calibration.csv", run.calibration)):
         if overwrite and not made and (out / name).is_file():
             (out / name).unlink()  # a previous report's file, stale now

@@ -171,6 +171,17 @@ def test_eval_out_rules(work, prior_dir, capsys):
     assert cli(*base, out, "--overwrite", "--grid-images", "0")[0] == 0
     assert tree(out) == {"results.csv", "summary.md", "settings.json", "notes.txt"}  # stale grid gone
     assert (out / "notes.txt").read_text() == "mine"
+    # a user's file with a report file's name, beside a report: never replaced nor removed
+    (out / "grid.png").write_bytes((gt / "g0.png").read_bytes())
+    (out / "calibration.csv").write_text("mine\n")
+    code, text = cli(*base, out, "--overwrite", "--grid-images", "0", capsys=capsys)
+    assert code == 2 and "report did not write" in text
+    assert (out / "grid.png").read_bytes() == (gt / "g0.png").read_bytes()
+    assert (out / "calibration.csv").read_text() == "mine\n"
+    (out / "grid.png").unlink(), (out / "calibration.csv").unlink()
+    assert cli(*base, out, "--overwrite")[0] == 0  # its own grid.png: replaced next time
+    assert cli(*base, out, "--overwrite", "--grid-images", "0")[0] == 0
+    assert "grid.png" not in tree(out)
     # a results.csv medrecon did not write is never replaced
     other = work / "other"
     other.mkdir()
