@@ -74,7 +74,9 @@ class Prior:
             ``intensity_window``.
         w_mean: Precomputed per-dimension mean of w ``[w_dim]`` (optional).
         w_std: Precomputed per-dimension std of w ``[w_dim]`` (optional).
-        stats_path: Where to cache W statistics (``None`` = memory only).
+        stats_path: The prior's own W statistics file, read when its metadata matches
+            (``None``: none). Statistics computed here are cached in the user's cache folder
+            (:func:`stats_cache_dir`), never in the prior's folder.
         weights_sha256: sha256 of the weights file, recorded in the statistics cache.
         w_stats_seed: Seed of the z draw for the lazily computed statistics.
         w_stats_samples: Number of z for the lazily computed statistics.
@@ -214,12 +216,25 @@ class Prior:
         return t
 
     def _read_stats_cache(self) -> bool:
-        if self.stats_path is None or not self.stats_path.is_file():
+        return any(self._read_stats_file(p) for p in (self.stats_path, self._user_stats_path())
+                   if p is not None)
+
+    def _user_stats_path(self) -> Path | None:
+        """Where statistics computed for this prior are cached: the user's cache folder
+        (:func:`stats_cache_dir`), keyed by the weights' sha256 and the draw, never the
+        prior's own folder (a user's prior files are only read)."""
+        if not self.weights_sha256:
+            return None
+        return stats_cache_dir() / (f"{self.weights_sha256}-{self.w_stats_samples}-"
+                                    f"{self.w_stats_seed}.safetensors")
+
+    def _read_stats_file(self, path: Path) -> bool:
+        if not path.is_file():
             return False
         from safetensors import safe_open
 
         try:
-            with safe_open(str(self.stats_path), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 mean, std = f.get_tensor("w_mean"), f.get_tensor("w_std")
         except Exception:  # noqa: BLE001 - a broken cache is recomputed, never fatal
@@ -235,12 +250,13 @@ class Prior:
         return True
 
     def _write_stats_cache(self) -> None:
-        if self.stats_path is None:
+        path = self._user_stats_path()
+        if path is None:
             return
         try:
-            _write_stats(self, self.stats_path)
+            _write_stats(self, path)
         except OSError:
-            pass  # read-only install: keep the statistics in memory
+            pass  # no writable cache: keep the statistics in memory
 
     # -- misc ----------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> Prior:
@@ -286,6 +302,15 @@ class Prior:
             f"Prior(name={self.name!r}, resolution={self.resolution}, channels={self.channels}, "
             f"num_ws={self.num_ws}, modality={self.metadata.get('modality')!r})"
         )
+
+
+def stats_cache_dir() -> Path:
+    """The folder of computed W statistics: ``$MEDRECON_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/medrecon`` (``~/.cache/medrecon``), then ``w_stats``."""
+    root = os.environ.get("MEDRECON_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "medrecon")
+    return Path(root) / "w_stats"
 
 
 def _write_stats(prior: Prior, path: Path) -> None:

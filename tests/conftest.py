@@ -13,6 +13,20 @@ torch.set_num_threads(1)
 _DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _stats_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Computed W statistics go to a test folder, not the user's ~/.cache/medrecon."""
+    import os
+
+    old = os.environ.get("MEDRECON_CACHE_DIR")
+    os.environ["MEDRECON_CACHE_DIR"] = str(tmp_path_factory.mktemp("medrecon-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEDRECON_CACHE_DIR", None)
+    else:
+        os.environ["MEDRECON_CACHE_DIR"] = old
+
+
 @pytest.fixture(params=_DEVICES)
 def device(request: pytest.FixtureRequest) -> torch.device:
     """Every available device: ``cpu``, plus ``cuda`` when present."""

@@ -45,25 +45,39 @@ def test_w_stats_do_not_touch_global_rng():
     assert torch.equal(state, torch.random.get_rng_state())
 
 
-def test_lazy_w_stats_are_cached_next_to_the_weights(tmp_path):
-    p = Prior(tiny_generator(), stats_path=tmp_path / "w_stats.safetensors", weights_sha256="abc", w_stats_samples=300)
+def test_lazy_w_stats_are_cached_in_the_users_cache_not_the_prior(tmp_path, monkeypatch):
+    """Computed statistics go to the user's cache (keyed by the weights and the draw), never
+    into the prior's folder: a user's prior files are only read (they were written into)."""
+    from medrecon.priors import stats_cache_dir
+
+    monkeypatch.setenv("MEDRECON_CACHE_DIR", str(tmp_path / "cache"))
+    prior_dir = tmp_path / "prior"
+    prior_dir.mkdir()
+    p = Prior(tiny_generator(), stats_path=prior_dir / "w_stats.safetensors", weights_sha256="abc", w_stats_samples=300)
     mean, std = p.w_stats()
-    assert (tmp_path / "w_stats.safetensors").is_file()
-    q = Prior(tiny_generator(), stats_path=tmp_path / "w_stats.safetensors", weights_sha256="abc", w_stats_samples=300)
+    assert list(prior_dir.iterdir()) == []
+    assert (stats_cache_dir() / "abc-300-0.safetensors").is_file()
+    q = Prior(tiny_generator(), stats_path=prior_dir / "w_stats.safetensors", weights_sha256="abc", w_stats_samples=300)
     assert q._read_stats_cache() and torch.equal(q.w_mean, mean)
-    stale = Prior(tiny_generator(), stats_path=tmp_path / "w_stats.safetensors", weights_sha256="xyz", w_stats_samples=300)
+    stale = Prior(tiny_generator(), stats_path=prior_dir / "w_stats.safetensors", weights_sha256="xyz", w_stats_samples=300)
     assert not stale._read_stats_cache()
+    other = Prior(tiny_generator(), weights_sha256="abc", w_stats_samples=300, w_stats_seed=1)
+    other.w_stats()  # another draw: its own cache file, the first one kept
+    assert (stats_cache_dir() / "abc-300-1.safetensors").is_file()
+    assert (stats_cache_dir() / "abc-300-0.safetensors").is_file()
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user for read-only dirs")
-def test_w_stats_in_memory_when_not_writable(tmp_path):
+def test_w_stats_in_memory_when_not_writable(tmp_path, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    monkeypatch.setenv("MEDRECON_CACHE_DIR", str(ro))
     try:
-        p = Prior(tiny_generator(), stats_path=ro / "w_stats.safetensors", w_stats_samples=100)
+        p = Prior(tiny_generator(), stats_path=ro / "w_stats.safetensors", weights_sha256="abc",
+                  w_stats_samples=100)
         p.w_stats()
-        assert not (ro / "w_stats.safetensors").exists() and p._w_mean is not None
+        assert not list(ro.iterdir()) and p._w_mean is not None
     finally:
         ro.chmod(stat.S_IRWXU)
 
@@ -88,8 +102,9 @@ def test_load_prior_from_files(tmp_path):
     save_generator(G, tmp_path / "net", metadata={"prior": "netprior"})
     p = load_prior(tmp_path / "net.safetensors")
     assert p.name == "netprior" and p.resolution == 16
+    before = sorted(x.name for x in tmp_path.iterdir())
     p.w_stats()
-    assert (tmp_path / "net.w_stats.safetensors").is_file()
+    assert sorted(x.name for x in tmp_path.iterdir()) == before  # the user's folder: read only
     with pytest.raises(MissingWeightsError):
         load_prior(tmp_path / "missing.safetensors")
 
