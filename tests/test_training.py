@@ -352,8 +352,11 @@ def test_slim_checkpoint_exports_and_resumes(tmp_path):
     a.train_step()
     full = a.save_checkpoint(tmp_path / "full.pt")
     runner = CliRunner()
+    (tmp_path / "slim.pt.tmp").write_text("mine")  # was the fixed temporary name: deleted
     res = runner.invoke(train, ["slim", str(full), "-o", str(tmp_path / "slim.pt")])
     assert res.exit_code == 0, res.output
+    assert (tmp_path / "slim.pt.tmp").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.pt", "slim.pt", "slim.pt.tmp"]
     slim = tmp_path / "slim.pt"
     assert slim.stat().st_size < 0.6 * full.stat().st_size
     st = read_checkpoint(slim)

@@ -18,6 +18,7 @@ with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -250,11 +251,25 @@ def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
     for net in ("G", "D", "G_ema"):
         slim[net] = {k: (v.half() if v.is_floating_point() else v) for k, v in state[net].items()}
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(dst.suffix + ".tmp")
-    torch.save(slim, tmp)
-    os.replace(tmp, dst)
+    _save_atomically(slim, dst)
     return dst
+
+
+def _save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` to a new temporary file beside ``path`` (a unique name: never a file of
+    the user's), then moved over ``path``; on any failure the temporary is removed."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class _StopRequest:
@@ -506,10 +521,7 @@ class Trainer:
         path = Path(path)
         if self.rank != 0:
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        _save_atomically(self.state_dict(), path)
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
