@@ -569,3 +569,36 @@ def test_folds_command_never_writes_over_a_users_file(tmp_path):
     assert run(train, base + [str(good), "--overwrite"]).exit_code == 0  # its own record
     assert load_folds(good).k == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f.json", "notes.json"]
+
+
+def test_train_run_folder_rules(tmp_path):
+    """train run writes nothing before its checks pass: not inside the data, not into a
+    user's folder (its folds.json and run.json were replaced), and a resume only with the
+    run's own split (another --fold trained on held-out images without a word)."""
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    opts = ["--resolution", "16", "--kimg", "0.004", "--batch", "2", "--z-dim", "8",
+            "--w-dim", "8", "--channel-base", "64", "--channel-max", "16", "--folds", "3",
+            "--device", "cpu", "--data", str(data)]
+    run = CliRunner().invoke
+    res = run(train, ["run", *opts, "--out", str(data / "run")])
+    assert res.exit_code == 2 and "would become training images" in res.output
+    assert not (data / "run").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "run.json").write_text("notes")
+    res = run(train, ["run", *opts, "--out", str(mine)])
+    assert res.exit_code == 2 and "not a medrecon training run" in res.output
+    assert sorted(p.name for p in mine.iterdir()) == ["run.json"]
+    out = tmp_path / "run"
+    assert run(train, ["run", *opts, "--out", str(out)]).exit_code == 0
+    before = (out / "run.json").read_text()
+    res = run(train, ["run", *opts, "--out", str(out), "--fold", "1"])
+    assert res.exit_code == 2 and "held_out_fold" in res.output
+    assert (out / "run.json").read_text() == before
+    assert run(train, ["run", *opts, "--out", str(out), "--kimg", "0.008"]).exit_code == 0

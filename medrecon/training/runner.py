@@ -51,6 +51,46 @@ def _init_distributed(device: torch.device) -> bool:
     return True
 
 
+def check_run_folder(out: Path, *, data_dir: str | Path, config: TrainConfig, fold: int,
+                     folds: int, scheme: str, folds_sha256: str) -> None:
+    """Where ``train run`` may write, checked before anything is written: outside the data
+    (its samples would become training images), a new or empty folder, or a run folder of
+    medrecon's (``run.json``) of the same split and configuration (a resume).
+
+    Raises:
+        MedreconInputError: naming the folder and the fix.
+    """
+    src = Path(data_dir)
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise MedreconInputError(
+            f"--out {str(out)!r} is, or lies inside, --data {str(src)!r}: its sample images would "
+            "become training images. Choose a run folder outside the data.")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MedreconInputError(f"--out {str(out)!r} is a file; expected a run folder.")
+    if not any(out.iterdir()):
+        return
+    try:
+        run = json.loads((out / "run.json").read_text())
+        if not isinstance(run, dict) or "config" not in run or "held_out_fold" not in run:
+            raise ValueError
+    except (OSError, ValueError):
+        raise MedreconInputError(
+            f"--out {str(out)!r} is a non-empty folder that is not a medrecon training run (no "
+            "run.json of one); nothing there is overwritten. Choose a new or empty folder."
+        ) from None
+    asked = {"held_out_fold": fold, "folds": folds, "scheme": scheme,
+             "folds_sha256": folds_sha256,
+             "config": json.loads(json.dumps(config.to_dict()))}  # as run.json holds it
+    differ = [k for k, v in asked.items() if k in run and run[k] != v]
+    if differ:
+        raise MedreconInputError(
+            f"--out {str(out)!r} holds a run with another {', '.join(differ)}: resuming it so "
+            "would train on another split or network. Resume with its settings, or choose a "
+            "new --out folder.")
+
+
 def train_run(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -104,14 +144,16 @@ def train_run(
         torch.cuda.set_device(dev)
     started_dist = _init_distributed(dev)
     try:
-        fa = make_folds(data_dir, scheme=scheme, k=folds, seed=fold_seed)
-        train_files, held_out = fa.split(fold)
         out = Path(out_dir)
+        fa = make_folds(data_dir, scheme=scheme, k=folds, seed=fold_seed)
+        check_run_folder(out, data_dir=data_dir, config=config, fold=fold, folds=folds,
+                         scheme=fa.scheme, folds_sha256=fa.digest())
+        train_files, held_out = fa.split(fold)
         rank = dist.get_rank() if dist.is_initialized() else 0
-        if rank == 0:
-            save_folds(fa, out / "folds.json")
         dataset = ImageFolderDataset(data_dir, train_files, resolution=config.resolution)
         trainer = Trainer(dataset, config, device=dev)
+        if rank == 0:  # everything checked and built: only now is the run folder written
+            save_folds(fa, out / "folds.json")
         t0 = time.time()
         base = {
             "data_dir": str(Path(data_dir).resolve().name),
