@@ -982,10 +982,18 @@ def check_report_dir(out_dir: str | Path, *, images: Any = None, overwrite: bool
                 "report would be mixed with the ground truths (and grid.png scored as one next "
                 "time). Choose an --out folder outside --images.")
     targets = {(out / name).resolve() for name in REPORT_FILES}
-    for f in _input_files(images):
+    inputs = _input_files(images)
+    for f in inputs:
         if f.resolve() in targets:
             raise MedreconInputError(
                 f"--out {str(out)!r} would write over the input {str(f)!r}; choose another --out.")
+    for f in inputs:  # ground truths named one by one (a list file, paths): not beside them
+        if _has_image_suffix(f) and (out.resolve() == f.resolve().parent
+                                     or f.resolve().parent in out.resolve().parents):
+            raise MedreconInputError(
+                f"--out {str(out)!r} is, or lies inside, the folder of the ground truth "
+                f"{str(f)!r}: the report would be mixed with the images (and grid.png scored as "
+                "one next time). Choose an --out folder outside it.")
     if out.exists() and not out.is_dir():
         raise MedreconInputError(
             f"--out {str(out)!r} exists and is a file; expected a folder. Choose another --out.")

@@ -349,6 +349,13 @@ def evaluate_scans(
     if out_dir is not None:
         check_report_dir(out_dir, images=[c.path for c in cases if Path(c.path).is_file()],
                          overwrite=overwrite)
+        out = Path(out_dir).expanduser().resolve()
+        for c in cases:  # a DICOM series folder: the report never goes into it
+            folder = Path(c.path).expanduser().resolve()
+            if folder.is_dir() and (out == folder or folder in out.parents):
+                raise MedreconInputError(
+                    f"--out {str(out_dir)!r} is, or lies inside, the scan folder {str(c.path)!r} "
+                    f"of case {c.name!r}; choose an --out folder outside it.")
     say = progress or (lambda _m: None)
     rows: list[ScanRow] = []
     panels: dict[str, list[np.ndarray]] = {}

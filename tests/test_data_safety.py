@@ -192,9 +192,17 @@ def test_eval_out_rules(work, prior_dir, capsys):
     lst = work / "listed"
     lst.mkdir()
     (lst / "settings.json").write_text("gt/g0.png\n")
-    code, text = cli(*base[:-3], "--images", lst / "settings.json", "--no-lpips", "--out", lst,
+    code, text = cli(*base[:-4], "--images", lst / "settings.json", "--no-lpips", "--out", lst,
                      capsys=capsys)
-    assert code == 2 and (lst / "settings.json").read_text() == "gt/g0.png\n"
+    assert code == 2 and "would write over the input" in text
+    assert (lst / "settings.json").read_text() == "gt/g0.png\n"
+    # images named by a list file (or one by one): the report never goes beside them
+    (gt / "list.txt").write_text("g0.png\ng1.png\n")
+    for images in (gt / "list.txt", gt / "g0.png"):
+        code, text = cli(*base[:-4], "--images", images, "--no-lpips", "--out", gt,
+                         capsys=capsys)
+        assert code == 2 and "folder of the ground truth" in text
+    assert tree(gt) == {"g0.png", "g1.png", "list.txt"}
 
 
 def _pickle(work: Path) -> Path:

@@ -318,3 +318,10 @@ def test_eval_scans_command(tmp_path, prior, capsys):
     cases.write_text(json.dumps([{"name": "x", "path": "a.nii", "prior": "p", "colour": 1}]))
     assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r3")]) == 2
     assert "unknown ['colour']" in capsys.readouterr().err
+    # a case that is a (DICOM series) folder: the report never goes into it
+    series = tmp_path / "series"
+    series.mkdir()
+    cases.write_text(json.dumps([{"name": "s", "path": str(series), "prior": str(tmp_path / "p"),
+                                  "scale": 2}]))
+    assert main(["eval-scans", str(cases), "--out", str(series / "report")]) == 2
+    assert "scan folder" in capsys.readouterr().err and list(series.iterdir()) == []
