@@ -649,6 +649,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: Operator options an evaluation sets itself (from the prior, ``seed``, ``noise_sigma``).
+EVAL_OWNED_OPTIONS = ("img_size", "channels", "seed", "noise_sigma")
+
+
 def evaluate_run(
     *,
     prior: Any,
@@ -759,6 +763,11 @@ def evaluate_run(
     files = discover_images(images, limit=limit, subset=subset)
 
     options = {k: v for k, v in task_options.items() if v is not None}
+    owned = sorted(set(options) & set(EVAL_OWNED_OPTIONS))
+    if owned:
+        raise MedreconInputError(
+            f"operator option(s) {owned} are set by eval itself (the prior's size and channels, "
+            "--seed, --noise-sigma); remove them from --option.")
     operator = physics.build_operator(task, img_size=(resolution, resolution), channels=channels,
                                       seed=int(seed), noise_sigma=float(noise_sigma), **options)
     operator.eval()
@@ -1347,7 +1356,12 @@ def eval_command(prior: str, task: str, methods: list[str], images: Path, out_di
             raise click.BadParameter(f"got {item!r}; expected KEY=VALUE, e.g. --option "
                                      "mask_type=box.", param_hint="--option")
         key, raw = item.split("=", 1)
-        task_options[key.strip().replace("-", "_")] = _json_or_str(raw)
+        key = key.strip().replace("-", "_")
+        if key in EVAL_OWNED_OPTIONS:
+            raise click.BadParameter(
+                f"{key} is set by eval itself (the prior's size and channels, --seed, "
+                "--noise-sigma); remove it from --option.", param_hint="--option")
+        task_options[key] = _json_or_str(raw)
     method_options: dict[str, dict[str, Any]] = {}
     for item in method_option_items:
         key, sep, raw = item.partition("=")

@@ -533,3 +533,29 @@ def test_seam_tuning_script_options_and_report(tmp_path):
     text = mod.report(tmp_path)
     assert "| variant | half | free_form |" in text and "2 validation images" in text
     assert "| seam=4 | 31.00 / 0.9500 | 32.00 / 0.9500 |" in text
+
+
+def test_operator_options_eval_sets_itself_are_refused(tmp_path):
+    """--option img_size=... (or channels, seed, noise_sigma) reached build_operator twice and
+    ended in a TypeError (exit 1): now one clear error."""
+    from PIL import Image
+
+    from tests._tiny import tiny_prior
+
+    imgs = tmp_path / "gt"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(imgs / "g0.png")
+    for key in ("img_size", "channels"):
+        with pytest.raises(MedreconInputError, match="set by eval itself"):
+            ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
+                            images=imgs, lpips=False, **{key: 1})
+    from click.testing import CliRunner
+
+    from medrecon.cli import cli
+
+    for key in ev.EVAL_OWNED_OPTIONS:
+        res = CliRunner().invoke(cli, ["eval", "--prior", "chest_xray", "--task", "sr",
+                                       "--methods", "bicubic", "--images", str(imgs),
+                                       "--no-lpips", "--out", str(tmp_path / "o"),
+                                       "--option", f"{key}=1"])
+        assert res.exit_code == 2 and "set by eval itself" in res.output, res.output

@@ -602,3 +602,20 @@ def test_train_run_folder_rules(tmp_path):
     assert res.exit_code == 2 and "held_out_fold" in res.output
     assert (out / "run.json").read_text() == before
     assert run(train, ["run", *opts, "--out", str(out), "--kimg", "0.008"]).exit_code == 0
+
+
+def test_bad_device_and_a_broken_run_record_are_input_errors(tmp_path):
+    """--device bogus and a corrupt run.json beside a checkpoint gave exit 1 (internal error)."""
+    from medrecon.training.export import export_checkpoint
+    from medrecon.training.runner import train_run
+
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    with pytest.raises(MedreconInputError, match="unknown device 'bogus'"):
+        train_run(data, tmp_path / "run", device="bogus")
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "run.json").write_text("{broken")
+    torch.save({}, tmp_path / "ck" / "checkpoint-latest.pt")
+    with pytest.raises(MedreconInputError):
+        export_checkpoint(tmp_path / "ck" / "checkpoint-latest.pt", tmp_path / "bundle" / "models")

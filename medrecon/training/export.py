@@ -102,7 +102,14 @@ def export_checkpoint(
     G = generator_from_checkpoint(checkpoint)
     config = TrainConfig.from_dict(json.loads(state["config"]))
     run_dir = checkpoint.parent
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    try:
+        run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() \
+            else {}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MedreconInputError(
+            f"{str(run_dir / 'run.json')!r} beside the checkpoint is not a readable run record "
+            f"({exc}); restore it from the run, or move the checkpoint to a folder without it."
+        ) from None
     training = {
         "kimg": round(int(state["images_seen"]) / 1000, 3),
         "steps": int(state["step"]),

@@ -136,7 +136,11 @@ def train_run(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         else:
             device = "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MedreconInputError(f"unknown device {device!r}; expected auto, cpu, cuda or "
+                                 "cuda:N.") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise MedreconInputError(f"device {device!r} asked for but CUDA is not available; "
