@@ -732,25 +732,12 @@ def evaluate_run(
     """
     from medrecon import physics, solvers
 
-    if task not in TASKS:
-        raise MedreconInputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}.")
-    method_list = parse_methods(methods)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise MedreconInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if not math.isfinite(float(noise_sigma)) or float(noise_sigma) < 0:
-        raise MedreconInputError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}.")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise MedreconInputError(f"steps must be a positive integer or None, got {steps!r}.")
-    for m in method_list:
-        solvers.check_method_task(_split_bp(m)[0], task)
+    method_list, extra_opts = _check_run_options(
+        task=task, methods=methods, batch_size=batch_size, noise_sigma=noise_sigma, steps=steps,
+        method_options=method_options)
     if out_dir is not None:
         check_report_dir(out_dir, images=images, overwrite=overwrite)
     say = progress or (lambda _msg: None)
-    extra_opts = {str(k).lower(): dict(v) for k, v in (method_options or {}).items()}
-    unknown = sorted(set(extra_opts) - set(method_list))
-    if unknown:
-        raise MedreconInputError(f"method_options given for {unknown}, which are not among the "
-                                 f"evaluated methods {method_list}.")
 
     prior_source = str(prior) if isinstance(prior, (str, Path)) else "in-memory object"
     if isinstance(prior, (str, Path)):
@@ -812,6 +799,31 @@ def evaluate_run(
     if out_dir is not None:
         write_report(run, out_dir, overwrite=overwrite)
     return run
+
+
+def _check_run_options(*, task: str, methods: Any, batch_size: Any, noise_sigma: Any,
+                       steps: Any, method_options: Any) -> tuple[list[str], dict[str, dict]]:
+    """:func:`evaluate_run`'s options, checked before any work; returns the method list and
+    the per-method options (keys lower-cased)."""
+    from medrecon import solvers
+
+    if task not in TASKS:
+        raise MedreconInputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}.")
+    method_list = parse_methods(methods)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise MedreconInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not math.isfinite(float(noise_sigma)) or float(noise_sigma) < 0:
+        raise MedreconInputError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}.")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise MedreconInputError(f"steps must be a positive integer or None, got {steps!r}.")
+    for m in method_list:
+        solvers.check_method_task(_split_bp(m)[0], task)
+    extra_opts = {str(k).lower(): dict(v) for k, v in (method_options or {}).items()}
+    unknown = sorted(set(extra_opts) - set(method_list))
+    if unknown:
+        raise MedreconInputError(f"method_options given for {unknown}, which are not among the "
+                                 f"evaluated methods {method_list}.")
+    return method_list, extra_opts
 
 
 def _measure(files: list[tuple[str, Path]], operator: Any, *, resolution: int, channels: int,
