@@ -735,6 +735,9 @@ def evaluate_run(
     method_list, extra_opts = _check_run_options(
         task=task, methods=methods, batch_size=batch_size, noise_sigma=noise_sigma, steps=steps,
         method_options=method_options)
+    if fold is not None and folds is None:
+        raise MedreconInputError(f"fold={fold} needs the fold record it indexes: pass --folds "
+                                 "(a folds.json, a prior folder or a shipped prior name).")
     if out_dir is not None:
         check_report_dir(out_dir, images=images, overwrite=overwrite)
     say = progress or (lambda _msg: None)

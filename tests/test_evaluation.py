@@ -545,6 +545,9 @@ def test_operator_options_eval_sets_itself_are_refused(tmp_path):
     imgs = tmp_path / "gt"
     imgs.mkdir()
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(imgs / "g0.png")
+    with pytest.raises(MedreconInputError, match="needs the fold record"):
+        ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
+                        images=imgs, lpips=False, fold=1)  # was ignored: every image scored
     for key in ("img_size", "channels"):
         with pytest.raises(MedreconInputError, match="set by eval itself"):
             ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
