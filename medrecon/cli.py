@@ -538,6 +538,12 @@ def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *,
                        method=str(res.info["method"] if key != "lanczos_bp" else base.info["method"]),
                        inputs=protected, stage=stage)
         _side_by_side(stage.file(png), panels, titles, own_window=own)
+    stale = outs.get("sr_std")
+    if res.std is None and overwrite and stale is not None and Path(stale).is_file():
+        from medrecon.io.api import written_by_medrecon
+
+        if written_by_medrecon(Path(stale)):  # a previous demo's std map, wrong for this run
+            Path(stale).unlink()
 
 
 def _demo_report(res: Any, base: Any, reference: Any, ref_path: Path, outs: dict, png: Path, *,
