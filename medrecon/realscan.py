@@ -138,10 +138,42 @@ def load_cases(path: str | Path) -> list[ScanCase]:
                 f"{', '.join(sorted(known - {'name', 'path', 'prior'}))}"
                 + (f"; unknown {unknown}" if unknown else "") + ".")
         entry = dict(item)
+        _check_case_fields(entry, p)
         fp = Path(entry["path"]).expanduser()
         entry["path"] = str(fp if fp.is_absolute() else p.parent / fp)
         cases.append(ScanCase(**entry))
     return cases
+
+
+def _check_case_fields(entry: dict, source: Path) -> None:
+    """The types and ranges of one case's fields (a bad one gave a ZeroDivisionError,
+    IndexError... from deep inside the degradation: exit 1)."""
+    def bad(key: str, expected: str) -> MedreconInputError:
+        return MedreconInputError(
+            f"case {entry.get('name')!r} in {str(source)!r}: {key}={entry[key]!r}; expected "
+            f"{expected}.")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("name", "path", "prior", "kernel", "description", "source"):
+        if key in entry and not isinstance(entry[key], str):
+            raise bad(key, "a string")
+    if "scale" in entry and not (is_int(entry["scale"]) and 2 <= entry["scale"] <= 32):
+        raise bad("scale", "an integer from 2 to 32")
+    if entry.get("slice_axis") is not None and not (is_int(entry["slice_axis"])
+                                                    and 0 <= entry["slice_axis"] <= 2):
+        raise bad("slice_axis", "0, 1, 2 or null")
+    if "bin" in entry and not (isinstance(entry["bin"], list) and len(entry["bin"]) == 3
+                               and all(is_int(b) and b >= 1 for b in entry["bin"])):
+        raise bad("bin", "three integers >= 1, one per array axis")
+    crop = entry.get("crop")
+    if crop is not None and not (
+            isinstance(crop, list) and len(crop) <= 3
+            and all(c is None or (isinstance(c, list) and len(c) == 2
+                                  and all(is_int(v) and v >= 0 for v in c) and c[0] < c[1])
+                    for c in crop)):
+        raise bad("crop", "null, or up to three [start, stop] voxel ranges (or null) per axis")
 
 
 # ------------------------------------------------------------------------------ degradation

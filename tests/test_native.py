@@ -325,3 +325,17 @@ def test_eval_scans_command(tmp_path, prior, capsys):
                                   "scale": 2}]))
     assert main(["eval-scans", str(cases), "--out", str(series / "report")]) == 2
     assert "scan folder" in capsys.readouterr().err and list(series.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [{"scale": 0}, {"scale": "2"}, {"scale": 64}, {"bin": [0, 1, 1]},
+                                 {"bin": [1, 1]}, {"crop": [[0]]}, {"slice_axis": 5},
+                                 {"name": ["x"]}])
+def test_case_fields_are_checked_when_read(tmp_path, bad):
+    """A bad field of a case gave ZeroDivisionError, IndexError... (exit 1) from inside the
+    degradation, after the earlier cases had run; now one line naming the case and field."""
+    from medrecon.realscan import load_cases
+
+    cases = tmp_path / "c.json"
+    cases.write_text(json.dumps([{"name": "x", "path": "a.nii", "prior": "p", **bad}]))
+    with pytest.raises(MedreconInputError, match=f"{next(iter(bad))}=.*expected"):
+        load_cases(cases)
