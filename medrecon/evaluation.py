@@ -296,7 +296,13 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
     if not p.exists():
         from medrecon.priors import resolve_prior_path
 
-        p = resolve_prior_path(str(folds))
+        try:
+            p = resolve_prior_path(str(folds))
+        except MedreconInputError:
+            raise MedreconInputError(
+                f"--folds {str(folds)!r} is neither a file nor a folder, nor a shipped prior "
+                "name; expected a folds.json, a prior folder, or chest_xray / brain_mri."
+            ) from None
     d = p if p.is_dir() else p.parent
     path = p if p.is_file() and p.suffix == ".json" and p.name != "prior.json" else d / "folds.json"
     if not path.is_file() and (d / "models" / "folds.json").is_file():

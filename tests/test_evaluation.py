@@ -548,6 +548,9 @@ def test_operator_options_eval_sets_itself_are_refused(tmp_path):
     with pytest.raises(MedreconInputError, match="needs the fold record"):
         ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
                         images=imgs, lpips=False, fold=1)  # was ignored: every image scored
+    with pytest.raises(MedreconInputError, match="--folds 'nope.json' is neither"):
+        ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
+                        images=imgs, lpips=False, folds="nope.json")  # said "Prior file"
     for key in ("img_size", "channels"):
         with pytest.raises(MedreconInputError, match="set by eval itself"):
             ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
