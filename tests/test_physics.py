@@ -509,3 +509,14 @@ def test_cg_float32_tolerance_below_precision_does_not_diverge():
     x_dag = op.A_dagger(y, tol=1e-12, max_iter=300)
     rel = (op.A(x_dag) - y).norm() / y.norm()
     assert rel < 1e-4
+
+
+@pytest.mark.parametrize("options", [dict(size=100000), dict(kernel="gaussian", sigma=1e6),
+                                     dict(kernel="gaussian", size=40)])
+def test_a_blur_kernel_larger_than_the_image_is_refused_before_allocation(options):
+    """size=100000 asked torch for 40 GB (exit 1): the side is checked against the image."""
+    from medrecon.physics import build_operator
+
+    with pytest.raises(MedreconInputError, match="does not fit 16x16 images"):
+        build_operator("deblur", img_size=(16, 16), **options)
+    build_operator("deblur", img_size=(16, 16), kernel="gaussian", sigma=2.0)

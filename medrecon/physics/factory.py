@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from typing import Any
 
@@ -150,6 +151,7 @@ def build_operator(task: str, *, img_size: int | tuple[int, int], channels: int 
         kernel = options.get("kernel", "uniform")
         if isinstance(kernel, str):
             check_choice(kernel, "kernel", ("uniform", "gaussian"))
+            _check_kernel_fits(kernel, options, (h, w))
             if kernel == "uniform":
                 if "sigma" in options:
                     raise MedreconInputError("option sigma is only used by kernel 'gaussian'.")
@@ -162,6 +164,23 @@ def build_operator(task: str, *, img_size: int | tuple[int, int], channels: int 
         check_choice(padding, "padding", PADDINGS)
         return Blur(kernel, padding=padding, noise_model=nm)
     return Identity(noise_model=nm)
+
+
+def _check_kernel_fits(kernel: str, options: dict[str, Any], size: tuple[int, int]) -> None:
+    """A named blur kernel's side (given, or ``2 ceil(3 sigma) + 1``) must fit the image (its
+    half-width below the smaller side, as the padding needs), checked before it is allocated:
+    ``size=100000`` asked for 40 GB."""
+    if "size" in options:
+        side = as_positive_int(options["size"], "size")
+    elif kernel == "gaussian":
+        side = 2 * math.ceil(3.0 * as_float(options.get("sigma", 2.0), "sigma", minimum=0.0)) + 1
+    else:
+        side = 9
+    limit = 2 * min(size) - 1
+    if side > limit:
+        raise MedreconInputError(
+            f"a {kernel} blur kernel of side {side} does not fit {size[0]}x{size[1]} images "
+            f"(at most {limit}); choose a smaller size or sigma.")
 
 
 def _inpaint_mask(options: dict[str, Any], size: tuple[int, int], seed: int) -> torch.Tensor:
