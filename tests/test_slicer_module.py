@@ -61,7 +61,7 @@ FAKE_CLI = textwrap.dedent(
 
     code = int(os.environ.get("FAKE_EXIT", "0"))
     if code:  # as medrecon.cli reports errors: a JSON event, then the one-line message
-        message = os.environ.get("FAKE_MESSAGE", "bad input")
+        message = os.environ.get("FAKE_MESSAGE", "bad input").replace("{input}", repr(a.input))
         if code == 1:
             message = "internal error: RuntimeError: " + message
         if os.environ.get("FAKE_JSON_ERROR", "1") == "1":
@@ -516,6 +516,32 @@ def test_cli_failure_raises_and_leaves_nothing(scene, slicer_mod, fake_cli, runs
         assert str(info.value) == "unknown prior 'x': use medrecon priors list"
     else:
         assert info.value.returncode == 1 and "--debug" in info.value.log_tail
+    assert scene.GetNumberOfNodes() == n_before and list(runs_dir.iterdir()) == []
+
+
+def test_cli_errors_name_the_volume_not_its_temporary_export(scene, slicer_mod, fake_cli,
+                                                             runs_dir):
+    volume = _volume(scene, slicer_mod, np.ones((1, 2, 2), np.float32), name="T1 head")
+    env = dict(os.environ, FAKE_EXIT="2", FAKE_MESSAGE="{input} has 1 non-finite voxel(s)")
+    with pytest.raises(MedreconInputError) as info:
+        _logic(fake_cli, runs_dir, env=env).process(volume, runner.ReconstructionParameters())
+    assert str(info.value) == "the volume 'T1 head' has 1 non-finite voxel(s)"
+
+
+def test_a_failure_while_importing_leaves_no_node(scene, slicer_mod, fake_cli, runs_dir):
+    """A step after the result node was read (orientation, annotation, a subclass's hook)
+    raised from poll() with the state still 'running' and the node left in the scene."""
+    from MedReconLib.logic import ReconstructionLogic
+
+    class Failing(ReconstructionLogic):
+        def on_volume_imported(self, node, role):
+            raise ValueError("hook failed")
+
+    volume = _volume(scene, slicer_mod, np.ones((1, 2, 2), np.float32))
+    n_before = scene.GetNumberOfNodes()
+    logic = Failing(command=fake_cli, temp_root=str(runs_dir))
+    with pytest.raises(ReconstructionError, match="hook failed"):
+        logic.process(volume, runner.ReconstructionParameters(task="sr", scale=2))
     assert scene.GetNumberOfNodes() == n_before and list(runs_dir.iterdir()) == []
 
 

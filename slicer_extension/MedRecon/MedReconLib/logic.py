@@ -201,7 +201,7 @@ class ReconstructionRun:
                 return
             try:
                 self.result = self._import_results()
-            except (OSError, MedreconInputError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure: no node, a failed run
                 self.error = ReconstructionError(
                     f"medrecon finished but its output could not be loaded: {exc}",
                     returncode=code, log_tail=tail,
@@ -221,6 +221,9 @@ class ReconstructionRun:
         if not message:
             error_lines = [line for line in lines if line.startswith("Error:")]
             message = error_lines[-1][len("Error:"):].strip() if error_lines else (lines[-1] if lines else "")
+        # the CLI read a temporary export of the volume: name the volume, not that file
+        message = message.replace(repr(str(Path(self.workdir) / "input.nii")),
+                                  f"the volume {self._input.GetName()!r}")
         if code == EXIT_BAD_INPUT:
             return MedreconInputError(message or f"medrecon rejected the input (exit status {code}).")
         return ReconstructionError(
@@ -247,28 +250,28 @@ class ReconstructionRun:
                                  f"{method.strip().replace('+', '-')}")
         scene = self._input.GetScene()
         created: List[Any] = []
-        try:
+        seconds = done.get("seconds")
+        if not isinstance(seconds, (int, float)):
+            seconds = time.monotonic() - self._started
+        try:  # all of it or no node: a failure in any step removes what was added
             volume = mrml_io.read_volume(scene, str(output), self._output_name)
             created.append(volume)
             uncertainty = None
             if std_path is not None:
                 uncertainty = mrml_io.read_volume(scene, str(std_path), self._output_name + "_std")
                 created.append(uncertainty)
+            for node, role in ((volume, "reconstruction"), (uncertainty, "uncertainty")):
+                if node is None:
+                    continue
+                mrml_io.match_orientation(node, self._input)
+                mrml_io.copy_parent_transform(self._input, node)
+                self._annotate(node, role, float(seconds))
+                if self._on_volume_imported is not None:
+                    self._on_volume_imported(node, role)
         except BaseException:
             for node in created:
                 scene.RemoveNode(node)
             raise
-        seconds = done.get("seconds")
-        if not isinstance(seconds, (int, float)):
-            seconds = time.monotonic() - self._started
-        for node, role in ((volume, "reconstruction"), (uncertainty, "uncertainty")):
-            if node is None:
-                continue
-            mrml_io.match_orientation(node, self._input)
-            mrml_io.copy_parent_transform(self._input, node)
-            self._annotate(node, role, float(seconds))
-            if self._on_volume_imported is not None:
-                self._on_volume_imported(node, role)
         return ReconstructionResult(
             output_volume=volume, uncertainty_volume=uncertainty, seconds=float(seconds),
             command=self.command, info=done,
