@@ -334,7 +334,17 @@ def test_pack_keeps_pixels_names_and_folds(tmp_path):
     assert odd.exit_code == 2 and "power of two" in odd.output
     again = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "pk"),
                                        "--resolution", "16"])
-    assert again.exit_code == 0, again.output  # refreshing an existing pack is fine
+    assert again.exit_code == 2 and "--overwrite" in again.output  # it was replaced silently
+    again = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "pk"),
+                                       "--resolution", "16", "--overwrite"])
+    assert again.exit_code == 0, again.output  # refreshing an existing pack, when asked
+    assert list_images(tmp_path / "pk") == list_images(data)
+    # an unreadable image: no half pack is left (a retry was refused as "not a pack")
+    (data / "NORMAL" / "IM-0009-0001.jpeg").write_bytes(b"garbage")
+    bad = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "p2"),
+                                     "--resolution", "16"])
+    assert bad.exit_code == 2 and not (tmp_path / "p2").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_slim_checkpoint_exports_and_resumes(tmp_path):

@@ -174,7 +174,8 @@ def slim_cmd(checkpoint, output, overwrite):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Pack folder (outside --data).")
 @click.option("--resolution", default=128, show_default=True, type=click.IntRange(8, 1024))
-def pack_cmd(data_dir, out_dir, resolution):
+@click.option("--overwrite", is_flag=True, help="Replace an existing training pack.")
+def pack_cmd(data_dir, out_dir, resolution, overwrite):
     """Copy a training folder at training resolution (lossless PNG, original names).
 
     Training on the pack sees the same pixels and the same folds as training on the original,
@@ -183,7 +184,7 @@ def pack_cmd(data_dir, out_dir, resolution):
     from medrecon.training.folds import pack_dataset
 
     try:
-        record = pack_dataset(data_dir, out_dir, resolution=resolution)
+        record = pack_dataset(data_dir, out_dir, resolution=resolution, overwrite=overwrite)
     except MedreconInputError as exc:
         _fail(exc)
     size = sum(p.stat().st_size for p in Path(out_dir).rglob("*") if p.is_file())

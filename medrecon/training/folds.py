@@ -384,7 +384,8 @@ def read_training_image(path: str | Path, resolution: int) -> np.ndarray:
         ) from exc
 
 
-def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int = 128) -> dict:
+def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int = 128,
+                 overwrite: bool = False) -> dict:
     """Copy a training folder at training resolution, to move it where the original is too big.
 
     Every image is stored as :func:`read_training_image` returns it (8-bit grayscale, Lanczos-
@@ -412,19 +413,42 @@ def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int =
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise MedreconInputError(f"pack folder {str(dst)!r} must be outside {str(src)!r}, so "
                                  "that the originals are never touched.")
-    if dst.is_dir() and any(dst.iterdir()) and not (dst / "pack.json").is_file():
-        raise MedreconInputError(f"{str(dst)!r} is a non-empty folder that is not a training "
-                                 "pack; choose an empty or new --out folder.")
-    for rel in files:
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(read_training_image(src / rel, resolution), mode="L").save(
-            target, format="PNG", optimize=True)
-    record = {"format": "medrecon-training-pack-v1", "source": str(src.resolve()),
-              "resolution": resolution, "images": len(files),
-              "content": "8-bit grayscale PNG bytes under the original relative names"}
-    (dst / "pack.json").write_text(json.dumps(record, indent=1) + "\n")
+    if dst.is_dir() and any(dst.iterdir()):
+        if not _is_pack(dst):
+            raise MedreconInputError(f"{str(dst)!r} is a non-empty folder that is not a training "
+                                     "pack; choose an empty or new --out folder.")
+        if not overwrite:
+            raise MedreconInputError(f"{str(dst)!r} already holds a training pack; pass "
+                                     "--overwrite to replace it, or choose another --out.")
+    from medrecon.io.outputs import OutputStage
+
+    # written into a temporary folder and moved into place complete: a failure or Ctrl-C
+    # leaves no half pack (and an existing pack as it was)
+    with OutputStage(overwrite=overwrite) as stage:
+        tmp = stage.folder(dst, foreign=lambda d: [] if _is_pack(d) else
+                           sorted(e.name for e in d.iterdir()))
+        for rel in files:
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(read_training_image(src / rel, resolution), mode="L").save(
+                target, format="PNG", optimize=True)
+        record = {"format": PACK_FORMAT, "source": str(src.resolve()),
+                  "resolution": resolution, "images": len(files),
+                  "content": "8-bit grayscale PNG bytes under the original relative names"}
+        (tmp / "pack.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+#: ``format`` of a training pack's ``pack.json``.
+PACK_FORMAT = "medrecon-training-pack-v1"
+
+
+def _is_pack(folder: Path) -> bool:
+    """Whether ``folder`` is a training pack medrecon wrote (its ``pack.json``)."""
+    try:
+        return json.loads((folder / "pack.json").read_text()).get("format") == PACK_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
