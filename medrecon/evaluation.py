@@ -832,6 +832,12 @@ def _check_run_options(*, task: str, methods: Any, batch_size: Any, noise_sigma:
     if unknown:
         raise MedreconInputError(f"method_options given for {unknown}, which are not among the "
                                  f"evaluated methods {method_list}.")
+    from medrecon.solvers import _common as C
+
+    for m, opts in extra_opts.items():  # names now, not after the methods before it have run
+        spec = solvers.METHODS[_split_bp(m)[0]]
+        C.check_options(opts, (set(spec.defaults) - {"device", "seed", "callback"})
+                        | {"bp", "bp_eta"}, m)
     return method_list, extra_opts
 
 

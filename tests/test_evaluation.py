@@ -548,6 +548,16 @@ def test_operator_options_eval_sets_itself_are_refused(tmp_path):
     with pytest.raises(MedreconInputError, match="needs the fold record"):
         ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
                         images=imgs, lpips=False, fold=1)  # was ignored: every image scored
+    ran = []
+    real = ev._score_method
+    ev._score_method = lambda m, **kw: ran.append(m) or real(m, **kw)
+    try:  # checked before any method runs (bicubic ran first, then brgm failed)
+        with pytest.raises(MedreconInputError, match=r"unknown option\(s\) \['bogus'\]"):
+            ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic,brgm",
+                            images=imgs, lpips=False, method_options={"brgm": {"bogus": 1}})
+    finally:
+        ev._score_method = real
+    assert ran == []
     with pytest.raises(MedreconInputError, match="--folds 'nope.json' is neither"):
         ev.evaluate_run(prior=tiny_prior(resolution=16), task="sr", methods="bicubic",
                         images=imgs, lpips=False, folds="nope.json")  # said "Prior file"
