@@ -461,6 +461,9 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     from medrecon.io import check_image_output, load_image
 
     ctx.meta["medrecon.log_format"] = log_format
+    from medrecon.priors import resolve_prior_path
+
+    resolve_prior_path(str(prior))  # an unknown prior is named as such, before the sample search
     if input_path is not None:
         ref_path, kernel = input_path, "bicubic"
     else:

@@ -399,6 +399,9 @@ def test_demo_on_given_image(tmp_path, prior_dir):
     assert std.shape == img.shape[:2] + (1,) or std.shape == img.shape
     assert float(np.asarray(std).max()) > 0 and "sr_std.nii.gz" in out
     _run(["demo", "--input", src, "--prior", prior_dir, "-o", tmp_path / "demo"], code=2)
+    # an unknown prior is named as such (it said "no sample image found ... pass --input")
+    assert "Unknown prior 'nope'" in _run(["demo", "--prior", "nope", "-o", tmp_path / "d2"],
+                                          code=2)
     # --overwrite with a method without spread: the previous run's std map goes with it
     _run(["demo", "--input", src, "--prior", prior_dir, "--method", "csgm", "--steps", "2",
           "--scale", "2", "-o", tmp_path / "demo_iagan", "--overwrite"])
