@@ -583,10 +583,13 @@ def test_bundle_outputs_are_checked_before_any_work(tmp_path):
     from medrecon.errors import MedreconInputError
     from medrecon.monai import bundle_datalist
 
+    import nibabel as nib
+    from PIL import Image
+
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir(), out.mkdir()
-    (src / "a.png").write_bytes(b"x")
-    (src / "b.nii.gz").write_bytes(b"x")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "a.png")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4)), str(src / "b.nii.gz"))
     kw = dict(output_dir=out, output_postfix="sr")
     assert [d["image"] for d in bundle_datalist(src, **kw)] == [str(src / "a.png"),
                                                                  str(src / "b.nii.gz")]
@@ -594,8 +597,14 @@ def test_bundle_outputs_are_checked_before_any_work(tmp_path):
     with pytest.raises(MedreconInputError, match="b_sr.nii.gz' exists; pass --overwrite true"):
         bundle_datalist(src, **kw)
     assert len(bundle_datalist(src, overwrite=True, **kw)) == 2
-    (src / "a.nii.gz").write_bytes(b"x")
+    (src / "a.nii.gz").write_bytes((src / "b.nii.gz").read_bytes())
     with pytest.raises(MedreconInputError, match="a.nii.gz and a.png would both be written"):
         bundle_datalist(src, overwrite=True, **kw)
     assert (out / "b_sr.nii.gz").read_bytes() == b"mine"
+    # every file is read once first: a bad one stops the run before any item is solved
+    (src / "a.nii.gz").unlink()
+    nib.save(nib.Nifti1Image(np.full((8, 8, 2), np.nan, np.float32), np.eye(4)),
+             str(src / "c.nii.gz"))
+    with pytest.raises(MedreconInputError, match="image c.nii.gz: .*non-finite"):
+        bundle_datalist(src)
 

@@ -42,9 +42,13 @@ def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = No
     share one (``a.png`` and ``a.nii.gz``: the second result would replace the first), and one
     that exists is refused unless ``overwrite`` (``SaveImaged`` replaces files silently).
 
+    Every listed file is read once first (:func:`medrecon.io.load_image`'s checks), so a bad
+    one stops the run before any item is reconstructed.
+
     Raises:
         MedreconInputError: a missing folder, no images, an image without its mask or
-            reference, two images with one output, an existing output without ``overwrite``.
+            reference, two images with one output, an existing output without ``overwrite``,
+            a file medrecon cannot read (named, with the reason).
     """
     src = Path(dataset_dir)
     if not src.is_dir():
@@ -70,7 +74,22 @@ def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = No
     if output_dir is not None:
         _check_outputs(images, Path(output_dir), f"_{output_postfix}" if output_postfix else "",
                        output_ext, overwrite=overwrite)
+    _check_readable(out)
     return out
+
+
+def _check_readable(items: list[dict[str, str]]) -> None:
+    """Read every file of the run once before any solve, so that a corrupt file, NaN voxels or
+    a 4D volume stop the run with its own message before the earlier items are reconstructed
+    and written (they were found item by item, mid-run)."""
+    from medrecon.io import load_image
+
+    for item in items:
+        for key, path in item.items():
+            try:
+                load_image(path)
+            except MedreconInputError as exc:
+                raise MedreconInputError(f"{key} {Path(path).name}: {exc}") from None
 
 
 def _check_outputs(images: list[Path], folder: Path, postfix: str, ext: str, *,
