@@ -47,6 +47,7 @@ import torch
 
 from medrecon.cli_types import InputPath
 from medrecon.errors import MedreconInputError, MissingWeightsError
+from medrecon.generators.checkpoints import sha256_file
 
 __all__ = [
     "CSV_COLUMNS",
@@ -968,10 +969,6 @@ def _input_files(images: Any) -> list[Path]:
     return [Path(p).expanduser() for p in images]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _not_written_by_report(folder: Path, present: list[str]) -> list[str]:
     """The report-named files in ``folder`` that its report's settings.json does not list with
     their content (``report_files``: a user's file of that name, or one changed since).
@@ -983,7 +980,7 @@ def _not_written_by_report(folder: Path, present: list[str]) -> list[str]:
     if not isinstance(made, dict):
         return []
     return [n for n in present if n != "settings.json"
-            and (n not in made or not (folder / n).is_file() or _sha256(folder / n) != made[n])]
+            and (n not in made or not (folder / n).is_file() or sha256_file(folder / n) != made[n])]
 
 
 def _is_report(folder: Path) -> bool:
@@ -1082,7 +1079,7 @@ def write_report(run: EvalRun, out_dir: str | Path, *, overwrite: bool = False) 
             staged["calibration.csv"] = write_calibration_csv(
                 run.calibration, stage.file(out / "calibration.csv"))
         # what this report wrote, so that an --overwrite later replaces exactly these files
-        settings = {**run.settings, "report_files": {n: _sha256(Path(p)) for n, p in staged.items()}}
+        settings = {**run.settings, "report_files": {n: sha256_file(p) for n, p in staged.items()}}
         stage.file(out / "settings.json").write_text(
             json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     for name, made in (("grid.png", run.grid), ("calibration.csv", run.calibration)):

@@ -388,7 +388,7 @@ def test_slim_checkpoint_exports_and_resumes(tmp_path):
     again = runner.invoke(train, ["slim", str(full), "-o", str(slim)])
     assert again.exit_code == 2 and "--overwrite" in again.output
     same = runner.invoke(train, ["slim", str(full), "-o", str(full), "--overwrite"])
-    assert same.exit_code == 2 and "is the input" in same.output
+    assert same.exit_code == 2 and "never writes over" in same.output
     assert read_checkpoint(full)["opt_G"]  # the input is intact
 
 

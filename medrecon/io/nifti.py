@@ -125,12 +125,17 @@ def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
     return MedicalImage(data, check_affine(affine, name=f"the affine of {str(path)!r}"), meta)
 
 
+def from_3d_nifti(meta: Mapping[str, Any]) -> bool:
+    """Whether an image came from a 3D NIfTI file: a single slice of one (``X x Y x 1``) is
+    written 3D, its slice thickness in the header, not squeezed to 2D."""
+    return meta.get("format") == "nifti" and len(meta.get("full_shape") or ()) >= 3
+
+
 def write_nifti(image: MedicalImage, tmp: Path, *, description: str) -> None:
     """Write ``image`` as float32 NIfTI-1 to ``tmp`` (compression from its suffix), with the
     header of :func:`set_nifti_header`. A single slice is written 2D, except where it came
     from a 3D NIfTI (``X x Y x 1``): that stays 3D, its slice thickness in the header."""
-    from_3d = image.meta.get("format") == "nifti" and len(image.meta.get("full_shape", ())) >= 3
-    data = image.array[:, :, 0] if image.is_2d and not from_3d else image.array
+    data = image.array[:, :, 0] if image.is_2d and not from_3d_nifti(image.meta) else image.array
     img = nib.Nifti1Image(data.astype(np.float32, copy=False), image.affine)
     set_nifti_header(img, image.affine, image.meta, description=description)
     nib.save(img, str(tmp))

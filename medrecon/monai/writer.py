@@ -120,13 +120,11 @@ class MedreconNiftiWriter(NibabelWriter):
         import nibabel as nib
         from monai.data.utils import to_affine_nd
 
-        from medrecon.io.nifti import set_nifti_header
+        from medrecon.io.nifti import from_3d_nifti, set_nifti_header
 
         ImageWriter.write(self, filename, verbose=verbose)
         affine = np.eye(4) if self.affine is None else to_affine_nd(3, _numpy(self.affine))
-        full = self.meta.get("full_shape") or ()
-        if self.meta.get("format") == "nifti" and len(full) >= 3 and np.ndim(self.data_obj) == 2:
-            # one slice of a 3D NIfTI stays X x Y x 1, its slice thickness in the header
+        if from_3d_nifti(self.meta) and np.ndim(self.data_obj) == 2:  # stays X x Y x 1
             self.data_obj = _numpy(self.data_obj)[:, :, None]
         self.data_obj = self.create_backend_obj(self.data_obj, affine=affine,
                                                 dtype=self.output_dtype, **obj_kwargs)

@@ -149,18 +149,12 @@ def slim_cmd(checkpoint, output, overwrite):
     It exports like the full checkpoint, and `train run` resumes from it (copy it to
     RUN/checkpoint-latest.pt) with fresh Adam moments.
     """
+    from medrecon.io.outputs import check_output
     from medrecon.training.loop import slim_checkpoint
 
-    from medrecon.io.outputs import check_output, check_writable_place
-
     src, dst = Path(checkpoint), Path(output)
-    if dst.exists() and (dst.resolve() == src.resolve() or not overwrite):
-        _fail(MedreconInputError(
-            f"{str(dst)!r} already exists" + (" and is the input" if dst.resolve() == src.resolve()
-                                               else "; pass --overwrite") + "."))
-    try:
+    try:  # never the input, an existing file only with --overwrite, a writable place
         check_output(dst, overwrite=overwrite, protected=[src], what="slim checkpoint")
-        check_writable_place(dst)
         slim_checkpoint(src, dst)
     except MedreconInputError as exc:
         _fail(exc)
