@@ -115,8 +115,8 @@ def inference(bundle: Path) -> dict:
         "sr_kernel": "box",
         "noise_sigma": 0.0,
         "seed": 0,
-        # replace existing results in output_dir (bundle_datalist refuses them before any work
-        # otherwise: SaveImaged would replace them silently)
+        # replace existing results in output_dir that medrecon wrote (bundle_datalist refuses
+        # them before any work otherwise; another program's file is never replaced)
         "overwrite": False,
         "network_def": network_def(bundle),
         "network": "$@network_def.to(@device)",
@@ -153,7 +153,9 @@ def inference(bundle: Path) -> dict:
             "transforms": [
                 {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
                  "output_postfix": "@task", "resample": False, "separate_folder": False,
-                 "print_log": False},
+                 "print_log": False,
+                 # medrecon's NIfTI (the CLI's header), staged: complete or not there
+                 "writer": "$medrecon.monai.bundle_writer(overwrite=@overwrite)"},
             ],
         },
         "handlers": [
@@ -167,7 +169,9 @@ def inference(bundle: Path) -> dict:
             "prepare_batch": "@prepare_batch", "postprocessing": "@postprocessing",
             "val_handlers": "@handlers", "amp": False,
         },
-        "initialize": ["$monai.utils.set_determinism(seed=None)"],
+        # bad input (a missing folder, a corrupt scan, an existing result): one line, exit 2
+        "initialize": ["$monai.utils.set_determinism(seed=None)",
+                       "$medrecon.monai.report_input_errors()"],
         "run": ["$@evaluator.run()"],
     }
 
@@ -179,7 +183,7 @@ EVALUATE = {
     "data_range": 255.0,
     "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
                      "reference_dir=@reference_dir, output_dir=@output_dir, "
-                     "output_postfix=@task, overwrite=@overwrite)"),
+                     "output_postfix=@task, overwrite=@overwrite, report_files=('metrics.csv',))"),
     "image_keys": "$(['image', 'mask'] if @mask_dir else ['image']) + ['label']",
     "key_metric": {
         "val_psnr": {
@@ -310,7 +314,9 @@ Override `task` (`sr`, `inpaint`, `mri` and `cs` simulated, `deblur`, `denoise`)
 `sr_kernel` (`box` for the shipped samples; match your data), `mask_dir` (inpainting masks of
 the same file names, nonzero = missing), `noise_sigma`, `seed`, `device`, `dataset_dir`,
 `output_dir`, `overwrite` (an existing result is refused before any work without
-`--overwrite true`).
+`--overwrite true`, and a file medrecon did not write even with it; results are written
+complete or not at all). Bad input ends the run with one `medrecon: error:` line and exit
+code 2.
 The same prior from the command line: `medrecon sr INPUT --prior {name} -o OUT`.
 
 ## Retraining

@@ -4,6 +4,7 @@ Inferer, and the bundles' MONAI checks."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -596,7 +597,22 @@ def test_bundle_outputs_are_checked_before_any_work(tmp_path):
     (out / "b_sr.nii.gz").write_bytes(b"mine")
     with pytest.raises(MedreconInputError, match="b_sr.nii.gz' exists; pass --overwrite true"):
         bundle_datalist(src, **kw)
+    # --overwrite true replaces medrecon's results only, never another program's file
+    with pytest.raises(MedreconInputError, match="not written by medrecon; it is never replaced"):
+        bundle_datalist(src, overwrite=True, **kw)
+    ours = nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4))
+    ours.header["descrip"] = b"medrecon 0.1"
+    nib.save(ours, str(out / "b_sr.nii.gz"))
     assert len(bundle_datalist(src, overwrite=True, **kw)) == 2
+    # evaluate.json's MetricsSaver report: the same rule, this bundle's metrics.csv is its own
+    (out / "metrics.csv").write_text("subject,score\n")
+    with pytest.raises(MedreconInputError, match="metrics.csv' exists and was not written"):
+        bundle_datalist(src, overwrite=True, report_files=("metrics.csv",), **kw)
+    (out / "metrics.csv").write_text("val_psnr,31.5\nval_ssim,0.85\n")
+    with pytest.raises(MedreconInputError, match="metrics.csv' exists; pass --overwrite true"):
+        bundle_datalist(src, output_dir=out, output_postfix="new", report_files=("metrics.csv",))
+    assert len(bundle_datalist(src, overwrite=True, report_files=("metrics.csv",), **kw)) == 2
+    (out / "b_sr.nii.gz").write_bytes(b"mine")
     (src / "a.nii.gz").write_bytes((src / "b.nii.gz").read_bytes())
     with pytest.raises(MedreconInputError, match="a.nii.gz and a.png would both be written"):
         bundle_datalist(src, overwrite=True, **kw)
@@ -607,4 +623,77 @@ def test_bundle_outputs_are_checked_before_any_work(tmp_path):
              str(src / "c.nii.gz"))
     with pytest.raises(MedreconInputError, match="image c.nii.gz: .*non-finite"):
         bundle_datalist(src)
+
+
+def test_bundle_writer_writes_complete_marked_files_and_never_a_foreign_one(tmp_path, monkeypatch):
+    """SaveImaged with the bundles' writer: medrecon's NIfTI header (the mark a later
+    --overwrite true looks for); a file that appeared during the solve is not replaced; a write
+    that fails half way leaves neither a partial result nor a temporary file."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+    from monai.transforms import SaveImage
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.io.api import written_by_medrecon
+    from medrecon.monai import bundle_writer
+
+    img = MetaTensor(torch.rand(1, 6, 5), meta={"affine": torch.diag(torch.tensor(
+        [0.5, 0.25, 1.0, 1.0], dtype=torch.float64)), "filename_or_obj": "a.png"})
+
+    def save(overwrite):
+        SaveImage(output_dir=str(tmp_path), output_postfix="sr", resample=False,
+                  separate_folder=False, print_log=False,
+                  writer=bundle_writer(overwrite=overwrite))(img)
+
+    save(False)
+    out = tmp_path / "a_sr.nii.gz"
+    assert written_by_medrecon(out) and nib.load(str(out)).header.get_zooms()[:2] == (0.5, 0.25)
+    with pytest.raises(RuntimeError):  # SaveImage's wrapper; report_input_errors names it
+        save(False)
+    save(True)  # ours: replaced
+    out.write_bytes(b"mine")  # appeared while the image was solved
+    with pytest.raises(RuntimeError):
+        save(True)
+    assert out.read_bytes() == b"mine"
+    from medrecon.monai import bundle as bundle_mod
+
+    assert "not written by medrecon" in str(bundle_mod._WRITER_ERRORS[-1])
+    out.unlink()
+
+    def broken(obj, filename):  # Ctrl-C half way through writing
+        Path(filename).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        _write_direct(img, out)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def _write_direct(img, out):
+    from medrecon.monai import bundle_writer
+
+    w = bundle_writer(overwrite=False)()
+    w.set_data_array(img, channel_dim=0)
+    w.set_metadata(img.meta, resample=False)
+    w.write(str(out))
+
+
+def test_bundle_run_reports_bad_input_in_one_line_with_exit_2(tmp_path):
+    """python -m monai.bundle run: a medrecon input error is one line and exit code 2 (MONAI's
+    runner printed the whole traceback with exit code 1)."""
+    import subprocess
+    import sys
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "brain_mri_stylegan2"
+    r = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                        str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                        "--dataset_dir", str(tmp_path / "nope"), "--output_dir",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"medrecon: error: dataset_dir {str(tmp_path / 'nope')!r} is not a folder; pass "
+        "--dataset_dir with the scans to reconstruct.")
+    assert not (tmp_path / "out").exists()
 

@@ -14,12 +14,15 @@
   (registered for ``.dcm`` on import); :class:`MedreconNiftiWriter`,
   :class:`MedreconRasterWriter` (PNG / TIFF), :class:`MedreconNumpyWriter`: ``SaveImage``
   writers with medrecon's format rules (what ``reconstruct_file`` writes with).
+* :func:`bundle_datalist`, :func:`bundle_writer`, :func:`report_input_errors`: what the
+  shipped bundles' configs call (inputs read and outputs checked before any work, results
+  written complete and never over another program's file, bad input as one line, exit 2).
 * :func:`to_medical_image`: MetaTensor / MedicalImage / array conversion.
 
 See ``docs/monai.md``.
 """
 
-from medrecon.monai.bundle import bundle_datalist
+from medrecon.monai.bundle import bundle_datalist, bundle_writer, report_input_errors
 from medrecon.monai.convert import record_operation, to_medical_image
 from medrecon.monai.inferer import ReconstructionInferer
 from medrecon.monai.network import Reconstructor
@@ -52,7 +55,9 @@ __all__ = [
     "SimulateDegradation",
     "SimulateDegradationd",
     "bundle_datalist",
+    "bundle_writer",
     "record_operation",
+    "report_input_errors",
     "to_medical_image",
 ]
 
