@@ -370,6 +370,10 @@ def evaluate_scans(
 
     Returns:
         The rows, cases in order, methods in order.
+
+    Raises:
+        MedreconInputError: before any reconstruction, for an unknown method, a case whose
+            file, prior, crop or slice axis is bad, or a report folder that may not be written.
     """
     from medrecon.evaluation import check_report_dir
 
@@ -388,6 +392,7 @@ def evaluate_scans(
                 raise MedreconInputError(
                     f"--out {str(out_dir)!r} is, or lies inside, the scan folder {str(c.path)!r} "
                     f"of case {c.name!r}; choose an --out folder outside it.")
+    _check_runs(cases, methods)
     say = progress or (lambda _m: None)
     rows: list[ScanRow] = []
     panels: dict[str, list[np.ndarray]] = {}
@@ -423,6 +428,35 @@ def evaluate_scans(
         _write_report(rows, cases, methods, panels, Path(out_dir), overwrite=overwrite,
                       settings={"device": device, "seed": seed, "steps": steps})
     return rows
+
+
+def _check_runs(cases: Sequence[ScanCase], methods: Sequence[str]) -> None:
+    """Everything the runs need, before the first: every method name (an SR method of the
+    pipeline, ``default`` or ``scipy-cubic``), every case's prior, file, crop and slice axis
+    (:func:`prepare_case` on each, one at a time). A bad last case or method stopped the run
+    only when reached, after the earlier ones had run for minutes."""
+    from medrecon.evaluation import parse_methods
+    from medrecon.priors import resolve_prior_path
+    from medrecon.solvers import check_method_task
+
+    solver = [m for m in methods if m not in ("default", "scipy-cubic")]
+    if solver:
+        try:
+            names = parse_methods(solver)
+        except MedreconInputError as exc:
+            raise MedreconInputError(f"{exc} eval-scans also runs 'default' (the CLI's choice) "
+                                     "and 'scipy-cubic'.") from None
+        for name in names:
+            check_method_task(name[:-3] if name.endswith("-bp") else name, "sr")
+    for case in cases:
+        try:
+            if any(m != "scipy-cubic" for m in methods):
+                resolve_prior_path(case.prior)
+            prepare_case(case)
+        except MedreconInputError as exc:
+            text = str(exc)
+            raise MedreconInputError(text if text.startswith(f"case {case.name!r}")
+                                     else f"case {case.name!r}: {text}") from None
 
 
 # ------------------------------------------------------------------------------ report

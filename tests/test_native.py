@@ -315,6 +315,23 @@ def test_eval_scans_command(tmp_path, prior, capsys):
     assert main(["eval-scans", str(cases), "--out", str(out), "--methods", "bicubic"]) == 2
     assert "--overwrite" in capsys.readouterr().err  # the report is never replaced silently
     assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r2"), "--cases", "nope"]) == 2
+    # every case and method is checked before the first run (a bad last one stopped the run
+    # only when reached, after the earlier ones had run)
+    good = json.loads(cases.read_text())[0]
+    for extra, methods, says in (
+            ({"name": "gone", "path": "missing.nii"}, "scipy-cubic", "case 'gone': "),
+            ({"name": "noprior", "prior": "nope"}, "bicubic", "case 'noprior': Unknown prior"),
+            ({"name": "axis", "slice_axis": None}, "scipy-cubic", "case 'axis': a 3D volume"),
+            ({}, "scipy-cubic,nope", "unknown method(s) 'nope'"),
+            ({}, "scipy-cubic,biharmonic", "solves inpainting, not sr")):
+        cases.write_text(json.dumps([good, {**good, **extra}]))
+        capsys.readouterr()
+        assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r4"),
+                     "--methods", methods]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "anat:" not in err, err  # nothing ran
+        assert not (tmp_path / "r4").exists()
+    cases.write_text(json.dumps([good]))
     cases.write_text(json.dumps([{"name": "x", "path": "a.nii", "prior": "p", "colour": 1}]))
     assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r3")]) == 2
     assert "unknown ['colour']" in capsys.readouterr().err
