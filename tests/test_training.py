@@ -629,3 +629,29 @@ def test_bad_device_and_a_broken_run_record_are_input_errors(tmp_path):
     torch.save({}, tmp_path / "ck" / "checkpoint-latest.pt")
     with pytest.raises(MedreconInputError):
         export_checkpoint(tmp_path / "ck" / "checkpoint-latest.pt", tmp_path / "bundle" / "models")
+
+
+def test_run_refuses_a_batch_larger_than_the_data_and_networks_that_cannot_fit(tmp_path):
+    """A --batch beyond the training images ran steps of repeats; a huge --z-dim was killed by
+    the kernel mid-allocation. Both now exit 2 before anything is allocated or written."""
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+    from medrecon.training.loop import TrainConfig, build_networks, training_bytes
+
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    opts = ["--resolution", "16", "--kimg", "0.004", "--z-dim", "8", "--w-dim", "8",
+            "--channel-base", "64", "--channel-max", "16", "--folds", "3", "--device", "cpu",
+            "--data", str(data), "--out", str(tmp_path / "run")]
+    res = CliRunner().invoke(train, ["run", *opts, "--batch", "5"])
+    assert res.exit_code == 2 and "--batch 5 is larger than the 4 training images" in res.output
+    res = CliRunner().invoke(train, ["run", *opts, "--batch", "2", "--z-dim", str(10**12)])
+    assert res.exit_code == 2 and "GiB for their weights" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+    # the count is the networks' own: G x 5 (weights, EMA, gradient, Adam's two) and D x 4
+    cfg = TrainConfig(resolution=16, z_dim=8, w_dim=8, channel_base=64, channel_max=16)
+    G, D = build_networks(cfg)
+    assert training_bytes(cfg) == 4 * (5 * sum(p.numel() for p in G.parameters())
+                                       + 4 * sum(p.numel() for p in D.parameters()))

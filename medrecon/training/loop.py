@@ -172,6 +172,48 @@ def build_networks(config: TrainConfig):
     return Generator(**config.generator_kwargs()), Discriminator(**config.discriminator_kwargs())
 
 
+def training_bytes(config: TrainConfig) -> int:
+    """Bytes the networks' training state takes, before any activation: G, its EMA copy and D
+    in float32, with their gradients and Adam's two moments (5 copies of G's parameters, 4
+    of D's). Counted on the ``meta`` device, so nothing is allocated."""
+    with torch.device("meta"):
+        G, D = build_networks(config)
+    g = sum(p.numel() for p in G.parameters())
+    d = sum(p.numel() for p in D.parameters())
+    return 4 * (5 * g + 4 * d)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (CUDA: the driver's count; CPU: Linux's MemAvailable, else the
+    physical memory); ``None`` where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path("/proc/meminfo").read_text().splitlines():
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, RuntimeError, ValueError):
+        return None
+    return None
+
+
+def check_training_memory(config: TrainConfig, device: torch.device) -> None:
+    """Refuse a network whose training state alone does not fit in ``device``'s free memory
+    (a huge ``--z-dim`` or ``--channel-max`` was killed by the kernel mid-allocation), before
+    anything is allocated or written."""
+    need, free = training_bytes(config), free_memory(device)
+    if free is not None and need > free:
+        gib = 2.0**30
+        raise MedreconInputError(
+            f"these networks need {need / gib:.1f} GiB for their weights, gradients and Adam "
+            f"state alone, more than the {free / gib:.1f} GiB free on {device}; lower --z-dim, "
+            f"--w-dim, --mapping-layers or --channel-max (now {config.z_dim}, {config.w_dim}, "
+            f"{config.mapping_layers}, {config.channel_max}).")
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------

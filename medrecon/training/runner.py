@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from medrecon.errors import MedreconInputError
 from medrecon.training.folds import ImageFolderDataset, make_folds, save_folds
-from medrecon.training.loop import TrainConfig, Trainer
+from medrecon.training.loop import TrainConfig, Trainer, check_training_memory
 
 __all__ = ["train_run", "hardware_description"]
 
@@ -153,6 +153,12 @@ def train_run(
         check_run_folder(out, data_dir=data_dir, config=config, fold=fold, folds=folds,
                          scheme=fa.scheme, folds_sha256=fa.digest())
         train_files, held_out = fa.split(fold)
+        if config.batch_size > len(train_files):
+            raise MedreconInputError(
+                f"--batch {config.batch_size} is larger than the {len(train_files)} training "
+                f"images of this split (fold {fold} held out): every step would show each image "
+                f"several times. Use --batch {len(train_files)} or less.")
+        check_training_memory(config, dev)
         rank = dist.get_rank() if dist.is_initialized() else 0
         dataset = ImageFolderDataset(data_dir, train_files, resolution=config.resolution)
         trainer = Trainer(dataset, config, device=dev)
