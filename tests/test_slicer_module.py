@@ -227,7 +227,7 @@ def test_cli_arguments_per_task():
     assert sr[-2:] == ["json", "--overwrite"] or sr[-1] == "--overwrite"
     assert "--log-format" in sr and sr[sr.index("--log-format") + 1] == "json"
     assert flags["--scale"] == "2" and flags["--steps"] == "7" and flags["--seed"] == "3"
-    assert flags["--device"] == "cpu" and flags["--samples"] == "4" and flags["--prior"] == "brain_mri"
+    assert flags["--device"] == "cpu" and flags["--samples"] == "4" and flags["--prior"] == "chest_xray"
     assert flags["--ensemble"] == "2" and "--ensemble" not in P(task="sr").cli_arguments("i", "o")
     mri = P(task="mri", acceleration=8, center_fraction=0.04, method=None).cli_arguments("i", "o")
     assert "--simulate" in mri and "--method" not in mri and "--scale" not in mri
@@ -237,6 +237,22 @@ def test_cli_arguments_per_task():
     assert inp[inp.index("--mask") + 1] == "m.nii" and inp[-1] == "--no-bp"
     assert float(inp[inp.index("--noise-sigma") + 1]) == 0.1
     assert "--samples" not in P(task="denoise").cli_arguments("i", "o")
+
+
+def test_defaults_are_the_clis():
+    """Without a prior or method the module runs what `medrecon TASK` runs: the CLI's prior
+    for the task and the prior's method (it ran brain_mri with iagan for every task)."""
+    from medrecon.cli import DEFAULT_PRIOR
+
+    assert runner.DEFAULT_PRIOR == {t: DEFAULT_PRIOR[t] for t in runner.TASKS}
+    for task in runner.TASKS:
+        p = runner.ReconstructionParameters(task=task)
+        args = p.cli_arguments("i", "o", mask_path="m" if task == "inpaint" else None)
+        assert "--method" not in args and args[args.index("--prior") + 1] == DEFAULT_PRIOR[task]
+        assert p.prior_name == DEFAULT_PRIOR[task]
+    mine = runner.ReconstructionParameters(task="mri", prior="/p/prior", method="csgm")
+    args = mine.cli_arguments("i", "o")
+    assert args[args.index("--prior") + 1] == "/p/prior" and "csgm" in args
 
 
 @pytest.mark.parametrize(
@@ -257,7 +273,7 @@ def test_cli_arguments_per_task():
         (dict(scale=33), "from 2 to 32"),  # the CLI's ranges, before the CLI is started
         (dict(seed=2**63), "seed"),
         (dict(acceleration=65), "from 2 to 64"),
-        (dict(samples=2), "single estimate"),  # the default method, iagan, draws no samples
+        (dict(samples=2), "with the default method"),  # the prior's choice draws no samples
     ],
 )
 def test_parameters_reject_bad_values(kwargs, needle):
@@ -817,6 +833,10 @@ def test_parameter_node_translation(medrecon_module):
     p = medrecon_module.parametersFromNode(node)
     assert (p.task, p.prior, p.method, p.steps, p.acceleration, p.seed) == ("mri", "chest_xray", None, None, 8, 5)
     assert p.extra_args == ("--plane", "axial")
+    node.prior = "  "  # an empty field: the task's prior, as the CLI chooses it
+    assert medrecon_module.parametersFromNode(node).prior is None
+    node_class = medrecon_module.MedReconParameterNode
+    assert (node_class.prior, node_class.method) == ("", medrecon_module.DEFAULT_METHOD)
     node.extraArguments = "--plane 'axial"
     with pytest.raises(MedreconInputError, match="Cannot parse"):
         medrecon_module.parametersFromNode(node)

@@ -39,6 +39,7 @@ from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSe
 from MedReconLib.errors import MedreconInputError, ReconstructionCancelled
 from MedReconLib.logic import ReconstructionLogic, ReconstructionResult, ReconstructionRun
 from MedReconLib.runner import (
+    DEFAULT_PRIOR,
     DEVICES,
     METHODS,
     SHIPPED_PRIORS,
@@ -110,7 +111,8 @@ class MedReconParameterNode:
     inputVolume - The volume to reconstruct.
     task - Which forward model the volume went through (medrecon subcommand).
     mask - Inpainting only: labelmap or segmentation marking the voxels to fill in.
-    prior - Shipped prior name (brain_mri, chest_xray) or path to a saved prior.
+    prior - Shipped prior name (brain_mri, chest_xray) or path to a saved prior; empty: the
+        CLI's prior for the task.
     method - Solver or baseline ("default": the prior's default for the task).
     steps - Optimisation steps per slice (0: the method's default).
     device - auto (GPU when available), cuda or cpu.
@@ -126,8 +128,8 @@ class MedReconParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     task: Task = Task.SR
     mask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
-    prior: str = SHIPPED_PRIORS[0]
-    method: Annotated[str, Choice((DEFAULT_METHOD,) + METHODS)] = "iagan"
+    prior: str = ""
+    method: Annotated[str, Choice((DEFAULT_METHOD,) + METHODS)] = DEFAULT_METHOD
     steps: Annotated[int, WithinRange(0, 100000)] = 0
     device: Annotated[str, Choice(DEVICES)] = "auto"
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
@@ -156,7 +158,7 @@ def parametersFromNode(node: MedReconParameterNode) -> ReconstructionParameters:
         ) from exc
     return ReconstructionParameters(
         task=node.task.value,
-        prior=(node.prior or "").strip(),
+        prior=(node.prior or "").strip() or None,
         method=None if node.method == DEFAULT_METHOD else node.method,
         steps=node.steps if node.steps > 0 else None,
         device=node.device,
@@ -277,8 +279,9 @@ class MedReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             missing.append(_("an input volume"))
         if node and task == Task.INPAINT and not node.mask:
             missing.append(_("a mask (labelmap or segmentation)"))
-        if node and not (node.prior or "").strip():
-            missing.append(_("a prior"))
+        # an empty prior runs the CLI's prior for the task, as `medrecon TASK` does
+        self.ui.priorLineEdit.placeholderText = _("default: {prior}").format(
+            prior=DEFAULT_PRIOR.get(task.value, ""))
         self.ui.applyButton.enabled = not running and not missing
         self.ui.applyButton.toolTip = (
             _("Select {what} first.").format(what=", ".join(missing)) if missing

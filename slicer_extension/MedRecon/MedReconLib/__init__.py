@@ -12,6 +12,7 @@ pure-Python parts load without ``slicer``/``vtk``.
 
 from .errors import MedreconInputError, ReconstructionCancelled, ReconstructionError
 from .runner import (
+    DEFAULT_PRIOR,
     DEVICES,
     METHODS,
     SHIPPED_PRIORS,
@@ -25,6 +26,7 @@ from .runner import (
 )
 
 __all__ = [
+    "DEFAULT_PRIOR",
     "DEVICES",
     "METHODS",
     "SHIPPED_PRIORS",

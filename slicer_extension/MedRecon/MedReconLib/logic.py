@@ -283,7 +283,7 @@ class ReconstructionRun:
             "Role": role,
             "Source": self._input.GetID() or "",
             "Task": p.task,
-            "Prior": p.prior,
+            "Prior": p.prior_name,
             "Method": p.method or "default",
             "Seed": str(p.seed),
             "Seconds": f"{seconds:.3f}",

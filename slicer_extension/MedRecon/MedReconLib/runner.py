@@ -65,6 +65,13 @@ DEVICES: Tuple[str, ...] = ("auto", "cuda", "cpu")
 #: Priors shipped with medrecon (a prior may also be given as a path to a prior directory/file).
 SHIPPED_PRIORS: Tuple[str, ...] = ("brain_mri", "chest_xray")
 
+#: The prior each task uses when none is chosen: the CLI's own defaults (``medrecon.cli``'s
+#: ``DEFAULT_PRIOR``; a test keeps the two equal), so the module runs what ``medrecon TASK``
+#: runs.
+DEFAULT_PRIOR: Dict[str, str] = {"sr": "chest_xray", "inpaint": "chest_xray",
+                                 "deblur": "chest_xray", "denoise": "chest_xray",
+                                 "mri": "brain_mri"}
+
 
 #: CLI options the module sets itself and ``extra_args`` may not: the output (a temporary
 #: file the module loads; ``-o`` there would write, with the module's ``--overwrite``, over a
@@ -82,9 +89,11 @@ class ReconstructionParameters:
     Attributes:
         task: One of :data:`TASKS` (the CLI subcommand). Default ``"sr"``.
         prior: Name of a shipped prior (``"brain_mri"``, ``"chest_xray"``) or a path to a prior
-            saved by ``medrecon.priors.save_prior``. Default ``"brain_mri"``.
+            saved by ``medrecon.priors.save_prior``; ``None``: the CLI's prior for the task
+            (:data:`DEFAULT_PRIOR`). Default ``None``.
         method: Solver or baseline name, e.g. ``"iagan"``, ``"brgm"``, ``"csgm"``, ``"bicubic"``;
-            ``None`` lets medrecon choose the prior's default for the task. Default ``"iagan"``.
+            ``None`` lets medrecon choose the prior's default for the task, as the CLI does
+            without ``--method``. Default ``None``.
         steps: Optimisation steps per slice; ``None`` keeps the method's default. Default ``None``.
         ensemble: IAGAN: independent runs per slice whose images are averaged (``--ensemble``;
             1 is the fastest); ``None`` keeps the per-task default (an SR volume of thin
@@ -102,8 +111,8 @@ class ReconstructionParameters:
     """
 
     task: str = "sr"
-    prior: str = "brain_mri"
-    method: Optional[str] = "iagan"
+    prior: Optional[str] = None
+    method: Optional[str] = None
     steps: Optional[int] = None
     ensemble: Optional[int] = None
     device: str = "auto"
@@ -114,6 +123,11 @@ class ReconstructionParameters:
     center_fraction: float = 0.08
     noise_sigma: float = 0.0
     extra_args: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def prior_name(self) -> str:
+        """The prior that runs: :attr:`prior`, else the task's (:data:`DEFAULT_PRIOR`)."""
+        return self.prior if self.prior is not None else DEFAULT_PRIOR.get(self.task, "")
 
     def validate(self) -> None:
         """Check every field; raise :class:`MedreconInputError` naming the bad one.
@@ -126,7 +140,9 @@ class ReconstructionParameters:
                 f"Unknown task {self.task!r}; expected one of {', '.join(TASKS)}. "
                 "Pick the task in the Task selector (or pass task='sr', ...)."
             )
-        _check_word("prior", self.prior, "a shipped prior name such as 'brain_mri' or a path")
+        if self.prior is not None:
+            _check_word("prior", self.prior,
+                        "a shipped prior name such as 'brain_mri', a path, or None for the task's")
         if self.method is not None:
             _check_word("method", self.method, f"one of {', '.join(METHODS)} or None")
         if self.steps is not None:
@@ -145,8 +161,9 @@ class ReconstructionParameters:
         _check_int("scale", self.scale, minimum=2, maximum=32, hint="e.g. 2, 4 or 8")
         _check_int("acceleration", self.acceleration, minimum=2, maximum=64, hint="e.g. 4 or 8")
         if self.samples > 0 and self.method not in SAMPLING_METHODS:
+            which = "the default method" if self.method is None else f"method {self.method!r}"
             raise MedreconInputError(
-                f"Invalid samples: got {self.samples} with method {self.method!r}, which gives a "
+                f"Invalid samples: got {self.samples} with {which}, which gives a "
                 f"single estimate; expected a sampling method ({', '.join(SAMPLING_METHODS)}) "
                 "for an uncertainty map, or samples 0.")
         _check_float("center_fraction", self.center_fraction, low=0.0, high=1.0, open_low=True,
@@ -208,7 +225,7 @@ class ReconstructionParameters:
         """
         self.validate()
         self.check_mask(has_mask=mask_path is not None)
-        args = [self.task, str(input_path), "-o", str(output_path), "--prior", self.prior]
+        args = [self.task, str(input_path), "-o", str(output_path), "--prior", self.prior_name]
         if self.method is not None:
             args += ["--method", self.method]
         if self.steps is not None:
