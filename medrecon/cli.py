@@ -433,8 +433,8 @@ DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
               default=Path("medrecon_demo"), show_default=True, help="Folder for the outputs.")
 @click.option("--prior", default=DEMO_PRIOR, show_default=True, help="Prior bundle.")
 @click.option("--input", "input_path", type=InputPath(dir_okay=False), default=None,
-              help="A high-resolution image to downsample and recover instead of the bundle's "
-              "sample reference (simulated low resolution; the image is the reference).")
+              help="A high-resolution image to downsample (bicubic) and recover instead of the "
+              "bundle's sample reference (simulated low resolution; the image is the reference).")
 @click.option("--method", default=None, help="Reconstruction method. [default: the prior's]")
 @click.option("--scale", type=click.IntRange(min=2, max=32), default=DEMO_SCALE, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=None,
@@ -500,10 +500,10 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
         base = _reconstruct_demo(reference, method="lanczos", bp=True, **common)
     finally:
         reporter.close()
-    _demo_outputs(res, base, reference, outs, png, scale=scale, overwrite=overwrite,
-                  protected=protected)
+    _demo_outputs(res, base, reference, outs, png, scale=scale, kernel=kernel,
+                  overwrite=overwrite, protected=protected)
     _demo_report(res, base, reference, ref_path, outs, png, prior=prior, scale=scale,
-                 log_format=log_format)
+                 kernel=kernel, log_format=log_format)
 
 
 def _reconstruct_demo(image: Any, **kw: Any) -> Any:
@@ -515,7 +515,7 @@ def _reconstruct_demo(image: Any, **kw: Any) -> Any:
 
 
 def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *, scale: int,
-                  overwrite: bool, protected: list) -> None:
+                  kernel: str, overwrite: bool, protected: list) -> None:
     """Write the demo's images and its side-by-side figure, all or none."""
     import numpy as np
 
@@ -523,7 +523,7 @@ def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *,
     from medrecon.io.outputs import OutputStage
 
     gt = np.asarray(reference.array, dtype=np.float64)
-    panels = [_lowres_view(gt, scale), np.asarray(base.image.array), np.asarray(res.image.array)]
+    panels = [_lowres_view(gt, scale, kernel), np.asarray(base.image.array), np.asarray(res.image.array)]
     titles = ["low-res", "Lanczos + BP", str(res.info["method"])]
     own = set()
     if res.std is not None:
@@ -550,7 +550,7 @@ def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *,
 
 
 def _demo_report(res: Any, base: Any, reference: Any, ref_path: Path, outs: dict, png: Path, *,
-                 prior: str, scale: int, log_format: str) -> None:
+                 prior: str, scale: int, kernel: str, log_format: str) -> None:
     """Print (or emit as JSON) the demo's scores against the reference."""
     import numpy as np
 
@@ -565,7 +565,8 @@ def _demo_report(res: Any, base: Any, reference: Any, ref_path: Path, outs: dict
                                "seconds": round(res.info["seconds"], 3),
                                "metrics": {k: {"psnr": v[0], "ssim": v[1]} for k, v in scores.items()}}),
                    err=True)
-    click.echo(f"demo: SR x{scale} of {Path(str(ref_path)).name} (box average) with prior {prior}")
+    click.echo(f"demo: SR x{scale} of {Path(str(ref_path)).name} ({_KERNEL_TEXT[kernel]}) "
+               f"with prior {prior}")
     click.echo(f"  vs reference {Path(str(ref_path)).name}:")
     for n, (p, s_) in scores.items():
         ssim_text = f"SSIM {s_:.4f}" if s_ is not None else "SSIM n/a (image under 11 x 11)"
@@ -597,12 +598,23 @@ def _psnr_ssim(x: Any, ref: Any, data_range: float) -> tuple[float, float | None
     return float(p.mean()), float(s.mean())
 
 
-def _lowres_view(gt: Any, scale: int) -> Any:
-    """Box-downsampled then pixel-replicated view of the ground truth (what the solver saw)."""
+#: How the demo names its simulated acquisition, by SR kernel.
+_KERNEL_TEXT = {"box": "box average", "bicubic": "bicubic downsampling"}
+
+
+def _lowres_view(gt: Any, scale: int, kernel: str) -> Any:
+    """The ground truth measured with the demo's SR operator (``kernel``), pixel-replicated
+    back to its size: what the solver saw."""
     import numpy as np
+    import torch
+
+    from medrecon.physics import SuperResolution
 
     X, Y = gt.shape[0] // scale * scale, gt.shape[1] // scale * scale
-    lr = gt[:X, :Y].reshape(X // scale, scale, Y // scale, scale, -1).mean(axis=(1, 3))
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(gt[:X, :Y], -1, 0)[:, None]))
+    with torch.no_grad():
+        lr = SuperResolution(scale, img_size=(X, Y), kernel=kernel).A(slices.double())
+    lr = np.moveaxis(lr[:, 0].numpy(), 0, -1)
     up = np.repeat(np.repeat(lr, scale, 0), scale, 1)
     out = np.zeros_like(gt)
     out[:X, :Y] = up
