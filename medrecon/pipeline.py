@@ -294,6 +294,15 @@ MIN_SR_PRIOR_FACTOR = 2.5
 SR_FALLBACK = "lanczos"
 
 
+def may_fall_back(*, task: str, simulate: bool, method_chosen: bool, samples: int,
+                  ensemble: int | None) -> bool:
+    """Whether the SR default may give way to :data:`SR_FALLBACK` (:func:`sr_fallback`): not
+    for a method, posterior samples or an ``ensemble`` the user asked for, each of which asks
+    for the generative solver (an explicit ensemble was refused as an option Lanczos lacks)."""
+    return (task == "sr" and not simulate and not method_chosen and not samples
+            and ensemble is None)
+
+
 def sr_fallback(method: str, in_hw: tuple[int, int], spacing_hw: Sequence[float], R: int,
                 scale: int) -> tuple[str, str] | None:
     """``(method, message)`` replacing a generative SR default the prior cannot support, or None.
@@ -1394,7 +1403,9 @@ def reconstruct_file(
         protected += [Path(s) for s in image.meta.get("source_paths") or []]
         is_2d = _is_2d(image)
     label = _output_label(method_name, options)
-    if image is not None and method is None and task == "sr" and not simulate and not samples:
+    if image is not None and may_fall_back(task=task, simulate=simulate,
+                                           method_chosen=method is not None, samples=samples,
+                                           ensemble=options.get("ensemble")):
         planned = _planned_sr_fallback(to_medical_image(image)[0], prior_obj, method_name, options)
         if planned is not None:  # the name says what will run
             label = _output_label(planned, {**options, "bp": options.get("bp", True)})

@@ -187,7 +187,8 @@ def _coherence_width(s: ReconstructionSettings, d: dict) -> float:
 class ChooseMethod(Transform):
     """The method and back-projection for these slices: the settings' method, except that a
     generative SR default the prior cannot support here becomes Lanczos + back-projection
-    (:func:`medrecon.pipeline.sr_fallback`, said in a :class:`MedreconWarning`); ``denoise``
+    (:func:`medrecon.pipeline.sr_fallback`, said in a :class:`MedreconWarning`; not when a
+    method, samples or an ensemble were asked for: :func:`medrecon.pipeline.may_fall_back`); ``denoise``
     does not back-project by default (it would return the noisy input). Also the across-slice
     width of the coherence step (``"coherence"``, in slices) and the ensemble: an SR volume of
     at least 3 slices close enough to be made coherent (:data:`medrecon.volume.COHERENT_SIGMA`)
@@ -201,7 +202,8 @@ class ChooseMethod(Transform):
     def __call__(self, d: dict) -> dict:
         s = self.s
         method, bp, fallback = s.method, s.bp, None
-        if s.task == "sr" and not s.simulate and not s.chosen_by_user and not s.samples:
+        if P.may_fall_back(task=s.task, simulate=s.simulate, method_chosen=s.chosen_by_user,
+                           samples=s.samples, ensemble=s.ensemble):
             n, h, w = d["slices"].shape
             R, _ = P._prior_resolution(self.prior)
             fallback = P.sr_fallback(method, (h, w), d["sp_hw"], R, s.scale)

@@ -285,6 +285,9 @@ def test_sr_default_falls_back_where_the_prior_supplies_little(prior, tmp_path):
     # a method the user chose always runs
     res = reconstruct(low, task="sr", prior=prior, scale=4, method="csgm", steps=2)
     assert res.info["method"].startswith("csgm") and "fallback" not in res.info
+    # so does an ensemble asked for (an IAGAN option: it was refused as Lanczos lacks it)
+    res = reconstruct(low, task="sr", prior=prior, scale=4, ensemble=2, steps=1)
+    assert res.info["method"].startswith("iagan") and "fallback" not in res.info
     # on the prior's grid (x4) the generative default runs
     ideal = MedicalImage(_smooth((4, 4, 1)), np.eye(4))
     res = reconstruct(ideal, task="sr", prior=prior, scale=4, steps=1, ensemble=1)
@@ -294,6 +297,9 @@ def test_sr_default_falls_back_where_the_prior_supplies_little(prior, tmp_path):
     with pytest.warns(MedreconWarning):
         out = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4)
     assert out.output_path.name == "low_sr_lanczos-bp.nii.gz"
+    out = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4, ensemble=2,
+                           steps=1)
+    assert out.output_path.name.startswith("low_sr_iagan")
 
 
 def test_eval_scans_command(tmp_path, prior, capsys):
