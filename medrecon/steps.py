@@ -36,7 +36,7 @@ from monai.transforms import Compose, Transform
 
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.solvers._common import SEED_LIMIT, is_real
+from medrecon.solvers._common import SEED_LIMIT, is_real, resolve_device
 from medrecon.transforms import PLANES, IntensityWindow
 from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, SLICE_COUPLING, VOLUME_ENSEMBLE,
                              check_coherence, coherence_sigma)
@@ -113,7 +113,12 @@ class ReconstructionSettings:
                 and noise_sigma >= 0):
             raise MedreconInputError(f"noise_sigma must be a finite number >= 0; got {noise_sigma!r}.")
         if task == "sr":
+            from medrecon.physics import SR_KERNELS
+            from medrecon.physics._utils import check_choice
+
             scale = P._check_int("scale", scale, minimum=1)
+            check_choice(sr_kernel, "sr_kernel", SR_KERNELS)
+        resolve_device(device)  # an unknown device, or CUDA on a machine without it
         key_every = DEFAULT_KEY_EVERY if key_every is None else P._check_int(
             "key_every", key_every, minimum=1)
         if warm_steps is not None:

@@ -119,7 +119,8 @@ def inference(bundle: Path) -> dict:
         # them before any work otherwise; another program's file is never replaced)
         "overwrite": False,
         "network_def": network_def(bundle),
-        "network": "$@network_def.to(@device)",
+        # medrecon.monai.bundle_device: a --device the machine lacks is one line, exit 2
+        "network": "$@network_def.to(medrecon.monai.bundle_device(@device))",
         # the bundle's job as a network (degraded scans (B, 1, H, W) -> reconstructions), the
         # shape metadata.json's network_data_format describes: `verify_net_in_out --net_id
         # reconstructor` checks it. It runs the inferer below (same ids, same pipeline) with the
@@ -127,7 +128,8 @@ def inference(bundle: Path) -> dict:
         "reconstructor": {"_target_": "medrecon.monai.Reconstructor", "inferer": "@inferer"},
         "image_keys": "$['image', 'mask'] if @mask_dir else ['image']",
         "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
-                         "output_dir=@output_dir, output_postfix=@task, overwrite=@overwrite)"),
+                         "output_dir=@output_dir, output_postfix=@task, overwrite=@overwrite, "
+                         "task=@task)"),
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -183,7 +185,8 @@ EVALUATE = {
     "data_range": 255.0,
     "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
                      "reference_dir=@reference_dir, output_dir=@output_dir, "
-                     "output_postfix=@task, overwrite=@overwrite, report_files=('metrics.csv',))"),
+                     "output_postfix=@task, overwrite=@overwrite, task=@task, "
+                     "report_files=('metrics.csv',))"),
     "image_keys": "$(['image', 'mask'] if @mask_dir else ['image']) + ['label']",
     "key_metric": {
         "val_psnr": {

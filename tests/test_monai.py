@@ -697,3 +697,91 @@ def test_bundle_run_reports_bad_input_in_one_line_with_exit_2(tmp_path):
         "--dataset_dir with the scans to reconstruct.")
     assert not (tmp_path / "out").exists()
 
+
+
+def test_bundle_datalist_reads_dicom_series_and_checks_pairs_before_any_work(tmp_path):
+    """A DICOM series is one volume, as the CLI reads it (its slices were separate 2D
+    results); a mask off its image's grid, a task without its mask (or a mask it does not
+    take), an output folder that is the input folder and a volume to score as 2D are refused
+    before any item is reconstructed (they were found mid-run, after earlier results)."""
+    import shutil
+
+    import nibabel as nib
+    from PIL import Image
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import bundle_datalist
+
+    data = Path(__file__).resolve().parent / "data"
+    series = tmp_path / "series"
+    shutil.copytree(data / "ct_oblique", series)  # loose slices of one series: one volume
+    assert [d["image"] for d in bundle_datalist(series)] == [str(series)]
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    shutil.copytree(data / "ct_oblique", ds / "ct")  # a series subfolder: one volume
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(ds / "a.png")
+    assert [d["image"] for d in bundle_datalist(ds)] == [str(ds / "a.png"), str(ds / "ct")]
+    shutil.copy(data / "ct_oblique" / "slice_00.dcm", ds / "s0.dcm")
+    shutil.copy(data / "ct_oblique" / "slice_01.dcm", ds / "s1.dcm")
+    with pytest.raises(MedreconInputError, match="subfolder of its own"):
+        bundle_datalist(ds)
+    (ds / "s0.dcm").unlink(), (ds / "s1.dcm").unlink()
+    # masks: on the image's grid, and only for inpainting
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(np.zeros((4, 8), np.uint8)).save(masks / "a.png")
+    shutil.copytree(data / "ct_oblique", masks / "ct")
+    with pytest.raises(MedreconInputError, match="mask a.png is 8x4x1 but image a.png is 8x8x1"):
+        bundle_datalist(ds, mask_dir=masks, task="inpaint")
+    with pytest.raises(MedreconInputError, match="task inpaint needs a mask"):
+        bundle_datalist(ds, task="inpaint")
+    with pytest.raises(MedreconInputError, match="only used by task inpaint"):
+        bundle_datalist(ds, mask_dir=masks, task="sr")
+    with pytest.raises(MedreconInputError, match="is the input folder"):
+        bundle_datalist(ds, output_dir=ds, output_postfix="sr")
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(refs / "a.png")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4)), str(refs / "ct.nii.gz"))
+    with pytest.raises(MedreconInputError, match="evaluate.json scores 2D images"):
+        bundle_datalist(ds, reference_dir=refs)
+
+
+def test_bundle_inferer_checks_its_options_when_built(prior):
+    """A bad method, steps, kernel, device or option name is found when the bundle's config
+    builds the inferer, before any batch (it stopped the run per batch, inside the engine's
+    traceback, after earlier results were written)."""
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import ReconstructionInferer, bundle_device
+
+    ok = ReconstructionInferer(prior, "sr", method="csgm", steps=2, scale=4,
+                               sr_kernel="box", device="cpu")
+    assert ok.prior is not None
+    for kw, says in ((dict(method="nosuch"), "unknown method 'nosuch'"),
+                     (dict(steps=0), "steps"), (dict(scale=0), "scale"),
+                     (dict(sr_kernel="foo"), "sr_kernel must be one of"),
+                     (dict(colour=1), "unknown reconstruction option"),
+                     (dict(device="tpu"), "not a device")):
+        with pytest.raises(MedreconInputError, match=says):
+            ReconstructionInferer(prior, "sr", **kw)
+    if not torch.cuda.is_available():
+        with pytest.raises(MedreconInputError, match="CUDA is not available"):
+            bundle_device("cuda")
+    assert bundle_device("cpu") == torch.device("cpu")
+
+
+def test_bundle_error_hook_stays_out_of_the_users_process(tmp_path, monkeypatch):
+    """report_input_errors() changes sys.excepthook only in `python -m monai.bundle`'s own
+    process, and a writer's error is reported only for the RuntimeError of its own file."""
+    import sys
+
+    from medrecon.monai import bundle as bundle_mod
+    from medrecon.errors import MedreconInputError
+
+    before = sys.excepthook
+    bundle_mod.report_input_errors()
+    assert sys.excepthook is before
+    monkeypatch.setattr(bundle_mod, "_WRITER_ERRORS", [("/o/a_sr.nii.gz", MedreconInputError("x"))])
+    assert bundle_mod._writer_error(RuntimeError("unrelated")) is None
+    assert bundle_mod._writer_error(RuntimeError(
+        "SaveImage cannot find a suitable writer for /o/a_sr.nii.gz.\n ...")) is not None

@@ -22,7 +22,12 @@
 See ``docs/monai.md``.
 """
 
-from medrecon.monai.bundle import bundle_datalist, bundle_writer, report_input_errors
+from medrecon.monai.bundle import (
+    bundle_datalist,
+    bundle_device,
+    bundle_writer,
+    report_input_errors,
+)
 from medrecon.monai.convert import record_operation, to_medical_image
 from medrecon.monai.inferer import ReconstructionInferer
 from medrecon.monai.network import Reconstructor
@@ -55,6 +60,7 @@ __all__ = [
     "SimulateDegradation",
     "SimulateDegradationd",
     "bundle_datalist",
+    "bundle_device",
     "bundle_writer",
     "record_operation",
     "report_input_errors",

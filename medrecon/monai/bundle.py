@@ -17,8 +17,8 @@ from typing import Any
 from medrecon.errors import MedreconInputError
 from medrecon.monai.writer import MedreconNiftiWriter
 
-__all__ = ["BUNDLE_SUFFIXES", "METRIC_NAMES", "bundle_datalist", "bundle_writer",
-           "report_input_errors"]
+__all__ = ["BUNDLE_SUFFIXES", "METRIC_NAMES", "bundle_datalist", "bundle_device",
+           "bundle_writer", "report_input_errors"]
 
 #: Files the bundles read (MONAI's ``LoadImaged`` with :class:`medrecon.monai.MedreconReader`).
 BUNDLE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm",
@@ -33,82 +33,167 @@ def _stem(p: Path) -> str:
     return p.stem
 
 
-def _images(folder: Path) -> list[Path]:
+def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".")
                   and p.name.lower().endswith(BUNDLE_SUFFIXES))
+
+
+def _series_uid(path: Path) -> str:
+    from medrecon.io.dicom_read import read_dicom_header
+
+    ds = read_dicom_header(path)
+    return str(ds.get("SeriesInstanceUID", "")) if ds is not None else ""
+
+
+def _images(folder: Path) -> list[Path]:
+    """The inputs of ``folder``, as the CLI reads a folder: each image file; each subfolder
+    holding DICOM files is one series (one volume, named after the subfolder); loose ``.dcm``
+    files are one image each, unless they are the slices of one series, which is then read
+    as a volume named after ``folder``.
+
+    Raises:
+        MedreconInputError: loose slices of several series, or loose slices beside series
+            subfolders (which result would be whose is ambiguous).
+    """
+    from medrecon.io.dicom_read import list_series
+
+    files = _files(folder)
+    dicom = [p for p in files if p.name.lower().endswith(".dcm")]
+    series_dirs = [d for d in sorted(folder.iterdir())
+                   if d.is_dir() and not d.name.startswith(".") and list_series(d)]
+    groups: dict[str, list[Path]] = {}
+    for f in dicom:
+        groups.setdefault(_series_uid(f) or f.name, []).append(f)
+    stacks = [g for g in groups.values() if len(g) > 1]
+    if not stacks:
+        return sorted([*files, *series_dirs], key=lambda q: q.name)
+    if len(groups) > 1 or series_dirs:
+        raise MedreconInputError(
+            f"{str(folder)!r} holds the slices of a DICOM series ({stacks[0][0].name} ...) as "
+            "loose files beside other DICOM images or series folders; put each series in a "
+            "subfolder of its own (one result per subfolder).")
+    return sorted([*(f for f in files if f not in dicom), folder], key=lambda q: q.name)
 
 
 def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = None,
                     reference_dir: str | Path | None = None,
                     output_dir: str | Path | None = None, output_postfix: str = "",
                     output_ext: str = ".nii.gz", overwrite: bool = False,
-                    report_files: tuple[str, ...] = ()) -> list[dict[str, str]]:
+                    report_files: tuple[str, ...] = (),
+                    task: str | None = None) -> list[dict[str, str]]:
     """``[{"image": ..., ["mask": ...], ["label": ...]}]`` for a bundle run.
 
-    Images are the readable files of ``dataset_dir`` in sorted order. A mask (nonzero =
-    missing) and a reference are found by file stem in their folders (a ``_lr`` suffix of the
-    image stem is dropped when looking for its reference, as in the shipped samples).
+    Images are the inputs of ``dataset_dir`` in sorted order (:func:`_images`: image files,
+    and DICOM series as volumes, as the CLI reads them). A mask (nonzero = missing, on the
+    image's grid) and a reference are found by stem in their folders (a ``_lr`` suffix of the
+    image stem is dropped when looking for its reference, as in the shipped samples). With
+    ``task``, a mask folder is required for ``inpaint`` and refused for the other tasks.
 
     With ``output_dir``, the files ``SaveImaged`` will write there
-    (``<stem>_<output_postfix><output_ext>``) are checked before any work: two images may not
-    share one (``a.png`` and ``a.nii.gz``: the second result would replace the first), and one
-    that exists is refused unless ``overwrite``, and even then unless medrecon wrote it
-    (:func:`medrecon.io.api.written_by_medrecon`; the bundles' :func:`bundle_writer` marks its
-    files). ``report_files`` (``metrics.csv`` of ``MetricsSaver``) are checked the same way; a
-    report is taken as this bundle's own when each of its lines is one of
-    :data:`METRIC_NAMES` and a number (MONAI's ``metrics.csv`` form).
+    (``<stem>_<output_postfix><output_ext>``) are checked before any work: ``output_dir`` may
+    not be an input folder (the results would be read as inputs next time), two images may
+    not share one output (``a.png`` and ``a.nii.gz``: the second result would replace the
+    first), and one that exists is refused unless ``overwrite``, and even then unless
+    medrecon wrote it (:func:`medrecon.io.api.written_by_medrecon`; the bundles'
+    :func:`bundle_writer` marks its files). ``report_files`` (``metrics.csv`` of
+    ``MetricsSaver``) are checked the same way; a report is taken as this bundle's own when
+    each of its lines is one of :data:`METRIC_NAMES` and a number (MONAI's ``metrics.csv``
+    form).
 
-    Every listed file is read once first (:func:`medrecon.io.load_image`'s checks), so a bad
-    one stops the run before any item is reconstructed.
+    Every listed file is read once first (:func:`medrecon.io.load_image`'s checks; a mask
+    against its image's grid; with references, the images must be 2D, what evaluate.json's
+    metrics score), so a bad one stops the run before any item is reconstructed.
 
     Raises:
         MedreconInputError: a missing folder, no images, an image without its mask or
-            reference, two images with one output, an existing output without ``overwrite``,
-            a file medrecon cannot read (named, with the reason).
+            reference, a mask the task does not take or lacks, two images with one output,
+            an output folder that is an input folder, an existing output without
+            ``overwrite``, a file medrecon cannot read (named, with the reason).
     """
     src = Path(dataset_dir)
     if not src.is_dir():
         raise MedreconInputError(f"dataset_dir {str(src)!r} is not a folder; pass "
                                  "--dataset_dir with the scans to reconstruct.")
+    _check_task_mask(task, mask_dir)
     images = _images(src)
     if not images:
         raise MedreconInputError(f"no images in {str(src)!r}; expected files ending in "
-                                 f"{', '.join(BUNDLE_SUFFIXES)}.")
+                                 f"{', '.join(BUNDLE_SUFFIXES)} or DICOM series folders.")
     out = [{"image": str(p)} for p in images]
     for key, folder, strip in (("mask", mask_dir, False), ("label", reference_dir, True)):
-        if folder is None:
-            continue
-        table = {_stem(p): p for p in _images(Path(folder))} if Path(folder).is_dir() else {}
-        for item, img in zip(out, images):
-            stem = _stem(img)
-            stem = stem[:-3] if strip and stem.endswith("_lr") else stem
-            if stem not in table:
-                raise MedreconInputError(
-                    f"no {key} for {img.name} in {str(folder)!r} (looked for {stem}.*); give "
-                    f"each image a {key} file of the same name.")
-            item[key] = str(table[stem])
+        if folder is not None:
+            _pair(out, images, key, Path(folder), strip=strip)
     if output_dir is not None:
+        _check_output_dir(Path(output_dir), [src, mask_dir, reference_dir])
         _check_outputs(images, Path(output_dir), f"_{output_postfix}" if output_postfix else "",
                        output_ext, overwrite=overwrite)
         for name in report_files:
             check_result(Path(output_dir) / name, overwrite=overwrite, ours=_our_report)
-    _check_readable(out)
+    _check_readable(out, two_d=reference_dir is not None)
     return out
 
 
-def _check_readable(items: list[dict[str, str]]) -> None:
-    """Read every file of the run once before any solve, so that a corrupt file, NaN voxels or
-    a 4D volume stop the run with its own message before the earlier items are reconstructed
-    and written (they were found item by item, mid-run)."""
+def _check_task_mask(task: str | None, mask_dir: Any) -> None:
+    if task is None:
+        return
+    if task == "inpaint" and mask_dir is None:
+        raise MedreconInputError(
+            "task inpaint needs a mask per image (nonzero = missing); pass --mask_dir with "
+            "files of the images' names.")
+    if task != "inpaint" and mask_dir is not None:
+        raise MedreconInputError(
+            f"a mask is only used by task inpaint; got --mask_dir with task {task!r}. Drop "
+            "--mask_dir or pass --task inpaint.")
+
+
+def _pair(items: list[dict[str, str]], images: list[Path], key: str, folder: Path, *,
+          strip: bool) -> None:
+    """Give each item its ``key`` file of ``folder``, found by the image's stem."""
+    table = {_stem(p): p for p in _images(folder)} if folder.is_dir() else {}
+    for item, img in zip(items, images):
+        stem = _stem(img)
+        stem = stem[:-3] if strip and stem.endswith("_lr") else stem
+        if stem not in table:
+            raise MedreconInputError(
+                f"no {key} for {img.name} in {str(folder)!r} (looked for {stem}.*); give "
+                f"each image a {key} file of the same name.")
+        item[key] = str(table[stem])
+
+
+def _check_output_dir(out: Path, inputs: list[Any]) -> None:
+    """The results never go into an input folder: the next run would read them as inputs."""
+    target = out.expanduser().resolve()
+    for folder in inputs:
+        if folder is not None and Path(folder).expanduser().resolve() == target:
+            raise MedreconInputError(
+                f"output_dir {str(out)!r} is the input folder {str(folder)!r}; the results "
+                "would be read as inputs by the next run. Pass another --output_dir.")
+
+
+def _check_readable(items: list[dict[str, str]], *, two_d: bool = False) -> None:
+    """Read every file of the run once before any solve, so that a corrupt file, NaN voxels,
+    a 4D volume or a mask off its image's grid stop the run with its own message before the
+    earlier items are reconstructed and written (they were found item by item, mid-run)."""
     from medrecon.io import load_image
 
     for item in items:
+        shapes = {}
         for key, path in item.items():
             try:
-                load_image(path)
+                img = load_image(path)
             except MedreconInputError as exc:
                 raise MedreconInputError(f"{key} {Path(path).name}: {exc}") from None
+            shapes[key] = tuple(img.shape)
+            if two_d and key == "image" and not img.is_2d:
+                raise MedreconInputError(
+                    f"image {Path(path).name} is a volume {'x'.join(map(str, img.shape))}; "
+                    "evaluate.json scores 2D images. Score volumes with `medrecon eval-scans`.")
+        if "mask" in shapes and shapes["mask"] != shapes["image"]:
+            raise MedreconInputError(
+                f"mask {Path(item['mask']).name} is {'x'.join(map(str, shapes['mask']))} but "
+                f"image {Path(item['image']).name} is {'x'.join(map(str, shapes['image']))}; "
+                "a mask must be on its image's grid.")
 
 
 def _check_outputs(images: list[Path], folder: Path, postfix: str, ext: str, *,
@@ -164,9 +249,10 @@ def _our_report(path: Path) -> bool:
         return False
 
 
-#: medrecon errors a bundle writer raised (``SaveImage`` re-raises them as a bare
-#: ``RuntimeError`` naming no cause); read by :func:`report_input_errors`.
-_WRITER_ERRORS: list[MedreconInputError] = []
+#: ``(target, error)`` of the medrecon errors a bundle writer raised (``SaveImage`` re-raises
+#: them as a bare ``RuntimeError`` naming the file but not the cause); read by
+#: :func:`report_input_errors`.
+_WRITER_ERRORS: list[tuple[str, MedreconInputError]] = []
 
 
 class BundleNiftiWriter(MedreconNiftiWriter):
@@ -188,8 +274,16 @@ class BundleNiftiWriter(MedreconNiftiWriter):
             with OutputStage(overwrite=self.overwrite) as stage:
                 super().write(stage.file(target), verbose=verbose, **obj_kwargs)
         except MedreconInputError as exc:
-            _WRITER_ERRORS.append(exc)
+            _WRITER_ERRORS.append((str(filename), exc))
             raise
+
+
+def bundle_device(device: Any) -> Any:
+    """The bundle's ``device`` override checked (:func:`medrecon.solvers._common.resolve_device`:
+    ``cuda`` on a machine without one is an input error, not a traceback from ``.to``)."""
+    from medrecon.solvers._common import resolve_device
+
+    return resolve_device(str(device))
 
 
 def bundle_writer(*, overwrite: bool = False) -> type[BundleNiftiWriter]:
@@ -208,24 +302,39 @@ def _input_error(exc: BaseException | None) -> MedreconInputError | None:
     return None
 
 
+def _writer_error(exc: BaseException) -> MedreconInputError | None:
+    """The writer error behind ``SaveImage``'s ``RuntimeError`` (it names the file)."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    for target, err in reversed(_WRITER_ERRORS):
+        if "cannot find a suitable writer for " + target in text:
+            return err
+    return None
+
+
 def report_input_errors() -> None:
-    """Make a medrecon input error end this process with one line and exit code 2.
+    """Make a medrecon input error end ``python -m monai.bundle`` with one line and exit 2.
 
     MONAI's bundle runner wraps an error raised while a config item is built (a missing
     ``dataset_dir``, a corrupt scan, an existing output) in ``RuntimeError`` s and prints the
     whole traceback with exit code 1. Called from a bundle config's ``initialize``, this
     installs a :data:`sys.excepthook` that finds a :class:`~medrecon.errors.MedreconInputError`
-    in the uncaught exception's chain (or one a :class:`BundleNiftiWriter` raised) and prints
-    ``medrecon: error: <message>``, exit code 2; any other exception goes to the previous hook.
+    in the uncaught exception's chain (or the one a :class:`BundleNiftiWriter` raised for the
+    file ``SaveImage`` names) and prints ``medrecon: error: <message>``, exit code 2; any
+    other exception goes to the previous hook. Only in the bundle runner's own process: a
+    ``ConfigWorkflow`` run from the user's Python leaves the user's hook alone.
     """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if getattr(spec, "name", None) not in ("monai.bundle.__main__", "monai.bundle"):
+        return
     previous = sys.excepthook
     if getattr(previous, "medrecon_bundle_hook", False):
         return
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-        found = _input_error(exc)
-        if found is None and _WRITER_ERRORS and isinstance(exc, RuntimeError):
-            found = _WRITER_ERRORS[-1]
+        found = _input_error(exc) or _writer_error(exc)
         if found is None:
             previous(kind, exc, tb)
             return

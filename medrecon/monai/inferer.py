@@ -9,6 +9,7 @@ generator and the prior's W statistics.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,24 @@ class ReconstructionInferer(Inferer):
         self.options = {k: v for k, v in options.items() if v is not None}
         self._prior_arg = prior
         self._prior: Any = None
+        self._check()
+
+    def _check(self) -> None:
+        """Every option checked now, as the CLI checks them before any work: a bad method,
+        steps or kernel found per batch stopped a bundle run mid-way, inside the engine's
+        traceback."""
+        from medrecon.steps import ReconstructionSettings
+
+        known = set(inspect.signature(ReconstructionSettings.check).parameters) - {
+            "task", "prior", "method", "has_mask"}
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise MedreconInputError(
+                f"unknown reconstruction option(s) {', '.join(unknown)}; expected some of "
+                f"{', '.join(sorted(known))}.")
+        settings = ReconstructionSettings.check(task=self.task, prior=self._prior_arg,
+                                                method=self.method, **self.options)
+        self._prior = settings.prior
 
     @property
     def prior(self) -> Any:
