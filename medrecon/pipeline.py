@@ -377,9 +377,10 @@ def _check_prior_coverage(task: str, method: str, eff: tuple[float, float], prob
             warnings.warn(
                 f"the prior {name!r} ({R}x{R}) supplies x{e:.2f} of the requested x{scale} for "
                 f"these {h}x{w} slices; the {problem.out_hw[0]}x{problem.out_hw[1]} output is its "
-                "image resampled there and made consistent with every measured pixel. For the "
-                f"full x{scale}, give slices of about {R // scale} pixels or use a prior of "
-                "higher resolution.", MedreconWarning, stacklevel=2)
+                "image resampled there and made consistent with every measured pixel (fitted "
+                f"to these slices' field of view, the prior's grid holds x{e:.2f} their pixels "
+                f"per side). For the full x{scale}, use a prior of higher resolution.",
+                MedreconWarning, stacklevel=2)
         return
     if e >= 0.99:
         return

@@ -267,8 +267,11 @@ def test_simulated_sr_keeps_the_trace_and_updates_pixdim(tmp_path):
         LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "v.nii.gz")))
     lr = SimulateDegradation("sr", scale=4)(img)
     assert lr.shape == (1, 4, 4, 4)
-    assert [op["class"] for op in lr.applied_operations] == \
-        [op["class"] for op in img.applied_operations] == ["Orientation"]
+    # the change of grid is recorded (without an inverse), after the steps before it
+    assert [op["class"] for op in lr.applied_operations] == ["Orientation", "SimulateDegradation"]
+    assert [op["class"] for op in img.applied_operations] == ["Orientation"]
+    with pytest.raises(RuntimeError):  # Invertd across it stops instead of undoing Orientation
+        Orientation("RAS", labels=None).inverse(lr)
     np.testing.assert_allclose(lr.meta["pixdim"][1:4], [4.0, 4.0, 2.0])
     np.testing.assert_allclose(np.linalg.norm(lr.affine.numpy()[:3, :3], axis=0), [4.0, 4.0, 2.0])
     np.testing.assert_allclose(img.meta["pixdim"][1:4], [1.0, 1.0, 2.0])  # input untouched
@@ -785,3 +788,82 @@ def test_bundle_error_hook_stays_out_of_the_users_process(tmp_path, monkeypatch)
     assert bundle_mod._writer_error(RuntimeError("unrelated")) is None
     assert bundle_mod._writer_error(RuntimeError(
         "SaveImage cannot find a suitable writer for /o/a_sr.nii.gz.\n ...")) is not None
+
+
+def test_transforms_follow_monai_conventions(prior):
+    """Randomness from MONAI's random state (the items of a dataset differ, set_random_state
+    repeats them; a fixed seed repeats every call), plain tensors under set_track_meta(False),
+    a backend, one intensity window per channel with the input's dtype back from the
+    inverse, the k-space mask under mask_key, and a batch refused with its fix."""
+    from monai.data import set_track_meta
+    from monai.transforms import Compose
+    from monai.utils import TransformBackends
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import (IntensityWindowd, Reconstruct, SimulateDegradation,
+                                SimulateDegradationd)
+
+    img = MetaTensor(torch.rand(1, 16, 16), affine=torch.eye(4))
+    noisy = SimulateDegradation("denoise", noise_sigma=0.1)
+    a, b = noisy(img), noisy(img)
+    assert not torch.equal(a, b)  # each call draws its own noise
+    noisy.set_random_state(seed=5)
+    c = noisy(img)
+    noisy.set_random_state(seed=5)
+    assert torch.equal(c, noisy(img))
+    fixed = SimulateDegradation("denoise", noise_sigma=0.1, seed=3)
+    assert torch.equal(fixed(img), fixed(img))
+    pipe = Compose([SimulateDegradationd(keys="image", task="inpaint", mask_type="random_boxes")])
+    pipe.set_random_state(seed=1)
+    m1 = pipe({"image": img})["mask"]
+    pipe.set_random_state(seed=1)
+    assert torch.equal(m1, pipe({"image": img})["mask"])
+    assert not torch.equal(m1, pipe({"image": img})["mask"])
+    k = SimulateDegradationd(keys="image", task="mri", mask_key="kmask", seed=2)({"image": img})
+    assert isinstance(k["kmask"], MetaTensor) and "mask" not in k
+    for t in (Reconstruct(prior, "sr"), IntensityWindowd("image"), noisy):
+        assert TransformBackends.TORCH in t.backend
+    set_track_meta(False)
+    try:
+        assert type(noisy(img)) is torch.Tensor
+        assert type(IntensityWindowd("image")({"image": img})["image"]) is torch.Tensor
+    finally:
+        set_track_meta(True)
+    g = torch.Generator().manual_seed(0)
+    two = MetaTensor(torch.stack([torch.randint(0, 1000, (8, 8), generator=g),
+                                  torch.randint(0, 3, (8, 8), generator=g)]).to(torch.int16),
+                     affine=torch.eye(4))
+    win = IntensityWindowd("image", lower=0, upper=100)
+    out = win({"image": two})["image"]
+    for ch in out:  # each channel on its own window
+        assert float(ch.min()) == pytest.approx(-1) and float(ch.max()) == pytest.approx(1)
+    back = win.inverse({"image": out})["image"]
+    assert back.dtype == torch.int16 and torch.equal(back.as_tensor(), two.as_tensor())
+    batch = MetaTensor(torch.rand(2, 1, 8, 8))
+    batch.is_batch = True
+    with pytest.raises(MedreconInputError, match=r"got a batch \(2, 1, 8, 8\)\. Decollate"):
+        Reconstruct(prior, "sr")(batch)
+
+
+def test_invertd_recipe_keeps_the_super_resolution(prior):
+    """The documented Invertd recipe (the intensity window alone) maps a result back to
+    intensities on the reconstruction's grid (inverting the spatial steps too would resample
+    it onto the coarse input grid), and the error of a Compose with Reconstructd says so."""
+    from monai.transforms import Compose, Invertd
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import IntensityWindowd, Reconstructd
+
+    lr = MetaTensor(torch.rand(1, 8, 8) * 500 + 100, affine=torch.diag(torch.tensor(
+        [4.0, 4.0, 1.0, 1.0], dtype=torch.float64)))
+    window = IntensityWindowd("image")
+    recon = Reconstructd("image", prior, "sr", method="bicubic", scale=2, output_keys="pred",
+                         bp=False)
+    d = recon(window({"image": lr}))
+    assert d["pred"].shape == (1, 16, 16)
+    back = Invertd(keys="pred", transform=window, orig_keys="image")(d)["pred"]
+    assert back.shape == (1, 16, 16) and 50 < float(back.mean()) < 700
+    with pytest.raises(RuntimeError) as info:  # MONAI's wrapper around the transform's error
+        Invertd(keys="pred", transform=Compose([window, recon]), orig_keys="image")(d)
+    cause = info.value.__cause__
+    assert isinstance(cause, MedreconInputError) and "the intensity window alone" in str(cause)

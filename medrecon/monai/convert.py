@@ -116,14 +116,18 @@ def to_medical_image(image: Any, *, affine: Any = None) -> tuple[Any, Callable[[
         "medrecon.io.load_image.")
 
 
-def record_operation(info: dict, orig_size: tuple[int, ...], orig_affine: np.ndarray) -> dict:
-    """The ``applied_operations`` entry of a reconstruction (MONAI's trace format)."""
+def record_operation(info: dict, orig_size: tuple[int, ...], orig_affine: np.ndarray, *,
+                     name: str = "Reconstruct") -> dict:
+    """The ``applied_operations`` entry of a reconstruction, or of another operation ``name``
+    that changes the grid without an inverse (MONAI's trace format: ``Invertd`` across it
+    stops with MONAI's transform-mismatch error instead of undoing earlier steps on the wrong
+    grid)."""
     from monai.utils import TraceKeys
 
     extra = {k: info[k] for k in ("task", "method", "scale", "plane", "prior", "seed")
              if k in info}
     extra["affine"] = np.asarray(orig_affine).tolist()
-    return {TraceKeys.CLASS_NAME: "Reconstruct", TraceKeys.ID: 0,
+    return {TraceKeys.CLASS_NAME: name, TraceKeys.ID: 0,
             TraceKeys.ORIG_SIZE: tuple(int(s) for s in orig_size),
             TraceKeys.EXTRA_INFO: extra, TraceKeys.DO_TRANSFORM: True}
 

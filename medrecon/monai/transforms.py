@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import InvertibleTransform, MapTransform, Transform
+from monai.data import MetaTensor, get_track_meta
+from monai.transforms import InvertibleTransform, MapTransform, Randomizable, Transform
+from monai.utils import TransformBackends
 
 from medrecon.errors import MedreconInputError
-from medrecon.monai.convert import regridded_meta
+from medrecon.monai.convert import record_operation, regridded_meta
 
 __all__ = [
     "IntensityWindowd",
@@ -51,7 +52,22 @@ def _load_prior(prior: Any) -> Any:
     return prior if isinstance(prior, Prior) else load_prior(prior)
 
 
+#: The transforms' backends (MONAI's ``backend`` attribute): torch, numpy arrays converted.
+BACKENDS = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+
+def _out(x: Any) -> Any:
+    """A result as MONAI returns it: a MetaTensor, or a plain tensor under
+    ``monai.data.set_track_meta(False)``."""
+    return x.as_tensor() if isinstance(x, MetaTensor) and not get_track_meta() else x
+
+
 def _as_metatensor(img: Any) -> MetaTensor:
+    if isinstance(img, MetaTensor) and img.is_batch:
+        raise MedreconInputError(
+            f"expected one channel-first image; got a batch {tuple(img.shape)}. Decollate it "
+            "first (monai.data.decollate_batch), or use medrecon.monai.ReconstructionInferer "
+            "in an evaluator.")
     if isinstance(img, MetaTensor):
         return img
     if isinstance(img, (np.ndarray, torch.Tensor)):
@@ -79,6 +95,8 @@ class Reconstruct(Transform):
             ``sr_kernel``, ``steps``, ``bp``, ``plane``, ``samples``, ``ensemble``,
             ``noise_sigma``, ``device``, ``seed``, ``simulate``...).
     """
+
+    backend = BACKENDS
 
     def __init__(self, prior: Any, task: str, method: str | None = None, *,
                  return_std: bool = False, **options: Any) -> None:
@@ -118,7 +136,7 @@ class Reconstruct(Transform):
             mask = m if img.ndim == 4 else m[..., None] if m.ndim == 2 else m
         res = reconstruct(img, task=self.task, prior=self.prior, method=self.method,
                           mask=mask, **self.options)
-        return (res.image, res.std) if self.return_std else res.image
+        return (_out(res.image), _out(res.std)) if self.return_std else _out(res.image)
 
 
 class Reconstructd(MapTransform, InvertibleTransform):
@@ -136,6 +154,8 @@ class Reconstructd(MapTransform, InvertibleTransform):
         mask_key: Key of the inpainting mask (nonzero = missing) for ``task="inpaint"``.
         allow_missing_keys: Skip keys that are absent.
     """
+
+    backend = BACKENDS
 
     def __init__(self, keys: KeysCollection, prior: Any, task: str, method: str | None = None,
                  *, output_keys: KeysCollection | None = None,
@@ -170,9 +190,11 @@ class Reconstructd(MapTransform, InvertibleTransform):
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         raise MedreconInputError(
-            "a reconstruction cannot be inverted. To undo the preprocessing around it, give "
-            "Invertd a Compose of the invertible steps before Reconstructd only (e.g. "
-            "Invertd(keys='pred', transform=Compose(pre_steps), orig_keys='image')).")
+            "a reconstruction cannot be inverted. To map a result back to intensities, give "
+            "Invertd the intensity window alone, the last step before Reconstructd (e.g. "
+            "Invertd(keys='pred', transform=window, orig_keys='image') with window an "
+            "IntensityWindowd); inverting spatial steps (Spacingd, Orientationd) would "
+            "resample the result back onto the input's coarser grid.")
 
 
 # ------------------------------------------------------------------------------ intensities
@@ -190,6 +212,8 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
         allow_missing_keys: Skip absent keys.
     """
 
+    backend = BACKENDS
+
     def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -201,10 +225,14 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = _as_metatensor(d[key])
-            w = IntensityWindow.fit(img.as_tensor(), lower=self.lower, upper=self.upper)
-            out = _like(img, w.apply(img.as_tensor().float()), channels=True)
-            self.push_transform(out, extra_info={"low": w.low, "high": w.high})
-            d[key] = out
+            x = img.as_tensor()
+            windows = [IntensityWindow.fit(c, lower=self.lower, upper=self.upper) for c in x]
+            out = _like(img, torch.stack([w.apply(c.float()) for w, c in zip(windows, x)]),
+                        channels=True)
+            self.push_transform(out, extra_info={"low": [w.low for w in windows],
+                                                 "high": [w.high for w in windows],
+                                                 "dtype": str(x.dtype).replace("torch.", "")})
+            d[key] = _out(out)
         return d
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -214,53 +242,90 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             img = d[key]
             op = self.pop_transform(img)
-            w = IntensityWindow(op["extra_info"]["low"], op["extra_info"]["high"])
-            out = _like(img, w.invert(img.as_tensor().float()), channels=True)
+            info = op["extra_info"]
+            x = img.as_tensor().float()
+            lows, highs = info["low"], info["high"]
+            if len(lows) != x.shape[0]:
+                raise MedreconInputError(
+                    f"{key!r} has {x.shape[0]} channel(s) but its window was fitted on "
+                    f"{len(lows)}; invert a result with the input's channels.")
+            back = torch.stack([IntensityWindow(lo, hi).invert(c)
+                                for lo, hi, c in zip(lows, highs, x)])
+            dtype = getattr(torch, info.get("dtype", "float32"))
+            if not dtype.is_floating_point:  # an integer scan comes back as its own type
+                back = back.round().clamp(torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+            out = _like(img, back.to(dtype), channels=True, keep_dtype=True)
             out.applied_operations = list(img.applied_operations)
             d[key] = out
         return d
 
 
 # ------------------------------------------------------------------------------ degradation
-class SimulateDegradation(Transform):
+class SimulateDegradation(Randomizable, Transform):
     """Degrade a clean channel-first MetaTensor at its native resolution (seeded).
 
     * ``sr``: blur by the SR ``kernel`` and decimate by ``scale`` in the plane across
       ``slice_axis`` (spatial axis, default the last; 2D images: their plane); the affine
-      keeps the field of view.
+      keeps the field of view, and the change of grid is recorded in ``applied_operations``
+      (without an inverse: ``Invertd`` across it stops instead of undoing earlier steps on
+      the wrong grid).
     * ``inpaint``: zero the pixels of a seeded mask (``mask_type``) and return it (nonzero =
       missing).
     * ``deblur`` / ``denoise``: blur and/or add Gaussian noise of ``noise_sigma`` (in the
       image's intensity units).
 
+    Randomness (noise, inpainting masks) is MONAI's: with ``seed=None`` (the default) each
+    call draws its seed from the transform's random state, so the items of a dataset differ
+    and ``set_random_state`` / ``monai.utils.set_determinism`` (through ``Compose``) make a run
+    repeat; an integer ``seed`` gives every call the same degradation.
+
     Returns the degraded image, and for ``inpaint`` also the mask.
     """
 
+    backend = BACKENDS
+
     def __init__(self, task: str, *, scale: int = 4, kernel: str = "box",
                  slice_axis: int | None = None, mask_type: str = "center_box",
-                 noise_sigma: float = 0.0, seed: int = 0) -> None:
+                 noise_sigma: float = 0.0, seed: int | None = None) -> None:
+        from medrecon.solvers._common import SEED_LIMIT
+
         if task not in ("sr", "inpaint", "deblur", "denoise"):
             raise MedreconInputError(f"SimulateDegradation task {task!r}; expected sr, inpaint, "
                                      "deblur or denoise (k-space: SimulateDegradationd with "
                                      "task='mri').")
+        if seed is not None and not (isinstance(seed, (int, np.integer))
+                                     and 0 <= int(seed) <= SEED_LIMIT):
+            raise MedreconInputError(f"seed must be None or an integer from 0 to {SEED_LIMIT}; "
+                                     f"got {seed!r}.")
         self.task, self.scale, self.kernel = task, int(scale), kernel
         self.slice_axis, self.mask_type = slice_axis, mask_type
-        self.noise_sigma, self.seed = float(noise_sigma), int(seed)
+        self.noise_sigma = float(noise_sigma)
+        self.seed = None if seed is None else int(seed)
+        self._seed = 0 if seed is None else int(seed)
+
+    def randomize(self, data: Any = None) -> None:
+        """The seed of this call: ``seed``, else one drawn from the random state."""
+        self._seed = self.seed if self.seed is not None else int(self.R.randint(2**31))
 
     def _noise(self, x: torch.Tensor) -> torch.Tensor:
         if not self.noise_sigma:
             return x
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self._seed)
         return x + self.noise_sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
 
     def __call__(self, img: Any) -> Any:
-        from medrecon.io import MedicalImage
-        from medrecon.physics import build_operator
-
         img = _as_metatensor(img)
         if img.shape[0] != 1 or img.ndim not in (3, 4):
             raise MedreconInputError(f"expected a channel-first image (1, X, Y[, Z]); got "
                                      f"{tuple(img.shape)}.")
+        self.randomize()
+        out = self._degrade(img)
+        return tuple(_out(o) for o in out) if isinstance(out, tuple) else _out(out)
+
+    def _degrade(self, img: MetaTensor) -> Any:
+        from medrecon.io import MedicalImage
+        from medrecon.physics import build_operator
+
         vol = img.as_tensor()[0].float()
         two_d = vol.ndim == 2
         if two_d:
@@ -283,12 +348,15 @@ class SimulateDegradation(Transform):
                 a2 = torch.eye(3, dtype=torch.float64)
                 a2[:2, :2], a2[:2, 2] = out_aff[:2, :2], out_aff[:2, 3]
                 out_aff = a2
+            op = record_operation({"task": "sr", "scale": self.scale, "seed": self._seed},
+                                  tuple(img.shape[1:]), np.asarray(img.affine),
+                                  name="SimulateDegradation")
             return MetaTensor(arr[None], meta=regridded_meta(img.meta, out_aff, tuple(arr.shape)),
-                              applied_operations=list(img.applied_operations))
+                              applied_operations=[*img.applied_operations, op])
         s = torch.movedim(vol, axis, 0)[:, None]  # [N, 1, a, b]
         size = (s.shape[-2], s.shape[-1])
         if self.task == "inpaint":
-            op = build_operator("inpaint", img_size=size, seed=self.seed, mask_type=self.mask_type)
+            op = build_operator("inpaint", img_size=size, seed=self._seed, mask_type=self.mask_type)
             observed = op.mask.reshape(-1, *size)[0] > 0.5
             y = s * observed
             missing = (~observed).expand_as(s[:, 0]).float()
@@ -298,7 +366,7 @@ class SimulateDegradation(Transform):
                 y, missing = y[..., 0], missing[..., 0]
             return _like(img, y), _like(img, missing)
         if self.task == "deblur":
-            op = build_operator("deblur", img_size=size, seed=self.seed)
+            op = build_operator("deblur", img_size=size, seed=self._seed)
             with torch.no_grad():
                 s = op.A(s.double()).float()
         y = self._noise(torch.movedim(s[:, 0], 0, axis))
@@ -307,24 +375,27 @@ class SimulateDegradation(Transform):
         return _like(img, y)
 
 
-class SimulateDegradationd(MapTransform):
+class SimulateDegradationd(Randomizable, MapTransform):
     """Dictionary form of :class:`SimulateDegradation`, plus simulated k-space.
 
     For ``task="mri"`` the keys follow :mod:`monai.apps.reconstruction`
     (``RandomKspaceMaskd`` / ``EquispacedKspaceMaskd``): ``<key>_masked`` holds the
     undersampled centred k-space (complex, channel-first), ``<key>_masked_ifft`` the
-    zero-filled image and ``"mask"`` the sampling mask; the mask comes from medrecon's seeded
+    zero-filled image and ``mask_key`` the sampling mask; the mask comes from medrecon's seeded
     generators (``mask_type`` random / equispaced / gaussian2d / poisson2d). For
-    ``task="inpaint"`` the mask (nonzero = missing) goes to ``mask_key``.
+    ``task="inpaint"`` the mask (nonzero = missing) goes to ``mask_key``. Randomness as
+    :class:`SimulateDegradation` (``seed=None``: drawn per call from the random state).
 
     Args:
         keys: Keys of clean images.
         task: ``"sr"``, ``"inpaint"``, ``"deblur"``, ``"denoise"`` or ``"mri"``.
-        mask_key: Output key of the inpainting mask. Default ``"mask"``.
+        mask_key: Output key of the inpainting or sampling mask. Default ``"mask"``.
         acceleration, center_fraction: MRI undersampling. Defaults 4 and 0.08.
         allow_missing_keys: Skip absent keys.
         **kwargs: as :class:`SimulateDegradation` (``mask_type`` also names the MRI pattern).
     """
+
+    backend = BACKENDS
 
     def __init__(self, keys: KeysCollection, task: str, *, mask_key: str = "mask",
                  acceleration: float = 4.0, center_fraction: float = 0.08,
@@ -333,21 +404,32 @@ class SimulateDegradationd(MapTransform):
         self.task, self.mask_key = task, mask_key
         self.acceleration, self.center_fraction = float(acceleration), float(center_fraction)
         self.kwargs = dict(kwargs)
-        if task != "mri":
-            self.sim = SimulateDegradation(task, **kwargs)
+        # for k-space the image transform only draws the seeds (its noise-free "denoise")
+        self.sim = (SimulateDegradation(task, **kwargs) if task != "mri" else
+                    SimulateDegradation("denoise", seed=kwargs.get("seed")))
+
+    def set_random_state(self, seed: int | None = None,
+                         state: np.random.RandomState | None = None) -> "SimulateDegradationd":
+        super().set_random_state(seed, state)
+        self.sim.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        self.sim.randomize()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             if self.task == "mri":
-                self._kspace(d, key)
+                self.randomize()
+                self._kspace(d, key, self.sim._seed)
             elif self.task == "inpaint":
                 d[key], d[self.mask_key] = self.sim(d[key])
             else:
                 d[key] = self.sim(d[key])
         return d
 
-    def _kspace(self, d: dict, key: Hashable) -> None:
+    def _kspace(self, d: dict, key: Hashable, seed: int) -> None:
         from monai.networks.blocks.fft_utils_t import fftn_centered_t, ifftn_centered_t
 
         from medrecon.physics import build_operator
@@ -357,7 +439,7 @@ class SimulateDegradationd(MapTransform):
         if x.ndim != 2:
             raise MedreconInputError("simulated k-space needs a 2D image (1, X, Y); slice volumes "
                                      "first.")
-        op = build_operator("mri", img_size=tuple(x.shape), seed=int(self.kwargs.get("seed", 0)),
+        op = build_operator("mri", img_size=tuple(x.shape), seed=seed,
                             mask_type=self.kwargs.get("mask_type", "random"),
                             acceleration=self.acceleration, center_fraction=self.center_fraction)
         m = (op.mask.reshape(-1, *x.shape)[0] > 0).float()
@@ -365,14 +447,16 @@ class SimulateDegradationd(MapTransform):
         k = fftn_centered_t(torch.stack([x, torch.zeros_like(x)], -1), spatial_dims=2,
                             is_complex=True) * m[..., None]
         zf = ifftn_centered_t(k, spatial_dims=2, is_complex=True)
-        d[f"{key}_masked"] = MetaTensor(k[None], meta={**img.meta, "affine": img.affine})
-        d[f"{key}_masked_ifft"] = _like(img, zf.pow(2).sum(-1).sqrt())  # magnitude, as MONAI
-        d["mask"] = m[None]
+        d[f"{key}_masked"] = _out(MetaTensor(k[None], meta={**img.meta, "affine": img.affine}))
+        d[f"{key}_masked_ifft"] = _out(_like(img, zf.pow(2).sum(-1).sqrt()))  # magnitude
+        d[self.mask_key] = _out(_like(img, m))
 
 
-def _like(img: MetaTensor, arr: torch.Tensor, *, channels: bool = False) -> MetaTensor:
+def _like(img: MetaTensor, arr: torch.Tensor, *, channels: bool = False,
+          keep_dtype: bool = False) -> MetaTensor:
     """A channel-first MetaTensor of ``arr`` (without a channel axis, or with its own when
-    ``channels``) with ``img``'s geometry."""
+    ``channels``; float32 unless ``keep_dtype``) with ``img``'s geometry."""
     meta = {**img.meta, "affine": img.affine}
-    return MetaTensor((arr if channels else arr[None]).float(), meta=meta,
+    arr = arr if channels else arr[None]
+    return MetaTensor(arr if keep_dtype else arr.float(), meta=meta,
                       applied_operations=list(img.applied_operations))
