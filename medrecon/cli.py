@@ -30,6 +30,7 @@ import click
 from medrecon import __version__
 from medrecon.cli_types import SEED, CoherenceWidth, InputPath
 from medrecon.errors import MedreconInputError
+from medrecon.limits import MAX_NOISE_SIGMA, MAX_SCALE
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -271,7 +272,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         click.option("--plane", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
                      help="Slicing plane for 3D volumes. [default: the prior's plane; 2D images "
                      "keep their layout]"),
-        click.option("--noise-sigma", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+        click.option("--noise-sigma", type=click.FloatRange(0.0, MAX_NOISE_SIGMA), default=0.0,
+                     show_default=True,
                      help="Measurement noise std in generator units (the intensity window is "
                      "mapped to [-1, 1], so 0.02 is 1% of the window)."),
         click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True,
@@ -310,7 +312,7 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                                  help="INPUT is a clean scan: simulate the measurements from it "
                                  "(retrospective degradation, seeded by --seed)."))
     if task == "sr":
-        opts.append(click.option("--scale", type=click.IntRange(min=2, max=32), default=4,
+        opts.append(click.option("--scale", type=click.IntRange(min=2, max=MAX_SCALE), default=4,
                                  show_default=True, help="Super-resolution factor: the output "
                                  "grid has --scale times the input's pixels per axis."))
         opts.append(click.option("--sr-kernel", type=click.Choice(["bicubic", "box", "gaussian"]),
@@ -436,7 +438,7 @@ DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
               help="A high-resolution image to downsample (bicubic) and recover instead of the "
               "bundle's sample reference (simulated low resolution; the image is the reference).")
 @click.option("--method", default=None, help="Reconstruction method. [default: the prior's]")
-@click.option("--scale", type=click.IntRange(min=2, max=32), default=DEMO_SCALE, show_default=True)
+@click.option("--scale", type=click.IntRange(min=2, max=MAX_SCALE), default=DEMO_SCALE, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Optimisation steps (IAGAN: per stage). [default: the method's default]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -475,7 +477,7 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
                 "demo on.")
         ref_path, kernel = found[1], "box"  # the bundles' samples are box averages
     reference = load_image(ref_path)
-    side = min(v for v in reference.shape if v > 1)
+    side = sorted(reference.shape)[-2]  # the smaller in-plane side (a volume's slice axis aside)
     if side < 2 * scale:  # the low-resolution image would be under 2 x 2 pixels
         raise MedreconInputError(
             f"{Path(str(ref_path)).name} is {'x'.join(map(str, reference.shape))} pixels: too "
@@ -563,7 +565,8 @@ def _demo_report(res: Any, base: Any, reference: Any, ref_path: Path, outs: dict
         click.echo(json.dumps({"event": "done", "output": str(outs["sr"]),
                                "std": str(outs["sr_std"]) if res.std is not None else None,
                                "seconds": round(res.info["seconds"], 3),
-                               "metrics": {k: {"psnr": v[0], "ssim": v[1]} for k, v in scores.items()}}),
+                               "metrics": {k: {"psnr": _json_number(v[0]), "ssim": v[1]}
+                                           for k, v in scores.items()}}),
                    err=True)
     click.echo(f"demo: SR x{scale} of {Path(str(ref_path)).name} ({_KERNEL_TEXT[kernel]}) "
                f"with prior {prior}")
@@ -575,6 +578,14 @@ def _demo_report(res: Any, base: Any, reference: Any, ref_path: Path, outs: dict
     click.echo(f"medrecon sr: method {name}, device {res.info['device']}, "
                f"{res.info['seconds']:.1f} s -> {outs['sr']} (+ {outs['lanczos_bp'].name}{extra}, "
                f"{png.name})")
+
+
+def _json_number(v: float | None) -> float | None:
+    """``v`` for strict JSON: a PSNR of an exact result is infinite, which JSON cannot hold
+    (``null`` there)."""
+    import math
+
+    return v if v is None or math.isfinite(v) else None
 
 
 def _psnr_ssim(x: Any, ref: Any, data_range: float) -> tuple[float, float | None]:

@@ -47,6 +47,7 @@ import torch
 
 from medrecon.cli_types import InputPath
 from medrecon.errors import MedreconInputError, MissingWeightsError
+from medrecon.limits import MAX_NOISE_SIGMA, MAX_SCALE
 from medrecon.generators.checkpoints import sha256_file
 
 __all__ = [
@@ -742,6 +743,9 @@ def evaluate_run(
     method_list, extra_opts = _check_run_options(
         task=task, methods=methods, batch_size=batch_size, noise_sigma=noise_sigma, steps=steps,
         method_options=method_options)
+    from medrecon.solvers._common import resolve_device
+
+    resolve_device(device)  # an unknown device, or CUDA on a machine without it: before loading
     if fold is not None and folds is None:
         raise MedreconInputError(f"fold={fold} needs the fold record it indexes: pass --folds "
                                  "(a folds.json, a prior folder or a shipped prior name).")
@@ -822,8 +826,9 @@ def _check_run_options(*, task: str, methods: Any, batch_size: Any, noise_sigma:
     method_list = parse_methods(methods)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MedreconInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if not math.isfinite(float(noise_sigma)) or float(noise_sigma) < 0:
-        raise MedreconInputError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}.")
+    from medrecon.pipeline import check_noise_sigma
+
+    check_noise_sigma(noise_sigma)
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise MedreconInputError(f"steps must be a positive integer or None, got {steps!r}.")
     for m in method_list:
@@ -1329,7 +1334,7 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
               help="Fold to evaluate with --folds [default: the recorded held-out fold].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Iterations per solver run [default: each solver's own].")
-@click.option("--noise-sigma", type=click.FloatRange(min=0.0), default=0.0,
+@click.option("--noise-sigma", type=click.FloatRange(0.0, MAX_NOISE_SIGMA), default=0.0,
               help="Measurement noise std in generator units (images in [-1, 1]).")
 @click.option("--seed", type=int, default=0, help="Base seed (operator, noise, solver restarts).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
@@ -1340,7 +1345,7 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
               help="Images shown in grid.png.")
 @click.option("--lpips/--no-lpips", default=True,
               help="Compute LPIPS (column left empty when weights are unavailable offline).")
-@click.option("--scale", type=click.IntRange(min=2), default=None,
+@click.option("--scale", type=click.IntRange(min=2, max=MAX_SCALE), default=None,
               help="[sr] Downsampling factor [default: operator's].")
 @click.option("--mask-type", default=None,
               help="[inpaint] center_box/random_boxes/free_form/random_pixels/half; [mri] "

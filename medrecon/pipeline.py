@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from medrecon.errors import MedreconInputError, MedreconWarning
+from medrecon.limits import MAX_NOISE_SIGMA
 from medrecon.transforms import PLANES, GridFit, IntensityWindow, SliceOrientation
 
 __all__ = [
@@ -188,6 +189,18 @@ def _check_task(task: str) -> str:
     return t
 
 
+def check_noise_sigma(noise_sigma: Any) -> float:
+    """``noise_sigma`` as a float in ``[0, MAX_NOISE_SIGMA]``."""
+    from medrecon.solvers._common import is_real
+
+    if not (is_real(noise_sigma) and math.isfinite(noise_sigma)
+            and 0 <= noise_sigma <= MAX_NOISE_SIGMA):
+        raise MedreconInputError(
+            f"noise_sigma must be a number from 0 to {MAX_NOISE_SIGMA} (generator units: the "
+            f"intensity window is [-1, 1]); got {noise_sigma!r}.")
+    return float(noise_sigma)
+
+
 def _check_int(name: str, value: Any, *, minimum: int, limit: int | None = None) -> int:
     """``value`` as an int ``>= minimum`` (and ``< limit`` when given)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
@@ -252,18 +265,42 @@ def _check_ensemble(ensemble: Any, method: str) -> int | None:
     return ensemble
 
 
-def _mask_array(mask: Any) -> np.ndarray | None:
-    """A user mask (missing pixels nonzero) as a bool array, from an array, image or path."""
-    if mask is None:
-        return None
+#: Formats whose files carry a voxel-to-world geometry (a PNG's or an array's is a default).
+GEOMETRY_FORMATS = ("nifti", "dicom", "mha", "mhd", "nrrd", "nhdr")
+
+
+def load_mask(mask: Any, image: Any = None) -> Any:
+    """A mask path read as an image (the same axis convention as :func:`medrecon.io.load_image`,
+    so a mask saved like the image lines up with it); an array or image as it is. When both
+    the mask and ``image`` come from files with geometry (:data:`GEOMETRY_FORMATS`), the mask
+    must lie on the image's grid: one saved flipped, shifted or at another spacing was applied
+    to the wrong voxels without a word."""
     if isinstance(mask, (str, Path)):
         p = Path(mask)
         if not p.exists():
             raise MedreconInputError(f"mask file {str(p)!r} does not exist; pass an existing file.")
-        from medrecon.io import load_array
+        from medrecon.io import load_image
 
-        # same axis convention as load_image, so a mask saved like the image lines up with it
-        mask = load_array(p)
+        mask = load_image(p)
+    meta = getattr(mask, "meta", None) or {}
+    img_meta = getattr(image, "meta", None) or {}
+    if meta.get("format") in GEOMETRY_FORMATS and img_meta.get("format") in GEOMETRY_FORMATS:
+        a, b = np.asarray(mask.affine, np.float64), np.asarray(image.affine, np.float64)
+        tol = 1e-3 * max(1.0, float(np.abs(b[:3, :3]).max()))
+        if a.shape == b.shape and not np.allclose(a, b, atol=tol):
+            raise MedreconInputError(
+                "the mask's geometry differs from the image's (another orientation, origin or "
+                "spacing), so its voxels would mark the wrong places; resample the mask onto "
+                "the image's grid (e.g. SimpleITK's Resample with the image as reference, "
+                "nearest neighbour).")
+    return mask
+
+
+def _mask_array(mask: Any) -> np.ndarray | None:
+    """A user mask (missing pixels nonzero) as a bool array, from an array, image or path."""
+    if mask is None:
+        return None
+    mask = load_mask(mask)
     arr = getattr(mask, "array", mask)
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu().numpy()
@@ -944,7 +981,7 @@ def load_kspace(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
                                    compressed=ds.compression is not None)
                 k = np.asarray(ds[()])
                 if "mask" in f:
-                    mask = np.asarray(f["mask"][()]).astype(bool)
+                    mask = _sampling_mask(np.asarray(f["mask"][()]), p)
         else:
             k = np.load(p, allow_pickle=False)
     except MedreconInputError:
@@ -968,7 +1005,24 @@ def load_kspace(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         )
     if not np.all(np.isfinite(k)):
         raise MedreconInputError(f"k-space in {p.name} holds NaN/Inf values; expected finite samples.")
+    if min(k.shape[1:]) < MIN_SLICE_SIDE:
+        raise MedreconInputError(
+            f"k-space in {p.name} is {'x'.join(map(str, k.shape[1:]))} per slice: too small to "
+            f"reconstruct (slices need at least {MIN_SLICE_SIDE} x {MIN_SLICE_SIDE} samples). "
+            "Check that this is the intended file.")
     return k.astype(np.complex64), mask
+
+
+def _sampling_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    """A stored sampling mask as bool: its values must be 0 / 1 (or bool); a mask of 0.2 / 0.7
+    became all sampled, NaN too."""
+    if mask.dtype != bool:
+        if not np.issubdtype(mask.dtype, np.number) or not np.all(np.isin(mask, (0, 1))):
+            raise MedreconInputError(
+                f"the sampling mask in {path.name} holds values other than 0 and 1 (e.g. "
+                f"{np.unique(mask)[:4].tolist()}); expected 1 for sampled columns, 0 for the "
+                "others.")
+    return mask.astype(bool)
 
 
 def _fourier_resize(k: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -1306,6 +1360,28 @@ def _check_mri_input(inp: Path, task: str, simulate: bool) -> None:
             "retrospectively, or give the k-space file.")
 
 
+#: What :func:`reconstruct_kspace` takes of :func:`reconstruct_file`'s options.
+KSPACE_OPTIONS = ("steps", "bp", "noise_sigma", "ensemble", "device", "batch_size", "seed",
+                  "callback")
+
+
+def _check_kspace_options(options: Mapping[str, Any], *, series_uid: Any, volume: Any) -> None:
+    """Refuse options that do not apply to measured k-space (they were dropped without a word:
+    ``--plane``, ``--volume``, an ``--acceleration`` without ``--simulate``...); an option at
+    :func:`reconstruct`'s default is not counted as given."""
+    import inspect
+
+    defaults = {n: p.default for n, p in inspect.signature(reconstruct).parameters.items()}
+    given = [n for n, v in options.items()
+             if n not in KSPACE_OPTIONS and (n not in defaults or v != defaults[n])]
+    given += [n for n, v in (("series_uid", series_uid), ("volume", volume)) if v is not None]
+    if given:
+        raise MedreconInputError(
+            f"option(s) {', '.join(sorted(given))} do not apply to measured k-space (its "
+            "sampling is what the file holds); drop them, or pass --simulate to undersample an "
+            "image.")
+
+
 def _planned_sr_fallback(image: Any, prior: Any, method: str, options: Mapping[str, Any]
                          ) -> str | None:
     """The SR method :func:`reconstruct` will fall back to for ``image`` (see
@@ -1394,6 +1470,7 @@ def reconstruct_file(
     image = None
     headers: list = []
     if _is_kspace_input(inp, task, simulate):
+        _check_kspace_options(options, series_uid=series_uid, volume=volume)
         kspace = load_kspace(inp)
         is_2d = kspace[0].shape[0] == 1 if kspace[0].ndim == 3 else True
     else:
@@ -1419,9 +1496,7 @@ def reconstruct_file(
 
     if kspace is not None:
         k, sampled = kspace
-        kopts = {k_: v for k_, v in options.items()
-                 if k_ in ("steps", "bp", "noise_sigma", "ensemble", "device", "batch_size", "seed",
-                           "callback")}
+        kopts = {k_: v for k_, v in options.items() if k_ in KSPACE_OPTIONS}
         result = reconstruct_kspace(k, prior=prior_obj, sampled=sampled, method=method_name,
                                     samples=samples, **kopts)
         result.image = as_metatensor(result.image)

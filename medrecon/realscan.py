@@ -253,6 +253,7 @@ def prepare_case(case: ScanCase) -> tuple[Any, Any, int]:
     for ax in range(3):
         stop[ax] -= stop[ax] % bins[ax]
     arr = arr[: stop[0], : stop[1], : stop[2]]
+    _check_case_size(case, arr.shape, bins, slice_axis)
     affine[:3, 3] = (affine @ np.array([*starts, 1.0]))[:3]
     if any(v > 1 for v in bins):
         shp = []
@@ -264,6 +265,25 @@ def prepare_case(case: ScanCase) -> tuple[Any, Any, int]:
     hr = MedicalImage(np.ascontiguousarray(arr, dtype=np.float32), affine, meta)
     lr = simulate_lowres(hr, scale=case.scale, kernel=case.kernel, slice_axis=slice_axis)
     return hr, lr, slice_axis
+
+
+def _check_case_size(case: ScanCase, shape: tuple[int, ...], bins: list[int],
+                     slice_axis: int) -> None:
+    """The cropped, binned ground truth must leave low-resolution slices the pipeline can
+    solve (an empty array or 1 x 20 slices failed later with messages naming neither)."""
+    from medrecon.pipeline import MIN_SLICE_SIDE
+
+    if slice_axis >= len(shape) or any(n // b < 1 for n, b in zip(shape, bins)):
+        raise MedreconInputError(
+            f"case {case.name!r}: crop {case.crop}, bin {list(case.bin)} and slice_axis "
+            f"{slice_axis} leave no voxel of the {'x'.join(map(str, shape))} ground truth; "
+            "check them against the file's shape.")
+    low = [shape[ax] // bins[ax] // case.scale for ax in _inplane_axes(slice_axis)]
+    if min(low) < MIN_SLICE_SIDE:
+        raise MedreconInputError(
+            f"case {case.name!r}: the low-resolution slices would be {low[0]}x{low[1]} pixels "
+            f"(crop, bin and scale {case.scale}); slices need at least {MIN_SLICE_SIDE} x "
+            f"{MIN_SLICE_SIDE}. Crop less, bin less or use a smaller scale.")
 
 
 # ------------------------------------------------------------------------------ metrics

@@ -24,7 +24,6 @@ passes that error on as it was raised, not wrapped in MONAI's ``RuntimeError``.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Mapping
@@ -36,7 +35,8 @@ from monai.transforms import Compose, Transform
 
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.solvers._common import SEED_LIMIT, is_real, resolve_device
+from medrecon.limits import MAX_SCALE
+from medrecon.solvers._common import SEED_LIMIT, resolve_device
 from medrecon.transforms import PLANES, IntensityWindow
 from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, SLICE_COUPLING, VOLUME_ENSEMBLE,
                              check_coherence, coherence_sigma)
@@ -109,14 +109,12 @@ class ReconstructionSettings:
             steps = P._check_int("steps", steps, minimum=1)
         if plane is not None and plane not in PLANES:
             raise MedreconInputError(f"unknown plane {plane!r}; expected one of {', '.join(PLANES)}.")
-        if not (is_real(noise_sigma) and math.isfinite(noise_sigma)
-                and noise_sigma >= 0):
-            raise MedreconInputError(f"noise_sigma must be a finite number >= 0; got {noise_sigma!r}.")
+        noise_sigma = P.check_noise_sigma(noise_sigma)
         if task == "sr":
             from medrecon.physics import SR_KERNELS
             from medrecon.physics._utils import check_choice
 
-            scale = P._check_int("scale", scale, minimum=1)
+            scale = P._check_int("scale", scale, minimum=1, limit=MAX_SCALE + 1)
             check_choice(sr_kernel, "sr_kernel", SR_KERNELS)
         resolve_device(device)  # an unknown device, or CUDA on a machine without it
         key_every = DEFAULT_KEY_EVERY if key_every is None else P._check_int(
@@ -235,6 +233,8 @@ class SliceMask(Transform):
 
     def __call__(self, d: dict) -> dict:
         mask = d.get("mask")
+        if mask is not None:
+            mask = P.load_mask(mask, d["image"])  # a file with geometry: on the image's grid
         d["missing"] = None if mask is None else P._missing_slices(mask, d["volume"], d["orient"],
                                                                    "inpaint")
         return d

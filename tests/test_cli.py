@@ -409,6 +409,28 @@ def test_demo_on_given_image(tmp_path, prior_dir):
     assert not (tmp_path / "demo_iagan" / "sr_std.nii.gz").exists()
 
 
+def test_demo_json_is_strict_and_a_volume_is_sized_by_its_slices(tmp_path, prior_dir):
+    """An exact result (a constant image) has an infinite PSNR, which made the done event
+    invalid JSON; a 64 x 64 x 6 volume was 'too small for x8' by its 6 slices."""
+    import json
+
+    const = tmp_path / "const.nii.gz"
+    save_image(MedicalImage(np.full((16, 16), 7.0, np.float32), np.eye(4)), const)
+    res = CliRunner().invoke(cli, ["demo", "--input", str(const), "--prior", prior_dir,
+                                   "--method", "bicubic", "--scale", "2", "-o",
+                                   str(tmp_path / "d"), "--log-format", "json"])
+    assert res.exit_code == 0, res.output
+    done = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+            for line in res.stderr.splitlines() if '"done"' in line]
+    assert done and done[0]["metrics"]["bicubic"]["psnr"] is None
+    vol = tmp_path / "vol.nii.gz"
+    save_image(MedicalImage(np.random.default_rng(0).random((32, 32, 3), np.float32),
+                            np.eye(4)), vol)
+    out = _run(["demo", "--input", vol, "--prior", prior_dir, "--method", "bicubic",
+                "--scale", "8", "-o", tmp_path / "v"])
+    assert "PSNR" in out
+
+
 def test_demo_low_resolution_panel_is_what_the_solver_saw():
     """The figure's low-res panel is the reference measured with the demo's kernel (it was a
     box average for the bicubic --input case too)."""

@@ -362,3 +362,17 @@ def test_case_fields_are_checked_when_read(tmp_path, bad):
     cases.write_text(json.dumps([{"name": "x", "path": "a.nii", "prior": "p", **bad}]))
     with pytest.raises(MedreconInputError, match=f"{next(iter(bad))}=.*expected"):
         load_cases(cases)
+
+
+def test_eval_scans_case_that_leaves_no_slices_says_so(tmp_path):
+    """A crop, bin or slice axis that leaves nothing, or slices under 4 x 4, failed later with
+    'array is empty' or a shape mismatch naming neither."""
+    from medrecon.realscan import ScanCase, prepare_case
+
+    path = os.path.join(NIB_DATA, "anatomical.nii")
+    with pytest.raises(MedreconInputError, match="low-resolution slices would be 1x"):
+        prepare_case(ScanCase(name="a", path=path, prior="p", scale=2,
+                              crop=[[0, 3], None, None], slice_axis=2))
+    with pytest.raises(MedreconInputError, match="leave no voxel"):
+        prepare_case(ScanCase(name="b", path=path, prior="p", scale=2, bin=[100, 1, 1],
+                              slice_axis=2))

@@ -475,3 +475,61 @@ def test_kspace_posterior_std_is_calibrated_on_the_priors_grid_only():
     bcols[R // 2:3 * R // 2] = cols
     off = reconstruct_kspace(big, prior=p, **{**kw, "sampled": bcols})
     assert off.info["std_kind"] == "spread"
+
+
+# ------------------------------------------------------- bad input found before the work
+def test_scale_and_noise_have_the_clis_bounds_in_python(prior):
+    """scale=100000 allocated until the machine ran out (the CLI capped it at 32); a noise std
+    of 1e30 overflowed the solvers into NaN after the work."""
+    img = MedicalImage(np.random.default_rng(0).random((8, 8, 1), np.float32), np.eye(4))
+    with pytest.raises(MedreconInputError, match="scale must be an integer from 1 to 32"):
+        reconstruct(img, task="sr", prior=prior, method="bicubic", scale=100000)
+    with pytest.raises(MedreconInputError, match="noise_sigma must be a number from 0 to 2"):
+        reconstruct(img, task="denoise", prior=prior, method="tv", noise_sigma=1e30)
+    from medrecon.physics import SuperResolution
+
+    with pytest.raises(MedreconInputError, match="larger than the image 8x8"):
+        SuperResolution(16, img_size=8)
+
+
+def test_a_mask_file_off_the_images_grid_is_refused(prior, tmp_path):
+    """A mask saved flipped, or at another spacing, was applied to the wrong voxels."""
+    aff = np.diag([1.0, 1.0, 5.0, 1.0])
+    img = np.random.default_rng(0).random((20, 16, 2)).astype(np.float32)
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "img.nii.gz"))
+    m = np.zeros_like(img)
+    m[:5] = 1
+    nib.save(nib.Nifti1Image(m, aff), str(tmp_path / "mask.nii.gz"))
+    flip = aff.copy()
+    flip[0, 0], flip[0, 3] = -1, 19
+    nib.save(nib.Nifti1Image(m[::-1].copy(), flip), str(tmp_path / "flip.nii.gz"))
+    kw = dict(task="inpaint", prior=prior, method="biharmonic")
+    out = reconstruct_file(tmp_path / "img.nii.gz", tmp_path / "ok.nii.gz",
+                           mask=tmp_path / "mask.nii.gz", **kw)
+    assert out.output_path.is_file()
+    with pytest.raises(MedreconInputError, match="the mask's geometry differs"):
+        reconstruct_file(tmp_path / "img.nii.gz", tmp_path / "no.nii.gz",
+                         mask=tmp_path / "flip.nii.gz", **kw)
+    assert not (tmp_path / "no.nii.gz").exists()
+
+
+def test_kspace_input_refuses_what_does_not_apply(prior, tmp_path):
+    """Tiny k-space crashed at save (exit 1); --volume, --plane, --acceleration without
+    --simulate were dropped without a word; a stored mask of 0.2 / 0.7 became all sampled."""
+    import h5py
+
+    k = np.fft.fft2(np.random.default_rng(0).random((2, 16, 16))).astype(np.complex64)
+    np.save(tmp_path / "k.npy", k)
+    np.save(tmp_path / "tiny.npy", k[:, :2, :2])
+    kw = dict(task="mri", prior=prior, method="zero_filled")
+    assert reconstruct_file(tmp_path / "k.npy", tmp_path / "k.nii.gz", **kw).output_path.is_file()
+    with pytest.raises(MedreconInputError, match="2x2 per slice: too small"):
+        reconstruct_file(tmp_path / "tiny.npy", tmp_path / "t.nii.gz", **kw)
+    for extra in (dict(volume=1), dict(plane="sagittal"), dict(acceleration=8), dict(foo=1)):
+        with pytest.raises(MedreconInputError, match="do not apply to measured k-space"):
+            reconstruct_file(tmp_path / "k.npy", tmp_path / "x.nii.gz", **kw, **extra)
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["kspace"] = k
+        f["mask"] = np.where(np.arange(16) % 2, 0.7, 0.2)
+    with pytest.raises(MedreconInputError, match="values other than 0 and 1"):
+        reconstruct_file(tmp_path / "m.h5", tmp_path / "m.nii.gz", **kw)

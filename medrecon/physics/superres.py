@@ -94,6 +94,10 @@ class SuperResolution(LinearPhysics):
         self.img_size = as_size2(img_size, "img_size")
         self.padding = check_choice(padding, "padding", PADDINGS)
         h, w = self.img_size
+        if self.factor > min(h, w):
+            raise MedreconInputError(
+                f"factor {self.factor} is larger than the image {h}x{w}: the low-resolution "
+                "image would have no pixel. Use a factor of at most the image's smaller side.")
         if h % self.factor or w % self.factor:
             raise MedreconInputError(
                 f"img_size {self.img_size} is not divisible by the factor {self.factor}; "
