@@ -1263,18 +1263,27 @@ def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
     :func:`reconstruct_file` passes the method as it runs (``iagan-bp`` when the result is
     back-projected).
 
-    A DICOM series directory gives ``<dir>_<task>_<method>.nii.gz``; k-space (``.npy``/``.h5``)
-    input gives ``.nii.gz`` (the output is an image, not k-space). A DICOM file in a folder
+    A DICOM series directory (``.`` included) gives ``<dir>_<task>_<method>.nii.gz`` beside it;
+    k-space or array input (``.npy``/``.h5``) gives ``.nii.gz`` (the output is an image, not
+    k-space), and so does any format medrecon does not write (``.npz``, MetaImage, NRRD); a
+    JPEG gives ``.png``. A DICOM file in a folder
     of other DICOM files (one slice of a series) gives ``<dir>_<stem>_<task>_<method>.dcm``
     beside that folder: a derived DICOM written into it would make the user's series folder
     hold two series.
     """
+    from medrecon.io._paths import WRITE_SUFFIXES
+
     p = Path(input_path)
+    if p.name in ("", ".", ".."):  # a folder given as '.': named after itself, written beside it
+        p = p.resolve()
     stem, suffix = _split_suffix(p)
-    if suffix == "" or suffix.lower() in KSPACE_SUFFIXES:
-        suffix = ".nii.gz"
-    if p.is_file() and _in_dicom_folder(p):
-        return p.parent.with_name(f"{p.parent.name}_{stem}_{task}_{method}.dcm")
+    if suffix.lower() in (".jpg", ".jpeg"):
+        suffix = ".png"  # medrecon writes no JPEG (lossy)
+    elif suffix.lower() not in WRITE_SUFFIXES or suffix.lower() in KSPACE_SUFFIXES:
+        suffix = ".nii.gz"  # a folder, k-space or an array, .npz, MetaImage, NRRD...
+    if p.is_file() and _in_dicom_folder(p.absolute()):
+        folder = p.absolute().parent
+        return folder.with_name(f"{folder.name}_{stem}_{task}_{method}.dcm")
     return p.with_name(f"{stem}_{task}_{method}{suffix}")
 
 

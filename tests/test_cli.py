@@ -615,3 +615,71 @@ def test_overwrite_replaces_only_results_medrecon_wrote(tmp_path, prior_dir, suf
     res = CliRunner().invoke(cli, [str(a) for a in args[:3]] + [str(theirs)] + args[4:])
     assert res.exit_code == 2 and "medrecon did not write it" in (res.output + res.stderr)
     assert theirs.read_bytes() == before
+
+
+# ------------------------------------------------------------------ I/O review fixes
+def test_default_output_from_inside_a_series_folder(tmp_path, prior_dir, monkeypatch):
+    """Run from inside a series folder: a slice's result went into the folder (two series
+    there), and the folder given as '.' failed with exit 1."""
+    series = _write_series(get_testdata_file("CT_small.dcm"), tmp_path / "s1")
+    monkeypatch.chdir(series)
+    _run(["sr", "IM000.dcm", "--prior", prior_dir, "--method", "bicubic", "--scale", "2", "-q"])
+    assert sorted(p.name for p in series.iterdir()) == ["IM000.dcm", "IM001.dcm", "IM002.dcm"]
+    assert (tmp_path / "s1_IM000_sr_bicubic.dcm").is_file()
+    _run(["sr", ".", "--prior", prior_dir, "--method", "bicubic", "--scale", "2", "-q"])
+    assert (tmp_path / "s1_sr_bicubic.nii.gz").is_file()
+
+
+def test_series_of_mixed_pixel_spacing_is_refused(tmp_path, prior_dir):
+    series = _write_series(get_testdata_file("CT_small.dcm"), tmp_path / "s")
+    ds = pydicom.dcmread(series / "IM001.dcm")
+    ds.PixelSpacing = [0.9, 0.9]
+    ds.save_as(series / "IM001.dcm")
+    out = _run(["sr", series, "-o", tmp_path / "o.nii.gz", "--prior", prior_dir, "--method",
+                "bicubic", "-q"], code=2)
+    assert "different sizes, spacings or orientations" in out and "0.9x0.9 mm" in out
+
+
+def test_written_dicom_keeps_thickness_and_a_projection_stays_a_projection(tmp_path, prior_dir):
+    """SliceThickness was the slice spacing (2.0 for 1 mm slices 2 mm apart); a projection
+    (CR, only ImagerPixelSpacing) was given a patient position and orientation."""
+    series = _write_series(get_testdata_file("CT_small.dcm"), tmp_path / "s")
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SliceThickness = 1.0
+        ds.save_as(f)
+    _run(["sr", series, "-o", str(tmp_path / "out") + os.sep, "--prior", prior_dir,
+          "--method", "bicubic", "--scale", "2", "-q"])
+    ds = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0])
+    assert float(ds.SliceThickness) == 1.0 and float(ds.SpacingBetweenSlices) == 2.0
+    cr = Path(__file__).resolve().parent / "data" / "cr_mono1.dcm"
+    _run(["sr", cr, "-o", tmp_path / "cr.dcm", "--prior", prior_dir, "--method", "bicubic",
+          "--scale", "2", "-q"])
+    src, out = pydicom.dcmread(cr), pydicom.dcmread(tmp_path / "cr.dcm")
+    assert "ImagePositionPatient" not in src and "ImagePositionPatient" not in out
+    assert "PixelSpacing" not in out and "ImageOrientationPatient" not in out
+    np.testing.assert_allclose([float(v) for v in out.ImagerPixelSpacing],
+                               [float(v) / 2 for v in src.ImagerPixelSpacing])
+    img = load_image(tmp_path / "cr.dcm")
+    np.testing.assert_allclose(img.spacing[:2], np.asarray(load_image(cr).spacing[:2]) / 2)
+
+
+def test_inputs_and_outputs_the_io_review_found(tmp_path, prior_dir):
+    """A deflated DICOM was refused as truncated; a name too long and /dev/null gave exit 1
+    or a wrong message; JPEG and .npz inputs had no default output; a black-and-white PNG
+    came back as 0 / 1."""
+    kw = ["--prior", prior_dir, "--method", "bicubic", "--scale", "2", "-q"]
+    _run(["sr", get_testdata_file("image_dfl.dcm"), "-o", tmp_path / "dfl.nii.gz", *kw])
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(
+        tmp_path / "g.jpg")
+    np.savez(tmp_path / "a.npz", a=np.random.default_rng(0).random((16, 16)).astype(np.float32))
+    _run(["sr", tmp_path / "g.jpg", *kw])
+    _run(["sr", tmp_path / "a.npz", *kw])
+    assert (tmp_path / "g_sr_bicubic.png").is_file() and (tmp_path / "a_sr_bicubic.nii.gz").is_file()
+    out = _run(["sr", tmp_path / "g.jpg", "-o", tmp_path / ("a" * 300 + ".nii.gz"), *kw], code=2)
+    assert "too long" in out
+    if os.path.exists("/dev/null"):
+        out = _run(["sr", tmp_path / "g.jpg", "-o", "/dev/null", "--overwrite", *kw], code=2)
+        assert "not a regular file or folder" in out
+    Image.fromarray(np.random.default_rng(0).random((16, 16)) > 0.5).save(tmp_path / "bw.png")
+    assert set(np.unique(load_image(tmp_path / "bw.png").array)) == {0.0, 255.0}

@@ -230,7 +230,11 @@ def check_image_output(
     raw = os.fspath(path)
     out = outputs.resolve_user_path(raw)
     suffix = full_suffix(out)
-    as_dir = raw.endswith(("/", os.sep)) or (out.is_dir() and suffix not in WRITE_SUFFIXES) or suffix == ""
+    try:
+        is_dir = out.is_dir()
+    except OSError as exc:  # a name too long, a loop of links...
+        raise MedreconInputError(outputs.os_error_message(exc, out)) from None
+    as_dir = raw.endswith(("/", os.sep)) or (is_dir and suffix not in WRITE_SUFFIXES) or suffix == ""
     if not as_dir and suffix not in WRITE_SUFFIXES:
         raise _unsupported(out, "cannot write")
     if suffix in (".png", ".tif", ".tiff", ".dcm") and not as_dir and not is_2d:

@@ -235,7 +235,10 @@ def _check_pixel_claim(path: Path, ds: Dataset) -> None:
         return  # malformed tags: pydicom reports them when decoding
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     shape = (frames, rows, cols, spp)
-    if ts is not None and getattr(ts, "is_compressed", False):
+    # a compressed transfer syntax, or Deflated Explicit VR (the whole dataset zlib-deflated,
+    # not flagged is_compressed): the file is smaller than the pixels it holds
+    if ts is not None and (getattr(ts, "is_compressed", False)
+                           or getattr(ts, "is_deflated", False)):
         check_claimed_size(path, shape=shape, itemsize=max(1, bits // 8), bound_by_file=False,
                            voxels=frames * rows * cols)
         return
@@ -320,14 +323,17 @@ def _frame_values(s: _Slice, arr: np.ndarray, ds: Dataset) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- assembly
 def _orientation_key(s: _Slice) -> tuple:
+    """What the slices of one stack share: size, orientation and pixel spacing (a slice of
+    another spacing was stacked with the first slice's, its geometry wrong)."""
     o = None if s.orientation is None else tuple(np.round(s.orientation, 4))
-    return (s.rows, s.cols, o)
+    return (s.rows, s.cols, o, tuple(np.round(s.pixel_spacing, 4)))
 
 
 def _describe_group(slices: list[_Slice]) -> str:
     s = slices[0]
     o = "no orientation" if s.orientation is None else f"orientation {np.round(s.orientation, 3).tolist()}"
-    return f"{len(slices)} slice(s) of {s.rows}x{s.cols}, {o}"
+    sp = "x".join(f"{v:g}" for v in s.pixel_spacing)
+    return f"{len(slices)} slice(s) of {s.rows}x{s.cols} at {sp} mm, {o}"
 
 
 def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> MedicalImage:
@@ -339,7 +345,7 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
     if len(groups) > 1:
         listing = "; ".join(_describe_group(g) for g in groups.values())
         raise MedreconInputError(
-            f"{source} mixes images of different sizes or orientations ({listing}); expected one "
+            f"{source} mixes images of different sizes, spacings or orientations ({listing}); expected one "
             "stack. Pass the files of one stack only (e.g. move localizers to another folder)."
         )
     located = all(s.position is not None and s.orientation is not None for s in slices)

@@ -68,6 +68,31 @@ _DROPPED = (
 )
 
 
+def _located(ref: Dataset | None) -> bool:
+    """Whether the source images have a place in the patient (an Image Plane position or the
+    enhanced functional groups); a projection (CR, DX) has only the detector's spacing."""
+    return (ref is None or "ImagePositionPatient" in ref
+            or "PerFrameFunctionalGroupsSequence" in ref
+            or "SharedFunctionalGroupsSequence" in ref)
+
+
+def _source_thickness(ref: Dataset | None, normal: np.ndarray) -> float | None:
+    """The source slices' nominal SliceThickness when the output slices are theirs (same
+    slice direction); None when unknown."""
+    if ref is None:
+        return None
+    try:
+        t = float(ref.get("SliceThickness") or 0)
+        iop = [float(v) for v in ref.get("ImageOrientationPatient") or []]
+    except (TypeError, ValueError):
+        return None
+    if t <= 0 or len(iop) != 6:
+        return None
+    src = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    src /= np.linalg.norm(src) or 1.0
+    return t if abs(abs(float(src @ normal)) - 1.0) < 1e-3 else None
+
+
 def _ds(value: float) -> str:
     """A DICOM DS string (at most 16 characters) for ``value``."""
     return str(DSfloat(float(value), auto_format=True))
@@ -256,6 +281,8 @@ def write_dicom(
     # the slices' true places along the normal (a series with a missing slice has uneven gaps,
     # which the image's single affine spreads evenly): one output slice per source slice
     along = _reference_offsets(references, normal) if same_slices else None
+    located = _located(ref)
+    thickness = _source_thickness(ref, normal) if same_slices else None
     written = []
     for k in range(nz):
         ds = copy.deepcopy(base)
@@ -266,12 +293,17 @@ def write_dicom(
         position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
         if along is not None:
             position = position + normal * (along[k] - float(position @ normal))
-        ds.ImagePositionPatient = [_ds(v) for v in position]
-        ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([row_cos, col_cos])]
-        ds.PixelSpacing = [_ds(dy), _ds(dx)]  # (between rows, between columns)
-        ds.SliceThickness = _ds(slice_gap)
-        ds.SpacingBetweenSlices = _ds(slice_gap)
-        ds.SliceLocation = _ds(float(position @ normal))
+        if located:
+            ds.ImagePositionPatient = [_ds(v) for v in position]
+            ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([row_cos, col_cos])]
+            ds.PixelSpacing = [_ds(dy), _ds(dx)]  # (between rows, between columns)
+            # the acquisition's nominal thickness is kept; unknown stays empty (type 2): the
+            # spacing of the slices is SpacingBetweenSlices and the positions
+            ds.SliceThickness = "" if thickness is None else _ds(thickness)
+            ds.SpacingBetweenSlices = _ds(slice_gap)
+            ds.SliceLocation = _ds(float(position @ normal))
+        else:  # a projection (CR, DX): its spacing is the detector's, it has no patient place
+            ds.ImagerPixelSpacing = [_ds(dy), _ds(dx)]
         if same_slices and "SOPInstanceUID" in references[k]:
             item = Dataset()
             item.ReferencedSOPClassUID = references[k].SOPClassUID

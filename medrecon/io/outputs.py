@@ -205,6 +205,10 @@ def check_output(
         if p.is_symlink() and not p.exists():
             raise MedreconInputError(
                 f"{what} {str(p)!r} is a broken symbolic link; remove it or choose another path.")
+        if not (p.is_dir() or p.is_file()):
+            raise MedreconInputError(
+                f"{what} {str(p)!r} exists and is not a regular file or folder (a device, pipe "
+                "or socket); medrecon does not write there. Choose another path.")
         if p.is_dir() != want_dir:
             kind, other = ("a folder", "a file") if p.is_dir() else ("a file", "a folder")
             raise MedreconInputError(

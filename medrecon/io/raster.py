@@ -51,6 +51,8 @@ def read_raster(path: Path) -> MedicalImage:
                 mode = im.mode
                 if mode == "P" or mode == "PA":
                     im = im.convert("RGBA")
+                elif mode == "1":  # black and white: 0 / 255 as it shows (np.array gives 0 / 1)
+                    im = im.convert("L")
                 elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGB")
                 data = np.array(im)
