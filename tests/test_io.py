@@ -671,3 +671,18 @@ def test_itk_formats_keep_geometry(tmp_path, suffix):
             load_image(tmp_path / f"v{suffix}")
     finally:
         del os.environ["MEDRECON_MAX_VOXELS"]
+
+
+def test_dicom_without_pixel_spacing_says_1mm_is_assumed(tmp_path):
+    """A DICOM image without any spacing tag silently got 1 mm pixels."""
+    from medrecon.errors import MedreconWarning
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelSpacing
+    ds.save_as(tmp_path / "nosp.dcm")
+    with pytest.warns(MedreconWarning, match="no pixel spacing"):
+        img = load_image(tmp_path / "nosp.dcm")
+    np.testing.assert_allclose(img.spacing[:2], (1.0, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MedreconWarning)
+        load_image(get_testdata_file("CT_small.dcm"))

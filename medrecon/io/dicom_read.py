@@ -154,12 +154,16 @@ def _order_keys(ds: Dataset, fg: Dataset | None = None) -> tuple[float, ...]:
     )
 
 
+#: The pixel spacing of a DICOM image with none in its header (mm), said in a warning.
+UNKNOWN_SPACING = (1.0, 1.0)
+
+
 def _plain_spacing(ds: Dataset) -> tuple[float, float]:
     for key in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
         vals = _floats(ds.get(key))
         if vals and len(vals) >= 2 and vals[0] > 0 and vals[1] > 0:
             return (vals[0], vals[1])
-    return (1.0, 1.0)
+    return UNKNOWN_SPACING
 
 
 def _slices_of(path: Path, ds: Dataset) -> list[_Slice]:
@@ -349,6 +353,10 @@ def _assemble(slices: list[_Slice], *, volume: int | None, source: str) -> Medic
             "stack. Pass the files of one stack only (e.g. move localizers to another folder)."
         )
     located = all(s.position is not None and s.orientation is not None for s in slices)
+    if slices[0].pixel_spacing is UNKNOWN_SPACING:
+        warnings.warn(f"{source} has no pixel spacing in its header (PixelSpacing, "
+                      "ImagerPixelSpacing); 1 mm pixels are assumed, so sizes in mm are not "
+                      "physical.", MedreconWarning, stacklevel=3)
     slices, axes, dist = _slice_axis(slices, located=located, source=source)
     stack, d, n_vol = _choose_volume(slices, dist, volume=volume, source=source)
     affine_lps = _stack_affine(stack, d, axes, located=located, source=source)
