@@ -205,30 +205,10 @@ def made_by_medrecon(path: Path) -> bool:
     return str(ds.get("Manufacturer", "")) == "medrecon" and impl.startswith("MEDRECON")
 
 
-def write_dicom(
-    image: MedicalImage,
-    target: Path,
-    *,
-    single_file: bool,
-    references: Sequence[Dataset],
-    series_description: str | None,
-    method: str | None,
-) -> list[Path]:
-    """Write ``image`` as a derived series: one file per slice into folder ``target``, or the
-    single slice of a 2D image to file ``target`` when ``single_file``.
-
-    Args:
-        image: The image to write (finite values; geometry from its affine).
-        target: Destination folder (must exist) or file path.
-        single_file: Write a 2D image to ``target`` itself.
-        references: Pixel-less reference headers (``image.meta['dicom_headers']`` or given
-            explicitly); may be empty.
-        series_description: Free text appended to ``"medrecon <method>"``.
-        method: Reconstruction method name, e.g. ``"iagan"``.
-
-    Returns:
-        The written file paths, in slice order.
-    """
+def _series_header(references: Sequence[Dataset], series_description: str | None,
+                   method: str | None) -> tuple[Dataset, str, str]:
+    """The tags every slice of the derived series shares (patient, study, a new series naming
+    medrecon and the method, the derivation), and the series' date and time."""
     ref = references[0] if references else None
     classic = _is_classic(ref)
     base = _base_from_reference(ref) if classic else _base_from_scratch(ref)
@@ -260,6 +240,35 @@ def write_dicom(
         + (f" from {n_src} image(s) of series {src_uid}" if ref is not None else "")
     )[:1024]
     base.BurnedInAnnotation = "NO"
+    return base, date, time
+
+
+def write_dicom(
+    image: MedicalImage,
+    target: Path,
+    *,
+    single_file: bool,
+    references: Sequence[Dataset],
+    series_description: str | None,
+    method: str | None,
+) -> list[Path]:
+    """Write ``image`` as a derived series: one file per slice into folder ``target``, or the
+    single slice of a 2D image to file ``target`` when ``single_file``.
+
+    Args:
+        image: The image to write (finite values; geometry from its affine).
+        target: Destination folder (must exist) or file path.
+        single_file: Write a 2D image to ``target`` itself.
+        references: Pixel-less reference headers (``image.meta['dicom_headers']`` or given
+            explicitly); may be empty.
+        series_description: Free text appended to ``"medrecon <method>"``.
+        method: Reconstruction method name, e.g. ``"iagan"``.
+
+    Returns:
+        The written file paths, in slice order.
+    """
+    ref = references[0] if references else None
+    base, date, time = _series_header(references, series_description, method)
 
     # Geometry in LPS.
     lps = ras_to_lps(image.affine)
@@ -277,7 +286,7 @@ def write_dicom(
         p_lo, p_hi = np.percentile(image.array, [0.5, 99.5])
         wc, ww = (p_lo + p_hi) / 2.0, max(float(p_hi - p_lo), 1e-3)
 
-    same_slices = n_src == nz
+    same_slices = len(references) == nz
     # the slices' true places along the normal (a series with a missing slice has uneven gaps,
     # which the image's single affine spreads evenly): one output slice per source slice
     along = _reference_offsets(references, normal) if same_slices else None
