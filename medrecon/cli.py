@@ -196,14 +196,17 @@ class _Reporter:
     """Text progress bar (tqdm on stderr) or JSON lines on stderr for the Slicer module."""
 
     def __init__(self, *, log_format: str, quiet: bool) -> None:
+        import time
+
         self.json = log_format == "json"
         self.quiet = quiet
         self.bar = None
+        self.t0 = time.monotonic()
 
     def __call__(self, event: dict) -> None:
         if self.json:
             out = {"event": event.get("event", "progress"), "fraction": event.get("fraction"),
-                   "message": event.get("message", "")}
+                   "message": event.get("message", ""), **self._timing(event.get("fraction"))}
             click.echo(json.dumps(out), err=True)
             return
         if self.quiet:
@@ -218,6 +221,16 @@ class _Reporter:
         self.bar.n = int(round(1000 * frac))
         self.bar.set_description_str(str(event.get("message", "")), refresh=False)
         self.bar.refresh()
+
+    def _timing(self, fraction: Any) -> dict:
+        """``elapsed_s`` and ``eta_s`` (the time left at the pace so far; null before 2 %), what
+        the text bar shows as elapsed<remaining, for the Slicer module and other readers."""
+        import time
+
+        elapsed = time.monotonic() - self.t0
+        f = float(fraction) if isinstance(fraction, (int, float)) else 0.0
+        eta = round(elapsed * (1.0 - f) / f, 1) if 0.02 <= f < 1.0 else (0.0 if f >= 1.0 else None)
+        return {"elapsed_s": round(elapsed, 1), "eta_s": eta}
 
     def close(self) -> None:
         if self.bar is not None:
@@ -698,6 +711,18 @@ if MedreconGroup._lazy(cli, "priors") is None:  # type: ignore[arg-type]
 
 #: Exit code of a run stopped by Ctrl-C (SIGINT), the shell convention 128 + 2.
 EXIT_INTERRUPTED = 130
+#: Exit code of a run stopped by SIGTERM (``kill``, ``timeout``, batch schedulers): 128 + 15.
+EXIT_TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that staged outputs are discarded on the way
+    out as for Ctrl-C (the default action killed the process and left a partial
+    ``.part`` file beside the output). A ``BaseException``: no ``except Exception`` stops it."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def _wants_json(argv: list[str]) -> bool:
@@ -710,11 +735,26 @@ def _wants_json(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``medrecon``); returns the exit code.
 
-    0 success, 2 bad input or usage, 1 internal error, 130 interrupted (Ctrl-C). With
+    0 success, 2 bad input or usage, 1 internal error, 130 interrupted (Ctrl-C), 143
+    terminated (SIGTERM; staged outputs are discarded as for Ctrl-C). With
     ``--log-format json`` every error is one JSON line on stderr and nothing else is printed.
     """
+    import signal
+    import threading
+
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(args)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(args, as_json)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str], as_json: bool) -> int:
     try:
         rv = cli.main(args=args, prog_name="medrecon", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -736,4 +776,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             click.echo("Interrupted; no output was written.", err=True)
         return EXIT_INTERRUPTED
+    except Terminated:
+        if as_json:
+            click.echo(json.dumps({"event": "error", "message": "terminated",
+                                   "exit_code": EXIT_TERMINATED}), err=True)
+        else:
+            click.echo("Terminated (SIGTERM); no output was written.", err=True)
+        return EXIT_TERMINATED
     return int(rv) if isinstance(rv, int) else EXIT_OK

@@ -1,5 +1,13 @@
 """Bounds of options shared by every surface (CLI, Python, bundles, Slicer), in a module
-without heavy imports so the CLI can use them in its option types."""
+without heavy imports so the CLI can use them in its option types, and the free memory they
+are checked against."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
 
 #: The largest SR factor: a larger one only allocates an output of ``scale**2`` times the
 #: input (x100000 of a 37 x 53 image asked for 50 GB).
@@ -7,3 +15,26 @@ MAX_SCALE = 32
 #: The largest measurement noise std, in generator units: the whole intensity window (images
 #: in [-1, 1]); more is no image (1e30 overflowed the solvers into NaN after the work).
 MAX_NOISE_SIGMA = 2.0
+#: Float32 copies of a result the pipeline holds at its peak (the slices, their stack, the
+#: intensities restored, the volume reassembled, the array written): what a result is checked
+#: against the free memory with.
+RESULT_COPIES = 5
+
+
+def free_memory(device: Any) -> int | None:
+    """Bytes free on ``device`` (a ``torch.device``; CUDA: the driver's count; CPU: Linux's
+    MemAvailable, else the physical memory); ``None`` where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            import torch
+
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path("/proc/meminfo").read_text().splitlines():
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, RuntimeError, ValueError):
+        return None
+    return None

@@ -126,8 +126,11 @@ class ReconstructionSettings:
             raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} "
                                      "with a mask.")
         prior = P._resolve_prior(prior)
+        chosen = P._choose_method(method, task, prior, samples)
+        _check_volume_options(task, chosen, key_every=key_every, warm_steps=warm_steps,
+                              coherence=coherence)
         return cls(
-            task=task, prior=prior, method=P._choose_method(method, task, prior, samples),
+            task=task, prior=prior, method=chosen,
             chosen_by_user=method is not None, steps=steps, bp=bp, plane=plane, scale=scale,
             sr_kernel=sr_kernel, acceleration=acceleration, center_fraction=center_fraction,
             mask_type=mask_type, noise_sigma=float(noise_sigma), samples=samples,
@@ -136,6 +139,33 @@ class ReconstructionSettings:
             percentiles=(float(percentiles[0]), float(percentiles[1])), key_every=key_every,
             warm_steps=warm_steps, coherence=coherence, spread=bool(spread))
 
+
+
+def _check_volume_options(task: str, method: str, *, key_every: int, warm_steps: int | None,
+                          coherence: float | str) -> None:
+    """Refuse volume options that would change nothing (they were dropped without a word):
+    warm starts for a method that cannot start from a neighbour, ``warm_steps`` without warm
+    starts, a coherence width for a task or method it does not apply to."""
+    from medrecon.solvers import METHODS
+    from medrecon.volume import supports_warm_start
+
+    if key_every > 1 and not supports_warm_start(method):
+        raise MedreconInputError(
+            f"key_every={key_every} warm-starts slices from their neighbours, which method "
+            f"{method!r} cannot; drop key_every (--key-every) or use method 'iagan'.")
+    if warm_steps is not None and key_every <= 1:
+        raise MedreconInputError(
+            f"warm_steps={warm_steps} sets the steps of warm-started slices, and there are none "
+            "without key_every >= 2 (--key-every); pass both or neither.")
+    if isinstance(coherence, float) and coherence > 0:
+        if task not in COHERENT_TASKS:
+            raise MedreconInputError(
+                f"coherence={coherence:g} mm applies to {', '.join(COHERENT_TASKS)}, not "
+                f"{task}; drop it (--coherence).")
+        if not METHODS[method].generative:
+            raise MedreconInputError(
+                f"coherence={coherence:g} mm averages the generative methods' guesses across "
+                f"slices; method {method!r} makes none. Drop it, or use a generative method.")
 
 
 class ReadVolume(Transform):
@@ -157,7 +187,7 @@ class CutSlices(Transform):
     in-plane spacing ``"sp_hw"``."""
 
     def __init__(self, settings: ReconstructionSettings) -> None:
-        self.plane, self.prior = settings.plane, settings.prior
+        self.s, self.plane, self.prior = settings, settings.plane, settings.prior
 
     def __call__(self, d: dict) -> dict:
         orient, source = P._slice_orientation(d["image"], d["volume"], d["affine"], d["spacing"],
@@ -165,7 +195,32 @@ class CutSlices(Transform):
         d["orient"], d["plane_source"] = orient, source
         d["slices"] = orient.volume_to_slices(d["volume"])
         d["sp_hw"] = orient.inplane_spacing(d["spacing"])
+        check_result_size(tuple(d["slices"].shape), self.s)
         return d
+
+
+def check_result_size(slices_shape: tuple[int, int, int], s: ReconstructionSettings) -> None:
+    """Refuse a result larger than medrecon reads (``MEDRECON_MAX_VOXELS``), or whose copies
+    (:data:`medrecon.limits.RESULT_COPIES`, float32) would not fit in the free memory, before
+    any solve: only the input was bounded, and a 512 x 512 x 300 scan at x4 (1.3 G voxels)
+    ran for minutes and ended in an out-of-memory error."""
+    import torch
+
+    from medrecon.io._paths import max_voxels
+    from medrecon.limits import RESULT_COPIES, free_memory
+
+    n, h, w = slices_shape
+    k = s.scale if s.task == "sr" else 1
+    voxels = n * h * k * w * k
+    need, free = voxels * 4 * RESULT_COPIES, free_memory(torch.device("cpu"))
+    if voxels > max_voxels() or (free is not None and need > free):
+        gib = 2.0**30
+        room = "" if free is None else f", {free / gib:.1f} GiB free"
+        raise MedreconInputError(
+            f"the result would be {n} slices of {h * k}x{w * k} ({voxels / 1e9:.2f} G voxels, "
+            f"about {need / gib:.1f} GiB while it is assembled{room}; at most "
+            f"MEDRECON_MAX_VOXELS={max_voxels()} voxels); crop the scan, reconstruct it in "
+            "parts" + (" or use a smaller --scale" if k > 1 else "") + ".")
 
 
 #: Tasks whose volumes :func:`medrecon.volume.cohere_slices` can smooth (``coherence`` in mm;

@@ -48,7 +48,8 @@ GUARANTEES = """## Your files: what every command guarantees
 Exit codes: `0` success; `2` bad input, usage or environment (a one-line `Error: ...` that names
 the problem, your path and the fix: a missing or corrupt file, a full disk, a read-only or
 special folder, a symbolic-link loop ...); `1` internal error (a bug: `medrecon --debug ...`
-shows the traceback); `130` interrupted (Ctrl-C). With `--log-format json` each error is one
+shows the traceback); `130` interrupted (Ctrl-C), `143` terminated (SIGTERM), both leaving no
+output behind. With `--log-format json` each error is one
 JSON line `{"event": "error", "message": ..., "exit_code": ...}` and warnings are
 `{"event": "warning", ...}` lines.
 """

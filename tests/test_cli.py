@@ -233,6 +233,10 @@ def test_generative_run_with_json_progress(tmp_path, prior_dir):
     events = _json_sr_run(tmp_path, prior_dir, 2, "--method", "csgm", "--seed", "1")
     prog = [e for e in events if e["event"] == "progress"]
     assert prog and all(0.0 <= e["fraction"] <= 1.0 and isinstance(e["message"], str) for e in prog)
+    # the time so far and left, as the text bar shows them (eta null before 2 %)
+    assert all(e["elapsed_s"] >= 0 and (e["eta_s"] is None) == (e["fraction"] < 0.02)
+               for e in prog)
+    assert all(e["eta_s"] >= 0 for e in prog if e["eta_s"] is not None)
     done = events[-1]
     assert done["event"] == "done" and done["std"] is None and done["seconds"] > 0
     assert Path(done["output"]).exists() and nib.load(done["output"]).shape == (16, 16, 2)

@@ -598,6 +598,27 @@ def test_sigint_exits_130_and_writes_nothing(work, prior_dir):
     assert not [q for q in work.iterdir() if q.name.startswith(".")]
 
 
+def test_sigterm_while_writing_exits_143_and_leaves_nothing(work, prior_dir, capsys, monkeypatch):
+    """kill / timeout / a batch scheduler send SIGTERM: its default action ended the process
+    mid-write and left the staged .part file beside the output."""
+    import nibabel as nib
+
+    real_save = nib.save
+
+    def save_then_terminated(img, filename):
+        real_save(img, filename)  # a (partial) staged file exists now
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs here
+
+    monkeypatch.setattr(nib, "save", save_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    code, text = cli(*sr("-o", "t.nii.gz", prior_dir=prior_dir), capsys=capsys)
+    assert code == 143 and "Terminated (SIGTERM); no output was written." in text
+    assert not (work / "t.nii.gz").exists()
+    assert not [q for q in work.iterdir() if q.name.startswith(".")]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 # ------------------------------------------------------------------ outputs people can use
 @pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_outputs_get_the_users_default_permissions(work, prior_dir, umask, file_mode, dir_mode):

@@ -533,3 +533,19 @@ def test_kspace_input_refuses_what_does_not_apply(prior, tmp_path):
         f["mask"] = np.where(np.arange(16) % 2, 0.7, 0.2)
     with pytest.raises(MedreconInputError, match="values other than 0 and 1"):
         reconstruct_file(tmp_path / "m.h5", tmp_path / "m.nii.gz", **kw)
+
+
+def test_a_result_too_large_is_refused_before_the_solve(prior, monkeypatch):
+    """Only the input was bounded: a 512 x 512 x 300 scan at x4 (1.3 G voxels) ran for minutes
+    and ended out of memory. The result is checked against MEDRECON_MAX_VOXELS and the free
+    memory when the slices are cut."""
+    import medrecon.solvers as solvers
+
+    img = MedicalImage(np.random.default_rng(0).random((16, 16, 4), np.float32), np.eye(4))
+    monkeypatch.setenv("MEDRECON_MAX_VOXELS", str(16 * 16 * 4 * 15))  # under x4's 16x
+    reconstruct(img, task="sr", prior=prior, method="bicubic", scale=2, plane="axial")
+    called = []
+    monkeypatch.setattr(solvers, "solve", lambda *a, **k: called.append(1))
+    with pytest.raises(MedreconInputError, match=r"4 slices of 64x64 .* smaller --scale"):
+        reconstruct(img, task="sr", prior=prior, method="bicubic", scale=4, plane="axial")
+    assert not called

@@ -103,6 +103,7 @@ FAKE_CLI = textwrap.dedent(
     else:
         data = 2.0 * data + 1.0
     out = nib.Nifti1Image(data.astype(np.float32), affine)
+    a.output = os.environ.get("FAKE_REPORT_OUTPUT") or a.output  # a CLI writing elsewhere
     nib.save(out, a.output)
     std = None
     if a.samples and int(a.samples) > 0:
@@ -253,6 +254,23 @@ def test_defaults_are_the_clis():
     mine = runner.ReconstructionParameters(task="mri", prior="/p/prior", method="csgm")
     args = mine.cli_arguments("i", "o")
     assert args[args.index("--prior") + 1] == "/p/prior" and "csgm" in args
+
+
+def test_module_owned_options_cannot_be_passed_attached_or_clustered():
+    """`-o/path` and `-qo` passed the check of `-o` alone, and with the module's --overwrite
+    the CLI replaced a file of the user's."""
+    from medrecon.limits import MAX_NOISE_SIGMA
+
+    P = runner.ReconstructionParameters
+    for extra in (("-o/home/me/result.nii.gz",), ("-qo", "x.nii"), ("-oq",), ("-q",),
+                  ("--output=/x.nii",), ("--overwrite",)):
+        with pytest.raises(MedreconInputError, match="set by the module"):
+            P(extra_args=extra).validate()
+    P(extra_args=("--no-bp", "--plane", "axial", "--seed", "3")).validate()
+    assert runner.MAX_NOISE_SIGMA == MAX_NOISE_SIGMA
+    with pytest.raises(MedreconInputError, match="noise_sigma"):
+        P(noise_sigma=5.0).validate()
+    P(noise_sigma=2.0).validate()
 
 
 @pytest.mark.parametrize(
@@ -495,6 +513,18 @@ def test_labelmap_on_coarser_grid_is_resampled(scene, slicer_mod, fake_cli, runs
     expected = np.zeros((2, 8, 8), bool)
     expected[:, 0:4, 0:4] = True
     np.testing.assert_array_equal(filled, expected)
+
+
+def test_a_result_outside_the_run_folder_is_not_loaded(scene, slicer_mod, fake_cli, runs_dir,
+                                                       tmp_path):
+    """The module loads only what medrecon wrote into its own temporary folder (a result
+    reported elsewhere means the output went to a file of the user's)."""
+    volume = _volume(scene, slicer_mod, np.ones((2, 3, 4), np.float32))
+    env = dict(os.environ, FAKE_REPORT_OUTPUT=str(tmp_path / "elsewhere.nii"))
+    before = len(_volume_nodes(scene))
+    with pytest.raises(ReconstructionError, match="outside the run.s temporary folder"):
+        _logic(fake_cli, runs_dir, env=env).process(volume, runner.ReconstructionParameters())
+    assert len(_volume_nodes(scene)) == before and list(runs_dir.iterdir()) == []
 
 
 def test_cancel_leaves_no_node_no_files_no_process(scene, slicer_mod, fake_cli, runs_dir, tmp_path):
@@ -835,6 +865,8 @@ def test_parameter_node_translation(medrecon_module):
     assert p.extra_args == ("--plane", "axial")
     node.prior = "  "  # an empty field: the task's prior, as the CLI chooses it
     assert medrecon_module.parametersFromNode(node).prior is None
+    assert [medrecon_module._duration(t) for t in (45, 200, 3900)] == ["45 s", "3 min",
+                                                                       "1 h 05 min"]
     node_class = medrecon_module.MedReconParameterNode
     assert (node_class.prior, node_class.method) == ("", medrecon_module.DEFAULT_METHOD)
     node.extraArguments = "--plane 'axial"

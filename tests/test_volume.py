@@ -238,10 +238,20 @@ def test_warm_start_options_are_checked(prior):
             reconstruct(vol, affine=aff, task="sr", prior=prior, method="iagan", **kw)
 
 
-def test_baselines_and_samplers_ignore_warm_starts(prior):
+def test_volume_options_that_would_change_nothing_are_refused(prior):
+    """Warm starts for a method without them, warm_steps without warm starts, and a coherence
+    width for a task or method it does not apply to were dropped without a word."""
     vol, aff = _volume(4)
-    a = reconstruct(vol, affine=aff, task="sr", prior=prior, method="bicubic", key_every=2)
-    assert "key_every" not in a.info
+    kw = dict(affine=aff, prior=prior)
+    for extra, says in ((dict(task="sr", method="bicubic", key_every=2), "cannot; drop key_every"),
+                        (dict(task="sr", method="iagan", warm_steps=5), "pass both or neither"),
+                        (dict(task="sr", method="bicubic", coherence=2.0), "makes none"),
+                        (dict(task="denoise", method="iagan", coherence=2.0), "not denoise")):
+        with pytest.raises(MedreconInputError, match=says):
+            reconstruct(vol, **kw, **extra)
+    a = reconstruct(vol, **kw, task="sr", method="bicubic", coherence=0)  # off: allowed
+    b = reconstruct(vol, **kw, task="sr", method="bicubic", coherence="auto")
+    assert "key_every" not in a.info and np.array_equal(np.asarray(a.image), np.asarray(b.image))
 
 
 def test_default_warm_steps_are_a_quarter_of_the_cold_steps():

@@ -40,6 +40,11 @@ def _prepare(y, operator, device):
         with torch.no_grad():
             back = op.A_adjoint(yd)
     except Exception as exc:  # noqa: BLE001
+        if isinstance(exc, MemoryError) or "can't allocate" in str(exc):
+            raise MedreconInputError(
+                f"out of memory applying the operator to measurements of shape "
+                f"{tuple(y.shape)}: they are too large for this machine; crop the scan or "
+                "reconstruct it in parts.") from exc
         raise MedreconInputError(
             f"operator.A_adjoint cannot take y of shape {tuple(y.shape)} ({type(exc).__name__}: "
             f"{exc}); pass measurements produced by this operator.") from exc

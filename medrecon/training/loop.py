@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from medrecon.errors import CheckpointError, MedreconInputError
+from medrecon.limits import free_memory
 from medrecon.training.augment import DEFAULT_POLICY, diff_augment, parse_policy
 
 __all__ = [
@@ -181,23 +182,6 @@ def training_bytes(config: TrainConfig) -> int:
     g = sum(p.numel() for p in G.parameters())
     d = sum(p.numel() for p in D.parameters())
     return 4 * (5 * g + 4 * d)
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free on ``device`` (CUDA: the driver's count; CPU: Linux's MemAvailable, else the
-    physical memory); ``None`` where it cannot be told."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        if device.type == "cpu":
-            with contextlib.suppress(OSError, ValueError):
-                for line in Path("/proc/meminfo").read_text().splitlines():
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, OSError, RuntimeError, ValueError):
-        return None
-    return None
 
 
 def check_training_memory(config: TrainConfig, device: torch.device) -> None:

@@ -54,6 +54,15 @@ REQUIREMENT_SETTING = "MedRecon/Requirement"
 #: Milliseconds between two polls of a running reconstruction.
 POLL_INTERVAL_MS = 200
 
+def _duration(seconds: float) -> str:
+    """``"45 s"``, ``"3 min"``, ``"1 h 05 min"``: a progress bar's time left."""
+    s = int(round(seconds))
+    if s < 90:
+        return f"{s} s"
+    m = int(round(s / 60))
+    return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
 #: "Method" choice meaning: let medrecon pick the prior's default for the task.
 DEFAULT_METHOD = "default"
 
@@ -323,7 +332,9 @@ class MedReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for event in run.poll():
             if event.kind == "progress":
                 self.ui.progressBar.value = int(round(100 * run.fraction))
-                self.ui.progressBar.setFormat(f"%p% {event.message}")
+                eta = event.data.get("eta_s")
+                left = f" (about {_duration(eta)} left)" if isinstance(eta, (int, float)) and eta > 0 else ""
+                self.ui.progressBar.setFormat(f"%p% {event.message}{left}")
             elif event.kind in ("log", "error") and event.message.strip():
                 self._log(event.message)
         if run.finished:

@@ -234,6 +234,10 @@ class ReconstructionRun:
     def _import_results(self) -> ReconstructionResult:
         done = dict(self._process.done or {})
         output = Path(done.get("output") or self._output_path)
+        if Path(self.workdir).resolve() not in output.resolve().parents:
+            raise OSError(f"medrecon reported its result at {output}, outside the run's "
+                          "temporary folder; it was not loaded (the module writes no file of "
+                          "yours)")
         if not output.is_file():
             raise OSError(f"expected the reconstruction at {output}, found nothing")
         std_path = done.get("std")

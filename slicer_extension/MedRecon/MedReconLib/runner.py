@@ -59,6 +59,10 @@ METHODS: Tuple[str, ...] = (
 #: form, as in the CLI).
 SAMPLING_METHODS: Tuple[str, ...] = ("brgm", "brgm_variational")
 
+#: The CLI's bound of ``--noise-sigma`` (``medrecon.limits.MAX_NOISE_SIGMA``; a test keeps
+#: the two equal): generator units, the whole intensity window.
+MAX_NOISE_SIGMA = 2.0
+
 #: Values of ``medrecon --device``.
 DEVICES: Tuple[str, ...] = ("auto", "cuda", "cpu")
 
@@ -168,8 +172,9 @@ class ReconstructionParameters:
                 "for an uncertainty map, or samples 0.")
         _check_float("center_fraction", self.center_fraction, low=0.0, high=1.0, open_low=True,
                      open_high=True, hint="e.g. 0.08 for 8% of the k-space lines")
-        _check_float("noise_sigma", self.noise_sigma, low=0.0, high=math.inf, open_low=False,
-                     open_high=True, hint="0 for noiseless measurements")
+        _check_float("noise_sigma", self.noise_sigma, low=0.0, high=MAX_NOISE_SIGMA,
+                     open_low=False, open_high=False,
+                     hint="0 for noiseless measurements, at most the whole window")
         if isinstance(self.extra_args, (str, bytes)) or not all(
             isinstance(a, str) for a in self.extra_args
         ):
@@ -177,8 +182,7 @@ class ReconstructionParameters:
                 f"Invalid extra_args: got {self.extra_args!r}; expected a sequence of strings. "
                 "Split a command-line string with shlex.split first."
             )
-        owned = sorted({a.split("=", 1)[0] for a in self.extra_args}
-                       & set(MODULE_OWNED_OPTIONS))
+        owned = sorted({name for a in self.extra_args for name in _owned(a)})
         if owned:
             raise MedreconInputError(
                 f"Invalid extra_args: {', '.join(owned)} are set by the module (the output goes "
@@ -248,6 +252,20 @@ class ReconstructionParameters:
         args += ["--log-format", "json", "--overwrite"]
         args += list(self.extra_args)
         return args
+
+
+def _owned(arg: str) -> List[str]:
+    """The module-owned options ``arg`` sets: ``--name`` / ``--name=value``, and a short
+    option alone, with its value attached (``-oPATH``) or in a cluster (``-qo``), as click
+    reads them (a bare check of ``-o`` let ``-o/path`` through, and with it the module's
+    ``--overwrite`` onto a file of the user's)."""
+    if arg.startswith("--"):
+        name = arg.split("=", 1)[0]
+        return [name] if name in MODULE_OWNED_OPTIONS else []
+    if len(arg) < 2 or not arg.startswith("-") or arg[1].isdigit() or arg[1] == ".":
+        return []  # a value (a negative number), not an option
+    short = {o[1] for o in MODULE_OWNED_OPTIONS if len(o) == 2}
+    return [f"-{c}" for c in arg[1:] if c in short][:1] or []
 
 
 def _check_word(name: str, value: Any, expected: str) -> None:
