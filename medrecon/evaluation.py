@@ -84,7 +84,8 @@ CSV_COLUMNS: tuple[str, ...] = ("image", "method", "psnr", "ssim", "lpips", "sec
                                 "std_error_spearman")
 
 #: File name endings accepted as ground truths (case-insensitive).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm",
+                                   ".nii", ".nii.gz")
 
 _BP_SUFFIX = "-bp"
 
@@ -182,6 +183,18 @@ def derive_seed(seed: int, *parts: str) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+def _text_lines(path: Path, option: str) -> list[str]:
+    """The lines of a list file; a binary file (a .tif or .npy given where a folder or a list
+    was expected) gave a UnicodeDecodeError, exit 1."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise MedreconInputError(
+            f"{option} {str(path)!r} is neither an image folder nor a text list (one path per "
+            f"line; it is not text); pass a folder of images ({', '.join(IMAGE_SUFFIXES)}) or "
+            "a list file.") from None
+
+
 def _has_image_suffix(path: Path) -> bool:
     name = path.name.lower()
     return any(name.endswith(s) for s in IMAGE_SUFFIXES)
@@ -226,7 +239,7 @@ def discover_images(images: str | Path | Sequence[str | Path], *, limit: int | N
         else:
             base = root.parent
             found = []
-            for line in root.read_text(encoding="utf-8").splitlines():
+            for line in _text_lines(root, "--images"):
                 line = line.split("#", 1)[0].strip()
                 if not line:
                     continue
@@ -289,7 +302,7 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
 
     p = Path(folds).expanduser()
     if p.is_file() and p.suffix == ".txt":  # a plain list of ids, e.g. a committed fold list
-        ids = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+        ids = [ln.split("#", 1)[0].strip() for ln in _text_lines(p, "--folds")]
         ids = [i for i in ids if i]
         if not ids:
             raise MedreconInputError(f"{str(p)!r} lists no image; expected one relative path "
@@ -844,6 +857,7 @@ def _check_run_options(*, task: str, methods: Any, batch_size: Any, noise_sigma:
         spec = solvers.METHODS[_split_bp(m)[0]]
         C.check_options(opts, (set(spec.defaults) - {"device", "seed", "callback"})
                         | {"bp", "bp_eta"}, m)
+        C.check_option_values(opts, m)
     return method_list, extra_opts
 
 

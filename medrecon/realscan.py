@@ -141,6 +141,10 @@ def load_cases(path: str | Path) -> list[ScanCase]:
         _check_case_fields(entry, p)
         fp = Path(entry["path"]).expanduser()
         entry["path"] = str(fp if fp.is_absolute() else p.parent / fp)
+        if any(c.name == entry["name"] for c in cases):
+            raise MedreconInputError(
+                f"two cases in {str(p)!r} are named {entry['name']!r}; their rows of "
+                "results.csv could not be told apart. Give each case its own name.")
         cases.append(ScanCase(**entry))
     return cases
 

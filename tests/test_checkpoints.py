@@ -313,6 +313,22 @@ def test_nvidia_pickle_round_trip(tmp_path, nets, flatten):
     assert torch.equal(ours(z), load_generator(pkl)(z)) and torch.equal(ours(z), G_ema(z))
 
 
+@pytest.mark.parametrize("z_dim, says", [(200000, "would hold"), (-5, "make no network")])
+def test_a_pickle_claiming_an_impossible_network_is_refused_before_allocation(tmp_path, nets,
+                                                                             z_dim, says):
+    """A 400-byte pickle claiming z_dim=200000 asked for 160 GB (exit 1); z_dim=-5 gave a
+    'negative dimension' error (exit 1). The network is sized on the meta device first."""
+    import copy
+
+    G, D, G_ema = nets
+    fake = copy.deepcopy(G)
+    fake._init_kwargs = {**G.init_kwargs, "z_dim": z_dim}  # claims another network
+    pkl = tmp_path / "fake.pkl"
+    write_nvidia_pickle(pkl, G=fake, D=D, G_ema=fake)
+    with pytest.raises(CheckpointError, match=says):
+        load_network_pickle(pkl, network="G_ema")
+
+
 def test_nvidia_pickle_protocol2(tmp_path, nets):
     G, D, G_ema = nets
     pkl = tmp_path / "p2.pkl"

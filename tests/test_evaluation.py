@@ -575,3 +575,25 @@ def test_operator_options_eval_sets_itself_are_refused(tmp_path):
                                        "--no-lpips", "--out", str(tmp_path / "o"),
                                        "--option", f"{key}=1"])
         assert res.exit_code == 2 and "set by eval itself" in res.output, res.output
+
+
+def test_eval_refuses_bad_lists_and_option_values_before_any_method(prior, tmp_path):
+    """A binary file as --images gave a UnicodeDecodeError (exit 1); csgm.steps=0 was found
+    only when csgm started, after the methods before it had run on every image; TIFF ground
+    truths (which train folds lists) were not images to eval."""
+    from PIL import Image
+
+    (tmp_path / "scan.npy").write_bytes(b"\x93NUMPY\x01\x00\xff\xfe" * 8)
+    with pytest.raises(MedreconInputError, match="neither an image folder nor a text list"):
+        ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=tmp_path / "scan.npy",
+                        lpips=False)
+    with pytest.raises(MedreconInputError, match=r"csgm: steps=0; expected an integer >= 1"):
+        ev.evaluate_run(prior=prior, task="sr", methods="bicubic,csgm", images=tmp_path,
+                        lpips=False, method_options={"csgm": {"steps": 0}})
+    with pytest.raises(MedreconInputError, match="lr=-1"):
+        ev.evaluate_run(prior=prior, task="sr", methods="csgm", images=tmp_path, lpips=False,
+                        method_options={"csgm": {"lr": -1}})
+    tif = tmp_path / "tifs"
+    tif.mkdir()
+    Image.fromarray((np.arange(256).reshape(16, 16) % 255).astype(np.uint8)).save(tif / "a.tif")
+    assert [i for i, _ in ev.discover_images(tif)] == ["a.tif"]

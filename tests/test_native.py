@@ -376,3 +376,13 @@ def test_eval_scans_case_that_leaves_no_slices_says_so(tmp_path):
     with pytest.raises(MedreconInputError, match="leave no voxel"):
         prepare_case(ScanCase(name="b", path=path, prior="p", scale=2, bin=[100, 1, 1],
                               slice_axis=2))
+
+
+def test_eval_scans_refuses_two_cases_of_one_name(tmp_path):
+    from medrecon.realscan import load_cases
+
+    cases = tmp_path / "c.json"
+    cases.write_text(json.dumps([{"name": "a", "path": "x.nii", "prior": "p", "scale": 4},
+                                 {"name": "a", "path": "x.nii", "prior": "p", "scale": 2}]))
+    with pytest.raises(MedreconInputError, match="two cases .* named 'a'"):
+        load_cases(cases)

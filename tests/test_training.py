@@ -339,6 +339,18 @@ def test_pack_keeps_pixels_names_and_folds(tmp_path):
                                        "--resolution", "16", "--overwrite"])
     assert again.exit_code == 0, again.output  # refreshing an existing pack, when asked
     assert list_images(tmp_path / "pk") == list_images(data)
+    # --overwrite never takes a user's files with the pack, nor data kept inside it
+    (tmp_path / "pk" / "notes.txt").write_text("mine")
+    (tmp_path / "pk" / "NORMAL" / "extra.png").write_bytes(b"not the pack's")
+    kept = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "pk"),
+                                      "--resolution", "16", "--overwrite"])
+    assert kept.exit_code == 2 and "also holds files it did not write" in kept.output
+    assert (tmp_path / "pk" / "notes.txt").read_text() == "mine"
+    (tmp_path / "pk" / "notes.txt").unlink(), (tmp_path / "pk" / "NORMAL" / "extra.png").unlink()
+    holds = CliRunner().invoke(train, ["pack", "--data", str(tmp_path / "pk" / "NORMAL"),
+                                       "--out", str(tmp_path / "pk"), "--resolution", "16",
+                                       "--overwrite"])
+    assert holds.exit_code == 2 and "not hold it" in holds.output
     # an unreadable image: no half pack is left (a retry was refused as "not a pack")
     (data / "NORMAL" / "IM-0009-0001.jpeg").write_bytes(b"garbage")
     bad = CliRunner().invoke(train, ["pack", "--data", str(data), "--out", str(tmp_path / "p2"),
@@ -369,6 +381,13 @@ def test_slim_checkpoint_exports_and_resumes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.pt", "slim.pt", "slim.pt.tmp"]
     slim = tmp_path / "slim.pt"
     assert slim.stat().st_size < 0.6 * full.stat().st_size
+    assert slim.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not 0600: the user's default
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("my thesis")  # --overwrite replaced any file
+    res = runner.invoke(train, ["slim", str(full), "-o", str(thesis), "--overwrite"])
+    assert res.exit_code == 2 and "not a medrecon checkpoint" in res.output
+    assert thesis.read_text() == "my thesis"
+    assert runner.invoke(train, ["slim", str(full), "-o", str(slim), "--overwrite"]).exit_code == 0
     st = read_checkpoint(slim)
     assert "opt_G" not in st and "opt_D" not in st and st["step"] == 2
     assert all(v.dtype == torch.float16 for v in st["G_ema"].values() if v.is_floating_point())
@@ -655,3 +674,34 @@ def test_run_refuses_a_batch_larger_than_the_data_and_networks_that_cannot_fit(t
     G, D = build_networks(cfg)
     assert training_bytes(cfg) == 4 * (5 * sum(p.numel() for p in G.parameters())
                                        + 4 * sum(p.numel() for p in D.parameters()))
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_nan_options_and_foreign_files_are_refused(tmp_path):
+    """--gamma nan ran without R1 and wrote NaN into run.json; a pickle given to train export
+    printed ten lines of torch's advice."""
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+
+    with pytest.raises(MedreconInputError, match="r1_gamma"):
+        TrainConfig(**{**TINY, "r1_gamma": float("nan")})
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    for opt in ("--max-minutes", "--snapshot-minutes"):
+        res = CliRunner().invoke(train, ["run", "--data", str(data), "--out", str(tmp_path / "r"),
+                                         "--resolution", "16", opt, "nan", "--device", "cpu"])
+        assert res.exit_code == 2 and "finite" in res.output, res.output
+    pkl = tmp_path / "good.pkl"
+    import pickle
+
+    pkl.write_bytes(pickle.dumps({"a": 1}))
+    res = CliRunner().invoke(train, ["export", str(pkl), "--bundle", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "priors import" in res.output
+    assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) == 1, res.output

@@ -191,16 +191,32 @@ def _load_ours(path: Path, *, verify: bool) -> nn.Module:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, pickle.UnpicklingError, OSError) as e:
         raise CheckpointError(f"Cannot read weights {weights_path}: {e}") from e
-    net = _build(config["class"], config["kwargs"], source=str(json_path))
+    net = _build(config["class"], config["kwargs"], source=str(json_path),
+                 holds=sum(v.numel() for v in state.values()))
     _load_state(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, source=str(weights_path))
     return net
 
 
-def _build(cls_name: str, kwargs: dict[str, Any], *, source: str) -> nn.Module:
+def _build(cls_name: str, kwargs: dict[str, Any], *, source: str,
+           holds: int | None = None) -> nn.Module:
+    """The network a file describes, built on the ``meta`` device first: sizes that make no
+    network (a negative ``z_dim``), or a network of more values than the file's tensors hold
+    (``holds``; a 400-byte pickle claimed 40 G of them), are refused before any allocation."""
     try:
-        return _CLASSES[cls_name](**kwargs)
+        with torch.device("meta"):
+            probe = _CLASSES[cls_name](**kwargs)
     except TypeError as e:
         raise CheckpointError(f"{source}: constructor arguments {sorted(kwargs)} do not fit {cls_name} ({e}).") from e
+    except (RuntimeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"{source}: its {cls_name} arguments make no network ({first}); "
+                              "the file is corrupt or foreign.") from e
+    n = sum(t.numel() for t in probe.parameters())  # buffers (filters) may not be stored
+    if holds is not None and n > holds:
+        raise CheckpointError(
+            f"{source}: its {cls_name} would hold {n} values but the file's tensors hold only "
+            f"{holds}; the file is corrupt or foreign.")
+    return _CLASSES[cls_name](**kwargs)
 
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
@@ -548,9 +564,10 @@ def _convert_nvidia(obj: Any, *, source: str, key: str) -> nn.Module:
             f"{source}: {key} is a StyleGAN3 (alias-free) generator; medrecon implements StyleGAN2 only. "
             "Use a StyleGAN2 / StyleGAN2-ADA network."
         )
-    net = _build(obj.class_name, _nvidia_kwargs(obj), source=f"{source}[{key}]")
     state: dict[str, torch.Tensor] = {}
     _collect_state(obj, "", state)
+    net = _build(obj.class_name, _nvidia_kwargs(obj), source=f"{source}[{key}]",
+                 holds=sum(v.numel() for v in state.values()))
     _load_state(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, source=f"{source}[{key}]")
     return net
 
@@ -646,7 +663,7 @@ def _convert_tf_generator(net: _TFNetwork, *, source: str) -> Generator:
             r = res // 2 ** int(m.group(1))
             tf[f"{r}x{r}/ToRGB/{m.group(2)}"] = tf[name]
             kwargs["synthesis_kwargs"]["architecture"] = "orig"
-    G = _build("Generator", kwargs, source=source)
+    G = _build("Generator", kwargs, source=source, holds=sum(np.size(v) for v in tf.values()))
 
     def get(name: str) -> np.ndarray:
         if name not in tf:
@@ -739,7 +756,7 @@ def _convert_tf_discriminator(net: _TFNetwork, *, source: str) -> Discriminator:
             r = res // 2 ** int(m.group(1))
             tf[f"{r}x{r}/FromRGB/{m.group(2)}"] = tf[name]
             kwargs["architecture"] = "orig"
-    D = _build("Discriminator", kwargs, source=source)
+    D = _build("Discriminator", kwargs, source=source, holds=sum(np.size(v) for v in tf.values()))
 
     def get(name: str) -> np.ndarray:
         if name not in tf:

@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -734,7 +735,10 @@ class Generator(nn.Module):
         synthesis_kwargs = dict(synthesis_kwargs or {})
         for key in ("resample_filter",):
             if key in synthesis_kwargs and synthesis_kwargs[key] is not None:
-                synthesis_kwargs[key] = [float(v) for v in torch.as_tensor(synthesis_kwargs[key]).flatten().tolist()]
+                # numpy, not torch: the same under torch.device("meta") (a file's network is
+                # sized there before it is built)
+                synthesis_kwargs[key] = [float(v) for v in np.asarray(synthesis_kwargs[key],
+                                                                      dtype=np.float64).ravel()]
         gen = torch.Generator().manual_seed(int(seed))
         self.z_dim = z_dim
         self.c_dim = c_dim

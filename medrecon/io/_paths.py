@@ -15,7 +15,7 @@ import numpy as np
 from medrecon.errors import MedreconInputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 NUMPY_SUFFIXES = (".npy", ".npz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")

@@ -152,6 +152,31 @@ def check_options(options: Mapping[str, Any], allowed: set[str], method: str) ->
         )
 
 
+#: Options whose values are counts (a positive integer) and rates / tolerances / weights
+#: (a finite number: rates > 0, the others >= 0), checked before a run by
+#: :func:`check_option_values`; the solvers check every option again when they run.
+COUNT_OPTIONS = ("steps", "restarts", "probes", "ensemble", "num_samples", "samples_per_step",
+                 "patience", "check_every", "max_iter")
+
+
+def check_option_values(options: Mapping[str, Any], method: str) -> None:
+    """The values of the common numeric options of ``method``, before any work (an evaluation
+    found ``csgm.steps=0`` only when csgm started, after the methods before it had run on
+    every image)."""
+    for name, v in options.items():
+        if name in COUNT_OPTIONS:
+            ok, want = (isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                        and v >= 1), "an integer >= 1"
+        elif name.startswith("lr"):
+            ok, want = is_real(v) and math.isfinite(v) and v > 0, "a finite number > 0"
+        elif name == "tol" or name.endswith("_weight"):
+            ok, want = is_real(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"
+        else:
+            continue
+        if not ok:
+            raise MedreconInputError(f"{method}: {name}={v!r}; expected {want}.")
+
+
 #: Seeds are below ``2**63`` (what ``torch.Generator.manual_seed`` and the derived per-slice
 #: and per-member seeds take).
 SEED_LIMIT = 2**63

@@ -19,7 +19,11 @@ __all__ = ["train"]
 
 
 def _fail(exc: MedreconInputError):
-    raise click.UsageError(str(exc)) from exc
+    """Bad input as the other commands report it: one ``Error: ...`` line, exit 2 (a
+    ``UsageError`` added the usage text, as if the command line were wrong)."""
+    from medrecon.cli import InputError
+
+    raise InputError(str(exc)) from exc
 
 
 @click.group("train")
@@ -150,11 +154,15 @@ def slim_cmd(checkpoint, output, overwrite):
     RUN/checkpoint-latest.pt) with fresh Adam moments.
     """
     from medrecon.io.outputs import check_output
-    from medrecon.training.loop import slim_checkpoint
+    from medrecon.training.loop import is_checkpoint, slim_checkpoint
 
     src, dst = Path(checkpoint), Path(output)
     try:  # never the input, an existing file only with --overwrite, a writable place
         check_output(dst, overwrite=overwrite, protected=[src], what="slim checkpoint")
+        if dst.is_file() and not is_checkpoint(dst):
+            raise MedreconInputError(
+                f"{str(dst)!r} exists and is not a medrecon checkpoint; --overwrite replaces "
+                "only medrecon's own files, never a file of yours. Choose another -o.")
         slim_checkpoint(src, dst)
     except MedreconInputError as exc:
         _fail(exc)

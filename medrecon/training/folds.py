@@ -410,13 +410,20 @@ def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int =
                                  f"got {resolution!r}.")
     src, dst = Path(data_dir), Path(out_dir)
     files = list_images(src)
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise MedreconInputError(f"pack folder {str(dst)!r} must be outside {str(src)!r}, so "
-                                 "that the originals are never touched.")
+    s_res, d_res = src.resolve(), dst.resolve()
+    if d_res == s_res or s_res in d_res.parents or d_res in s_res.parents:
+        raise MedreconInputError(f"pack folder {str(dst)!r} must be outside {str(src)!r} and not "
+                                 "hold it, so that the originals are never touched.")
     if dst.is_dir() and any(dst.iterdir()):
         if not _is_pack(dst):
             raise MedreconInputError(f"{str(dst)!r} is a non-empty folder that is not a training "
                                      "pack; choose an empty or new --out folder.")
+        alien = _pack_foreign(dst)
+        if alien:
+            raise MedreconInputError(
+                f"{str(dst)!r} is a training pack that also holds files it did not write "
+                f"({', '.join(map(repr, alien[:3]))}); medrecon never removes them, even with "
+                "--overwrite. Move them out, or choose another --out.")
         if not overwrite:
             raise MedreconInputError(f"{str(dst)!r} already holds a training pack; pass "
                                      "--overwrite to replace it, or choose another --out.")
@@ -425,8 +432,7 @@ def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int =
     # written into a temporary folder and moved into place complete: a failure or Ctrl-C
     # leaves no half pack (and an existing pack as it was)
     with OutputStage(overwrite=overwrite) as stage:
-        tmp = stage.folder(dst, foreign=lambda d: [] if _is_pack(d) else
-                           sorted(e.name for e in d.iterdir()))
+        tmp = stage.folder(dst, foreign=_pack_foreign)
         for rel in files:
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -434,13 +440,34 @@ def pack_dataset(data_dir: str | Path, out_dir: str | Path, *, resolution: int =
                 target, format="PNG", optimize=True)
         record = {"format": PACK_FORMAT, "source": str(src.resolve()),
                   "resolution": resolution, "images": len(files),
-                  "content": "8-bit grayscale PNG bytes under the original relative names"}
+                  "content": "8-bit grayscale PNG bytes under the original relative names",
+                  "files": sorted(Path(rel).as_posix() for rel in files)}
         (tmp / "pack.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
 #: ``format`` of a training pack's ``pack.json``.
 PACK_FORMAT = "medrecon-training-pack-v1"
+
+
+def _pack_foreign(folder: Path) -> list[str]:
+    """The top-level entries of ``folder`` holding anything its pack did not write: a file
+    not listed in its ``pack.json`` (a pack from before the list: anything but a PNG), or every
+    entry of a folder that is no pack. ``--overwrite`` replaced the whole folder, a user's
+    notes and data inside it included."""
+    if not _is_pack(folder):
+        return sorted(e.name for e in folder.iterdir())
+    listed = set(json.loads((folder / "pack.json").read_text()).get("files") or [])
+    alien = set()
+    for p in folder.rglob("*"):
+        if p.is_dir() and not p.is_symlink():
+            continue
+        rel = p.relative_to(folder).as_posix()
+        ours = rel == "pack.json" or (rel in listed if listed else
+                                      p.suffix.lower() == ".png" and not p.is_symlink())
+        if not ours:
+            alien.add(rel.split("/")[0])
+    return sorted(alien)
 
 
 def _is_pack(folder: Path) -> bool:

@@ -116,6 +116,9 @@ class TrainConfig:
         for name in ("g_lr", "d_lr"):
             if not getattr(self, name) > 0:
                 raise MedreconInputError(f"{name} must be > 0, got {getattr(self, name)!r}.")
+        if self.r1_gamma is not None and not (math.isfinite(self.r1_gamma) and self.r1_gamma >= 0):
+            raise MedreconInputError(f"r1_gamma (--gamma) must be a finite number >= 0, got "
+                                     f"{self.r1_gamma!r}.")
         parse_policy(self.augment)
 
     @property
@@ -250,15 +253,32 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         CheckpointError: unreadable file, or not a checkpoint written by :class:`Trainer`.
     """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a foreign pickle's protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        # one line: torch's text runs to ten, with advice (weights_only=False) not to follow
+        first = ("a pickle of objects that a checkpoint does not hold"
+                 if "Weights only load failed" in str(exc)
+                 else (str(exc).strip().splitlines() or [""])[0][:160])
+        hint = (" An NVIDIA StyleGAN2 pickle is imported with `medrecon priors import FILE -o "
+                "DIR`." if str(path).lower().endswith(".pkl") else "")
         raise CheckpointError(
-            f"cannot read training checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); "
-            "expected checkpoint-latest.pt written by `medrecon train run`."
+            f"cannot read training checkpoint {str(path)!r} ({type(exc).__name__}: {first}); "
+            f"expected checkpoint-latest.pt written by `medrecon train run`.{hint}"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != "medrecon-train-v1":
         raise CheckpointError(f"{str(path)!r} is not a medrecon training checkpoint.")
     return state
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a training checkpoint medrecon wrote (``read_checkpoint`` reads it)."""
+    try:
+        read_checkpoint(path)
+    except MedreconInputError:
+        return False
+    return True
 
 
 def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
@@ -291,6 +311,9 @@ def _save_atomically(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        from medrecon.io.outputs import default_modes
+
+        os.chmod(tmp, default_modes()[0])  # the user's default, as every output (not 0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -8,6 +8,7 @@ gloo on CPU) and every rank trains on its share of each batch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -129,6 +130,11 @@ def train_run(
     Returns:
         The run summary written to ``out_dir/run.json``.
     """
+    for name, v in (("max_minutes", max_minutes), ("snapshot_minutes", snapshot_minutes),
+                    ("kimg", kimg)):
+        if v is not None and not (math.isfinite(float(v)) and float(v) >= 0):
+            raise MedreconInputError(f"{name} (--{name.replace('_', '-')}) must be a finite "
+                                     f"number >= 0, got {v!r}.")
     if threads is not None:
         torch.set_num_threads(int(threads))
     if device == "auto":
