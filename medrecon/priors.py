@@ -244,8 +244,11 @@ class Prior:
             or meta.get("num_samples") != str(self.w_stats_samples)
             or meta.get("seed") != str(self.w_stats_seed)
             or mean.numel() != self.w_dim
+            or std.numel() != self.w_dim
+            or not (torch.isfinite(mean).all() and torch.isfinite(std).all())
+            or bool((std <= 0).any())
         ):
-            return False
+            return False  # recomputed (NaN statistics were used, silently, by every solve)
         self._w_mean, self._w_std = mean.float(), std.float()
         return True
 

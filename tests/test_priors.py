@@ -65,6 +65,19 @@ def test_lazy_w_stats_are_cached_in_the_users_cache_not_the_prior(tmp_path, monk
     other.w_stats()  # another draw: its own cache file, the first one kept
     assert (stats_cache_dir() / "abc-300-1.safetensors").is_file()
     assert (stats_cache_dir() / "abc-300-0.safetensors").is_file()
+    # statistics of NaN (or a zero std) with the right metadata are recomputed, not used
+    from safetensors.torch import load_file, save_file
+
+    cached = stats_cache_dir() / "abc-300-0.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(cached), framework="pt") as f:
+        meta = f.metadata()
+    bad = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(cached)).items()}
+    save_file(bad, str(cached), metadata=meta)
+    r = Prior(tiny_generator(), weights_sha256="abc", w_stats_samples=300)
+    assert not r._read_stats_cache()
+    assert torch.isfinite(r.w_mean).all() and torch.equal(r.w_mean, mean)
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user for read-only dirs")

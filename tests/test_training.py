@@ -629,6 +629,8 @@ def test_train_run_folder_rules(tmp_path):
     before = (out / "run.json").read_text()
     res = run(train, ["run", *opts, "--out", str(out), "--fold", "1"])
     assert res.exit_code == 2 and "held_out_fold" in res.output
+    res = run(train, ["run", *opts, "--out", str(out), "--lr", "0.001"])
+    assert res.exit_code == 2 and "g_lr (0.0025, now 0.001)" in res.output  # names the setting
     assert (out / "run.json").read_text() == before
     assert run(train, ["run", *opts, "--out", str(out), "--kimg", "0.008"]).exit_code == 0
 

@@ -84,7 +84,10 @@ def check_run_folder(out: Path, *, data_dir: str | Path, config: TrainConfig, fo
     asked = {"held_out_fold": fold, "folds": folds, "scheme": scheme,
              "folds_sha256": folds_sha256,
              "config": json.loads(json.dumps(config.to_dict()))}  # as run.json holds it
-    differ = [k for k, v in asked.items() if k in run and run[k] != v]
+    differ = [k for k, v in asked.items() if k in run and run[k] != v and k != "config"]
+    differ += [f"{k} ({run['config'].get(k)!r}, now {v!r})"
+               for k, v in asked["config"].items()
+               if isinstance(run.get("config"), dict) and run["config"].get(k) != v]
     if differ:
         raise MedreconInputError(
             f"--out {str(out)!r} holds a run with another {', '.join(differ)}: resuming it so "
