@@ -330,7 +330,7 @@ def test_eval_scans_command(tmp_path, prior, capsys):
             ({"name": "axis", "slice_axis": None}, "scipy-cubic", "case 'axis': a 3D volume"),
             ({}, "scipy-cubic,nope", "unknown method(s) 'nope'"),
             ({}, "scipy-cubic,biharmonic", "solves inpainting, not sr")):
-        cases.write_text(json.dumps([good, {**good, **extra}]))
+        cases.write_text(json.dumps([good, {**good, "name": "b", **extra}]))
         capsys.readouterr()
         assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r4"),
                      "--methods", methods]) == 2

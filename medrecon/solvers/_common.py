@@ -153,10 +153,9 @@ def check_options(options: Mapping[str, Any], allowed: set[str], method: str) ->
 
 
 #: Options whose values are counts (a positive integer) and rates / tolerances / weights
-#: (a finite number: rates > 0, the others >= 0), checked before a run by
+#: (a finite number >= 0), checked before a run by
 #: :func:`check_option_values`; the solvers check every option again when they run.
-COUNT_OPTIONS = ("steps", "restarts", "probes", "ensemble", "num_samples", "samples_per_step",
-                 "patience", "check_every", "max_iter")
+COUNT_OPTIONS = ("steps", "restarts", "ensemble", "num_samples", "samples_per_step", "max_iter")
 
 
 def check_option_values(options: Mapping[str, Any], method: str) -> None:
@@ -167,9 +166,7 @@ def check_option_values(options: Mapping[str, Any], method: str) -> None:
         if name in COUNT_OPTIONS:
             ok, want = (isinstance(v, numbers.Integral) and not isinstance(v, bool)
                         and v >= 1), "an integer >= 1"
-        elif name.startswith("lr"):
-            ok, want = is_real(v) and math.isfinite(v) and v > 0, "a finite number > 0"
-        elif name == "tol" or name.endswith("_weight"):
+        elif name.startswith("lr") or name == "tol" or name.endswith("_weight"):
             ok, want = is_real(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"
         else:
             continue
