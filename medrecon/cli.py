@@ -770,17 +770,16 @@ def _main(args: list[str], as_json: bool) -> int:
             exc.show()
         return int(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
-        if as_json:
-            click.echo(json.dumps({"event": "error", "message": "interrupted",
-                                   "exit_code": EXIT_INTERRUPTED}), err=True)
-        else:
-            click.echo("Interrupted; no output was written.", err=True)
-        return EXIT_INTERRUPTED
+        return _stopped("interrupted", "Interrupted", EXIT_INTERRUPTED, as_json)
     except Terminated:
-        if as_json:
-            click.echo(json.dumps({"event": "error", "message": "terminated",
-                                   "exit_code": EXIT_TERMINATED}), err=True)
-        else:
-            click.echo("Terminated (SIGTERM); no output was written.", err=True)
-        return EXIT_TERMINATED
+        return _stopped("terminated", "Terminated (SIGTERM)", EXIT_TERMINATED, as_json)
     return int(rv) if isinstance(rv, int) else EXIT_OK
+
+
+def _stopped(event: str, text: str, code: int, as_json: bool) -> int:
+    """Report a run stopped by a signal (its staged outputs discarded) and return ``code``."""
+    if as_json:
+        click.echo(json.dumps({"event": "error", "message": event, "exit_code": code}), err=True)
+    else:
+        click.echo(f"{text}; no output was written.", err=True)
+    return code
