@@ -738,6 +738,14 @@ def test_bundle_datalist_reads_dicom_series_and_checks_pairs_before_any_work(tmp
         bundle_datalist(ds, mask_dir=masks, task="inpaint")
     with pytest.raises(MedreconInputError, match="task inpaint needs a mask"):
         bundle_datalist(ds, task="inpaint")
+    vols, vmasks = tmp_path / "vols", tmp_path / "vmasks"
+    vols.mkdir(), vmasks.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4)), str(vols / "v.nii.gz"))
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = 7
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), flip), str(vmasks / "v.nii.gz"))
+    with pytest.raises(MedreconInputError, match="mask v.nii.gz: the mask's geometry differs"):
+        bundle_datalist(vols, mask_dir=vmasks, task="inpaint")
     with pytest.raises(MedreconInputError, match="only used by task inpaint"):
         bundle_datalist(ds, mask_dir=masks, task="sr")
     with pytest.raises(MedreconInputError, match="is the input folder"):

@@ -177,23 +177,30 @@ def _check_readable(items: list[dict[str, str]], *, two_d: bool = False) -> None
     earlier items are reconstructed and written (they were found item by item, mid-run)."""
     from medrecon.io import load_image
 
+    from medrecon.pipeline import load_mask
+
     for item in items:
-        shapes = {}
+        read = {}
         for key, path in item.items():
             try:
-                img = load_image(path)
+                read[key] = img = load_image(path)
             except MedreconInputError as exc:
                 raise MedreconInputError(f"{key} {Path(path).name}: {exc}") from None
-            shapes[key] = tuple(img.shape)
             if two_d and key == "image" and not img.is_2d:
                 raise MedreconInputError(
                     f"image {Path(path).name} is a volume {'x'.join(map(str, img.shape))}; "
                     "evaluate.json scores 2D images. Score volumes with `medrecon eval-scans`.")
-        if "mask" in shapes and shapes["mask"] != shapes["image"]:
-            raise MedreconInputError(
-                f"mask {Path(item['mask']).name} is {'x'.join(map(str, shapes['mask']))} but "
-                f"image {Path(item['image']).name} is {'x'.join(map(str, shapes['image']))}; "
-                "a mask must be on its image's grid.")
+        if "mask" in read:
+            m, i = read["mask"].shape, read["image"].shape
+            if m != i:
+                raise MedreconInputError(
+                    f"mask {Path(item['mask']).name} is {'x'.join(map(str, m))} but image "
+                    f"{Path(item['image']).name} is {'x'.join(map(str, i))}; a mask must be on "
+                    "its image's grid.")
+            try:  # and, when both files carry geometry, in the same place (the CLI's rule)
+                load_mask(read["mask"], read["image"])
+            except MedreconInputError as exc:
+                raise MedreconInputError(f"mask {Path(item['mask']).name}: {exc}") from None
 
 
 def _check_outputs(images: list[Path], folder: Path, postfix: str, ext: str, *,
