@@ -875,3 +875,28 @@ def test_invertd_recipe_keeps_the_super_resolution(prior):
         Invertd(keys="pred", transform=Compose([window, recon]), orig_keys="image")(d)
     cause = info.value.__cause__
     assert isinstance(cause, MedreconInputError) and "the intensity window alone" in str(cause)
+
+
+def test_bundle_runner_turns_sigterm_into_exit_143(monkeypatch):
+    """In the bundle runner's process SIGTERM raises SystemExit(143) where the run is, so the
+    staged result being written is discarded (the default action left its .part file)."""
+    import signal
+    import sys
+    from types import SimpleNamespace
+
+    from medrecon.monai import report_input_errors
+
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__spec__", SimpleNamespace(name="monai.bundle.__main__"),
+                        raising=False)
+    before_hook, before_term = sys.excepthook, signal.getsignal(signal.SIGTERM)
+    try:
+        report_input_errors()
+        handler = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(SystemExit) as info:
+            handler(signal.SIGTERM, None)
+        assert info.value.code == 143
+        assert getattr(sys.excepthook, "medrecon_bundle_hook", False)
+    finally:
+        sys.excepthook = before_hook
+        signal.signal(signal.SIGTERM, before_term)

@@ -329,8 +329,9 @@ def report_input_errors() -> None:
     installs a :data:`sys.excepthook` that finds a :class:`~medrecon.errors.MedreconInputError`
     in the uncaught exception's chain (or the one a :class:`BundleNiftiWriter` raised for the
     file ``SaveImage`` names) and prints ``medrecon: error: <message>``, exit code 2; any
-    other exception goes to the previous hook. Only in the bundle runner's own process: a
-    ``ConfigWorkflow`` run from the user's Python leaves the user's hook alone.
+    other exception goes to the previous hook. SIGTERM ends the run with exit code 143, its
+    result being written discarded. Only in the bundle runner's own process: a
+    ``ConfigWorkflow`` run from the user's Python leaves the user's hooks alone.
     """
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
@@ -350,3 +351,20 @@ def report_input_errors() -> None:
 
     hook.medrecon_bundle_hook = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+    _exit_on_sigterm()
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM as ``SystemExit(143)`` where the process is, so that a result being written is
+    discarded on the way out (its default action killed the process mid-write and left the
+    staged ``.part`` file), as the CLI does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, stop)
