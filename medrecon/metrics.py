@@ -63,6 +63,8 @@ LPIPS_BACKBONE_FILES: dict[str, tuple[str, str]] = {
 # ------------------------------------------------------------------------------------------
 def _to_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
+        if x.dtype.kind == "u":  # 16/32-bit unsigned (medical images): torch has few ops for
+            x = x.astype(np.float64)  # uint16 / uint32, so the values go as float64
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise MedreconInputError(
@@ -70,6 +72,8 @@ def _to_tensor(x: Any, name: str) -> torch.Tensor:
     x = x.as_tensor() if hasattr(x, "as_tensor") else x  # MetaTensor: values only
     if x.is_complex():
         x = x.abs()
+    if x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        x = x.to(torch.float64)
     if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype.is_signed or
                                      x.dtype == torch.uint8):
         raise MedreconInputError(f"{name} must be numeric, got dtype {x.dtype}.")

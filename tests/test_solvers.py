@@ -755,3 +755,55 @@ def test_iagan_refuses_stage1_options_its_stage1_does_not_take(G, truth):
     tied = iagan(y3, op, G, **{**kw, "stage1_options": {**kw["stage1_options"], "coupling": 10.0}})
     assert tied.info["stage1_info"]["coupling"] == 10.0
     assert not torch.allclose(free.image, tied.image)
+
+
+def test_api_review_fixes_leave_the_callers_objects_and_refuse_early():
+    """A solve left the caller's operator on its device (nn.Module.to is in place); 'meta'
+    passed as a device; an IAGAN warm start skipped the operator and shape checks; a callback
+    that is not callable failed after the solve; huge Gaussian SR kernels and CS matrices were
+    allocated before any check; a missing-pixel mask of NaN became observed; 16-bit images
+    were not numeric to the metrics."""
+    import copy
+
+    import numpy as np
+
+    from medrecon import metrics as M
+    from medrecon import physics as P
+    from medrecon import solvers as S
+    from medrecon.solvers import _common as C
+    from tests._tiny import tiny_prior
+
+    sr = P.build_operator("sr", img_size=16, scale=2)
+    y = sr.A(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    assert C.on_device(sr, torch.device("cpu")) is sr  # already there: no copy
+    elsewhere = C.on_device(sr, torch.device("meta"))  # another device: a copy moves, not sr
+    assert elsewhere is not sr and all(t.device.type == "meta" for t in elsewhere.buffers())
+    assert all(t.device.type == "cpu" for t in sr.buffers())
+    op = copy.deepcopy(sr).double()
+    before = {k: v.dtype for k, v in op.state_dict().items()}
+    with pytest.raises(MedreconInputError, match="cannot run a reconstruction"):
+        S.solve(y, sr, None, method="tv", device="meta", steps=2)
+    assert {k: v.device.type for k, v in sr.state_dict().items()} == {
+        k: "cpu" for k in sr.state_dict()}
+    assert {k: v.dtype for k, v in op.state_dict().items()} == before
+    with pytest.raises(MedreconInputError, match="callback is a int"):
+        S.solve(y, sr, None, method="tv", callback=3, steps=2)
+    prior = tiny_prior(resolution=16)
+    st = S.iagan(y, sr, prior, steps=2, stage1_options=dict(steps=2, probes=2),
+                 return_state=True, device="cpu").state
+    with pytest.raises(MedreconInputError, match="but the operator maps"):
+        S.iagan(torch.randn(2, 1, 7, 7), sr, prior, steps=2, init=st, device="cpu")
+    with pytest.raises(MedreconInputError, match="lacks"):
+        S.iagan(y, None, prior, steps=2, init=st, device="cpu")
+    with pytest.raises(MedreconInputError, match="does not fit 8x8"):
+        P.build_operator("sr", img_size=8, scale=2, kernel="gaussian", sigma=1500)
+    with pytest.raises(MedreconInputError, match="compressed-sensing matrix"):
+        P.build_operator("cs", img_size=8, m=10**12)
+    nan_mask = torch.tensor([[0.3, 0.0], [float("nan"), 1.0]])
+    with pytest.raises(MedreconInputError, match="NaN"):
+        P.build_operator("inpaint", img_size=2, mask=nan_mask, mask_is_missing=True)
+    a = np.full((16, 16), 1000, np.uint16)
+    b = a.copy()
+    b[0, 0] = 1010
+    assert M.psnr(a, b, data_range=4095) == pytest.approx(
+        M.psnr(a.astype(np.float64), b.astype(np.float64), data_range=4095))

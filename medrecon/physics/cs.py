@@ -56,6 +56,13 @@ class CompressedSensing(LinearPhysics):
         self.rcond = as_float(rcond, "rcond", minimum=0.0)
         c, h, w = self.img_shape
         n = c * h * w
+        from medrecon.io._paths import max_voxels
+
+        if self.m * n > max_voxels():  # m=10**12 asked for terabytes before any check
+            raise MedreconInputError(
+                f"a compressed-sensing matrix of {self.m} x {n} values is more than medrecon "
+                f"allocates (MEDRECON_MAX_VOXELS={max_voxels()}); use fewer measurements "
+                "(m, or a ratio of at most a few).")
         g = torch.Generator().manual_seed(self.seed)
         mat = torch.randn(self.m, n, generator=g, dtype=torch.float32) / (self.m ** 0.5)
         m64 = mat.double()

@@ -197,7 +197,13 @@ def _inpaint_mask(options: dict[str, Any], size: tuple[int, int], seed: int) -> 
         if tuple(mask.shape[-2:]) != size:
             raise MedreconInputError(
                 f"mask has shape {tuple(mask.shape)}, expected spatial size {size} (img_size).")
-        return missing_to_observed(mask) if options.get("mask_is_missing", False) else mask
+        if options.get("mask_is_missing", False):
+            m = mask.float() if mask.dtype == torch.bool else mask
+            if not torch.isfinite(m).all():  # NaN became observed (0) without a word
+                raise MedreconInputError("the mask holds NaN/Inf values; expected 0 (observed) "
+                                         "and nonzero (missing).")
+            return missing_to_observed(mask)
+        return mask
     if "mask_is_missing" in options:
         raise MedreconInputError("mask_is_missing applies only with an explicit mask.")
     mask_type = options.get("mask_type", "center_box")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -94,6 +96,12 @@ class SuperResolution(LinearPhysics):
         self.img_size = as_size2(img_size, "img_size")
         self.padding = check_choice(padding, "padding", PADDINGS)
         h, w = self.img_size
+        if isinstance(kernel, str) and kernel == "gaussian" and sigma is not None:
+            side = 2 * math.ceil(3.0 * as_float(sigma, "sigma", minimum=0.0)) + 1
+            if side > 2 * min(h, w) - 1:  # checked before the kernel is allocated
+                raise MedreconInputError(
+                    f"a gaussian SR kernel of sigma {sigma} ({side} pixels) does not fit "
+                    f"{h}x{w} images (at most {2 * min(h, w) - 1}); choose a smaller sigma.")
         if self.factor > min(h, w):
             raise MedreconInputError(
                 f"factor {self.factor} is larger than the image {h}x{w}: the low-resolution "

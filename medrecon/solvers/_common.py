@@ -51,6 +51,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise MedreconInputError(
             f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'."
         ) from exc
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):  # 'meta' holds no data to solve with
+        raise MedreconInputError(
+            f"device={device!r} cannot run a reconstruction; expected 'auto', 'cpu', 'cuda' "
+            "or 'cuda:N'.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MedreconInputError(
             f"device={device!r} was requested but CUDA is not available on this machine; "
@@ -140,6 +144,16 @@ def check_operator(operator: Any) -> nn.Module:
             "medrecon.physics.LinearPhysics (build one with medrecon.physics.build_operator)."
         )
     return operator
+
+
+def on_device(operator: nn.Module, device: torch.device) -> nn.Module:
+    """``operator`` on ``device`` without changing the caller's: ``nn.Module.to`` moves a
+    module in place, so a solve on CUDA left the user's CPU operator on the GPU (and a later
+    ``operator.A(x_cpu)`` failed). The operator itself when it is there already."""
+    tensors = [*operator.parameters(), *operator.buffers()]
+    if all(t.device == device for t in tensors):
+        return operator
+    return copy.deepcopy(operator).to(device)
 
 
 def check_options(options: Mapping[str, Any], allowed: set[str], method: str) -> None:

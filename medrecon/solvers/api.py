@@ -330,6 +330,9 @@ def solve(
         _check_observed(operator)
     allowed = set(spec.defaults) - {"device", "seed", "callback"}
     C.check_options(options, allowed, method)
+    if callback is not None and not callable(callback):  # it failed after the solve
+        raise MedreconInputError(f"callback is a {type(callback).__name__}; expected a callable "
+                                 "receiving progress dicts, or None.")
     if bp not in (None, True, False):
         raise MedreconInputError(f"bp={bp!r}; expected True, False or None (auto).")
     opts = {k: v for k, v in method_options(method, task).items() if k in allowed}

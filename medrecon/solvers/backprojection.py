@@ -99,7 +99,7 @@ def back_project(
             f"x has {x.shape[0]} slices but y has {y.shape[0]}; pass matching batches.")
     dev = x.device
     y = y.to(dev)
-    op = operator.to(dev)
+    op = C.on_device(operator, dev)
     with torch.no_grad():
         ax = op.A(x)
         if tuple(ax.shape) != tuple(y.shape):
@@ -221,7 +221,7 @@ def sample_spread(
     if operator is not None:
         with torch.no_grad():
             if y is None:
-                ys = torch.zeros_like(operator.to(flat.device).A(flat[:1]))
+                ys = torch.zeros_like(C.on_device(operator, flat.device).A(flat[:1]))
                 ys = ys.expand(S * B, *([-1] * (ys.ndim - 1))).contiguous()
             else:
                 ys = y.to(flat.device).repeat(S, *([1] * (y.ndim - 1)))

@@ -34,7 +34,7 @@ def _prepare(y, operator, device):
     y = C.check_measurements(y)
     operator = C.check_operator(operator)
     dev = C.resolve_device(device)
-    op = operator.to(dev)
+    op = C.on_device(operator, dev)
     yd = y.to(dev)
     try:
         with torch.no_grad():

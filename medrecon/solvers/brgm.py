@@ -64,7 +64,7 @@ def _setup(y, operator, prior, device, perceptual, hp, noise_mode):
     parts = C.unpack_prior(prior)
     G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
     img_shape = C.generator_resolution(G)
-    op = operator.to(dev)
+    op = C.on_device(operator, dev)
     yd = y.to(dev)
     C.check_shapes(yd, op, img_shape)
     mu, sigma = C.prior_w_stats(parts, G)
