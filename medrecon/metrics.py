@@ -381,9 +381,11 @@ def lpips_distance(x: Any, y: Any, *, net: str = "alex",
     if xt.shape[1] not in (1, 3):
         raise MedreconInputError(
             f"LPIPS needs 1 or 3 channels, got {xt.shape[1]} (shape {tuple(xt.shape)}).")
-    if min(xt.shape[-2:]) < 16:
+    side = 31 if net == "alex" else 16  # AlexNet's strides and pools need 31 pixels
+    if min(xt.shape[-2:]) < side:
         raise MedreconInputError(
-            f"LPIPS needs images of at least 16 x 16 pixels, got {tuple(xt.shape[-2:])}.")
+            f"LPIPS ({net}) needs images of at least {side} x {side} pixels, got "
+            f"{tuple(xt.shape[-2:])}.")
     for t, name in ((xt, "x"), (yt, "y")):
         if t.is_complex() or not t.is_floating_point() and t.dtype != torch.uint8:
             raise MedreconInputError(f"{name} must be real, got dtype {t.dtype}.")

@@ -181,3 +181,25 @@ def test_calibrate_script_writes_the_entry_into_prior_json(tmp_path):
     assert entries[0]["scale"] == 5.0
     assert not list(tmp_path.glob("*.tmp"))
     assert math.isclose(StdCalibration.from_dict(entries[1]).fraction, 1 / 64)
+
+
+def test_calibration_inputs_are_checked():
+    """bins=0 gave a raw RuntimeError; NaN was dropped by the fit and turned ENCE into NaN;
+    an exact mask of another shape gave an IndexError."""
+    import torch
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.solvers import calibration as K
+
+    g = torch.Generator().manual_seed(0)
+    s, e = torch.rand(64, generator=g) + 0.1, torch.randn(64, generator=g)
+    with pytest.raises(MedreconInputError, match="bins=0"):
+        K.ence(s, e, bins=0)
+    bad = s.clone()
+    bad[3] = float("nan")
+    for fn in (K.ence, K.fit_std_calibration):
+        with pytest.raises(MedreconInputError, match="NaN"):
+            fn(bad, e)
+    with pytest.raises(MedreconInputError, match="exact mask"):
+        K.binned(s, e, bins=4, exact=torch.zeros(10, dtype=torch.bool))
+    assert len(K.binned(s, e, bins=4)) == 4

@@ -195,3 +195,18 @@ def test_lpips_loads_local_backbone_weights(tmp_path, empty_hub):
         metrics.LPIPSMetric(net="alex", weights=tmp_path / "absent.pth")
     with pytest.raises(MedreconInputError, match="net must be one of"):
         metrics.LPIPSMetric(net="squeeze")
+
+
+def test_lpips_alex_needs_31_pixels():
+    """AlexNet's strides and pools fail below 31 pixels with a raw RuntimeError; the check said
+    16 for every network."""
+    import torch
+
+    from medrecon import metrics as M
+    from medrecon.errors import MedreconInputError
+
+    with pytest.raises(MedreconInputError, match="alex.*at least 31 x 31"):
+        M.lpips_distance(torch.rand(1, 1, 24, 24), torch.rand(1, 1, 24, 24),
+                         allow_random_backbone=True)
+    assert M.lpips_distance(torch.rand(1, 1, 31, 31), torch.rand(1, 1, 31, 31),
+                            allow_random_backbone=True).shape == (1,)

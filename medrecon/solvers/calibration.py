@@ -178,17 +178,26 @@ def binned(std: torch.Tensor, err: torch.Tensor, *, bins: int,
     ``calibration.csv`` are computed from.
 
     Raises:
-        MedreconInputError: ``std`` and ``err`` differ in shape.
+        MedreconInputError: ``std`` and ``err`` differ in shape, hold NaN / Inf, ``bins`` is
+            not a positive integer, or ``exact`` has another shape.
     """
+    from medrecon.errors import MedreconInputError
+
     s = torch.as_tensor(std).detach().double().cpu().reshape(-1)
     e = torch.as_tensor(err).detach().double().cpu().reshape(-1)
     if s.shape != e.shape:
-        from medrecon.errors import MedreconInputError
-
         raise MedreconInputError(f"std map {tuple(std.shape)} and error {tuple(err.shape)} "
                                  "differ in shape.")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise MedreconInputError(f"bins={bins!r}; expected an integer >= 1.")
+    if not (torch.isfinite(s).all() and torch.isfinite(e).all()):  # the fit dropped them,
+        raise MedreconInputError("the std map or the error holds NaN/Inf values; calibrate "
+                                 "finite maps.")  # ence returned NaN for the same data
     if exact is not None:
         keep = ~torch.as_tensor(exact).reshape(-1).bool().cpu()
+        if keep.shape != s.shape:
+            raise MedreconInputError(f"exact mask {tuple(torch.as_tensor(exact).shape)} differs "
+                                     f"in shape from the std map {tuple(std.shape)}.")
         s, e = s[keep], e[keep]
     out = []
     for k, idx in enumerate(torch.tensor_split(torch.argsort(s, stable=True), bins)):
