@@ -195,3 +195,21 @@ def test_l1_wavelet_is_soft_thresholding_for_the_identity_and_helps_denoising():
     assert float((rec.image - clean).pow(2).mean()) < 0.7 * float((y - clean).pow(2).mean())
     with pytest.raises(MedreconInputError, match="unknown wavelet"):
         solve(y, op, None, method="l1_wavelet", wavelet="nope")
+
+
+def test_baselines_refuse_unknown_keywords_and_bad_tolerances():
+    """tv(..., stpes=5) ran all 300 steps (unknown keywords were swallowed); tol=nan was
+    taken."""
+    import torch
+
+    from medrecon import physics as P
+    from medrecon import solvers as S
+    from medrecon.errors import MedreconInputError
+
+    sr = P.build_operator("sr", img_size=16, scale=2)
+    y = sr.A(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(MedreconInputError, match=r"unknown option\(s\) \['stpes'\]"):
+        S.tv(y, sr, stpes=5)
+    with pytest.raises(MedreconInputError, match="tol"):
+        S.tv(y, sr, tol=float("nan"), steps=2)
+    S.tv(y, sr, steps=2, seed=0, callback=None)  # what every method is offered

@@ -30,6 +30,13 @@ from medrecon.solvers import _common as C
 from medrecon.solvers.result import Reconstruction
 
 
+def _no_extra(extra: dict, method: str) -> None:
+    """Refuse keywords a baseline does not take (``tv(..., stpes=5)`` ran all 300 steps); the
+    seed and callback every method is offered are taken and unused."""
+    C.check_options({k: v for k, v in extra.items() if k not in ("seed", "callback")}, set(),
+                    method)
+
+
 def _prepare(y, operator, device):
     y = C.check_measurements(y)
     operator = C.check_operator(operator)
@@ -59,15 +66,16 @@ def _pack(img, t0, dev, method, info=None, history=None) -> Reconstruction:
 
 
 def adjoint(y: torch.Tensor, operator: nn.Module, *, device: str = "auto",
-            **_: Any) -> Reconstruction:
+            **extra: Any) -> Reconstruction:
     """``A^H y`` (real part): the zero-filled / back-projected image."""
+    _no_extra(extra, "adjoint")
     t0 = time.perf_counter()
     _, _, dev, back = _prepare(y, operator, device)
     return _pack(back, t0, dev, "adjoint")
 
 
 def pseudo_inverse(y: torch.Tensor, operator: nn.Module, *, tol: float = 1e-6,
-                   max_iter: int = 100, device: str = "auto", **_: Any) -> Reconstruction:
+                   max_iter: int = 100, device: str = "auto", **extra: Any) -> Reconstruction:
     """Minimum-norm least-squares ``A^+ y`` (closed form or CG, as the operator provides).
 
     Args:
@@ -77,6 +85,7 @@ def pseudo_inverse(y: torch.Tensor, operator: nn.Module, *, tol: float = 1e-6,
         max_iter: CG iteration cap. Default 100.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
     """
+    _no_extra(extra, "pseudo_inverse")
     t0 = time.perf_counter()
     yd, op, dev, back = _prepare(y, operator, device)
     with torch.no_grad():
@@ -90,13 +99,14 @@ def pseudo_inverse(y: torch.Tensor, operator: nn.Module, *, tol: float = 1e-6,
 
 
 def zero_filled(y: torch.Tensor, operator: nn.Module, *, device: str = "auto",
-                **_: Any) -> Reconstruction:
+                **extra: Any) -> Reconstruction:
     """Zero-filled inverse FFT for (Cartesian) MRI: ``Re(A^H y)``.
 
     For an orthonormal undersampled FFT ``A^H y`` is exactly the inverse FFT of the k-space with
     the missing samples set to zero. The real part is returned since the images are real
     (a magnitude would fold negative generator-space values).
     """
+    _no_extra(extra, "zero_filled")
     t0 = time.perf_counter()
     yd, _, dev, back = _prepare(y, operator, device)
     if not yd.is_complex():
@@ -125,8 +135,9 @@ def _sr_geometry(yd: torch.Tensor, back: torch.Tensor) -> tuple[int, int]:
 
 
 def bicubic(y: torch.Tensor, operator: nn.Module, *, device: str = "auto",
-            **_: Any) -> Reconstruction:
+            **extra: Any) -> Reconstruction:
     """Bicubic upsampling (Keys, a = -0.75 as PyTorch; pixel centres aligned) to image size."""
+    _no_extra(extra, "bicubic")
     t0 = time.perf_counter()
     yd, _, dev, back = _prepare(y, operator, device)
     H, W = _sr_geometry(yd, back)
@@ -152,7 +163,7 @@ def lanczos_matrix(n_in: int, n_out: int, *, a: int = 3, dtype=torch.float32,
 
 
 def lanczos(y: torch.Tensor, operator: nn.Module, *, a: int = 3, device: str = "auto",
-            **_: Any) -> Reconstruction:
+            **extra: Any) -> Reconstruction:
     """Separable Lanczos upsampling to the operator's image size.
 
     Args:
@@ -161,6 +172,7 @@ def lanczos(y: torch.Tensor, operator: nn.Module, *, a: int = 3, device: str = "
         a: Lanczos window (lobes). Default 3.
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
     """
+    _no_extra(extra, "lanczos")
     t0 = time.perf_counter()
     C.check_positive("a", a, integer=True)
     yd, _, dev, back = _prepare(y, operator, device)
@@ -253,7 +265,7 @@ def tv_pdhg(
 
 def tv(y: torch.Tensor, operator: nn.Module, *, weight: float | None = None, steps: int = 300,
        tol: float = 1e-5, device: str = "auto", callback: C.ProgressCallback | None = None,
-       **_: Any) -> Reconstruction:
+       **extra: Any) -> Reconstruction:
     """Total-variation regularised least squares for any linear operator (PDHG).
 
     Args:
@@ -267,8 +279,10 @@ def tv(y: torch.Tensor, operator: nn.Module, *, weight: float | None = None, ste
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
         callback: receives one final progress report.
     """
+    _no_extra(extra, "tv")
     t0 = time.perf_counter()
     C.check_positive("steps", steps, integer=True)
+    C.check_positive("tol", tol, allow_zero=True)  # tol=nan never stopped, tol=-1 neither
     yd, op, dev, back = _prepare(y, operator, device)
     s = C.noise_sigma(operator)
     lam = max(2.0 * s, 0.01) if weight is None else C.check_positive("weight", weight)
@@ -305,7 +319,7 @@ def _wavelet_prox(x: torch.Tensor, thresh: float, wavelet: str, level: int | Non
 def l1_wavelet(y: torch.Tensor, operator: nn.Module, *, weight: float | None = None,
                wavelet: str = "db4", level: int | None = None, steps: int = 200, tol: float = 1e-5,
                device: str = "auto", callback: C.ProgressCallback | None = None,
-               **_: Any) -> Reconstruction:
+               **extra: Any) -> Reconstruction:
     """L1-wavelet regularised least squares for any linear operator (FISTA): the classical
     compressed-sensing MRI reconstruction (Lustig et al. 2007), ``1/2 ||A x - y||^2 + lambda
     ||W x||_1`` with ``W`` an orthonormal wavelet transform whose approximation band is not
@@ -324,8 +338,10 @@ def l1_wavelet(y: torch.Tensor, operator: nn.Module, *, weight: float | None = N
         device: ``'auto'``, ``'cpu'`` or ``'cuda'`` (the wavelet step runs on the CPU).
         callback: receives one final progress report.
     """
+    _no_extra(extra, "l1_wavelet")
     t0 = time.perf_counter()
     C.check_positive("steps", steps, integer=True)
+    C.check_positive("tol", tol, allow_zero=True)  # tol=nan never stopped, tol=-1 neither
     try:
         import pywt
 
@@ -387,11 +403,12 @@ def sampling_mask(op: nn.Module, like: torch.Tensor) -> torch.Tensor:
 
 
 def biharmonic(y: torch.Tensor, operator: nn.Module, *, device: str = "auto",
-               **_: Any) -> Reconstruction:
+               **extra: Any) -> Reconstruction:
     """Biharmonic inpainting (``skimage.restoration.inpaint_biharmonic``) of masked pixels.
 
     The known pixels are ``A^H y`` where the operator samples (``A^H A 1 > 1/2``).
     """
+    _no_extra(extra, "biharmonic")
     from skimage.restoration import inpaint_biharmonic  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -420,7 +437,7 @@ WIENER_NSR_GAIN = 4.0
 
 
 def wiener(y: torch.Tensor, operator: nn.Module, *, balance: float | None = None,
-           device: str = "auto", **_: Any) -> Reconstruction:
+           device: str = "auto", **extra: Any) -> Reconstruction:
     """Wiener deconvolution with the operator's blur kernel (``operator.kernel``).
 
     ``X = conj(K) Y / (|K|^2 + balance)`` in the Fourier domain, on the mirror-extended
@@ -434,6 +451,7 @@ def wiener(y: torch.Tensor, operator: nn.Module, *, balance: float | None = None
             1e-3 (clean data still needs a little damping of the kernel's near-zeros).
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
     """
+    _no_extra(extra, "wiener")
     t0 = time.perf_counter()
     yd, op, dev, back = _prepare(y, operator, device)
     kernel = getattr(op, "kernel", None)
