@@ -90,6 +90,9 @@ def _prepare(x: Any, y: Any, data_range: Any = 1.0
     if xt.ndim not in (2, 3, 4):
         raise MedreconInputError(
             f"images must be [H, W], [C, H, W] or [B, C, H, W], got shape {tuple(xt.shape)}.")
+    if xt.numel() == 0:  # an empty batch reached MONAI's metric and its TypeError
+        raise MedreconInputError(f"the images are empty (shape {tuple(xt.shape)}); expected "
+                                 "at least one pixel.")
     for t, name in ((xt, "x"), (yt, "y")):
         if not bool(torch.isfinite(t).all()):
             raise MedreconInputError(f"{name} contains NaN/Inf values; expected finite images.")
@@ -200,8 +203,10 @@ def ssim(x: Any, y: Any, *, data_range: float, gaussian_weights: bool = True,
     """
     xt, yt, batched, dr = _prepare(x, y, data_range)
     if gaussian_weights:
-        if not (float(sigma) > 0):
-            raise MedreconInputError(f"sigma must be > 0, got {sigma!r}.")
+        from medrecon.solvers._common import is_real
+
+        if not (is_real(sigma) and math.isfinite(sigma) and sigma > 0):  # 'x': a raw ValueError
+            raise MedreconInputError(f"sigma must be a finite number > 0, got {sigma!r}.")
         win = 2 * int(3.5 * float(sigma) + 0.5) + 1  # scikit-image's truncate=3.5 radius
         if win_size is not None and win_size != win:
             raise MedreconInputError(

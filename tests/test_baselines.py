@@ -213,3 +213,19 @@ def test_baselines_refuse_unknown_keywords_and_bad_tolerances():
     with pytest.raises(MedreconInputError, match="tol"):
         S.tv(y, sr, tol=float("nan"), steps=2)
     S.tv(y, sr, steps=2, seed=0, callback=None)  # what every method is offered
+
+
+def test_baseline_option_values_that_gave_raw_errors():
+    import torch
+
+    from medrecon import physics as P
+    from medrecon import solvers as S
+    from medrecon.errors import MedreconInputError
+
+    sr = P.build_operator("sr", img_size=16, scale=2)
+    y = sr.A(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    for kw in (dict(level=-1), dict(level=2.5)):
+        with pytest.raises(MedreconInputError, match="level"):
+            S.solve(y, sr, None, method="l1_wavelet", steps=2, **kw)
+    with pytest.raises(MedreconInputError, match="tol"):
+        S.pseudo_inverse(y, sr, tol="x")

@@ -210,3 +210,15 @@ def test_lpips_alex_needs_31_pixels():
                          allow_random_backbone=True)
     assert M.lpips_distance(torch.rand(1, 1, 31, 31), torch.rand(1, 1, 31, 31),
                             allow_random_backbone=True).shape == (1,)
+
+
+def test_metric_arguments_that_gave_raw_errors():
+    import numpy as np
+
+    from medrecon import metrics as M
+    from medrecon.errors import MedreconInputError
+
+    with pytest.raises(MedreconInputError, match="empty"):
+        M.psnr(np.zeros((0, 1, 8, 8)), np.zeros((0, 1, 8, 8)), data_range=1)
+    with pytest.raises(MedreconInputError, match="sigma"):
+        M.ssim(np.zeros((16, 16)), np.zeros((16, 16)), data_range=1, sigma="x")

@@ -86,6 +86,8 @@ def pseudo_inverse(y: torch.Tensor, operator: nn.Module, *, tol: float = 1e-6,
         device: ``'auto'``, ``'cpu'`` or ``'cuda'``.
     """
     _no_extra(extra, "pseudo_inverse")
+    C.check_positive("tol", tol, allow_zero=True)
+    C.check_positive("max_iter", max_iter, integer=True)
     t0 = time.perf_counter()
     yd, op, dev, back = _prepare(y, operator, device)
     with torch.no_grad():
@@ -342,6 +344,8 @@ def l1_wavelet(y: torch.Tensor, operator: nn.Module, *, weight: float | None = N
     t0 = time.perf_counter()
     C.check_positive("steps", steps, integer=True)
     C.check_positive("tol", tol, allow_zero=True)  # tol=nan never stopped, tol=-1 neither
+    if level is not None:  # -1 and 2.5 reached pywt's own errors
+        C.check_positive("level", level, integer=True)
     try:
         import pywt
 
