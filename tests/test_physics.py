@@ -520,3 +520,14 @@ def test_a_blur_kernel_larger_than_the_image_is_refused_before_allocation(option
     with pytest.raises(MedreconInputError, match="does not fit 16x16 images"):
         build_operator("deblur", img_size=(16, 16), **options)
     build_operator("deblur", img_size=(16, 16), kernel="gaussian", sigma=2.0)
+
+
+def test_cs_measurements_of_an_integer_dtype_are_refused():
+    import torch
+
+    from medrecon import physics as P
+    from medrecon.errors import MedreconInputError
+
+    op = P.build_operator("cs", img_size=8, m=10)
+    with pytest.raises(MedreconInputError, match="floating or complex dtype"):
+        op.A_dagger(torch.ones(2, 10, dtype=torch.int64))

@@ -88,6 +88,9 @@ class CompressedSensing(LinearPhysics):
         if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != self.m:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise MedreconInputError(f"y must have shape [B, {self.m}], got {got}.")
+        if not (y.is_floating_point() or y.is_complex()):  # int64 failed inside a product
+            raise MedreconInputError(f"y must have a floating or complex dtype, got {y.dtype}. "
+                                     "Convert with y.float().")
 
     def _mat(self, t: torch.Tensor) -> torch.Tensor:
         return self.matrix.to(t.real.dtype if t.is_complex() else t.dtype)

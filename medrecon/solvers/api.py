@@ -242,7 +242,8 @@ def _check_observed(operator: nn.Module) -> None:
     if bool(empty.any()):
         raise MedreconInputError(
             "the inpainting mask marks every pixel of a slice as missing, so nothing is measured "
-            "there; every method needs observed pixels. Fix the mask (nonzero = missing).")
+            "there; every method needs observed pixels. Fix the mask (the operator's mask is 1 "
+            "where observed; a mask file given to the CLI is nonzero where missing).")
 
 
 def method_options(method: str, task: str | None) -> dict[str, Any]:
