@@ -795,6 +795,8 @@ def test_api_review_fixes_leave_the_callers_objects_and_refuse_early():
         S.iagan(torch.randn(2, 1, 7, 7), sr, prior, steps=2, init=st, device="cpu")
     with pytest.raises(MedreconInputError, match="lacks"):
         S.iagan(y, None, prior, steps=2, init=st, device="cpu")
+    with pytest.raises(MedreconInputError, match="y is complex"):
+        S.iagan(y.to(torch.complex64), sr, prior, steps=2, init=st, device="cpu")
     with pytest.raises(MedreconInputError, match="does not fit 8x8"):
         P.build_operator("sr", img_size=8, scale=2, kernel="gaussian", sigma=1500)
     with pytest.raises(MedreconInputError, match="compressed-sensing matrix"):
