@@ -809,3 +809,18 @@ def test_api_review_fixes_leave_the_callers_objects_and_refuse_early():
     b[0, 0] = 1010
     assert M.psnr(a, b, data_range=4095) == pytest.approx(
         M.psnr(a.astype(np.float64), b.astype(np.float64), data_range=4095))
+
+
+def test_early_stop_sends_a_last_report():
+    """A stop between report steps ended without a report of the step it stopped at."""
+    from medrecon import physics as P
+    from medrecon import solvers as S
+    from tests._tiny import tiny_prior
+
+    sr = P.build_operator("sr", img_size=16, scale=2)
+    y = sr.A(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    seen = []
+    rec = S.csgm(y, sr, tiny_prior(resolution=16), steps=200, restarts=1, probes=2,
+                 check_every=3, patience=1, tol=1e9, device="cpu", callback=seen.append)
+    assert rec.info["steps_run"] < 200
+    assert seen[-1]["step"] == rec.info["steps_run"] and seen[-1].get("stopped_early")

@@ -125,6 +125,8 @@ def optimise_latent(
                 held = torch.where(stop.view(shape) & ~frozen.view(shape), latent, held)
                 frozen = stop
             if bool(frozen.all()):
+                if progress.callback is not None and not progress.due(step):
+                    progress(step, obj, stopped_early=True)  # the last report, when it stops
                 break
     # score the final iterate too (the loop above scores each iterate before its update)
     with torch.no_grad():
