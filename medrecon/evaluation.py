@@ -1334,7 +1334,8 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
               help="Comma-separated methods, e.g. bicubic,lanczos-bp,csgm-bp,brgm,iagan-bp "
                    "(a -bp suffix back-projects any method onto the measurements).")
 @click.option("--images", required=True, type=InputPath(),
-              help="Folder of ground truths (PNG/JPEG/DICOM/NIfTI) or a text file listing them.")
+              help="Folder of ground truths (PNG/JPEG/TIFF/BMP/DICOM/NIfTI) or a text file "
+                   "listing them (one path per line).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder for results.csv, summary.md, grid.png, settings.json and "
               "(methods with a std map) calibration.csv.")

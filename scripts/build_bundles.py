@@ -302,7 +302,8 @@ pip install medrecon            # the bundle ships inside the package
 cd <this bundle folder>         # or pass --bundle_root
 python -m monai.bundle run --config_file configs/inference.json --logging_file configs/logging.conf \\
     --dataset_dir ./sample --output_dir ./eval --task sr --method iagan --steps 300
-python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']"
+python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']" \\
+    --overwrite true            # scores the results into ./eval, replacing the run above
 python -m monai.bundle verify_net_in_out --net_id reconstructor --meta_file configs/metadata.json \\
     --config_file configs/inference.json --steps 2
 ```

@@ -146,7 +146,9 @@ def export_cmd(checkpoint, bundle_dir, name, w_samples, fp16, seed, overwrite):
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the slim checkpoint (must differ from CHECKPOINT).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing slim checkpoint (a medrecon checkpoint only, never "
+                   "another file).")
 def slim_cmd(checkpoint, output, overwrite):
     """Write a portable CHECKPOINT: float16 networks, no optimiser state (about 1/5 the size).
 
@@ -174,9 +176,11 @@ def slim_cmd(checkpoint, output, overwrite):
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Training image folder (as given to `train run --data`).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Pack folder (outside --data).")
+              help="Pack folder (outside --data and not holding it).")
 @click.option("--resolution", default=128, show_default=True, type=click.IntRange(8, 1024))
-@click.option("--overwrite", is_flag=True, help="Replace an existing training pack.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing training pack (refused if it holds files the pack did "
+                   "not write).")
 def pack_cmd(data_dir, out_dir, resolution, overwrite):
     """Copy a training folder at training resolution (lossless PNG, original names).
 
