@@ -159,6 +159,9 @@ class MedreconGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are reported
+            cause = _terminated_in(exc)
+            if cause is not None:  # SIGTERM inside an import (wrapped in a RuntimeError)
+                raise cause from None
             msg = f"internal error: {type(exc).__name__}: {exc}"
             _json_error(ctx, msg, EXIT_INTERNAL)
             if _debug_enabled(ctx):
@@ -723,6 +726,18 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+def _terminated_in(exc: BaseException) -> "Terminated | None":
+    """The :class:`Terminated` an exception wraps (Python wraps one raised while a class is
+    created during an import in a ``RuntimeError``: a SIGTERM at start-up was exit 1)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Terminated):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _wants_json(argv: list[str]) -> bool:

@@ -619,6 +619,20 @@ def test_sigterm_while_writing_exits_143_and_leaves_nothing(work, prior_dir, cap
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_sigterm_wrapped_by_an_import_is_still_143(work, prior_dir, capsys, monkeypatch):
+    """A SIGTERM at start-up, raised while a class was created during an import, reached the
+    CLI wrapped in a RuntimeError and was reported as an internal error (exit 1)."""
+    import medrecon.pipeline as pipeline
+    from medrecon.cli import Terminated
+
+    def wrapped(*a, **k):
+        raise RuntimeError("Error calling __set_name__") from Terminated()
+
+    monkeypatch.setattr(pipeline, "reconstruct_file", wrapped)
+    code, text = cli(*sr("-o", "w.nii.gz", prior_dir=prior_dir), capsys=capsys)
+    assert code == 143 and "Terminated (SIGTERM)" in text and "internal error" not in text
+
+
 # ------------------------------------------------------------------ outputs people can use
 @pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_outputs_get_the_users_default_permissions(work, prior_dir, umask, file_mode, dir_mode):
