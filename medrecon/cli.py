@@ -29,7 +29,7 @@ import click
 
 from medrecon import __version__
 from medrecon.cli_types import SEED, CoherenceWidth, InputPath
-from medrecon.errors import MedreconInputError
+from medrecon.errors import MedreconInputError, find_in_chain
 from medrecon.limits import MAX_NOISE_SIGMA, MAX_SCALE
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -159,8 +159,9 @@ class MedreconGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are reported
-            cause = _terminated_in(exc)
-            if cause is not None:  # SIGTERM inside an import (wrapped in a RuntimeError)
+            # SIGTERM inside an import: Python wraps it in a RuntimeError (it was exit 1)
+            cause = find_in_chain(exc, Terminated)
+            if cause is not None:
                 raise cause from None
             msg = f"internal error: {type(exc).__name__}: {exc}"
             _json_error(ctx, msg, EXIT_INTERNAL)
@@ -726,18 +727,6 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
-
-
-def _terminated_in(exc: BaseException) -> "Terminated | None":
-    """The :class:`Terminated` an exception wraps (Python wraps one raised while a class is
-    created during an import in a ``RuntimeError``: a SIGTERM at start-up was exit 1)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, Terminated):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _wants_json(argv: list[str]) -> bool:

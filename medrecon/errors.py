@@ -24,3 +24,17 @@ class MedreconWarning(UserWarning):
     """Something the user should know but that does not stop the run: a conversion that loses
     information (colour to grey, a dropped alpha channel, extra pages), a result the prior
     cannot fully support. The CLI prints each as one ``Warning: ...`` line."""
+
+
+def find_in_chain(exc: BaseException | None, kind: type) -> BaseException | None:
+    """The first exception of type ``kind`` in ``exc``'s chain (``exc`` itself, then its
+    ``__cause__`` or ``__context__``, and so on); None when there is none. Frameworks wrap
+    medrecon's errors (MONAI's config parser in ``RuntimeError`` s, Python's class creation
+    too): their handlers look through the wrapping with this."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -137,18 +137,3 @@ def test_verify_net_in_out_on_the_reconstructor(bundle):
     with pytest.raises(Exception, match=r"\(B, 1, H, W\)"):
         net(torch.rand(1, 3, 8, 8))
 
-
-def test_ckpt_export_keeps_the_traced_batch_size(bundle, tmp_path):
-    """What docs/monai.md says of the exported file: a trace keeps its batch size (the
-    modulated convolutions fold the batch into their groups)."""
-    from monai.bundle import ckpt_export
-
-    ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(bundle / "models" / "model.pt"),
-                meta_file=str(bundle / "configs" / "metadata.json"),
-                config_file=str(bundle / "configs" / "inference.json"), use_trace=True,
-                input_shape=[2, 32])
-    net = torch.jit.load(str(ts))
-    assert net(torch.zeros(2, 32)).shape[0] == 2
-    with pytest.raises(RuntimeError):
-        net(torch.zeros(3, 32))

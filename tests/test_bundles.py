@@ -160,3 +160,21 @@ def test_bundle_reads_dicom_like_the_cli_and_passes_the_device(name, tmp_path):
     wf.finalize()
     out = nib.load(str(tmp_path / "out" / "mr_sr.nii.gz"))
     np.testing.assert_allclose(out.header.get_zooms()[:2], (0.3125 / 4, 0.3125 / 4))
+
+
+def test_exported_trace_keeps_its_batch_size(name, tmp_path):
+    """docs/monai.md: the shipped priors' ckpt_export traces keep the batch they were traced
+    at (the modulated convolutions fold the batch into their groups)."""
+    from monai.bundle import ckpt_export
+
+    b = BUNDLES[name]
+    z_dim = json.loads((b / "configs" / "inference.json").read_text())["network_def"]["z_dim"]
+    ts = tmp_path / "g.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(b / "models" / "model.pt"),
+                meta_file=str(b / "configs" / "metadata.json"),
+                config_file=str(b / "configs" / "inference.json"), use_trace=True,
+                input_shape=[1, z_dim], bundle_root=str(b))
+    net = torch.jit.load(str(ts))
+    assert net(torch.zeros(1, z_dim)).shape[0] == 1
+    with pytest.raises(RuntimeError):
+        net(torch.zeros(2, z_dim))

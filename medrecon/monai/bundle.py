@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medrecon.errors import MedreconInputError
+from medrecon.errors import MedreconInputError, find_in_chain
 from medrecon.monai.writer import MedreconNiftiWriter
 
 __all__ = ["BUNDLE_SUFFIXES", "METRIC_NAMES", "bundle_datalist", "bundle_device",
@@ -299,16 +299,6 @@ def bundle_writer(*, overwrite: bool = False) -> type[BundleNiftiWriter]:
     return type("BundleNiftiWriter", (BundleNiftiWriter,), {"overwrite": bool(overwrite)})
 
 
-def _input_error(exc: BaseException | None) -> MedreconInputError | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MedreconInputError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def _writer_error(exc: BaseException) -> MedreconInputError | None:
     """The writer error behind ``SaveImage``'s ``RuntimeError`` (it names the file)."""
     if not isinstance(exc, RuntimeError):
@@ -342,7 +332,7 @@ def report_input_errors() -> None:
         return
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-        found = _input_error(exc) or _writer_error(exc)
+        found = find_in_chain(exc, MedreconInputError) or _writer_error(exc)
         if found is None:
             previous(kind, exc, tb)
             return
