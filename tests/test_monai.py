@@ -821,6 +821,8 @@ def test_transforms_follow_monai_conventions(prior):
     assert torch.equal(c, noisy(img))
     fixed = SimulateDegradation("denoise", noise_sigma=0.1, seed=3)
     assert torch.equal(fixed(img), fixed(img))
+    with pytest.raises(MedreconInputError, match="seed must be an integer"):
+        SimulateDegradation("denoise", seed=-1)  # the pipeline's seed rule
     pipe = Compose([SimulateDegradationd(keys="image", task="inpaint", mask_type="random_boxes")])
     pipe.set_random_state(seed=1)
     m1 = pipe({"image": img})["mask"]

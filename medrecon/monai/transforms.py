@@ -287,21 +287,20 @@ class SimulateDegradation(Randomizable, Transform):
     def __init__(self, task: str, *, scale: int = 4, kernel: str = "box",
                  slice_axis: int | None = None, mask_type: str = "center_box",
                  noise_sigma: float = 0.0, seed: int | None = None) -> None:
+        from medrecon.pipeline import _check_int
         from medrecon.solvers._common import SEED_LIMIT
 
         if task not in ("sr", "inpaint", "deblur", "denoise"):
             raise MedreconInputError(f"SimulateDegradation task {task!r}; expected sr, inpaint, "
                                      "deblur or denoise (k-space: SimulateDegradationd with "
                                      "task='mri').")
-        if seed is not None and not (isinstance(seed, (int, np.integer))
-                                     and 0 <= int(seed) <= SEED_LIMIT):
-            raise MedreconInputError(f"seed must be None or an integer from 0 to {SEED_LIMIT}; "
-                                     f"got {seed!r}.")
         self.task, self.scale, self.kernel = task, int(scale), kernel
         self.slice_axis, self.mask_type = slice_axis, mask_type
         self.noise_sigma = float(noise_sigma)
-        self.seed = None if seed is None else int(seed)
-        self._seed = 0 if seed is None else int(seed)
+        # the pipeline's seed rule (an integer from 0 to 2**63 - 1); None: drawn per call
+        self.seed = None if seed is None else _check_int("seed", seed, minimum=0,
+                                                         limit=SEED_LIMIT)
+        self._seed = 0 if seed is None else self.seed
 
     def randomize(self, data: Any = None) -> None:
         """The seed of this call: ``seed``, else one drawn from the random state."""

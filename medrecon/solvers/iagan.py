@@ -347,10 +347,11 @@ def iagan(
     parts = C.unpack_prior(prior)
     G = C.frozen_copy(parts.generator, dev, noise_mode=noise_mode)
     op = C.on_device(C.check_operator(operator), dev)
+    yd = y.to(dev)
     # stage 1 checks these; a warm start skips it (a wrong y failed deep in a product)
-    C.check_shapes(y.to(dev), op, C.generator_resolution(G))
+    C.check_shapes(yd, op, C.generator_resolution(G))
     # every member's slices in one stacked batch, member-major: entry k * B + b
-    yd = y.to(dev).repeat(K, *([1] * (y.ndim - 1)))
+    yd = yd.repeat(K, *([1] * (y.ndim - 1)))
     ws1, w_init = _stage2_start(firsts, init, dev)
     s = C.noise_sigma(operator)
     n_steps = max(1, int(round(steps * noisy_step_factor))) if s > 0 else steps
