@@ -1271,7 +1271,7 @@ def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
     beside that folder: a derived DICOM written into it would make the user's series folder
     hold two series.
     """
-    from medrecon.io._paths import WRITE_SUFFIXES
+    from medrecon.io._paths import WRITE_SUFFIXES, in_dicom_series_folder
 
     p = Path(input_path)
     if p.name in ("", ".", ".."):  # a folder given as '.': named after itself, written beside it
@@ -1281,34 +1281,10 @@ def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
         suffix = ".png"  # medrecon writes no JPEG (lossy)
     elif suffix.lower() not in WRITE_SUFFIXES or suffix.lower() in KSPACE_SUFFIXES:
         suffix = ".nii.gz"  # a folder, k-space or an array, .npz, MetaImage, NRRD...
-    if p.is_file() and _in_dicom_folder(p.absolute()):
+    if p.is_file() and in_dicom_series_folder(p.absolute()):
         folder = p.absolute().parent
         return folder.with_name(f"{folder.name}_{stem}_{task}_{method}.dcm")
     return p.with_name(f"{stem}_{task}_{method}{suffix}")
-
-
-def _in_dicom_folder(path: Path, *, look: int = 64) -> bool:
-    """Whether ``path`` is a DICOM file whose folder holds another DICOM file (of the first
-    ``look`` other entries: a series folder shows one soon)."""
-    from medrecon.io._paths import sniff
-
-    dicom_suffixes = ("", ".dcm", ".dicom", ".ima")
-    try:
-        if sniff(path) != "dicom" or path.parent.resolve() == path.parent.parent.resolve():
-            return False
-        seen = 0
-        for other in path.parent.iterdir():
-            if other.name == path.name or other.name.startswith("."):
-                continue
-            seen += 1
-            if seen > look:
-                return False
-            if other.suffix.lower() in dicom_suffixes and other.is_file() \
-                    and sniff(other) == "dicom":
-                return True
-    except OSError:
-        return False
-    return False
 
 
 def _output_label(method: str, options: Mapping[str, Any]) -> str:

@@ -634,6 +634,22 @@ def test_default_output_from_inside_a_series_folder(tmp_path, prior_dir, monkeyp
     assert (tmp_path / "s1_sr_bicubic.nii.gz").is_file()
 
 
+def test_explicit_dicom_output_into_the_inputs_series_folder_is_refused(tmp_path, prior_dir):
+    """`-o series/x.dcm` for one slice of that series made the folder hold two series; a
+    NIfTI there (which the series reader skips) and a DICOM beside the folder are fine."""
+    series = _write_series(get_testdata_file("CT_small.dcm"), tmp_path / "s1")
+    names = sorted(p.name for p in series.iterdir())
+    msg = _run(["sr", series / "IM000.dcm", "-o", series / "x.dcm", "--prior", prior_dir,
+                "--method", "bicubic", "--scale", "2", "-q"], code=2)
+    assert "would then hold two series" in msg
+    assert sorted(p.name for p in series.iterdir()) == names
+    _run(["sr", series / "IM000.dcm", "-o", series / "x.nii.gz", "--prior", prior_dir,
+          "--method", "bicubic", "--scale", "2", "-q"])
+    _run(["sr", series / "IM000.dcm", "-o", tmp_path / "x.dcm", "--prior", prior_dir,
+          "--method", "bicubic", "--scale", "2", "-q"])
+    assert load_image(series).shape[-1] == 3
+
+
 def test_series_of_mixed_pixel_spacing_is_refused(tmp_path, prior_dir):
     series = _write_series(get_testdata_file("CT_small.dcm"), tmp_path / "s")
     ds = pydicom.dcmread(series / "IM001.dcm")

@@ -64,6 +64,28 @@ def sniff(path: Path) -> str | None:
     return None
 
 
+def in_dicom_series_folder(path: Path, *, look: int = 64) -> bool:
+    """Whether ``path`` is a DICOM file whose folder holds another DICOM file (of the first
+    ``look`` other entries: a series folder shows one soon)."""
+    dicom_suffixes = ("", ".dcm", ".dicom", ".ima")
+    try:
+        if sniff(path) != "dicom" or path.parent.resolve() == path.parent.parent.resolve():
+            return False
+        seen = 0
+        for other in path.parent.iterdir():
+            if other.name == path.name or other.name.startswith("."):
+                continue
+            seen += 1
+            if seen > look:
+                return False
+            if other.suffix.lower() in dicom_suffixes and other.is_file() \
+                    and sniff(other) == "dicom":
+                return True
+    except OSError:
+        return False
+    return False
+
+
 def describe_head(path: Path, n: int = 40) -> str:
     """A short printable preview of a file's first bytes for error messages."""
     with open(path, "rb") as fh:

@@ -24,6 +24,7 @@ from medrecon.io._paths import (
     check_finite,
     check_input_file,
     full_suffix,
+    in_dicom_series_folder,
     sniff,
 )
 from medrecon.io.dicom_read import _scan, read_dicom_file, read_dicom_folder, read_dicom_header
@@ -201,6 +202,29 @@ def written_by_medrecon(path: Path) -> bool:
     return False
 
 
+def _check_not_into_series(out: Path, as_dir: bool, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse a DICOM file output in the folder of an input DICOM file that is one slice of a
+    series: that folder would then hold two series, and reading it again would ask which (the
+    default output goes beside the folder instead)."""
+    if as_dir or full_suffix(out) not in DICOM_SUFFIXES:  # a series folder: its own folder
+        return
+    try:
+        target = out.absolute().parent.resolve()
+    except OSError:
+        return
+    for src in inputs:
+        src = Path(src).absolute()
+        try:
+            if src.is_file() and src.parent.resolve() == target and in_dicom_series_folder(src):
+                raise MedreconInputError(
+                    f"refusing to write the DICOM output {str(out)!r} into {str(src.parent)!r}, "
+                    f"the series folder of the input {str(src)!r}: the folder would then hold two "
+                    "series. Write it elsewhere (by default it goes beside that folder), or as "
+                    ".nii.gz.")
+        except OSError:
+            continue
+
+
 def check_image_output(
     path: str | os.PathLike,
     *,
@@ -243,6 +267,8 @@ def check_image_output(
         raise MedreconInputError(
             f"cannot write a 3D result to {str(out)!r}: {suffix} holds one 2D image. Use {hint}."
         )
+    inputs = list(inputs)
+    _check_not_into_series(out, as_dir, inputs)
     outputs.check_output(out, overwrite=overwrite, protected=inputs, want_dir=as_dir,
                          foreign=_dicom_series_foreign if as_dir else None)
     if not as_dir and out.is_file() and not written_by_medrecon(out):
