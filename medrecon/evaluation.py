@@ -988,16 +988,26 @@ def _input_files(images: Any) -> list[Path]:
     return [Path(p).expanduser() for p in images]
 
 
+def write_report_settings(settings: dict, staged: dict[str, Path], path: Path) -> Path:
+    """Write a report's ``settings.json`` with ``report_files``, the name and SHA-256 of every
+    file the report wrote (``staged``), so that an ``--overwrite`` later replaces exactly
+    these files (:func:`check_report_dir`)."""
+    settings = {**settings, "report_files": {n: sha256_file(p) for n, p in staged.items()}}
+    path.write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def _not_written_by_report(folder: Path, present: list[str]) -> list[str]:
     """The report-named files in ``folder`` that its report's settings.json does not list with
-    their content (``report_files``: a user's file of that name, or one changed since).
-    Reports written before the list was kept are trusted as before."""
+    their content (``report_files``: a user's file of that name, or one changed since). A
+    settings.json without the list (a report older than it) vouches for none."""
     try:
-        made = json.loads((folder / "settings.json").read_text(encoding="utf-8"))["report_files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+        made = json.loads((folder / "settings.json").read_text(encoding="utf-8")).get(
+            "report_files")
+    except (OSError, ValueError, AttributeError):
+        made = None
     if not isinstance(made, dict):
-        return []
+        made = {}
     return [n for n in present if n != "settings.json"
             and (n not in made or not (folder / n).is_file() or sha256_file(folder / n) != made[n])]
 
@@ -1097,10 +1107,7 @@ def write_report(run: EvalRun, out_dir: str | Path, *, overwrite: bool = False) 
         if run.calibration:
             staged["calibration.csv"] = write_calibration_csv(
                 run.calibration, stage.file(out / "calibration.csv"))
-        # what this report wrote, so that an --overwrite later replaces exactly these files
-        settings = {**run.settings, "report_files": {n: sha256_file(p) for n, p in staged.items()}}
-        stage.file(out / "settings.json").write_text(
-            json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
+        write_report_settings(run.settings, staged, stage.file(out / "settings.json"))
     for name, made in (("grid.png", run.grid), ("calibration.csv", run.calibration)):
         if overwrite and not made and (out / name).is_file():
             (out / name).unlink()  # a previous report's file, stale now

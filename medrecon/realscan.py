@@ -541,6 +541,7 @@ def _write_report(rows: list[ScanRow], cases: Sequence[ScanCase], methods: Seque
                   settings: dict) -> None:
     import medrecon
     from medrecon.evaluation import _cpu_name  # noqa: PLC2701 - the same machine description
+    from medrecon.evaluation import write_report_settings
     from medrecon.io.outputs import OutputStage
 
     settings = {**settings, "medrecon": medrecon.__version__, "torch": torch.__version__,
@@ -548,16 +549,15 @@ def _write_report(rows: list[ScanRow], cases: Sequence[ScanCase], methods: Seque
                 "threads": torch.get_num_threads(), "methods": list(methods),
                 "cases": [asdict(c) for c in cases]}
     with OutputStage(overwrite=overwrite) as stage:
-        with open(stage.file(out / "results.csv"), "w", newline="", encoding="utf-8") as fh:
+        staged = {n: stage.file(out / n) for n in ("results.csv", "summary.md", "grid.png")}
+        with open(staged["results.csv"], "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
             w.writeheader()
             for r in rows:
                 w.writerow(r.as_csv())
-        stage.file(out / "summary.md").write_text(summary_markdown(rows, cases, settings),
-                                                  encoding="utf-8")
-        _write_grid(panels, stage.file(out / "grid.png"))
-        stage.file(out / "settings.json").write_text(
-            json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
+        staged["summary.md"].write_text(summary_markdown(rows, cases, settings), encoding="utf-8")
+        _write_grid(panels, staged["grid.png"])
+        write_report_settings(settings, staged, stage.file(out / "settings.json"))
 
 
 def _write_grid(panels: dict[str, list[np.ndarray]], path: Path) -> None:

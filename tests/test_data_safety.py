@@ -182,6 +182,15 @@ def test_eval_out_rules(work, prior_dir, capsys):
     assert cli(*base, out, "--overwrite")[0] == 0  # its own grid.png: replaced next time
     assert cli(*base, out, "--overwrite", "--grid-images", "0")[0] == 0
     assert "grid.png" not in tree(out)
+    # a settings.json without the list of the files it wrote (written by hand, or by a report
+    # older than the list) vouches for none of them: they were replaced
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["report_files"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    (out / "results.csv").write_text("mine\n")
+    code, text = cli(*base, out, "--overwrite", capsys=capsys)
+    assert code == 2 and "report did not write" in text and "results.csv" in text
+    assert (out / "results.csv").read_text() == "mine\n"
     # a results.csv medrecon did not write is never replaced
     other = work / "other"
     other.mkdir()

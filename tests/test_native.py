@@ -320,6 +320,16 @@ def test_eval_scans_command(tmp_path, prior, capsys):
     capsys.readouterr()
     assert main(["eval-scans", str(cases), "--out", str(out), "--methods", "bicubic"]) == 2
     assert "--overwrite" in capsys.readouterr().err  # the report is never replaced silently
+    # its settings.json lists what it wrote, so --overwrite replaces exactly that
+    made = json.loads((out / "settings.json").read_text())["report_files"]
+    assert sorted(made) == ["grid.png", "results.csv", "summary.md"]
+    assert main(["eval-scans", str(cases), "--out", str(out), "--methods", "bicubic",
+                 "--overwrite"]) == 0
+    (out / "summary.md").write_text("my notes\n")  # changed since: never replaced
+    assert main(["eval-scans", str(cases), "--out", str(out), "--methods", "bicubic",
+                 "--overwrite"]) == 2
+    assert "report did not write" in capsys.readouterr().err
+    assert (out / "summary.md").read_text() == "my notes\n"
     assert main(["eval-scans", str(cases), "--out", str(tmp_path / "r2"), "--cases", "nope"]) == 2
     # every case and method is checked before the first run (a bad last one stopped the run
     # only when reached, after the earlier ones had run)
