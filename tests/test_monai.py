@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -26,7 +27,7 @@ def prior():
     return tiny_prior(resolution=R, seed=0)
 
 
-def test_reconstruct_gives_the_same_pixels_for_every_input_kind(prior):
+def test_reconstruct_gives_the_same_pixels_for_every_input_kind(prior, tmp_path):
     path = os.path.join(NIB_DATA, "anatomical.nii")
     med = load_image(path)
     mt = LoadImage(image_only=True, ensure_channel_first=True)(path)
@@ -39,15 +40,26 @@ def test_reconstruct_gives_the_same_pixels_for_every_input_kind(prior):
     assert isinstance(b.image, MetaTensor) and b.image.shape == (1, *a.image.shape)
     np.testing.assert_allclose(b.image[0].numpy(), a.image.array, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(c.image, a.image.array, rtol=1e-5, atol=1e-4)
-    # geometry: affine, pixdim and spatial_shape of the result; the operation is traced
+    # geometry: affine and pixdim of the result; spatial_shape and original_affine stay the
+    # file's grid, as after Spacingd; the operation is traced
     np.testing.assert_allclose(b.image.affine.numpy(), a.image.affine, atol=1e-6)
-    assert tuple(b.image.meta["spatial_shape"]) == a.image.shape
+    assert tuple(b.image.meta["spatial_shape"]) == med.shape
     sp = np.linalg.norm(a.image.affine[:3, :3], axis=0)
     np.testing.assert_allclose(b.image.pixdim.numpy(), sp, rtol=1e-6)
     np.testing.assert_allclose(b.image.meta["pixdim"][1:4], sp, rtol=1e-6)
     op = b.image.applied_operations[-1]
     assert op["class"] == "Reconstruct" and op["extra_info"]["task"] == "sr"
     assert tuple(op["orig_size"]) == med.shape
+    from monai.transforms import SaveImage
+
+    # resample=True: back onto the file's grid (it padded the result into the old spacing)
+    SaveImage(output_dir=tmp_path, separate_folder=False, resample=True, print_log=False)(
+        b.image.clone())
+    back = nib.load(next(tmp_path.glob("*.nii.gz")))
+    assert back.shape == med.shape
+    np.testing.assert_allclose(back.affine, nib.load(path).affine, atol=1e-4)
+    assert abs(float(np.mean(back.get_fdata())) - float(np.mean(med.array))) \
+        < 0.05 * float(np.ptp(med.array))
     # the input MetaTensor itself is untouched
     assert mt.shape == (1, *med.shape) and not mt.applied_operations
 
@@ -167,17 +179,23 @@ def test_a_metatensor_without_channel_axis_is_named_as_such(tmp_path, prior):
         == (1, 24, 24, 4)
 
 
-def test_regridded_meta_updates_affine_shape_and_pixdim():
+def test_regridded_meta_updates_affine_and_pixdim_and_keeps_the_source_grid():
+    """spatial_shape and original_affine stay the source file's grid, as after MONAI's
+    Spacingd (spatial_shape set to the new shape made SaveImage(resample=True) pad the result
+    into the old spacing)."""
     from medrecon.monai.convert import regridded_meta
 
     aff = np.diag([0.5, 0.25, 2.0, 1.0])
-    nifti = regridded_meta({"pixdim": np.array([-1.0, 2, 1, 2, 0, 0, 0, 0])}, aff, (4, 8, 3))
+    src = {"pixdim": np.array([-1.0, 2, 1, 2, 0, 0, 0, 0]), "spatial_shape": np.array([1, 2, 3]),
+           "original_affine": np.eye(4)}
+    nifti = regridded_meta(src, aff)
     np.testing.assert_allclose(nifti["pixdim"], [-1.0, 0.5, 0.25, 2.0, 0, 0, 0, 0])
-    np.testing.assert_array_equal(nifti["spatial_shape"], [4, 8, 3])
+    np.testing.assert_array_equal(nifti["spatial_shape"], [1, 2, 3])
+    np.testing.assert_array_equal(nifti["original_affine"], np.eye(4))
     torch.testing.assert_close(nifti["affine"], torch.as_tensor(aff))
-    short = regridded_meta({"pixdim": [2.0, 2.0, 1.0]}, aff, (4, 8, 3))  # not NIfTI-style
+    short = regridded_meta({"pixdim": [2.0, 2.0, 1.0]}, aff)  # not NIfTI-style
     np.testing.assert_allclose(short["pixdim"], [1.0, 0.5, 0.25, 2.0, 1, 1, 1, 1])
-    assert "pixdim" not in regridded_meta({}, aff, (4, 8, 3))
+    assert "pixdim" not in regridded_meta({}, aff)
 
 
 def test_intensity_window_keeps_every_channel():
@@ -245,7 +263,6 @@ def test_simulate_degradation(task):
     if task == "sr":
         assert d["image"].shape == (1, 4, 3)
         np.testing.assert_allclose(np.diag(d["image"].affine.numpy())[:2], [2.0, 2.0])
-        np.testing.assert_array_equal(d["image"].meta["spatial_shape"], [4, 3])
     else:
         assert d["image"].shape == img.shape
     if task == "inpaint":
@@ -267,8 +284,10 @@ def test_simulated_sr_keeps_the_trace_and_updates_pixdim(tmp_path):
         LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "v.nii.gz")))
     lr = SimulateDegradation("sr", scale=4)(img)
     assert lr.shape == (1, 4, 4, 4)
-    # the change of grid is recorded (without an inverse), after the steps before it
-    assert [op["class"] for op in lr.applied_operations] == ["Orientation", "SimulateDegradation"]
+    # the change of grid is recorded (without an inverse); the spatial steps before it leave
+    # the trace (named in its record): their inverse would undo them on the wrong grid
+    assert [op["class"] for op in lr.applied_operations] == ["SimulateDegradation"]
+    assert lr.applied_operations[0]["extra_info"]["earlier"] == ["Orientation"]
     assert [op["class"] for op in img.applied_operations] == ["Orientation"]
     with pytest.raises(RuntimeError):  # Invertd across it stops instead of undoing Orientation
         Orientation("RAS", labels=None).inverse(lr)
@@ -871,8 +890,19 @@ def test_invertd_recipe_keeps_the_super_resolution(prior):
                          bp=False)
     d = recon(window({"image": lr}))
     assert d["pred"].shape == (1, 16, 16)
-    back = Invertd(keys="pred", transform=window, orig_keys="image")(d)["pred"]
+    back = window.inverse({"image": d["pred"]})["image"]  # the result under output_keys
     assert back.shape == (1, 16, 16) and 50 < float(back.mean()) < 700
+    torch.testing.assert_close(back.affine, d["pred"].affine)  # the result's 2 mm grid
+    np.testing.assert_allclose(back.pixdim.numpy(), [2.0, 2.0])
+    # Invertd(orig_keys='image') gives the result the input's trace and 4 mm geometry: refused
+    with pytest.raises(MedreconInputError, match="Invertd gave it the trace and geometry of"):
+        Invertd(keys="pred", transform=window, orig_keys="image")(d)
+    # the result under the input's key: Invertd with the window alone keeps its grid
+    same = Reconstructd("image", prior, "sr", method="bicubic", scale=2, bp=False)(
+        window({"image": lr}))
+    inv = Invertd(keys="image", transform=window)(same)["image"]
+    torch.testing.assert_close(inv.as_tensor(), back.as_tensor())
+    torch.testing.assert_close(inv.affine, d["pred"].affine)
     with pytest.raises(RuntimeError) as info:  # MONAI's wrapper around the transform's error
         Invertd(keys="pred", transform=Compose([window, recon]), orig_keys="image")(d)
     cause = info.value.__cause__
@@ -902,3 +932,57 @@ def test_bundle_runner_turns_sigterm_into_exit_143(monkeypatch):
     finally:
         sys.excepthook = before_hook
         signal.signal(signal.SIGTERM, before_term)
+
+
+def test_monai_review_round_two(prior):
+    """Plain tensors in and out of the reconstruction under set_track_meta(False) (it failed
+    inside medrecon); one draw per SimulateDegradationd call for all its keys (the first key's
+    holes did not match the mask); std_keys with IAGAN's spread; Invertd over spatial steps
+    applied before a change of grid stops (MONAI >= 1.5 looked past the record and undid them
+    on the new grid)."""
+    from monai.data import set_track_meta
+    from monai.transforms import Compose, Invertd, SpatialPadd
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import (ReconstructionInferer, Reconstruct, Reconstructd, Reconstructor,
+                                SimulateDegradationd)
+
+    set_track_meta(False)
+    try:
+        out = Reconstruct(prior, "sr", method="bicubic", scale=2)(torch.rand(1, 8, 8))
+        assert type(out) is torch.Tensor and out.shape == (1, 16, 16)
+        d = Reconstructd("image", prior, "sr", method="bicubic", scale=2)(
+            {"image": MetaTensor(torch.rand(1, 8, 8))})
+        assert type(d["image"]) is torch.Tensor
+        net = Reconstructor(ReconstructionInferer(prior, "sr", method="bicubic", scale=2))
+        out = net(torch.rand(2, 1, 8, 8))
+        assert type(out) is torch.Tensor and out.shape == (2, 1, 16, 16)
+    finally:
+        set_track_meta(True)
+    img = MetaTensor(torch.rand(1, 16, 16) + 1, affine=torch.eye(4))
+    for task, kw in (("inpaint", {"mask_type": "random_boxes"}), ("denoise", {"noise_sigma": 0.5})):
+        t = SimulateDegradationd(keys=["a", "b"], task=task, **kw)
+        t.set_random_state(seed=4)
+        d = t({"a": img, "b": img.clone()})
+        torch.testing.assert_close(d["a"].as_tensor(), d["b"].as_tensor())
+        if task == "inpaint":
+            assert bool((d["a"][d["mask"] > 0] == 0).all())
+    Reconstructd("image", prior, "sr", method="iagan", std_keys="std", spread=True, ensemble=2)
+    with pytest.raises(MedreconInputError, match="spread=True"):
+        Reconstructd("image", prior, "sr", method="iagan", std_keys="std")
+    pre = Compose([SpatialPadd(keys="image", spatial_size=(20, 20)),
+                   SimulateDegradationd(keys="image", task="sr", scale=4)])
+    d = pre({"image": img})
+    assert d["image"].applied_operations[-1]["extra_info"]["earlier"] == ["SpatialPad"]
+    with pytest.raises(RuntimeError):  # MONAI's transform mismatch, not a wrong (1, 2, 2) image
+        Invertd(keys="image", transform=pre, orig_keys="image")(d)
+    pad = Compose([SpatialPadd(keys="image", spatial_size=(20, 20))])
+    d = Reconstructd("image", prior, "sr", method="bicubic", scale=2)(pad({"image": img}))
+    with pytest.raises(RuntimeError):  # it returned a (38, 38) result with a shifted origin
+        Invertd(keys="image", transform=pad, orig_keys="image")(d)
+    # an inpainting keeps the grid, so the steps before it stay invertible
+    d = pad({"image": img})
+    d["mask"] = torch.zeros(1, 20, 20)
+    d["mask"][0, 5:8, 5:8] = 1
+    d = Reconstructd("image", prior, "inpaint", method="biharmonic", mask_key="mask")(d)
+    assert Invertd(keys="image", transform=pad, orig_keys="image")(d)["image"].shape == (1, 16, 16)

@@ -11,14 +11,30 @@ recorded in ``applied_operations`` (MONAI's trace of what was done to the data).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from medrecon.errors import MedreconInputError
 
-__all__ = ["to_medical_image", "record_operation"]
+__all__ = ["to_medical_image", "record_operation", "regridded_operations", "meta_tracking"]
+
+
+@contextmanager
+def meta_tracking() -> Iterator[bool]:
+    """Track MetaTensor metadata inside the block (medrecon needs the affine) whatever
+    ``monai.data.set_track_meta`` says outside it; yields whether tracking was on before, so
+    that the caller returns plain tensors when it was off, as MONAI's transforms do."""
+    from monai.data import get_track_meta, set_track_meta
+
+    before = get_track_meta()
+    set_track_meta(True)
+    try:
+        yield before
+    finally:
+        set_track_meta(before)
 
 
 def _is_metatensor(x: Any) -> bool:
@@ -72,8 +88,7 @@ def to_medical_image(image: Any, *, affine: Any = None) -> tuple[Any, Callable[[
                 f"the MetaTensor has {image.shape[0]} channels (shape {tuple(image.shape)}); the "
                 "priors are grey-scale. Select one channel or convert colour to grey first "
                 "(e.g. monai.transforms.Lambda(lambda x: x.mean(0, keepdim=True))).")
-        arr = image.detach().cpu().as_tensor()[0].numpy() if hasattr(image, "as_tensor") else \
-            np.asarray(image.detach().cpu())[0]
+        arr = image.as_tensor().detach().cpu()[0].numpy()
         aff = np.asarray(image.affine.detach().cpu() if isinstance(image.affine, torch.Tensor)
                          else image.affine, dtype=np.float64)
         if aff.shape == (3, 3):  # a 2D affine of a 2D image: embed in 3D
@@ -132,17 +147,43 @@ def record_operation(info: dict, orig_size: tuple[int, ...], orig_affine: np.nda
             TraceKeys.EXTRA_INFO: extra, TraceKeys.DO_TRANSFORM: True}
 
 
-def regridded_meta(meta: dict, affine: Any, shape: tuple[int, ...]) -> dict:
-    """A copy of ``meta`` for the same image on a new grid: its ``affine``, ``spatial_shape``
-    and, where present, the voxel sizes of its NIfTI-style ``pixdim`` (``pixdim[1:]``; one
-    shorter than the grid's dimensions is rewritten as ``[1, *spacing, 1, ...]``, 8 long)."""
+#: Classes whose ``applied_operations`` entries stay in the trace of an image put on a new grid
+#: (:func:`regridded_operations`): medrecon's own records and the intensity window, which do
+#: not depend on the grid.
+GRID_FREE_OPERATIONS = ("IntensityWindowd", "Reconstruct", "SimulateDegradation")
+
+
+def regridded_operations(ops: Any, record: dict) -> list:
+    """The trace of an image put on a new grid by ``record`` (:func:`record_operation`): the
+    entries of grid-free operations (:data:`GRID_FREE_OPERATIONS`), then ``record``. The
+    others (``Spacingd``, ``Orientationd``, ``SpatialPadd``...) were applied on the old grid;
+    their inverse would undo them on the wrong one (MONAI >= 1.5 looks past entries that are
+    not its own), so they leave the trace and ``record`` names them (``extra_info``
+    ``"earlier"``): ``Invertd`` over them stops with MONAI's transform-mismatch error."""
+    from monai.utils import TraceKeys
+
+    kept, earlier = [], []
+    for op in ops:
+        (kept if op.get(TraceKeys.CLASS_NAME) in GRID_FREE_OPERATIONS else earlier).append(op)
+    if earlier:
+        record = {**record, TraceKeys.EXTRA_INFO: {
+            **record[TraceKeys.EXTRA_INFO],
+            "earlier": [str(op.get(TraceKeys.CLASS_NAME)) for op in earlier]}}
+    return [*kept, record]
+
+
+def regridded_meta(meta: dict, affine: Any) -> dict:
+    """A copy of ``meta`` for the same image on a new grid: its ``affine`` and, where present,
+    the voxel sizes of its NIfTI-style ``pixdim`` (``pixdim[1:]``; one shorter than the grid's
+    dimensions is rewritten as ``[1, *spacing, 1, ...]``, 8 long). ``spatial_shape`` and
+    ``original_affine`` stay the source file's grid, as after MONAI's ``Spacingd``:
+    ``SaveImage(resample=True)`` writes onto that grid."""
     from monai.utils import MetaKeys
 
     aff = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine,
                      dtype=np.float64)
     out = dict(meta)
     out[MetaKeys.AFFINE] = torch.as_tensor(aff, dtype=torch.float64)
-    out[MetaKeys.SPATIAL_SHAPE] = np.asarray(shape, dtype=np.int64)
     nd = aff.shape[0] - 1
     spacing = np.linalg.norm(aff[:nd, :nd], axis=0)
     if "pixdim" in out:
@@ -166,8 +207,10 @@ def _to_metatensor(out: Any, source: Any, info: dict, *, two_d: bool) -> Any:
         a2 = np.eye(3)
         a2[:2, :2], a2[:2, 2] = aff[:2, :2], aff[:2, 3]
         aff = a2
-    meta = regridded_meta(source.meta, aff, arr.shape)
-    ops = list(source.applied_operations)
-    ops.append(record_operation(info, tuple(source.shape[1:]), src_aff))
+    meta = regridded_meta(source.meta, aff)
+    record = record_operation(info, tuple(source.shape[1:]), src_aff)
+    same_grid = tuple(arr.shape) == tuple(source.shape[1:]) and np.allclose(aff, src_aff)
+    ops = ([*source.applied_operations, record] if same_grid
+           else regridded_operations(source.applied_operations, record))
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(arr))[None], meta=meta,
                       applied_operations=ops)

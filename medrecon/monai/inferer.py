@@ -94,25 +94,30 @@ class ReconstructionInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> Any:
         from medrecon.pipeline import reconstruct
 
-        prior = self._prior_for(network)
-        mask = kwargs.pop("mask", args[0] if args else None)
-        items = decollate_batch(inputs, detach=True)
-        masks = decollate_batch(mask, detach=True) if mask is not None else [None] * len(items)
-        outs = []
-        for item, m in zip(items, masks):
-            if not isinstance(item, MetaTensor):
-                item = MetaTensor(item)
-            if m is not None:  # channel-first like the image: (1, X, Y[, Z])
-                m = np.asarray(m.detach().cpu())[0]
-                m = m[..., None] if m.ndim == 2 else m
-            with torch.enable_grad():  # evaluators infer under no_grad; the solvers optimise
-                res = reconstruct(item.cpu(), task=self.task, prior=prior, method=self.method,
-                                  mask=m, **self.options)
-            outs.append(res.image)
-        shapes = {tuple(o.shape) for o in outs}
-        if len(shapes) > 1:
-            raise MedreconInputError(f"the batch gave results of shapes {sorted(shapes)}; use "
-                                     "batch_size=1 for scans of different sizes.")
         from monai.data.utils import collate_meta_tensor
 
-        return collate_meta_tensor(outs).to(inputs.device)
+        from medrecon.monai.convert import meta_tracking
+
+        prior = self._prior_for(network)
+        mask = kwargs.pop("mask", args[0] if args else None)
+        with meta_tracking() as tracked:  # the affine is needed, even under set_track_meta(False)
+            items = decollate_batch(inputs, detach=True)
+            masks = (decollate_batch(mask, detach=True) if mask is not None
+                     else [None] * len(items))
+            outs = []
+            for item, m in zip(items, masks):
+                if not isinstance(item, MetaTensor):
+                    item = MetaTensor(item)
+                if m is not None:  # channel-first like the image: (1, X, Y[, Z])
+                    m = np.asarray(m.detach().cpu())[0]
+                    m = m[..., None] if m.ndim == 2 else m
+                with torch.enable_grad():  # evaluators infer under no_grad; the solvers optimise
+                    res = reconstruct(item.cpu(), task=self.task, prior=prior,
+                                      method=self.method, mask=m, **self.options)
+                outs.append(res.image)
+            shapes = {tuple(o.shape) for o in outs}
+            if len(shapes) > 1:
+                raise MedreconInputError(f"the batch gave results of shapes {sorted(shapes)}; "
+                                         "use batch_size=1 for scans of different sizes.")
+            out = collate_meta_tensor(outs).to(inputs.device)
+        return out if tracked else out.as_tensor()

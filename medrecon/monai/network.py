@@ -13,7 +13,7 @@ with the inferer's prior, task, method and options.
 from __future__ import annotations
 
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta
 from torch import nn
 
 from medrecon.errors import MedreconInputError
@@ -63,6 +63,6 @@ class Reconstructor(nn.Module):
                 f"the mask must be shaped like the image {tuple(image.shape)}; got "
                 f"{tuple(mask.shape)}.")
         with torch.enable_grad():  # the solvers optimise; callers often infer under no_grad
-            out = self.inferer(image, self.generator, mask=mask)
-        out = out.detach()
-        return out if isinstance(image, MetaTensor) else out.as_tensor()
+            out = self.inferer(image, self.generator, mask=mask).detach()
+        keep = isinstance(image, MetaTensor) and get_track_meta()
+        return out.as_tensor() if isinstance(out, MetaTensor) and not keep else out

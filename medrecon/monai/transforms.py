@@ -35,7 +35,8 @@ from monai.transforms import InvertibleTransform, MapTransform, Randomizable, Tr
 from monai.utils import TransformBackends
 
 from medrecon.errors import MedreconInputError
-from medrecon.monai.convert import record_operation, regridded_meta
+from medrecon.monai.convert import (meta_tracking, record_operation, regridded_meta,
+                                    regridded_operations)
 
 __all__ = [
     "IntensityWindowd",
@@ -90,7 +91,8 @@ class Reconstruct(Transform):
         task: ``"sr"``, ``"inpaint"``, ``"mri"`` (with ``simulate``), ``"deblur"``,
             ``"denoise"`` or ``"cs"``.
         method: Method name; default the prior's choice for the task.
-        return_std: Also return the posterior std map (needs ``samples > 0``).
+        return_std: Also return the posterior std map (needs ``samples > 0``, or
+            ``spread=True`` for an IAGAN ensemble).
         **options: Any other keyword of :func:`medrecon.pipeline.reconstruct` (``scale``,
             ``sr_kernel``, ``steps``, ``bp``, ``plane``, ``samples``, ``ensemble``,
             ``noise_sigma``, ``device``, ``seed``, ``simulate``...).
@@ -106,9 +108,11 @@ class Reconstruct(Transform):
         self.method = method
         self.options = dict(options)
         self.return_std = bool(return_std)
-        if self.return_std and not int(self.options.get("samples", 0) or 0):
+        if self.return_std and not (int(self.options.get("samples", 0) or 0)
+                                    or self.options.get("spread")):
             raise MedreconInputError("return_std needs samples > 0 (posterior samples of "
-                                     "variational BRGM).")
+                                     "variational BRGM) or spread=True (the spread of an "
+                                     "IAGAN ensemble).")
         self._prior_arg = prior
         self._prior: Any = None
 
@@ -128,14 +132,15 @@ class Reconstruct(Transform):
         """
         from medrecon.pipeline import reconstruct
 
-        img = _as_metatensor(img)
-        if mask is not None:
-            m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
-            if m.ndim == img.ndim:
-                m = m[0]
-            mask = m if img.ndim == 4 else m[..., None] if m.ndim == 2 else m
-        res = reconstruct(img, task=self.task, prior=self.prior, method=self.method,
-                          mask=mask, **self.options)
+        with meta_tracking():  # the affine is needed, even under set_track_meta(False)
+            img = _as_metatensor(img)
+            if mask is not None:
+                m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+                if m.ndim == img.ndim:
+                    m = m[0]
+                mask = m if img.ndim == 4 else m[..., None] if m.ndim == 2 else m
+            res = reconstruct(img, task=self.task, prior=self.prior, method=self.method,
+                              mask=mask, **self.options)
         return (_out(res.image), _out(res.std)) if self.return_std else _out(res.image)
 
 
@@ -150,7 +155,8 @@ class Reconstructd(MapTransform, InvertibleTransform):
         keys: Keys of the images to reconstruct.
         prior, task, method, **options: as :class:`Reconstruct`.
         output_keys: Where to put each result (default: replace the input under its key).
-        std_keys: Where to put the posterior std map (needs ``samples > 0``); default none.
+        std_keys: Where to put the posterior std map (needs ``samples > 0``, or ``spread=True``);
+            default none.
         mask_key: Key of the inpainting mask (nonzero = missing) for ``task="inpaint"``.
         allow_missing_keys: Skip keys that are absent.
     """
@@ -192,9 +198,9 @@ class Reconstructd(MapTransform, InvertibleTransform):
         raise MedreconInputError(
             "a reconstruction cannot be inverted. To map a result back to intensities, give "
             "Invertd the intensity window alone, the last step before Reconstructd (e.g. "
-            "Invertd(keys='pred', transform=window, orig_keys='image') with window an "
-            "IntensityWindowd); inverting spatial steps (Spacingd, Orientationd) would "
-            "resample the result back onto the input's coarser grid.")
+            "Invertd(keys='image', transform=window) with window an IntensityWindowd and the "
+            "result under the input's key; or window.inverse({'image': result})); inverting "
+            "spatial steps (Spacingd, Orientationd) would undo them on the wrong grid.")
 
 
 # ------------------------------------------------------------------------------ intensities
@@ -241,7 +247,7 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            op = self.pop_transform(img)
+            op = self._pop_own(img, key)
             info = op["extra_info"]
             x = img.as_tensor().float()
             lows, highs = info["low"], info["high"]
@@ -258,6 +264,36 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
             out.applied_operations = list(img.applied_operations)
             d[key] = out
         return d
+
+
+    def _pop_own(self, img: MetaTensor, key: Hashable) -> dict:
+        """This window's entry of ``img``'s trace, removed: the newest one of this transform
+        (a reconstruction may follow it; found on every MONAI version, not only those that
+        look past other entries). Refused when the image's grid changed since the window but
+        the trace records no change of grid after it: ``Invertd`` gave the image the trace and
+        metadata of another key (``orig_keys``), whose geometry it would then carry."""
+        from monai.utils import TraceKeys
+
+        ops = list(img.applied_operations)
+        for i in range(len(ops) - 1, -1, -1):
+            if self._transforms_match(ops[i]):
+                break
+        else:
+            return self.pop_transform(img)  # MONAI's own error: no entry of this window
+        size = tuple(int(v) for v in ops[i].get(TraceKeys.ORIG_SIZE, ()))
+        if size and size != tuple(img.shape[1:]) and not any(
+                o.get(TraceKeys.CLASS_NAME) in ("Reconstruct", "SimulateDegradation")
+                for o in ops[i + 1:]):
+            raise MedreconInputError(
+                f"{key!r} is {tuple(img.shape[1:])} but its trace is that of a "
+                f"{size} image with no change of grid since the window: Invertd gave it the "
+                "trace and geometry of another key (orig_keys), the input's. Keep the result "
+                "under the input's key (Reconstructd without output_keys) and use "
+                "Invertd(keys='image', transform=window), or call "
+                "window.inverse({'image': result}) on the result itself.")
+        op = ops.pop(i)
+        img.applied_operations = ops
+        return op
 
 
 # ------------------------------------------------------------------------------ degradation
@@ -313,11 +349,16 @@ class SimulateDegradation(Randomizable, Transform):
         return x + self.noise_sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
 
     def __call__(self, img: Any) -> Any:
+        self.randomize()
+        return self.apply(img)
+
+    def apply(self, img: Any) -> Any:
+        """Degrade ``img`` with the current draw (:meth:`randomize` is not called: the keys of
+        one :class:`SimulateDegradationd` call share it)."""
         img = _as_metatensor(img)
         if img.shape[0] != 1 or img.ndim not in (3, 4):
             raise MedreconInputError(f"expected a channel-first image (1, X, Y[, Z]); got "
                                      f"{tuple(img.shape)}.")
-        self.randomize()
         out = self._degrade(img)
         return tuple(_out(o) for o in out) if isinstance(out, tuple) else _out(out)
 
@@ -350,8 +391,8 @@ class SimulateDegradation(Randomizable, Transform):
             op = record_operation({"task": "sr", "scale": self.scale, "seed": self._seed},
                                   tuple(img.shape[1:]), np.asarray(img.affine),
                                   name="SimulateDegradation")
-            return MetaTensor(arr[None], meta=regridded_meta(img.meta, out_aff, tuple(arr.shape)),
-                              applied_operations=[*img.applied_operations, op])
+            return MetaTensor(arr[None], meta=regridded_meta(img.meta, out_aff),
+                              applied_operations=regridded_operations(img.applied_operations, op))
         s = torch.movedim(vol, axis, 0)[:, None]  # [N, 1, a, b]
         size = (s.shape[-2], s.shape[-1])
         if self.task == "inpaint":
@@ -418,14 +459,14 @@ class SimulateDegradationd(Randomizable, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        self.randomize()  # one draw per call, shared by the keys (as MONAI's Rand*d transforms)
         for key in self.key_iterator(d):
             if self.task == "mri":
-                self.randomize()
                 self._kspace(d, key, self.sim._seed)
             elif self.task == "inpaint":
-                d[key], d[self.mask_key] = self.sim(d[key])
+                d[key], d[self.mask_key] = self.sim.apply(d[key])
             else:
-                d[key] = self.sim(d[key])
+                d[key] = self.sim.apply(d[key])
         return d
 
     def _kspace(self, d: dict, key: Hashable, seed: int) -> None:
