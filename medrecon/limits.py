@@ -19,6 +19,11 @@ MAX_NOISE_SIGMA = 2.0
 #: intensities restored, the volume reassembled, the array written): what a result is checked
 #: against the free memory with.
 RESULT_COPIES = 5
+#: The most frames one DICOM file may claim: its frames are listed (position, orientation,
+#: spacing, rescale) before any pixel is read, about a kilobyte each (a 700-byte file claiming
+#: two million 1x1 frames took 2 GB and a minute). Cine and enhanced multi-frame files hold a
+#: few thousand.
+MAX_DICOM_FRAMES = 65536
 
 
 def free_memory(device: Any) -> int | None:

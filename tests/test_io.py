@@ -686,3 +686,39 @@ def test_dicom_without_pixel_spacing_says_1mm_is_assumed(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", MedreconWarning)
         load_image(get_testdata_file("CT_small.dcm"))
+
+
+def test_dicom_frame_claims_are_bounded_before_the_frames_are_listed(tmp_path):
+    """A 700-byte file claiming two million 1x1 frames was listed frame by frame (2 GB, a
+    minute) before its size was checked, in a series folder and, compressed, alone."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import (ExplicitVRLittleEndian, JPEGBaseline8Bit,
+                             SecondaryCaptureImageStorage, generate_uid)
+
+    def make(path, frames, ts):
+        fm = FileMetaDataset()
+        fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ts, SecondaryCaptureImageStorage
+        fm.MediaStorageSOPInstanceUID = generate_uid()
+        ds = Dataset()
+        ds.file_meta, ds.SOPClassUID = fm, SecondaryCaptureImageStorage
+        ds.SOPInstanceUID, ds.SeriesInstanceUID = fm.MediaStorageSOPInstanceUID, "1.2.3"
+        ds.StudyInstanceUID, ds.Modality, ds.Rows, ds.Columns = "1.2.4", "OT", 1, 1
+        ds.NumberOfFrames, ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored = frames, 1, 8, 8
+        ds.HighBit, ds.PixelRepresentation, ds.PhotometricInterpretation = 7, 0, "MONOCHROME2"
+        if ts == ExplicitVRLittleEndian:
+            ds.PixelData = b"\0" * 64
+        else:
+            ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
+            ds["PixelData"].VR = "OB"
+        ds.save_as(path, enforce_file_format=True)
+
+    (tmp_path / "s").mkdir()
+    make(tmp_path / "s" / "f.dcm", 2_000_000, ExplicitVRLittleEndian)
+    make(tmp_path / "c.dcm", 2_000_000, JPEGBaseline8Bit)
+    make(tmp_path / "few.dcm", 1000, JPEGBaseline8Bit)  # 1000 frames in ~650 bytes
+    for path in (tmp_path / "s", tmp_path / "c.dcm"):
+        with pytest.raises(MedreconInputError, match="claims 2000000 frames.*at most 65536"):
+            load_image(path)
+    with pytest.raises(MedreconInputError, match="1000 compressed frames.*one per 8 bytes"):
+        load_image(tmp_path / "few.dcm")

@@ -41,6 +41,7 @@ from medrecon.io._paths import check_claimed_size, check_finite, describe_head, 
 from medrecon.io.geometry import lps_to_ras
 from medrecon.io.image import MedicalImage
 from medrecon.io.raster import rgb_to_gray
+from medrecon.limits import MAX_DICOM_FRAMES
 
 __all__ = ["read_dicom_file", "read_dicom_folder", "read_dicom_header", "list_series"]
 
@@ -237,8 +238,19 @@ def _check_pixel_claim(path: Path, ds: Dataset) -> None:
         bits = int(ds.get("BitsAllocated", 16) or 16)
     except (TypeError, ValueError):
         return  # malformed tags: pydicom reports them when decoding
+    if frames > MAX_DICOM_FRAMES:
+        raise MedreconInputError(
+            f"{str(path)!r}: its header claims {frames} frames (NumberOfFrames); medrecon reads at "
+            f"most {MAX_DICOM_FRAMES} per file. The header is probably wrong; copy the file again "
+            "from the source.")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     shape = (frames, rows, cols, spp)
+    size = path.stat().st_size
+    if ts is not None and getattr(ts, "is_compressed", False) and frames > size // 8:
+        raise MedreconInputError(  # every encapsulated frame has an item header of 8 bytes
+            f"{str(path)!r}: its header claims {frames} compressed frames, but a file of {size} "
+            "bytes holds at most one per 8 bytes; it is truncated or its header is wrong. Copy "
+            "it again from the source.")
     # a compressed transfer syntax, or Deflated Explicit VR (the whole dataset zlib-deflated,
     # not flagged is_compressed): the file is smaller than the pixels it holds
     if ts is not None and (getattr(ts, "is_compressed", False)
@@ -247,7 +259,7 @@ def _check_pixel_claim(path: Path, ds: Dataset) -> None:
                            voxels=frames * rows * cols)
         return
     data = ds.get("PixelData") if "PixelData" in ds else None
-    held = len(data) if isinstance(data, (bytes, bytearray)) else path.stat().st_size
+    held = len(data) if isinstance(data, (bytes, bytearray)) else size
     n = frames * rows * cols * spp
     if n * bits > 8 * held + 64:
         raise MedreconInputError(
@@ -617,6 +629,9 @@ def read_dicom_folder(
                 f"series {uid!r} is not in folder {str(folder)!r}. Series found:\n"
                 f"{_series_table(folder)}"
             )
+    for p, ds in series[uid]:
+        if "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            _check_pixel_claim(p, ds)  # before its frames are listed
     slices = [s for p, ds in series[uid] for s in _slices_of(p, ds)]
     image = _assemble(slices, volume=volume, source=f"series {uid} in {str(folder)!r}")
     image.meta["path"] = str(folder)
