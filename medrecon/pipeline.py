@@ -980,8 +980,15 @@ def load_kspace(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
                 check_claimed_size(p, shape=tuple(ds.shape), itemsize=ds.dtype.itemsize,
                                    compressed=ds.compression is not None)
                 k = np.asarray(ds[()])
-                if "mask" in f:
-                    mask = _sampling_mask(np.asarray(f["mask"][()]), p)
+                if "mask" in f:  # bounded by the k-space before it is read
+                    m = f["mask"]
+                    if int(np.prod(m.shape)) > int(np.prod(ds.shape)):
+                        raise MedreconInputError(
+                            f"{p.name}: its sampling mask of shape {tuple(m.shape)} is larger "
+                            f"than its k-space {tuple(ds.shape)}; expected [W] (sampled "
+                            "columns), [H, W] or the k-space's shape. Repair or drop the "
+                            "'mask' dataset.")
+                    mask = _sampling_mask(np.asarray(m[()]), p)
         else:
             k = np.load(p, allow_pickle=False)
     except MedreconInputError:

@@ -722,3 +722,35 @@ def test_dicom_frame_claims_are_bounded_before_the_frames_are_listed(tmp_path):
             load_image(path)
     with pytest.raises(MedreconInputError, match="1000 compressed frames.*one per 8 bytes"):
         load_image(tmp_path / "few.dcm")
+
+
+def test_npz_member_headers_and_h5_masks_are_bounded_before_reading(tmp_path):
+    """A stored .npz member whose own .npy header claimed a huge array gave MemoryError (exit
+    1), and an .h5 'mask' dataset was read whole before its shape was checked."""
+    import io
+    import zipfile
+
+    import h5py
+
+    from medrecon.pipeline import load_kspace
+
+    def member(shape):
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        return buf.getvalue() + b"\0" * 64
+
+    for shape, says in (((2**20, 2**20, 2**10), "voxels"), ((1000, 1000), "more than the member")):
+        path = tmp_path / f"m{len(shape)}.npz"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr("arr_0.npy", member(shape))
+        with pytest.raises(MedreconInputError, match=says):
+            load_image(path)
+    ok = tmp_path / "ok.npz"
+    np.savez(ok, np.ones((8, 9), np.float32))
+    assert load_image(ok).shape[:2] == (8, 9)
+    with h5py.File(tmp_path / "k.h5", "w") as f:
+        f["kspace"] = np.ones((1, 32, 32), np.complex64)
+        f.create_dataset("mask", shape=(9000, 9000), dtype="f8", chunks=(100, 100))
+    with pytest.raises(MedreconInputError, match=r"mask of shape \(9000, 9000\) is larger"):
+        load_kspace(tmp_path / "k.h5")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -262,23 +263,45 @@ def check_numpy_file(path: Path) -> None:
                         f"{str(path)!r}: member {info.filename!r} claims {_human(info.file_size)} "
                         f"uncompressed from {_human(info.compress_size)}; the archive is corrupt or "
                         "hostile. Re-export the array with numpy.save.")
+                if not info.filename.endswith(".npy"):
+                    continue
+                what = f"{str(path)!r} (member {info.filename!r})"
+                with zf.open(info) as fh:  # its own header, against the member's size
+                    shape, dtype, offset = _npy_header(fh, what)
+                check_claimed_size(path, shape=shape, itemsize=dtype.itemsize,
+                                   bound_by_file=False)
+                if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > info.file_size - offset:
+                    raise MedreconInputError(
+                        f"{what}: its header claims a {'x'.join(map(str, shape))} {dtype} array, "
+                        f"more than the member's {_human(info.file_size)}; the archive is corrupt "
+                        "or hostile. Re-export the array with numpy.savez.")
         return
+    with open(path, "rb") as fh:
+        shape, dtype, offset = _npy_header(fh, repr(str(path)))
+    check_claimed_size(path, shape=shape, itemsize=dtype.itemsize, data_offset=offset)
+
+
+def _npy_header(fh: Any, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of the ``.npy`` header at the start of ``fh``.
+
+    Raises:
+        MedreconInputError: Not a ``.npy`` header, or a dtype of Python objects.
+    """
     try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, _fortran, dtype = read(fh, max_header_size=100_000)
-            offset = fh.tell()
+        version = np.lib.format.read_magic(fh)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read(fh, max_header_size=100_000)
+        offset = fh.tell()
     except (ValueError, OSError, EOFError) as exc:
         raise MedreconInputError(
-            f"cannot read {str(path)!r} as a numpy array: {exc}. Expected a file written by "
+            f"cannot read {what} as a numpy array: {exc}. Expected a file written by "
             "numpy.save.") from None
     if dtype.hasobject:
         raise MedreconInputError(
-            f"{str(path)!r} holds Python objects (dtype {dtype}); medrecon never unpickles data. "
+            f"{what} holds Python objects (dtype {dtype}); medrecon never unpickles data. "
             "Save a numeric array with numpy.save.")
-    check_claimed_size(path, shape=tuple(shape), itemsize=dtype.itemsize, data_offset=offset)
+    return tuple(int(v) for v in shape), dtype, offset
 
 
 def _human(nbytes: float) -> str:
