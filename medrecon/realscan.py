@@ -119,7 +119,12 @@ class ScanRow:
 
 def load_cases(path: str | Path) -> list[ScanCase]:
     """Read a JSON list of cases (relative ``path`` entries are relative to the JSON file)."""
-    p = Path(path)
+    from medrecon.io._paths import check_input_file
+
+    p = check_input_file(path, what="case list")  # no device, pipe or folder is read
+    if p.is_dir() or p.stat().st_size > 16 * 2**20:
+        raise MedreconInputError(f"case list {str(p)!r} is not a JSON file of at most 16 MiB; "
+                                 "expected a JSON list of cases (name, path, prior).")
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -388,6 +388,17 @@ def test_eval_scans_case_that_leaves_no_slices_says_so(tmp_path):
                               slice_axis=2))
 
 
+def test_eval_scans_case_list_is_a_regular_file(tmp_path):
+    """/dev/zero as the case list was read until memory ran out; a pipe blocked forever."""
+    from medrecon.realscan import load_cases
+
+    os.mkfifo(tmp_path / "pipe")
+    for path, says in (("/dev/zero", "character device"), (tmp_path / "pipe", "named pipe"),
+                       (tmp_path, "not a JSON file")):
+        with pytest.raises(MedreconInputError, match=says):
+            load_cases(path)
+
+
 def test_eval_scans_refuses_two_cases_of_one_name(tmp_path):
     from medrecon.realscan import load_cases
 
