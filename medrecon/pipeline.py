@@ -44,6 +44,7 @@ __all__ = [
     "KSPACE_SUFFIXES",
     "PipelineResult",
     "reconstruct",
+    "check_reconstruction",
     "reconstruct_kspace",
     "reconstruct_file",
     "reconstruct_directory",
@@ -944,6 +945,30 @@ def reconstruct(
     return PipelineResult(back(d["out_image"], info),
                           None if std is None else back(std, {**info, "method": f"{info.get('method')} std"}),
                           info)
+
+
+
+def check_reconstruction(image: Any, *, task: str, prior: Any, mask: Any = None,
+                         affine: Any = None, **options: Any) -> None:
+    """Check that :func:`reconstruct` would take ``image`` with these options, without solving:
+    the options, then the steps before the solve (the image, its slices and the result's size,
+    the mask on its grid, the method for this scan). A fraction of a second; what a run of
+    many scans does to each before solving the first (a bad later one stopped a bundle run
+    after earlier results were written).
+
+    Raises:
+        MedreconInputError: as :func:`reconstruct` would, before its solve.
+    """
+    from medrecon.monai.convert import to_medical_image
+    from medrecon.steps import ReconstructionSettings, build_steps, run_steps
+
+    image, _ = to_medical_image(image, affine=affine)
+    settings = ReconstructionSettings.check(task=task, prior=prior, has_mask=mask is not None,
+                                            **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the solve's own run says them
+        run_steps(build_steps(settings, checks_only=True),
+                  {"image": image, "mask": mask, "t0": time.perf_counter()})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -424,25 +424,24 @@ class Summarise(Transform):
 
 
 def build_steps(settings: ReconstructionSettings,
-                callback: Callable[[dict], None] | None = None) -> Compose:
+                callback: Callable[[dict], None] | None = None, *,
+                checks_only: bool = False) -> Compose:
     """The reconstruction of one MedicalImage as a ``Compose`` of the steps above.
 
     Args:
         settings: The checked options and the prior.
         callback: Called with ``{"event": "progress", "fraction", "message", ...}`` dicts.
+        checks_only: Only the steps before the solve, which check the image against the
+            settings (its size, the result's size, the mask, the method for the scan) in a
+            fraction of a second: what a run of many scans does to each before solving any.
     """
     _, channels = P._prior_resolution(settings.prior)
-    return Compose([
-        ReadVolume(),
-        CutSlices(settings),
-        ChooseMethod(settings),
-        SliceMask(),
-        WindowIntensities(settings.percentiles, channels),
-        SolveSlices(settings, callback),
-        RestoreIntensities(),
-        StackSlices(),
-        Summarise(settings),
-    ])
+    checks = [ReadVolume(), CutSlices(settings), ChooseMethod(settings), SliceMask(),
+              WindowIntensities(settings.percentiles, channels)]
+    if checks_only:
+        return Compose(checks)
+    return Compose([*checks, SolveSlices(settings, callback), RestoreIntensities(),
+                    StackSlices(), Summarise(settings)])
 
 
 def _cause(err: BaseException) -> BaseException:

@@ -129,7 +129,7 @@ def inference(bundle: Path) -> dict:
         "image_keys": "$['image', 'mask'] if @mask_dir else ['image']",
         "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
                          "output_dir=@output_dir, output_postfix=@task, overwrite=@overwrite, "
-                         "task=@task)"),
+                         "task=@task, inferer=@inferer)"),
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -186,7 +186,7 @@ EVALUATE = {
     "dataset_data": ("$medrecon.monai.bundle_datalist(@dataset_dir, mask_dir=@mask_dir, "
                      "reference_dir=@reference_dir, output_dir=@output_dir, "
                      "output_postfix=@task, overwrite=@overwrite, task=@task, "
-                     "report_files=('metrics.csv',))"),
+                     "report_files=('metrics.csv',), inferer=@inferer)"),
     "image_keys": "$(['image', 'mask'] if @mask_dir else ['image']) + ['label']",
     "key_metric": {
         "val_psnr": {

@@ -777,6 +777,36 @@ def test_bundle_datalist_reads_dicom_series_and_checks_pairs_before_any_work(tmp
         bundle_datalist(ds, reference_dir=refs)
 
 
+def test_bundle_checks_every_scan_against_its_inferer_before_any_work(tmp_path, prior):
+    """A scan too small for the task, beside a good one, stopped the run after the good one's
+    result was written (with the engine's tracebacks); the bundle's datalist now checks every
+    scan against the inferer's settings before the first solve, and the shipped configs pass
+    their inferer."""
+    import json
+
+    from PIL import Image
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import ReconstructionInferer, bundle_datalist
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(ds / "a.png")
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(ds / "b.png")
+    inferer = ReconstructionInferer(prior, "sr", method="bicubic", scale=2)
+    assert len(bundle_datalist(ds)) == 2  # without an inferer: only read
+    with pytest.raises(MedreconInputError, match="image b.png: .*too small to reconstruct"):
+        bundle_datalist(ds, output_dir=tmp_path / "out", output_postfix="sr", inferer=inferer)
+    assert not (tmp_path / "out").exists()
+    (ds / "b.png").unlink()
+    assert len(bundle_datalist(ds, inferer=inferer)) == 1
+    root = Path(__file__).resolve().parents[1] / "bundles"
+    for cfg in root.glob("*/configs/*.json"):
+        data = json.loads(cfg.read_text())
+        if "dataset_data" in data:
+            assert "inferer=@inferer" in data["dataset_data"], cfg
+
+
 def test_bundle_inferer_checks_its_options_when_built(prior):
     """A bad method, steps, kernel, device or option name is found when the bundle's config
     builds the inferer, before any batch (it stopped the run per batch, inside the engine's

@@ -81,7 +81,7 @@ def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = No
                     output_dir: str | Path | None = None, output_postfix: str = "",
                     output_ext: str = ".nii.gz", overwrite: bool = False,
                     report_files: tuple[str, ...] = (),
-                    task: str | None = None) -> list[dict[str, str]]:
+                    task: str | None = None, inferer: Any = None) -> list[dict[str, str]]:
     """``[{"image": ..., ["mask": ...], ["label": ...]}]`` for a bundle run.
 
     Images are the inputs of ``dataset_dir`` in sorted order (:func:`_images`: image files,
@@ -103,7 +103,10 @@ def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = No
 
     Every listed file is read once first (:func:`medrecon.io.load_image`'s checks; a mask
     against its image's grid; with references, the images must be 2D, what evaluate.json's
-    metrics score), so a bad one stops the run before any item is reconstructed.
+    metrics score) and, with ``inferer`` (the bundle's
+    :class:`~medrecon.monai.ReconstructionInferer`), checked against its settings without
+    solving (:meth:`~medrecon.monai.ReconstructionInferer.check`: too small a scan, too large
+    a result...), so a bad one stops the run before any item is reconstructed.
 
     Raises:
         MedreconInputError: a missing folder, no images, an image without its mask or
@@ -130,7 +133,7 @@ def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = No
                        output_ext, overwrite=overwrite)
         for name in report_files:
             check_result(Path(output_dir) / name, overwrite=overwrite, ours=_our_report)
-    _check_readable(out, two_d=reference_dir is not None)
+    _check_readable(out, two_d=reference_dir is not None, inferer=inferer)
     return out
 
 
@@ -171,7 +174,8 @@ def _check_output_dir(out: Path, inputs: list[Any]) -> None:
                 "would be read as inputs by the next run. Pass another --output_dir.")
 
 
-def _check_readable(items: list[dict[str, str]], *, two_d: bool = False) -> None:
+def _check_readable(items: list[dict[str, str]], *, two_d: bool = False,
+                    inferer: Any = None) -> None:
     """Read every file of the run once before any solve, so that a corrupt file, NaN voxels,
     a 4D volume or a mask off its image's grid stop the run with its own message before the
     earlier items are reconstructed and written (they were found item by item, mid-run)."""
@@ -198,9 +202,14 @@ def _check_readable(items: list[dict[str, str]], *, two_d: bool = False) -> None
                     f"{Path(item['image']).name} is {'x'.join(map(str, i))}; a mask must be on "
                     "its image's grid.")
             try:  # and, when both files carry geometry, in the same place (the CLI's rule)
-                load_mask(read["mask"], read["image"])
+                read["mask"] = load_mask(read["mask"], read["image"])
             except MedreconInputError as exc:
                 raise MedreconInputError(f"mask {Path(item['mask']).name}: {exc}") from None
+        if inferer is not None:
+            try:
+                inferer.check(read["image"], read.get("mask"))
+            except MedreconInputError as exc:
+                raise MedreconInputError(f"image {Path(item['image']).name}: {exc}") from None
 
 
 def _check_outputs(images: list[Path], folder: Path, postfix: str, ext: str, *,
