@@ -800,6 +800,11 @@ def test_bundle_checks_every_scan_against_its_inferer_before_any_work(tmp_path, 
     assert not (tmp_path / "out").exists()
     (ds / "b.png").unlink()
     assert len(bundle_datalist(ds, inferer=inferer)) == 1
+    # an output_dir that cannot take a file fails before the solve (a read-only one failed at
+    # the first write, exit 1 with the engine's tracebacks)
+    (tmp_path / "f.txt").write_text("mine")
+    with pytest.raises(MedreconInputError, match="is a file, not a folder"):
+        bundle_datalist(ds, output_dir=tmp_path / "f.txt" / "out", output_postfix="sr")
     root = Path(__file__).resolve().parents[1] / "bundles"
     for cfg in root.glob("*/configs/*.json"):
         data = json.loads(cfg.read_text())

@@ -224,6 +224,10 @@ def _check_outputs(images: list[Path], folder: Path, postfix: str, ext: str, *,
                 "one, or reconstruct them from separate folders.")
         seen[out] = img
         check_result(out, overwrite=overwrite)
+    if seen:  # a folder that cannot take a file fails here, not after the first solve
+        from medrecon.io.outputs import check_writable_place
+
+        check_writable_place(next(iter(seen)))
 
 
 def check_result(out: Path, *, overwrite: bool, ours: Any = None) -> None:
