@@ -457,6 +457,15 @@ def test_unwritable_places_are_input_errors_naming_the_path(work, prior_dir, cap
                           (errno.EACCES, "permission denied")):
         msg = os_error_message(OSError(code_, os.strerror(code_)), Path("res/out.nii.gz"))
         assert needle in msg and "res/out.nii.gz" in msg
+    # ... also when a writer wraps the system's error in an OSError of its own (pydicom on a
+    # full disk: "cannot write ...: OSError.")
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as inner:
+            raise OSError("write failed") from inner
+    except OSError as wrapped:
+        assert "no space left" in os_error_message(wrapped, Path("res/out.dcm"))
 
 
 def test_disk_full_while_writing_leaves_nothing(work, prior_dir, capsys, monkeypatch):

@@ -97,6 +97,12 @@ def os_error_message(exc: OSError, path: Path, *, action: str = "write") -> str:
     Never shows a temporary file name: only ``path`` and the folder it is in.
     """
     where = path.parent if str(path.parent) else Path(".")
+    inner: BaseException | None = exc
+    for _ in range(8):  # a writer's own OSError around the system's (pydicom on a full disk)
+        if inner is None or (isinstance(inner, OSError) and inner.errno is not None):
+            break
+        inner = inner.__cause__ or inner.__context__
+    exc = inner if isinstance(inner, OSError) and inner.errno is not None else exc
     code = exc.errno
     reason = exc.strerror or type(exc).__name__
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
