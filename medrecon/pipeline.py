@@ -1301,7 +1301,7 @@ def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
     JPEG gives ``.png``. A DICOM file in a folder
     of other DICOM files (one slice of a series) gives ``<dir>_<stem>_<task>_<method>.dcm``
     beside that folder: a derived DICOM written into it would make the user's series folder
-    hold two series.
+    hold two series. A volume in a one-image file (a multi-frame DICOM) gives ``.nii.gz``.
     """
     from medrecon.io._paths import WRITE_SUFFIXES, in_dicom_series_folder
 
@@ -1313,10 +1313,25 @@ def default_output_path(input_path: str | Path, task: str, method: str) -> Path:
         suffix = ".png"  # medrecon writes no JPEG (lossy)
     elif suffix.lower() not in WRITE_SUFFIXES or suffix.lower() in KSPACE_SUFFIXES:
         suffix = ".nii.gz"  # a folder, k-space or an array, .npz, MetaImage, NRRD...
+    volume = _multi_frame(p)  # a DICOM volume in one file: .dcm holds one 2D image
+    if volume:
+        suffix = ".nii.gz"
     if p.is_file() and in_dicom_series_folder(p.absolute()):
         folder = p.absolute().parent
-        return folder.with_name(f"{folder.name}_{stem}_{task}_{method}.dcm")
+        return folder.with_name(f"{folder.name}_{stem}_{task}_{method}"
+                                f"{'.nii.gz' if volume else '.dcm'}")
     return p.with_name(f"{stem}_{task}_{method}{suffix}")
+
+
+def _multi_frame(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file of several frames (a volume), by its header."""
+    from medrecon.io.dicom_read import read_dicom_header
+
+    try:
+        ds = read_dicom_header(path) if path.is_file() else None
+        return ds is not None and int(ds.get("NumberOfFrames", 1) or 1) > 1
+    except (MedreconInputError, OSError, TypeError, ValueError):
+        return False
 
 
 def _output_label(method: str, options: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -632,6 +633,16 @@ def test_default_output_from_inside_a_series_folder(tmp_path, prior_dir, monkeyp
     assert (tmp_path / "s1_IM000_sr_bicubic.dcm").is_file()
     _run(["sr", ".", "--prior", prior_dir, "--method", "bicubic", "--scale", "2", "-q"])
     assert (tmp_path / "s1_sr_bicubic.nii.gz").is_file()
+
+
+def test_default_output_of_a_multi_frame_dicom_is_nifti(tmp_path, prior_dir):
+    """A volume in one .dcm file got the default output <stem>_sr_<method>.dcm, which cannot
+    hold a 3D result: the run stopped with exit 2 although the user gave no output."""
+    src = tmp_path / "enh.dcm"
+    shutil.copy(Path(__file__).resolve().parent / "data" / "enhanced_mr_4d.dcm", src)
+    _run(["sr", src, "--volume", "0", "--prior", prior_dir, "--method", "bicubic", "--scale",
+          "2", "-q"])
+    assert load_image(tmp_path / "enh_sr_bicubic.nii.gz").shape[-1] == 3
 
 
 def test_explicit_dicom_output_into_the_inputs_series_folder_is_refused(tmp_path, prior_dir):
