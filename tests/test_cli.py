@@ -714,3 +714,36 @@ def test_inputs_and_outputs_the_io_review_found(tmp_path, prior_dir):
         assert "not a regular file or folder" in out
     Image.fromarray(np.random.default_rng(0).random((16, 16)) > 0.5).save(tmp_path / "bw.png")
     assert set(np.unique(load_image(tmp_path / "bw.png").array)) == {0.0, 255.0}
+
+
+def test_nifti_qform_and_missing_geometry_are_kept(tmp_path, prior_dir):
+    """A qform holding another geometry than the sform (scanner and registered space) was
+    overwritten with the zoomed sform, so readers that prefer the qform (SimpleITK) put the
+    result 65 mm away; a file with no geometry codes got made-up scanner ones (1/1)."""
+    data = (np.arange(24 * 30 * 6) % 97).reshape(24, 30, 6).astype(np.int16)
+    q = np.diag([-1.0, 1.0, 3.0, 1.0])
+    q[:3, 3] = [10, -20, 5]
+    s = np.array([[0.98, -0.2, 0, -30], [0.2, 0.98, 0, 40], [0, 0, 3.0, -12], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(data, s)
+    img.set_qform(q, code=1)
+    img.set_sform(s, code=4)
+    nib.save(img, tmp_path / "qs.nii.gz")
+    _run(["sr", tmp_path / "qs.nii.gz", "-o", tmp_path / "qs2.nii.gz", "--prior", prior_dir,
+          "--method", "bicubic", "--scale", "2", "-q"])
+    out = nib.load(tmp_path / "qs2.nii.gz")
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 4)
+    zoom = np.array([[0.5, 0, 0, -0.25], [0, 0.5, 0, -0.25], [0, 0, 1, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(out.get_qform(), q @ zoom, atol=1e-4)
+    np.testing.assert_allclose(out.get_sform(), s @ zoom, atol=1e-4)
+    none = nib.Nifti1Image(data, None)
+    none.header.set_zooms((0.8, 0.8, 3.0))
+    none.header["qform_code"] = none.header["sform_code"] = 0
+    nib.save(none, tmp_path / "none.nii.gz")
+    _run(["sr", tmp_path / "none.nii.gz", "-o", tmp_path / "none2.nii.gz", "--prior",
+          prior_dir, "--method", "bicubic", "--scale", "2", "-q"])
+    out = nib.load(tmp_path / "none2.nii.gz")
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (0, 0)
+    np.testing.assert_allclose(out.header.get_zooms(), (0.4, 0.4, 3.0), rtol=1e-5)
+    centre = lambda im: im.affine @ np.r_[(np.array(im.shape) - 1) / 2, 1]  # noqa: E731
+    np.testing.assert_allclose(centre(out), centre(nib.load(tmp_path / "none.nii.gz")),
+                               atol=1e-4)

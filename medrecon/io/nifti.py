@@ -104,6 +104,13 @@ def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
         affine[:3, :] *= scale
     sform_code = int(hdr["sform_code"])
     qform_code = int(hdr["qform_code"])
+    qform_from_sform = None
+    if sform_code > 0 and qform_code > 0:  # two geometries (e.g. scanner and registered)
+        qform = np.array(img.get_qform(), dtype=np.float64)
+        qform[:3, :] *= scale
+        if not np.allclose(qform, affine, atol=1e-4):
+            # world-to-world, so that any grid's qform is this times its sform
+            qform_from_sform = qform @ np.linalg.inv(affine)
     meta: dict[str, Any] = {
         "format": "nifti",
         "path": str(path),
@@ -116,6 +123,8 @@ def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
         "source_dtype": str(dtype),
         "full_shape": tuple(int(s) for s in img.shape),
     }
+    if qform_from_sform is not None:
+        meta["nifti_qform_from_sform"] = qform_from_sform
     if len(img.shape) > 3 and volume is not None:
         meta["volume_index"] = int(volume)
     cal_min, cal_max = float(hdr["cal_min"]), float(hdr["cal_max"])
@@ -148,22 +157,30 @@ def set_nifti_header(img: nib.Nifti1Image, affine: np.ndarray, meta: Mapping[str
     Both sform and qform are set from ``affine`` (codes kept from a NIfTI source,
     ``meta['nifti_sform_code']`` / ``meta['nifti_qform_code']``, else 1 = scanner); for a
     sheared affine (e.g. gantry tilt) the qform cannot represent it and its code is set to 0 so
-    readers use the exact sform. Units are mm and s; ``descrip`` is ``description`` (79 ASCII
+    readers use the exact sform. A source whose qform held another geometry than its sform
+    (scanner and registered space) keeps it: the qform is that geometry on the result's grid
+    (``meta['nifti_qform_from_sform']`` times ``affine``). A source with both codes 0 (no
+    geometry) keeps both 0. Units are mm and s; ``descrip`` is ``description`` (79 ASCII
     characters at most); ``cal_min`` / ``cal_max`` hold ``meta``'s display window when it has
     one. Also used by :class:`medrecon.monai.MedreconNiftiWriter`.
     """
     affine = np.asarray(affine, dtype=np.float64)
     hdr = img.header
     hdr.set_xyzt_units("mm", "sec")
-    sform_code = int(meta.get("nifti_sform_code") or 1)
-    qform_code = int(meta.get("nifti_qform_code") or sform_code)
+    no_geometry = (meta.get("nifti_sform_code") == 0 and meta.get("nifti_qform_code") == 0)
+    sform_code = 0 if no_geometry else int(meta.get("nifti_sform_code") or 1)
+    qform_code = 0 if no_geometry else int(meta.get("nifti_qform_code") or sform_code)
     img.set_sform(affine, code=sform_code)
-    rzs = affine[:3, :3]
+    q_of_s = meta.get("nifti_qform_from_sform")
+    if hasattr(q_of_s, "detach"):  # a MetaTensor's metadata holds tensors
+        q_of_s = q_of_s.detach().cpu().numpy()
+    qform = affine if q_of_s is None else np.asarray(q_of_s, dtype=np.float64) @ affine
+    rzs = qform[:3, :3]
     gram = rzs.T @ rzs
     orthogonal = np.allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-6 * np.abs(gram).max())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        img.set_qform(affine, code=qform_code if orthogonal else 0)
+        img.set_qform(qform, code=qform_code if orthogonal else 0)
     if not description.startswith(MEDRECON_MARK):  # the mark an --overwrite looks for
         description = f"{MEDRECON_MARK} {description}"
     hdr["descrip"] = description.encode("ascii", "replace")[:79]

@@ -46,7 +46,7 @@ __all__ = [
 
 #: The metadata medrecon's format writers use (see :class:`medrecon.io.MedicalImage`).
 WRITER_META = ("format", "bit_depth", "window_center", "window_width", "nifti_sform_code",
-               "nifti_qform_code", "full_shape")
+               "nifti_qform_code", "nifti_qform_from_sform", "full_shape")
 
 
 def _numpy(x: Any) -> np.ndarray:
