@@ -754,3 +754,31 @@ def test_npz_member_headers_and_h5_masks_are_bounded_before_reading(tmp_path):
         f.create_dataset("mask", shape=(9000, 9000), dtype="f8", chunks=(100, 100))
     with pytest.raises(MedreconInputError, match=r"mask of shape \(9000, 9000\) is larger"):
         load_kspace(tmp_path / "k.h5")
+
+
+def test_16_bit_colour_png_keeps_its_bits(tmp_path):
+    """Pillow reads a PNG of 16-bit RGB samples as 8 bits (the high byte): 500..1499 came out
+    as 1..5, without a word. RGB48 is read by SimpleITK; 16-bit grey + alpha is refused."""
+    import struct
+    import zlib
+
+    def png(path, arr, colour_type):
+        h, w = arr.shape[:2]
+        raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+        def chunk(t, d):
+            return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+        path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                         + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    yy, xx = np.mgrid[:37, :91]
+    g = (1000 + 500 * np.sin(xx / 6.0) * np.cos(yy / 5.0)).astype(np.uint16)
+    png(tmp_path / "rgb48.png", np.stack([g, g, g], -1), 2)
+    img = load_image(tmp_path / "rgb48.png")
+    np.testing.assert_allclose(img.array[:, :, 0].T, g, atol=0.5)
+    assert img.meta["bit_depth"] == 16
+    png(tmp_path / "la16.png", np.stack([g, np.full_like(g, 65535)], -1), 4)
+    with pytest.raises(MedreconInputError, match="16-bit samples with an alpha channel"):
+        load_image(tmp_path / "la16.png")

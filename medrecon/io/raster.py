@@ -41,8 +41,39 @@ def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., :3].astype(np.float32) * w).sum(axis=-1)
 
 
+def _png16_colour(path: Path) -> bool:
+    """Whether ``path`` is a PNG of 16 bits per sample with colour or alpha (its IHDR), which
+    Pillow reads as 8 bits (it keeps the high byte of each sample)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return False
+    return (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+            and head[24] == 16 and head[25] in (2, 4, 6))
+
+
+def _read_png16_colour(path: Path) -> np.ndarray:
+    """The samples ``(H, W, C)`` of a 16-bit colour PNG, read by SimpleITK (ITK's PNG reader
+    keeps the 16 bits of RGB and RGBA; grey + alpha it does not read: refused)."""
+    import SimpleITK as sitk
+
+    try:
+        data = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError:
+        data = None
+    if data is None or data.ndim != 3 or data.shape[-1] not in (3, 4):
+        raise MedreconInputError(
+            f"{str(path)!r} is a PNG of 16-bit samples with an alpha channel, which medrecon's "
+            "readers would cut to 8 bits. Save it as a 16-bit greyscale PNG (without alpha), "
+            "a TIFF or NIfTI.")
+    return data
+
+
 def read_raster(path: Path) -> MedicalImage:
-    """Read a PNG/JPEG/TIFF file (first page only for multi-page TIFF)."""
+    """Read a PNG/JPEG/TIFF file (first page only for multi-page TIFF). A PNG of 16-bit colour
+    samples is read by SimpleITK (Pillow keeps 8 of their bits)."""
+    wide = _png16_colour(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -55,7 +86,9 @@ def read_raster(path: Path) -> MedicalImage:
                     im = im.convert("L")
                 elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGB")
-                data = np.array(im)
+                data = _read_png16_colour(path) if wide else np.array(im)
+    except MedreconInputError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise MedreconInputError(
             f"{str(path)!r} claims more pixels than medrecon opens as an image ({exc}); it is "
@@ -87,7 +120,8 @@ def read_raster(path: Path) -> MedicalImage:
         warnings.warn(note, MedreconWarning, stacklevel=3)
     data = data.astype(np.float32)
     check_finite(data, what=f"{str(path)!r}")
-    bit_depth = 8 if mode in ("1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "CMYK", "YCbCr") else (
+    bit_depth = 16 if wide else 8 if mode in ("1", "L", "P", "PA", "LA", "La", "RGB", "RGBA",
+                                              "CMYK", "YCbCr") else (
         16 if mode.startswith("I;16") else None)
     meta = {
         "format": "tiff" if path.suffix.lower() in (".tif", ".tiff") else path.suffix.lower()[1:],
