@@ -671,6 +671,25 @@ def test_series_of_mixed_pixel_spacing_is_refused(tmp_path, prior_dir):
     assert "different sizes, spacings or orientations" in out and "0.9x0.9 mm" in out
 
 
+def test_derived_dicom_keeps_projection_orientation_and_enhanced_thickness(tmp_path, prior_dir):
+    """A projection's PatientOrientation (its only orientation) and ViewPosition were
+    dropped; an enhanced multi-frame source's SliceThickness (in its functional groups) was
+    lost, and a CT's values were labelled RescaleType US."""
+    cr = tmp_path / "cr.dcm"
+    ds = pydicom.dcmread(Path(__file__).resolve().parent / "data" / "cr_mono1.dcm")
+    ds.PatientOrientation, ds.ViewPosition = ["L", "F"], "PA"
+    ds.save_as(cr)
+    _run(["sr", cr, "-o", tmp_path / "cr2.dcm", "--prior", prior_dir, "--method", "bicubic",
+          "--scale", "2", "-q"])
+    out = pydicom.dcmread(tmp_path / "cr2.dcm")
+    assert list(out.PatientOrientation) == ["L", "F"] and out.ViewPosition == "PA"
+    enh = Path(__file__).resolve().parent / "data" / "enhanced_mr_4d.dcm"
+    _run(["sr", enh, "--volume", "0", "-o", str(tmp_path / "enh") + os.sep, "--prior",
+          prior_dir, "--method", "bicubic", "--scale", "2", "-q"])
+    out = pydicom.dcmread(sorted((tmp_path / "enh").iterdir())[0])
+    assert float(out.SliceThickness) == 3.0 and out.RescaleType == "US"  # an MR
+
+
 def test_written_dicom_keeps_thickness_and_a_projection_stays_a_projection(tmp_path, prior_dir):
     """SliceThickness was the slice spacing (2.0 for 1 mm slices 2 mm apart); a projection
     (CR, only ImagerPixelSpacing) was given a patient position and orientation."""

@@ -25,6 +25,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -52,7 +53,7 @@ COPIED_TAGS = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
     "ReferringPhysicianName", "StudyDescription",
     "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "Modality", "BodyPartExamined", "PatientPosition", "Laterality",
+    "Modality", "BodyPartExamined", "PatientPosition", "Laterality", "ViewPosition",
 )
 
 #: Per-instance / pixel-describing tags removed from a copied classic header before re-filling.
@@ -81,9 +82,21 @@ def _source_thickness(ref: Dataset | None, normal: np.ndarray) -> float | None:
     slice direction); None when unknown."""
     if ref is None:
         return None
+
+    def tag(seq: str, name: str) -> Any:  # top level, else the enhanced functional groups
+        if name in ref:
+            return ref.get(name)
+        for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            try:
+                return getattr(getattr(ref, groups)[0], seq)[0].get(name)
+            except (AttributeError, IndexError, TypeError):
+                continue
+        return None
+
     try:
-        t = float(ref.get("SliceThickness") or 0)
-        iop = [float(v) for v in ref.get("ImageOrientationPatient") or []]
+        t = float(tag("PixelMeasuresSequence", "SliceThickness") or 0)
+        iop = [float(v) for v in tag("PlaneOrientationSequence", "ImageOrientationPatient")
+               or []]
     except (TypeError, ValueError):
         return None
     if t <= 0 or len(iop) != 6:
@@ -172,7 +185,10 @@ def _base_from_scratch(ref: Dataset | None) -> Dataset:
     base.Modality = base.get("Modality") or "OT"
     base.SOPClassUID = SC_IMAGE_STORAGE
     base.ConversionType = "WSD"
-    base.PatientOrientation = ""
+    # a projection's only orientation: the directions of its rows and columns, which the
+    # result keeps (a located image has ImageOrientationPatient instead)
+    base.PatientOrientation = (copy.deepcopy(ref.get("PatientOrientation", "")) if ref is not None
+                               and not _located(ref) else "")
     return base
 
 
@@ -324,8 +340,8 @@ def write_dicom(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation = 1
         ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), _ds(intercept)
-        if ds.SOPClassUID != CT_IMAGE_STORAGE:
-            ds.RescaleType = "US"
+        if ds.SOPClassUID != CT_IMAGE_STORAGE:  # a CT's values stay Hounsfield units
+            ds.RescaleType = "HU" if str(ds.get("Modality", "")).upper() == "CT" else "US"
         ds.WindowCenter, ds.WindowWidth = _ds(wc), _ds(ww)
         ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes())
 
