@@ -500,9 +500,13 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
             f"{Path(str(ref_path)).name} is {'x'.join(map(str, reference.shape))} pixels: too "
             f"small for SR x{scale} (at least {2 * scale} pixels per side); use a larger --input "
             "image or a smaller --scale.")
+    from medrecon.io._paths import WRITE_SUFFIXES
+
     suffix = ".nii.gz" if ref_path.name.endswith(".nii.gz") else (ref_path.suffix or ".nii.gz")
-    if suffix.lower() in (".dcm", ".jpg", ".jpeg"):
-        suffix = ".nii.gz" if suffix.lower() == ".dcm" else ".png"
+    if suffix.lower() in (".jpg", ".jpeg"):
+        suffix = ".png"  # medrecon writes no JPEG (lossy)
+    elif suffix.lower() == ".dcm" or suffix.lower() not in WRITE_SUFFIXES:
+        suffix = ".nii.gz"  # a DICOM, or a format medrecon reads but does not write
     outs = {k: output_dir / f"{k}{suffix}" for k in ("sr", "lanczos_bp", "sr_std")}
     png = output_dir / "side_by_side.png"
     protected = [Path(ref_path)]

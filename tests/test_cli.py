@@ -412,6 +412,13 @@ def test_demo_on_given_image(tmp_path, prior_dir):
     _run(["demo", "--input", src, "--prior", prior_dir, "--method", "csgm", "--steps", "2",
           "--scale", "2", "-o", tmp_path / "demo_iagan", "--overwrite"])
     assert not (tmp_path / "demo_iagan" / "sr_std.nii.gz").exists()
+    # a format medrecon reads but does not write (BMP): the outputs are NIfTI (it asked the
+    # user to rename a real suffix)
+    bmp = tmp_path / "r.bmp"
+    Image.fromarray((np.random.default_rng(3).random((16, 16)) * 255).astype(np.uint8)).save(bmp)
+    _run(["demo", "--input", bmp, "--prior", prior_dir, "--method", "csgm", "--steps", "2",
+          "--scale", "2", "-o", tmp_path / "demo_bmp"])
+    assert (tmp_path / "demo_bmp" / "sr.nii.gz").is_file()
 
 
 def test_demo_json_is_strict_and_a_volume_is_sized_by_its_slices(tmp_path, prior_dir):
