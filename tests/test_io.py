@@ -782,3 +782,14 @@ def test_16_bit_colour_png_keeps_its_bits(tmp_path):
     png(tmp_path / "la16.png", np.stack([g, np.full_like(g, 65535)], -1), 4)
     with pytest.raises(MedreconInputError, match="16-bit samples with an alpha channel"):
         load_image(tmp_path / "la16.png")
+
+
+def test_degenerate_image_orientation_is_named(tmp_path):
+    """ImageOrientationPatient of zeros gave a divide warning and 'affine has non-finite
+    entries ... (e.g. its NIfTI sform/qform)', naming neither the file nor the tag."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
+    ds.save_as(tmp_path / "bad.dcm")
+    with pytest.raises(MedreconInputError, match="bad.dcm.*ImageOrientationPatient.*not two "
+                                                 "perpendicular"):
+        load_image(tmp_path / "bad.dcm")

@@ -167,12 +167,28 @@ def _plain_spacing(ds: Dataset) -> tuple[float, float]:
     return UNKNOWN_SPACING
 
 
+def _check_iop(path: Path, iop: list[float] | None) -> None:
+    """Refuse an ImageOrientationPatient that is not two perpendicular directions (zeros, or
+    a row along the column gave a non-finite affine and a message naming neither)."""
+    if not iop or len(iop) != 6:
+        return
+    r, c = np.asarray(iop[:3]), np.asarray(iop[3:])
+    nr, nc = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+    if not (np.isfinite(nr) and np.isfinite(nc)) or nr < 1e-3 or nc < 1e-3 \
+            or abs(float(r @ c)) > 0.1 * nr * nc:
+        raise MedreconInputError(
+            f"{str(path)!r}: its ImageOrientationPatient {iop} is not two perpendicular "
+            "directions (the rows' and the columns'); the header is corrupt. Repair the tag "
+            "or export the series again.")
+
+
 def _slices_of(path: Path, ds: Dataset) -> list[_Slice]:
     """Split one (header-only) dataset into its frames."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     n_frames = int(_first(ds.get("NumberOfFrames")) or 1)
     ipp = _floats(ds.get("ImagePositionPatient"))
     iop = _floats(ds.get("ImageOrientationPatient"))
+    _check_iop(path, iop)
     thickness = _first(ds.get("SliceThickness"))
     spacing = _plain_spacing(ds)
     slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
@@ -188,6 +204,7 @@ def _slices_of(path: Path, ds: Dataset) -> list[_Slice]:
 
             f_ipp = _floats(get("PlanePositionSequence", "ImagePositionPatient"))
             f_iop = _floats(get("PlaneOrientationSequence", "ImageOrientationPatient"))
+            _check_iop(path, f_iop)
             f_sp = _floats(get("PixelMeasuresSequence", "PixelSpacing"))
             f_th = _first(get("PixelMeasuresSequence", "SliceThickness"))
             f_slope = _first(get("PixelValueTransformationSequence", "RescaleSlope"))
