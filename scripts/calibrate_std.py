@@ -81,7 +81,11 @@ def report(root: Path) -> str:
                      f"{math.sqrt(e['floor']):.4f} | {e['scale']:.3g} | {e.get('power', 1.0):.2f} | "
                      f"{e['ence_before']:.3g} | {e['ence_after']:.2f} |")
     text = "\n".join(lines) + "\n"
-    (root / "README.md").write_text(text)
+    readme = root / "README.md"
+    if readme.exists() and not readme.read_text(errors="replace").startswith(lines[0]):
+        raise SystemExit(f"error: {readme} exists and this script did not write it (its first "
+                         f"line is not {lines[0]!r}); move it away or choose another folder.")
+    readme.write_text(text)
     return text
 
 

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="sizes of the validation sets used for tuning [6,16]")
     ap.add_argument("--out", required=True, type=Path)
     a = ap.parse_args(argv)
+    if a.out.resolve() == a.held_out.resolve():
+        ap.error(f"--out {a.out} is the --held-out list; choose another file.")
+    if a.out.exists() and not a.out.read_text(errors="replace").startswith("# confirmation images:"):
+        ap.error(f"--out {a.out} exists and this script did not write it; choose another file.")
     held = [ln.split("#", 1)[0].strip() for ln in a.held_out.read_text().splitlines()]
     held = [h for h in held if h]
     sizes = [int(v) for v in a.exclude_validation.split(",") if v.strip()]

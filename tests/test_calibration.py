@@ -183,6 +183,18 @@ def test_calibrate_script_writes_the_entry_into_prior_json(tmp_path):
     assert math.isclose(StdCalibration.from_dict(entries[1]).fraction, 1 / 64)
 
 
+def test_calibrate_report_never_replaces_a_foreign_readme(tmp_path):
+    """`calibrate_std.py --report DIR` replaced any DIR/README.md."""
+    mod = load_script("scripts/calibrate_std.py")
+    (tmp_path / "README.md").write_text("my notes\n")
+    with pytest.raises(SystemExit, match="did not write it"):
+        mod.report(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my notes\n"
+    (tmp_path / "README.md").unlink()
+    text = mod.report(tmp_path)
+    assert mod.report(tmp_path) == text  # its own: replaced
+
+
 def test_calibration_inputs_are_checked():
     """bins=0 gave a raw RuntimeError; NaN was dropped by the fit and turned ENCE into NaN;
     an exact mask of another shape gave an IndexError."""

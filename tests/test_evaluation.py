@@ -422,6 +422,16 @@ def test_confirmation_set_avoids_report_and_validation_images(tmp_path):
     assert mod.main(["--held-out", str(held), "--n", "20", "--out", str(out)]) == 0
     listed = [ln for ln in out.read_text().splitlines() if not ln.startswith("#")]
     assert listed == got
+    assert mod.main(["--held-out", str(held), "--n", "20", "--out", str(out)]) == 0  # its own
+    # never over its input list, nor a file it did not write (it replaced both)
+    before = held.read_text()
+    with pytest.raises(SystemExit):
+        mod.main(["--held-out", str(held), "--n", "20", "--out", str(held)])
+    mine = tmp_path / "mine.txt"
+    mine.write_text("notes\n")
+    with pytest.raises(SystemExit):
+        mod.main(["--held-out", str(held), "--n", "20", "--out", str(mine)])
+    assert held.read_text() == before and mine.read_text() == "notes\n"
 
 
 def test_paired_difference_script(tmp_path, capsys):
