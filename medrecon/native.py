@@ -259,7 +259,7 @@ def solve_native_problem(
             kw = solver_kwargs(
                 method, device=device, seed=seed, slices=chunk, bp=False if generative else bp,
                 steps=steps,
-                callback=progress.solver_callback(chunk[0], chunk[-1] + 1), samples=samples,
+                callback=progress.solver_callback(chunk), samples=samples,
                 ensemble=ensemble, task=solver_task, coupling=coupling if coupled else 0.0,
                 overrides=OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if off_grid else None)
             if warm:

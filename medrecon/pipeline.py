@@ -470,10 +470,22 @@ class _Progress:
         self.best = max(self.best, min(1.0, fraction))
         self.callback({"event": "progress", "fraction": round(self.best, 4), "message": message, **more})
 
-    def solver_callback(self, start: int, stop: int) -> ProgressCallback | None:
+    def solver_callback(self, chunk: Sequence[int]) -> ProgressCallback | None:
+        """The callback of a solver call on the slices ``chunk`` (in any order: warm-start
+        rounds and mask groups are not runs of neighbours). Its fraction counts the slices
+        done before the call (:attr:`done`) and this call's share of ``len(chunk)``."""
         if self.callback is None:
             return None
         self.stages = []
+        base, size = self.done, len(chunk)
+        ordered = sorted(int(i) + 1 for i in chunk)
+        if size == 1:
+            sl = f"slice {ordered[0]}/{self.n}"
+        elif ordered == list(range(ordered[0], ordered[-1] + 1)):
+            sl = f"slices {ordered[0]}-{ordered[-1]}/{self.n}"
+        else:
+            shown = ", ".join(map(str, ordered[:4])) + (", ..." if size > 4 else "")
+            sl = f"slices {shown}/{self.n}"
 
         def cb(d: dict) -> None:
             stage = str(d.get("stage", ""))
@@ -486,8 +498,7 @@ class _Progress:
             member, members = int(d.get("member") or 1), max(1, int(d.get("members") or 1))
             in_stage = (member - 1 + step / total) / members
             within = min(1.0, (k + in_stage) / max(self.n_stages, len(self.stages)))
-            frac = (start + within * (stop - start)) / self.n
-            sl = f"slice {start + 1}/{self.n}" if stop - start == 1 else f"slices {start + 1}-{stop}/{self.n}"
+            frac = (base + within * size) / self.n
             run = f"run {member}/{members}, " if members > 1 else ""
             msg = f"{sl}, {run}{stage + ' ' if stage else ''}step {step}/{total}"
             self.emit(frac, msg, step=step, total_steps=total, stage=stage, loss=d.get("loss"))
@@ -528,7 +539,7 @@ def _solve_batches(
             chunk = idx[b0 : b0 + batch_size]
             kw = solver_kwargs(method, device=device, seed=seed, slices=chunk, bp=bp,
                                steps=steps, samples=samples, ensemble=ensemble,
-                               callback=progress.solver_callback(chunk[0], chunk[-1] + 1),
+                               callback=progress.solver_callback(chunk),
                                task=None if task is None else _SOLVER_TASK.get(task, task))
             rec = solve(y[chunk], op, prior, **kw)
             for j, i in enumerate(chunk):
@@ -1138,7 +1149,7 @@ def _solve_kspace(
             kw = solver_kwargs(method, device=device, seed=seed, slices=chunk, task="mri",
                                steps=steps, bp=False if generative else bp, samples=samples,
                                ensemble=ensemble,
-                               callback=progress.solver_callback(chunk[0], chunk[-1] + 1))
+                               callback=progress.solver_callback(chunk))
             yn = y_native[chunk][:, None]
             if generative:
                 yg = y_grid[chunk][:, None].expand(-1, C, -1, -1).contiguous()

@@ -587,3 +587,29 @@ def test_cohere_slices_bounds_its_width_memory_and_inputs():
         cur += b
         peak = max(peak, cur)
     assert peak / (big.numel() * 4) < 9.5  # stacks of the input (15.8 before)
+
+
+def test_progress_counts_slices_of_calls_that_are_not_neighbours():
+    """A warm-start round solves slices 1, 4, 7 in one call: the progress took them as slices
+    1-7 and reported 0.89 ('slice 3/9 done') after 3 of 9 slices, then stood still."""
+    import numpy as np
+
+    from medrecon.pipeline import reconstruct
+
+    prior = tiny_prior(resolution=16, seed=0)
+    v = np.random.default_rng(0).random((8, 8, 9)).astype(np.float32)
+    events = []
+    reconstruct(v, affine=np.diag([1.0, 1.0, 3.0, 1.0]), task="sr", prior=prior, scale=2,
+                method="iagan", steps=4, ensemble=1, key_every=3, warm_steps=2, seed=0,
+                batch_size=3, callback=events.append)
+    done, fracs = 0, []
+    for e in events:
+        if e.get("event") != "progress":
+            continue
+        if e["message"].endswith("done") and e["message"].startswith("slice "):
+            done = int(e["message"].split()[1].split("/")[0])
+        else:
+            assert e["fraction"] <= (done + 3) / 9 + 1e-6, e  # at most this call's 3 slices on
+        fracs.append(e["fraction"])
+    assert fracs == sorted(fracs) and done == 9
+    assert any("slices 2, 5, 8/9" in e.get("message", "") for e in events)
