@@ -247,6 +247,8 @@ def solve_native_problem(
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
     U = problem.grid
     warm = key_every > 1 and not samples and supports_warm_start(method)
+    if warm:
+        _check_warm_groups(problem.groups, n)
     coupled = (coupling > 0 and generative and not warm
                and "stage1_options" in METHODS[method].defaults)
     for op_native, idx in problem.groups:
@@ -300,6 +302,21 @@ def solve_native_problem(
     std_all, how = maps.result()
     info.update(how)
     return img_all, std_all, info
+
+
+def _check_warm_groups(groups: Sequence[tuple[Any, Sequence[int]]], n: int) -> None:
+    """Warm starts go from a slice to the one next to it, within one operator's slices: refuse
+    them when an operator's slices are not a run of neighbours (an inpainting mask that
+    differs from slice to slice): slice 0 was warm-started from slice 2, or every slice was
+    solved cold while the result said ``key_every`` 3."""
+    for _, idx in groups:
+        idx = sorted(int(i) for i in idx)
+        if idx != list(range(idx[0], idx[-1] + 1)) or (len(idx) == 1 and n > 1):
+            raise MedreconInputError(
+                "warm starts (key_every > 1) need neighbouring slices that share one operator, "
+                "but this volume's slices have different ones (e.g. an inpainting mask that "
+                "changes from slice to slice). Solve every slice cold: drop key_every / "
+                "--key-every.")
 
 
 def _on_output_grid(rec: Any, y: torch.Tensor, op_native: Any, U: Any, *, do_bp: bool,

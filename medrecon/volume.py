@@ -15,7 +15,9 @@ are cut into segments of ``L``; the middle slice of each segment, its *key slice
 full (IAGAN: stage-1 search and stage-2 adaptation of every ensemble member); then, round by
 round, each slice one step further from its key is warm-started from the slice next to it
 towards the key: stage 2 begins at that neighbour's adapted latents and weights (every member
-its own) and runs ``warm_steps`` steps on the slice's own measurements.
+its own) and runs ``warm_steps`` steps on the slice's own measurements. Warm starts need
+neighbouring slices that share one operator: a volume whose inpainting mask changes from
+slice to slice refuses them (:func:`medrecon.native.solve_native_problem`).
 
 Every slice draws its random start from its own seed (its place in the scan:
 :func:`medrecon.solvers._common.slice_seed`), so the neighbours' guesses are independent, as

@@ -613,3 +613,30 @@ def test_progress_counts_slices_of_calls_that_are_not_neighbours():
         fracs.append(e["fraction"])
     assert fracs == sorted(fracs) and done == 9
     assert any("slices 2, 5, 8/9" in e.get("message", "") for e in events)
+
+
+def test_warm_starts_need_neighbours_that_share_an_operator():
+    """Inpainting masks alternating from slice to slice warm-started slice 0 from slice 2;
+    a mask per slice solved every slice cold while info said key_every 3. Both are refused;
+    one mask for the volume keeps its warm starts."""
+    import numpy as np
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.pipeline import reconstruct
+
+    prior = tiny_prior(resolution=16, seed=0)
+    v = np.random.default_rng(0).random((8, 8, 6)).astype(np.float32)
+    alt = np.zeros(v.shape, bool)
+    alt[2:4, 2:5, 0::2] = True
+    alt[4:6, 1:3, 1::2] = True
+    own = np.zeros(v.shape, bool)
+    for k in range(6):
+        own[k, 1:2 + k, k] = True
+    kw = dict(task="inpaint", prior=prior, method="iagan", steps=4, ensemble=1, key_every=3,
+              warm_steps=2)
+    for mask in (alt, own):
+        with pytest.raises(MedreconInputError, match="neighbouring slices that share one"):
+            reconstruct(v, mask=mask, **kw)
+    one = np.zeros(v.shape, bool)
+    one[2:4, 2:5, :] = True
+    assert reconstruct(v, mask=one, **kw).info["key_every"] == 3
