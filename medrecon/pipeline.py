@@ -333,12 +333,32 @@ SR_FALLBACK = "lanczos"
 
 
 def may_fall_back(*, task: str, simulate: bool, method_chosen: bool, samples: int,
-                  ensemble: int | None) -> bool:
+                  ensemble: int | None, generative_options: bool = False) -> bool:
     """Whether the SR default may give way to :data:`SR_FALLBACK` (:func:`sr_fallback`): not
-    for a method, posterior samples or an ``ensemble`` the user asked for, each of which asks
-    for the generative solver (an explicit ensemble was refused as an option Lanczos lacks)."""
+    for a method, posterior samples, an ``ensemble`` or other options of the generative
+    solver the user asked for (``generative_options``: warm starts, their steps, a coherence
+    width, the ensemble's spread), each of which asks for it (they were refused or dropped as
+    options Lanczos lacks)."""
     return (task == "sr" and not simulate and not method_chosen and not samples
-            and ensemble is None)
+            and ensemble is None and not generative_options)
+
+
+def asks_generative(*, key_every: Any = None, warm_steps: Any = None, coherence: Any = None,
+                    spread: Any = False) -> bool:
+    """Whether these options were given for the generative solver: warm starts
+    (``key_every > 1``), ``warm_steps``, a coherence width (a number > 0) or ``spread``."""
+    from medrecon.volume import check_coherence
+
+    try:
+        width = check_coherence(coherence)
+    except MedreconInputError:
+        width = None  # refused where the options are checked
+    try:
+        warm = key_every is not None and int(key_every) > 1
+    except (TypeError, ValueError):
+        warm = False
+    return bool(warm or warm_steps is not None or (isinstance(width, float) and width > 0)
+                or spread)
 
 
 def sr_fallback(method: str, in_hw: tuple[int, int], spacing_hw: Sequence[float], R: int,
@@ -1524,9 +1544,11 @@ def reconstruct_file(
         protected += [Path(s) for s in image.meta.get("source_paths") or []]
         is_2d = _is_2d(image)
     label = _output_label(method_name, options)
-    if image is not None and may_fall_back(task=task, simulate=simulate,
-                                           method_chosen=method is not None, samples=samples,
-                                           ensemble=options.get("ensemble")):
+    if image is not None and may_fall_back(
+            task=task, simulate=simulate, method_chosen=method is not None, samples=samples,
+            ensemble=options.get("ensemble"), generative_options=asks_generative(
+                key_every=options.get("key_every"), warm_steps=options.get("warm_steps"),
+                coherence=options.get("coherence"), spread=options.get("spread"))):
         planned = _planned_sr_fallback(to_medical_image(image)[0], prior_obj, method_name, options)
         if planned is not None:  # the name says what will run
             label = _output_label(planned, {**options, "bp": options.get("bp", True)})

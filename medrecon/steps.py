@@ -153,6 +153,10 @@ def _check_volume_options(task: str, method: str, *, key_every: int, warm_steps:
         raise MedreconInputError(
             f"key_every={key_every} warm-starts slices from their neighbours, which method "
             f"{method!r} cannot; drop key_every (--key-every) or use method 'iagan'.")
+    if key_every > 1 and task in ("mri", "cs"):
+        raise MedreconInputError(
+            f"key_every={key_every}: simulated {task} solves every slice cold (its slices are "
+            "measured one by one); drop key_every (--key-every).")
     if warm_steps is not None and key_every <= 1:
         raise MedreconInputError(
             f"warm_steps={warm_steps} sets the steps of warm-started slices, and there are none "
@@ -260,8 +264,17 @@ class ChooseMethod(Transform):
     def __call__(self, d: dict) -> dict:
         s = self.s
         method, bp, fallback = s.method, s.bp, None
+        if d["slices"].shape[0] == 1 and (s.key_every > 1 or s.warm_steps is not None or (
+                isinstance(s.coherence, float) and s.coherence > 0)):
+            raise MedreconInputError(  # they were accepted and dropped
+                "key_every, warm_steps and a coherence width act across the slices of a "
+                "volume; this image has one slice. Drop them (--key-every, --warm-steps, "
+                "--coherence).")
         if P.may_fall_back(task=s.task, simulate=s.simulate, method_chosen=s.chosen_by_user,
-                           samples=s.samples, ensemble=s.ensemble):
+                           samples=s.samples, ensemble=s.ensemble,
+                           generative_options=P.asks_generative(
+                               key_every=s.key_every, warm_steps=s.warm_steps,
+                               coherence=s.coherence, spread=s.spread)):
             n, h, w = d["slices"].shape
             R, _ = P._prior_resolution(self.prior)
             fallback = P.sr_fallback(method, (h, w), d["sp_hw"], R, s.scale)

@@ -640,3 +640,33 @@ def test_warm_starts_need_neighbours_that_share_an_operator():
     one = np.zeros(v.shape, bool)
     one[2:4, 2:5, :] = True
     assert reconstruct(v, mask=one, **kw).info["key_every"] == 3
+
+
+def test_volume_options_that_would_be_dropped_are_refused_or_kept():
+    """On a single slice key_every / warm_steps / a coherence width were accepted and dropped
+    (info still said key_every 3); simulated MRI and CS took key_every and solved cold; the SR
+    fallback to Lanczos dropped warm starts and coherence with only its generic warning (they
+    ask for the generative solver, which now runs)."""
+    import numpy as np
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.pipeline import asks_generative, may_fall_back, reconstruct
+
+    prior = tiny_prior(resolution=16, seed=0)
+    img = np.random.default_rng(0).random((8, 8, 1)).astype(np.float32)
+    for kw in ({"key_every": 3, "warm_steps": 2}, {"coherence": 5.0}):
+        with pytest.raises(MedreconInputError, match="this image has one slice"):
+            reconstruct(img, task="sr", prior=prior, scale=2, method="iagan", steps=2, **kw)
+    vol = np.random.default_rng(0).random((16, 16, 4)).astype(np.float32)
+    for task in ("mri", "cs"):
+        with pytest.raises(MedreconInputError, match="solves every slice cold"):
+            reconstruct(vol, task=task, prior=prior, method="iagan", steps=2, ensemble=1,
+                        key_every=3, simulate=True)
+    assert asks_generative(key_every=3) and asks_generative(coherence="3")
+    assert asks_generative(warm_steps=5) and asks_generative(spread=True)
+    assert not asks_generative(key_every=1, coherence="auto")
+    assert not asks_generative(coherence=0.0)
+    assert not may_fall_back(task="sr", simulate=False, method_chosen=False, samples=0,
+                             ensemble=None, generative_options=True)
+    assert may_fall_back(task="sr", simulate=False, method_chosen=False, samples=0,
+                         ensemble=None)
