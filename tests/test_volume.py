@@ -670,3 +670,29 @@ def test_volume_options_that_would_be_dropped_are_refused_or_kept():
                              ensemble=None, generative_options=True)
     assert may_fall_back(task="sr", simulate=False, method_chosen=False, samples=0,
                          ensemble=None)
+
+
+def test_a_warm_start_state_is_checked_against_the_generator(prior):
+    """iagan(init=...) checked only the member and slice counts: a missing weight was a
+    KeyError inside the solver, a wrongly shaped one was broadcast, another architecture's
+    state ran that network and NaN latents returned a NaN image. csgm's links took no numpy
+    or torch booleans ('expected 2 booleans')."""
+    from medrecon.solvers.csgm import _check_links
+
+    op = build_operator("sr", img_size=(16, 16), channels=1, seed=0, scale=2, kernel="box")
+    y = op.A(torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    st = iagan(y, op, prior, steps=2, stage1_options={"steps": 2}, return_state=True).state
+    bad = dict(st.weights)
+    bad["b4.const"] = bad["b4.const"][..., :1]
+    other = tiny_prior(resolution=16, seed=0, synthesis_kwargs=dict(channel_max=16))
+    for p, init, says in ((prior, AdaptedState(st.latents, {}), "not this generator's"),
+                          (prior, AdaptedState(st.latents, bad), "'b4.const' is"),
+                          (other, st, "expected"),
+                          (prior, AdaptedState(st.latents * float("nan"), st.weights), "NaN")):
+        with pytest.raises(MedreconInputError, match=says):
+            iagan(y, op, p, steps=2, init=init)
+    assert iagan(y, op, prior, steps=2, init=st).image.shape == (3, 1, 16, 16)
+    assert _check_links(np.array([True, False]), 3) == [True, False]
+    assert _check_links(torch.tensor([1, 0]), 3) == [True, False]
+    with pytest.raises(MedreconInputError, match="expected 2 booleans"):
+        _check_links(np.array([2, 0]), 3)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -321,7 +322,12 @@ def _check_links(links: Any, batch: int) -> list[bool]:
     """
     if links is None:
         return [True] * max(0, batch - 1)
+    if isinstance(links, (np.ndarray, torch.Tensor)):  # numpy / torch booleans or 0/1
+        links = links.tolist() if links.ndim == 1 else None
     vals = list(links) if isinstance(links, (list, tuple)) else None
+    if vals is not None:  # numpy / torch scalars as Python values
+        vals = [v.item() if isinstance(v, np.generic)
+                or (isinstance(v, torch.Tensor) and v.numel() == 1) else v for v in vals]
     if vals is None or len(vals) != batch - 1 or not all(
             isinstance(v, (bool, int)) and v in (0, 1) for v in vals):
         raise MedreconInputError(f"links={links!r}; expected {batch - 1} booleans (one per pair of "

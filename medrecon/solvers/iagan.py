@@ -334,7 +334,7 @@ def iagan(
     seeds = [[member_seed(sb, k) for sb in seed] if isinstance(seed, list)
              else member_seed(seed, k) for k in range(K)]
     if init is not None:
-        _check_init(init, K, B)
+        _check_init(init, K, B, C.unpack_prior(prior).generator)
     solver1 = csgm if stage1 == "csgm" else brgm
     # members after the first leave the mean latent out of their probes: where it fits best,
     # every member would otherwise start there and, with fixed noise, end identical
@@ -425,7 +425,11 @@ def _stage2_start(firsts: list[Reconstruction], init: AdaptedState | None,
     return ws, {n: t.reshape(-1, *t.shape[2:]) for n, t in init.weights.items()}
 
 
-def _check_init(init: Any, members: int, slices: int) -> None:
+def _check_init(init: Any, members: int, slices: int, G: Any) -> None:
+    """``init`` is an :class:`AdaptedState` of this call's members and slices, for this
+    generator: its W+ shape, every synthesis weight by name and shape, finite values (a
+    missing weight was a KeyError deep in the solver, a wrong shape was broadcast, another
+    architecture's state ran that network, NaN latents gave a NaN image)."""
     if not isinstance(init, AdaptedState):
         raise MedreconInputError(
             f"init is a {type(init).__name__}; expected an AdaptedState (the `state` of an "
@@ -435,6 +439,26 @@ def _check_init(init: Any, members: int, slices: int) -> None:
             f"init holds {init.latents.shape[0]} member(s) x {init.latents.shape[1]} slice(s); "
             f"this call has ensemble={members} and {slices} slice(s). Warm-start with the "
             "state of the same ensemble size, one entry per slice.")
+    fix = ("Warm-start with the state of an iagan call on the same prior.")
+    ws = (int(G.synthesis.num_ws), int(G.w_dim))
+    if tuple(init.latents.shape[2:]) != ws:
+        raise MedreconInputError(f"init's latents are {tuple(init.latents.shape[2:])} per slice; "
+                                 f"this generator's W+ is {ws}. {fix}")
+    want = {n: tuple(p.shape) for n, p in G.synthesis.named_parameters() if p.is_floating_point()}
+    got = {n: tuple(t.shape[2:]) for n, t in init.weights.items()}
+    if set(got) != set(want):
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        raise MedreconInputError(
+            f"init's weights are not this generator's (missing {missing[:3]}, unknown "
+            f"{extra[:3]}). {fix}")
+    for n, shape in want.items():
+        if got[n] != shape or tuple(init.weights[n].shape[:2]) != (members, slices):
+            raise MedreconInputError(
+                f"init's weight {n!r} is {tuple(init.weights[n].shape)}; expected "
+                f"{(members, slices, *shape)}. {fix}")
+    if not bool(torch.isfinite(init.latents).all()) or not all(
+            bool(torch.isfinite(t).all()) for t in init.weights.values()):
+        raise MedreconInputError(f"init holds NaN or infinite values. {fix}")
 
 
 def member_seed(seed: int, k: int) -> int:
