@@ -287,8 +287,8 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                      help="Optimisation steps (IAGAN: per stage). [default: the method's "
                      "default for the task]"),
         click.option("--plane", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
-                     help="Slicing plane for 3D volumes. [default: the prior's plane; 2D images "
-                     "keep their layout]"),
+                     help="Slicing plane for 3D volumes. [default: the acquired plane (thin slices "
+                     "of a scan), else the prior's plane; 2D images keep their layout]"),
         click.option("--noise-sigma", type=click.FloatRange(0.0, MAX_NOISE_SIGMA), default=0.0,
                      show_default=True,
                      help="Measurement noise std in generator units (the intensity window is "

@@ -884,9 +884,10 @@ def reconstruct(
         bp: Back-projection onto the measurements (None: the solver's default, which projects
             when the noise is low; ``denoise`` defaults to False since projecting onto the noisy
             image would return it unchanged).
-        plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``. Default: the prior's ``plane``
-            metadata (``default_plane``) for 3D volumes, else axial; 2D images (one singleton
-            axis) keep their stored layout.
+        plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``. Default: for 3D volumes the
+            acquired plane (:func:`acquisition_axis`: the slices a scan was acquired in),
+            else the prior's ``plane`` metadata (``default_plane``), else axial; 2D images (one
+            singleton axis) keep their stored layout.
         scale: Super-resolution factor (``sr``): the output grid has ``scale`` times the
             input's pixels along each in-plane axis. Default 4.
         sr_kernel: Anti-aliasing kernel of the SR forward model: ``"bicubic"`` (default, the
@@ -904,7 +905,8 @@ def reconstruct(
         ensemble: IAGAN only: independent runs per slice whose images are averaged (see
             :func:`medrecon.solvers.iagan`); ``1`` is one run (fastest). Default ``None``: the
             solver's per-task default (``medrecon.solvers.DEFAULTS``), except for an SR volume
-            of at least 3 slices at most two output pixels apart with no ``spread`` asked for:
+            of at least 3 slices whose coherence width spans 2 slices or more (the automatic
+            width: slices at most two output pixels apart) with no ``spread`` asked for:
             :data:`medrecon.volume.VOLUME_ENSEMBLE` (1) run per slice, its neighbours made
             coherent by ``coherence`` standing in for the ensemble and its stage 1 coupled to
             theirs in slabs of :data:`medrecon.volume.SLAB` (:mod:`medrecon.volume`).
