@@ -115,7 +115,10 @@ def build_operator(task: str, *, img_size: int | tuple[int, int], channels: int 
                                padding=options.get("padding", "reflect"),
                                sigma=options.get("sigma"), noise_model=nm)
     if task == "inpaint":
-        return Inpainting(_inpaint_mask(options, (h, w), seed), noise_model=nm)
+        op = Inpainting(_inpaint_mask(options, (h, w), seed), noise_model=nm)
+        # the generator's name keys a std calibration (a given mask: None, "custom")
+        op.mask_family = None if "mask" in options else options.get("mask_type", "center_box")
+        return op
     if task == "mri":
         if "mask" in options:
             extra = {"acceleration", "center_fraction", "mask_type", "sigma"} & set(options)
@@ -136,7 +139,12 @@ def build_operator(task: str, *, img_size: int | tuple[int, int], channels: int 
                 raise MedreconInputError(
                     f"option sigma is only used by mask_type 'gaussian2d', got {mask_type!r}.")
             kw["sigma"] = options["sigma"]
-        return MRI(MRI_MASKS[mask_type]((h, w), **kw), noise_model=nm)
+        op = MRI(MRI_MASKS[mask_type]((h, w), **kw), noise_model=nm)
+        # keys a std calibration: phase-encoding lines, random or equispaced, are one family
+        # (the random-lines fit held on equispaced lines: ENCE 0.08 on the held-out images of
+        # docs/results/regimes/brain_mri_mri8_equispaced); each 2D pattern is its own
+        op.mask_family = "lines" if mask_type in ("random", "equispaced") else mask_type
+        return op
     if task == "cs":
         n = c * h * w
         if "m" in options and "ratio" in options:
