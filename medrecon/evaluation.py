@@ -870,6 +870,11 @@ def _measure(files: list[tuple[str, Path]], operator: Any, *, resolution: int, c
     measurements: list[torch.Tensor] = []
     for image_id, path in files:
         x = _load_ground_truth(path, resolution=resolution, channels=channels)
+        if float(x.max() - x.min()) == 0.0:  # every method exact or not: PSNR inf, SSIM 1
+            raise MedreconInputError(
+                f"ground truth {str(path)!r} is one constant value; it cannot be scored (PSNR "
+                "is infinite for any exact result, and one such image makes a method's mean "
+                "infinite). Remove it from --images.")
         g = torch.Generator().manual_seed(derive_seed(seed, image_id, "noise"))
         with torch.no_grad():
             y = operator.measure(x, generator=g)
@@ -1408,6 +1413,10 @@ def eval_command(prior: str, task: str, methods: list[str], images: Path, out_di
                                      "mask_type=box.", param_hint="--option")
         key, raw = item.split("=", 1)
         key = key.strip().replace("-", "_")
+        if key in task_options:  # --option scale=8 silently replaced --scale 4
+            raise click.BadParameter(
+                f"{key} has its own option (--{key.replace('_', '-')}); set it there, not in "
+                "--option.", param_hint="--option")
         if key in EVAL_OWNED_OPTIONS:
             raise click.BadParameter(
                 f"{key} is set by eval itself (the prior's size and channels, --seed, "
@@ -1423,13 +1432,15 @@ def eval_command(prior: str, task: str, methods: list[str], images: Path, out_di
         method_options.setdefault(meth.lower(), {})[opt.replace("-", "_")] = _json_or_str(raw)
     try:
         run = evaluate_run(prior=prior, task=task, methods=methods, images=images, limit=limit,
-                           folds=folds, fold=fold,
-                        steps=steps, noise_sigma=noise_sigma, seed=seed, out_dir=out_dir,
-                        device=device, batch_size=batch_size, grid_images=grid_images,
-                        lpips=lpips, method_options=method_options, overwrite=overwrite,
-                        progress=lambda m: click.echo(m, err=True), **task_options)
-    except MedreconInputError as exc:
-        raise click.UsageError(str(exc)) from exc
+                           folds=folds, fold=fold, steps=steps, noise_sigma=noise_sigma,
+                           seed=seed, out_dir=out_dir, device=device, batch_size=batch_size,
+                           grid_images=grid_images, lpips=lpips,
+                           method_options=method_options, overwrite=overwrite,
+                           progress=lambda m: click.echo(m, err=True), **task_options)
+    except MedreconInputError as exc:  # one line, exit 2 (it was a four-line usage message)
+        from medrecon.cli import InputError
+
+        raise InputError(str(exc).strip()) from exc
     click.echo(summary_table(run.rows))
     if run.lpips_note:
         click.echo(f"note: {run.lpips_note}", err=True)

@@ -587,6 +587,31 @@ def test_operator_options_eval_sets_itself_are_refused(tmp_path):
         assert res.exit_code == 2 and "set by eval itself" in res.output, res.output
 
 
+def test_eval_review_round_two(prior, tmp_path):
+    """--option scale=8 silently replaced --scale 4; an input error was a four-line usage
+    message; a constant ground truth scored PSNR inf (and made a method's mean inf)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from medrecon.cli import cli
+    from medrecon.priors import save_prior
+
+    imgs = tmp_path / "gt"
+    imgs.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(
+        imgs / "g0.png")
+    save_prior(prior, tmp_path / "p")
+    base = ["eval", "--prior", str(tmp_path / "p"), "--task", "sr", "--methods", "bicubic",
+            "--images", str(imgs), "--no-lpips", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli, [*base, "--scale", "4", "--option", "scale=8"])
+    assert res.exit_code == 2 and "has its own option (--scale)" in res.output
+    res = CliRunner().invoke(cli, [*base[:-1], str(imgs / "r")])  # --out inside --images
+    assert res.exit_code == 2 and "Usage:" not in res.output and "--images" in res.output
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(imgs / "flat.png")
+    with pytest.raises(MedreconInputError, match="flat.png' is one constant value"):
+        ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=imgs, lpips=False)
+
+
 def test_eval_refuses_bad_lists_and_option_values_before_any_method(prior, tmp_path):
     """A binary file as --images gave a UnicodeDecodeError (exit 1); csgm.steps=0 was found
     only when csgm started, after the methods before it had run on every image; TIFF ground
