@@ -465,7 +465,7 @@ def test_kspace_posterior_std_is_calibrated_on_the_priors_grid_only():
     assert raw.info["std_kind"] == "spread"
     p.metadata["std_calibration"] = [StdCalibration(
         method="brgm_variational", task="mri", fraction=float(cols.mean()), floor=0.0,
-        scale=4.0, operator="MRI").as_dict()]
+        scale=4.0, operator="MRI:lines").as_dict()]  # a scanner's mask of whole lines
     cal = reconstruct_kspace(k, prior=p, **kw)
     assert cal.info["std_kind"] == "calibrated std"
     np.testing.assert_allclose(cal.std.array, 2 * raw.std.array, rtol=1e-4, atol=1e-6)

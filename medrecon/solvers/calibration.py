@@ -125,16 +125,23 @@ def operator_kind(operator: nn.Module) -> str:
     """The operator's class name, and for super-resolution its named kernel
     (``'SuperResolution:bicubic'``, ``':box'``, ``':other'``): the spread of runs behind a box
     average is not that behind a bicubic one. Inpainting and MRI add the family of their
-    generated mask (``'Inpainting:center_box'``, ``'MRI:random'``; ``':custom'`` for a given
-    mask): a fit on free-form strokes or random lines does not hold for random boxes or a 2D
-    sampling pattern of the same measured fraction."""
+    generated mask (``'Inpainting:center_box'``, ``'MRI:lines'`` for random or equispaced
+    phase-encoding lines, ``'MRI:poisson2d'``...; a given MRI mask of whole lines is
+    ``'lines'`` too, any other given mask ``':custom'``): a fit on free-form strokes or random
+    lines does not hold for random boxes or a 2D sampling pattern of the same fraction."""
     from medrecon.physics.inpainting import Inpainting
     from medrecon.physics.mri import MRI
     from medrecon.physics.superres import SuperResolution, sr_kernel
 
     name = type(operator).__name__
     if isinstance(operator, (Inpainting, MRI)):
-        return f"{name}:{getattr(operator, 'mask_family', None) or 'custom'}"
+        family = getattr(operator, "mask_family", None)
+        if family is None and isinstance(operator, MRI):  # a scanner's mask: lines or not
+            m = getattr(operator, "mask", None)
+            lines = isinstance(m, torch.Tensor) and m.ndim >= 2 and bool(
+                (m == m[..., :1, :]).all())
+            family = "lines" if lines else None
+        return f"{name}:{family or 'custom'}"
     if isinstance(operator, SuperResolution):
         k = operator.kernel.detach().float().cpu()
         for kn in ("bicubic", "box"):
