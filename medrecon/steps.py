@@ -39,7 +39,7 @@ from medrecon.limits import MAX_SCALE
 from medrecon.solvers._common import SEED_LIMIT, resolve_device
 from medrecon.transforms import PLANES, IntensityWindow
 from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, SLICE_COUPLING, VOLUME_ENSEMBLE,
-                             check_coherence, coherence_sigma)
+                             VOLUME_MIN_SUPPORT, check_coherence, coherence_sigma, stack_support)
 
 __all__ = [
     "ReconstructionSettings",
@@ -286,7 +286,8 @@ class ChooseMethod(Transform):
         d["coupling"] = 0.0
         if (s.task == "sr" and d["ensemble"] is None and not s.spread and d["slices"].shape[0] >= 3
                 and d["coherence"] >= COHERENT_SIGMA and P._accepts(method, "ensemble")
-                and not s.samples):
+                and not s.samples and stack_support(d["slices"].shape[0], d["coherence"])
+                >= VOLUME_MIN_SUPPORT):
             d["ensemble"] = VOLUME_ENSEMBLE  # the neighbouring slices serve as the ensemble
             d["coupling"] = SLICE_COUPLING  # and are searched jointly in stage 1
         if s.task == "denoise" and bp is None:
