@@ -906,7 +906,8 @@ def reconstruct(
             :func:`medrecon.solvers.iagan`); ``1`` is one run (fastest). Default ``None``: the
             solver's per-task default (``medrecon.solvers.DEFAULTS``), except for an SR volume
             of at least 3 slices whose coherence width spans 2 slices or more (the automatic
-            width: slices at most two output pixels apart) with no ``spread`` asked for:
+            width: slices at most two output pixels apart), with about 4 guesses in reach of
+            each slice (:data:`medrecon.volume.VOLUME_MIN_SUPPORT`) and no ``spread`` asked for:
             :data:`medrecon.volume.VOLUME_ENSEMBLE` (1) run per slice, its neighbours made
             coherent by ``coherence`` standing in for the ensemble and its stage 1 coupled to
             theirs in slabs of :data:`medrecon.volume.SLAB` (:mod:`medrecon.volume`).

@@ -253,8 +253,9 @@ class ChooseMethod(Transform):
     method, samples or an ensemble were asked for: :func:`medrecon.pipeline.may_fall_back`); ``denoise``
     does not back-project by default (it would return the noisy input). Also the across-slice
     width of the coherence step (``"coherence"``, in slices) and the ensemble: an SR volume of
-    at least 3 slices close enough to be made coherent (:data:`medrecon.volume.COHERENT_SIGMA`)
-    with no ``ensemble`` or spread asked for gets :data:`medrecon.volume.VOLUME_ENSEMBLE`
+    at least 3 slices close enough to be made coherent (:data:`medrecon.volume.COHERENT_SIGMA`),
+    enough of them in reach (:data:`medrecon.volume.VOLUME_MIN_SUPPORT`), with no ``ensemble``
+    or spread asked for gets :data:`medrecon.volume.VOLUME_ENSEMBLE`
     run(s) per slice, its neighbouring slices searched jointly in stage 1 (``"coupling"``:
     :data:`medrecon.volume.SLICE_COUPLING`; 0 otherwise)."""
 
