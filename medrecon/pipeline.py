@@ -1235,7 +1235,7 @@ def reconstruct_kspace(
         kspace: Complex k-space ``[N, H, W]`` or ``[H, W]``, unsampled entries zero.
         prior: Prior name, directory or object.
         sampled: Bool sampling mask broadcastable to ``[N, H, W]`` (e.g. fastMRI ``[W]``
-            columns); default: the nonzero entries of ``kspace``.
+            columns); default: the nonzero entries of each slice of ``kspace`` (its own).
         method, steps, bp, noise_sigma, samples, ensemble, device, batch_size, seed, callback:
             as in :func:`reconstruct`.
         spacing: In-plane pixel size of the image grid in mm (default 1, 1).
@@ -1254,9 +1254,8 @@ def reconstruct_kspace(
     if k.ndim != 3:
         raise MedreconInputError(f"k-space has shape {tuple(k.shape)}; expected [N, H, W] or [H, W].")
     n, H, W = k.shape
-    if sampled is None:
-        m = (k.abs() > 0)
-        m = m.any(dim=0, keepdim=True).expand_as(k)
+    if sampled is None:  # each slice's own samples (a slice's result needs no other slice)
+        m = k.abs() > 0
     else:
         sm = torch.as_tensor(np.asarray(sampled)).bool()
         if sm.ndim == 1:  # fastMRI: one flag per phase-encoding column
