@@ -257,6 +257,16 @@ def test_priors_import_never_replaces_without_overwrite(work, capsys):
     assert tree(work / "bare") == {"g.safetensors", "g.json"}
     code, text = cli(*imp, work / "bare" / "g.safetensors", capsys=capsys)
     assert code == 2 and "already exists" in one_error_line(text)
+    assert cli(*imp, work / "bare" / "g.safetensors", "--overwrite")[0] == 0  # its own pair
+    # --overwrite never replaces a user's file of the pair's names (it replaced both halves)
+    (work / "u").mkdir()
+    (work / "u" / "net.json").write_text('{"my": "notes"}')
+    (work / "u" / "w.safetensors").write_text("my weights")
+    for target in ("net.safetensors", "w.safetensors"):
+        code, text = cli(*imp, work / "u" / target, "--overwrite", capsys=capsys)
+        assert code == 2 and "not a medrecon network file" in one_error_line(text)
+    assert (work / "u" / "net.json").read_text() == '{"my": "notes"}'
+    assert (work / "u" / "w.safetensors").read_text() == "my weights"
     assert not [p for p in work.rglob(".*")]
 
 

@@ -18,8 +18,8 @@ import click
 
 from medrecon.cli_types import InputPath
 from medrecon.errors import MedreconInputError
-
-from medrecon.generators.checkpoints import NETWORK_KEYS, load_generator, save_generator, sha256_file
+from medrecon.generators.checkpoints import (FORMAT_NAME, NETWORK_KEYS, load_generator,
+                                            save_generator, sha256_file)
 
 
 @click.group("priors")
@@ -41,6 +41,34 @@ def _check_network_target(target: Path, *, overwrite: bool, protected: list[Path
             f"would no longer load). Import into the folder instead: -o {str(folder)} --overwrite.")
     for f in (target, target.with_suffix(".json")):
         check_output(f, overwrite=overwrite, protected=protected, what="-o")
+        if (f.exists() or f.is_symlink()) and not _our_network_file(f):
+            raise MedreconInputError(
+                f"{str(f)!r} exists and is not a medrecon network file (its format is not "
+                f"{FORMAT_NAME!r}); --overwrite replaces only what medrecon wrote. Choose another "
+                "-o, or move that file away yourself.")
+
+
+def _our_network_file(path: Path) -> bool:
+    """Whether ``path`` is one half of a network medrecon saved: the JSON config, or the
+    safetensors weights whose header metadata names medrecon's format (read without loading
+    the tensors)."""
+    import json
+
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        if path.suffix == ".json":
+            if path.stat().st_size > 2**20:
+                return False
+            return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+        with open(path, "rb") as fh:  # safetensors: 8-byte header length, then a JSON header
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= 2**24:
+                return False
+            header = json.loads(fh.read(n).decode("utf-8"))
+        return (header.get("__metadata__") or {}).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+        return False
 
 
 @priors_cli.command("import")
