@@ -100,7 +100,7 @@ COHERENT_SIGMA = AUTO_PIXELS / 2
 #: :data:`VOLUME_ENSEMBLE`: the neighbours stand in for the 4 members of the ensemble only
 #: where about 4 of them are in reach. A short stack keeps the ensemble: on 3 coronal Colin27
 #: slices (support 2.9 at the automatic 4-slice width) one run per slice scored 27.47 / 0.834
-#: against 27.72 / 0.838 for the ensemble (docs/results/real_scans); the 60- and 150-slice
+#: against 27.82 / 0.839 for the ensemble (docs/results/real_scans); the 60- and 150-slice
 #: volumes of bench/results/volume_* (support 9.5 and 9.8) are at par or ahead.
 VOLUME_MIN_SUPPORT = 4.0
 #: Weight of the coupling of neighbouring slices in IAGAN's stage 1 for the volume default
