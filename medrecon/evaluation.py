@@ -282,6 +282,40 @@ def discover_images(images: str | Path | Sequence[str | Path], *, limit: int | N
 
 
 def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list[str], int]:
+    """The images of one fold of a prior's cross-validation record, and the fold
+    (:func:`_fold_record`, without the record's digest)."""
+    ids, used, _ = _fold_record(folds, fold=fold)
+    return ids, used
+
+
+def check_fold_is_held_out(prior: Any, fold: int, digest: str | None) -> None:
+    """Refuse to score ``prior`` on images it was trained on: a fold other than the held-out
+    one its training record names, or a fold record other than the one it was trained with
+    (``folds_sha256``). Priors without a training record (an imported NVIDIA network) are not
+    checked. A plain list of images (``fold`` -1) names no fold.
+
+    Raises:
+        MedreconInputError: naming the prior's held-out fold and the fix.
+    """
+    meta = getattr(prior, "metadata", None) or {}
+    record = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    held, sha = record.get("held_out_fold"), record.get("folds_sha256")
+    name = getattr(prior, "name", "the prior")
+    if held is not None and fold >= 0 and int(fold) != int(held):
+        raise MedreconInputError(
+            f"prior {name!r} was trained on every fold but {held}: fold {fold} holds its "
+            f"training images, and a score there would not be held out. Evaluate fold {held} "
+            "(--fold), or a prior trained without this fold.")
+    if sha and digest and digest != sha:
+        raise MedreconInputError(
+            f"the fold record given to --folds is not the one prior {name!r} was trained with "
+            f"(its folds_sha256 {sha[:12]}..., this record {digest[:12]}...): its folds may "
+            "hold the prior's training images. Pass the prior's own record (its models/"
+            "folds.json, or the shipped prior's name).")
+
+
+def _fold_record(folds: str | Path, *, fold: int | None = None
+                 ) -> tuple[list[str], int, str | None]:
     """The images of one fold of a prior's cross-validation record.
 
     Args:
@@ -293,7 +327,8 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
             (exported prior) or ``run.json`` (training run) next to ``folds.json``.
 
     Returns:
-        ``(relative image paths, fold)``.
+        ``(relative image paths, fold, the record's digest)`` (digest None for a ``.txt``
+        list): what :func:`check_fold_is_held_out` checks against the prior's training record.
 
     Raises:
         MedreconInputError: When no record is found, or ``fold`` is missing and not recorded.
@@ -307,7 +342,7 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
         if not ids:
             raise MedreconInputError(f"{str(p)!r} lists no image; expected one relative path "
                                      "per line.")
-        return ids, -1 if fold is None else int(fold)
+        return ids, -1 if fold is None else int(fold), None
     if not p.exists():
         from medrecon.priors import resolve_prior_path
 
@@ -341,7 +376,7 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
                 f"no held-out fold recorded next to {str(path)!r} (looked for "
                 f"{' / '.join(r.name for r in records)} with 'held_out_fold'); pass fold=K "
                 "(--fold K).")
-    return fa.split(int(fold))[1], int(fold)
+    return fa.split(int(fold))[1], int(fold), fa.digest()
 
 
 def _valid_methods() -> list[str]:
@@ -773,7 +808,10 @@ def evaluate_run(
         prior = load_prior(prior)
     prior_name = str(getattr(prior, "name", None) or type(prior).__name__)
     resolution, channels = int(prior.resolution), int(prior.channels)
-    subset, fold_used = (None, None) if folds is None else held_out_images(folds, fold=fold)
+    subset, fold_used, digest = (None, None, None) if folds is None else _fold_record(folds,
+                                                                                     fold=fold)
+    if folds is not None:
+        check_fold_is_held_out(prior, fold_used, digest)
     files = discover_images(images, limit=limit, subset=subset)
 
     options = {k: v for k, v in task_options.items() if v is not None}

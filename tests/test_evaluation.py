@@ -632,3 +632,26 @@ def test_eval_refuses_bad_lists_and_option_values_before_any_method(prior, tmp_p
     tif.mkdir()
     Image.fromarray((np.arange(256).reshape(16, 16) % 255).astype(np.uint8)).save(tif / "a.tif")
     assert [i for i, _ in ev.discover_images(tif)] == ["a.tif"]
+
+
+def test_eval_refuses_a_fold_the_prior_was_trained_on():
+    """--fold 1 on a prior that held out fold 0, or another prior's fold record, scored the
+    prior on its own training images with exit 0."""
+    from types import SimpleNamespace
+
+    p = SimpleNamespace(name="p", metadata={"training": {"held_out_fold": 0,
+                                                         "folds_sha256": "a" * 64}})
+    ev.check_fold_is_held_out(p, 0, "a" * 64)
+    ev.check_fold_is_held_out(p, -1, None)  # a plain list names no fold
+    with pytest.raises(MedreconInputError, match="fold 1 holds its training images"):
+        ev.check_fold_is_held_out(p, 1, "a" * 64)
+    with pytest.raises(MedreconInputError, match="not the one prior 'p' was trained with"):
+        ev.check_fold_is_held_out(p, 0, "b" * 64)
+    ev.check_fold_is_held_out(SimpleNamespace(name="nv", metadata={}), 3, "c" * 64)  # no record
+    ids, fold, digest = ev._fold_record("brain_mri")  # the shipped prior and its own record
+    from medrecon.priors import load_prior
+
+    brain = load_prior("brain_mri")
+    ev.check_fold_is_held_out(brain, fold, digest)
+    with pytest.raises(MedreconInputError, match="trained on every fold but 0"):
+        ev.check_fold_is_held_out(brain, 2, digest)
