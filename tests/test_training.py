@@ -283,6 +283,30 @@ def test_resume_from_checkpoint_reproduces_the_next_step(tmp_path):
     assert ck["format"] == "medrecon-train-v1"
 
 
+def test_a_checkpoint_records_its_split_and_another_runs_is_refused(tmp_path):
+    """A checkpoint did not record the fold it held out: one copied (or slimmed) into another
+    run's folder resumed there, and its export took that run's held_out_fold, although its
+    networks had trained on those images."""
+    import json as _json
+
+    from medrecon.training.export import export_checkpoint
+    from medrecon.training.loop import checkpoint_split, read_checkpoint
+
+    a = Trainer(_Images(), TrainConfig(**TINY), split={"held_out_fold": 1, "folds_sha256": "x"})
+    a.save_checkpoint(tmp_path / "ck.pt")
+    assert checkpoint_split(read_checkpoint(tmp_path / "ck.pt")) == {"held_out_fold": 1,
+                                                                     "folds_sha256": "x"}
+    b = Trainer(_Images(), TrainConfig(**TINY), split={"held_out_fold": 0, "folds_sha256": "x"})
+    with pytest.raises(CheckpointError, match="saw this run's held-out images"):
+        b.load_checkpoint(tmp_path / "ck.pt")
+    Trainer(_Images(), TrainConfig(**TINY), split={"held_out_fold": 1, "folds_sha256": "x"}
+            ).load_checkpoint(tmp_path / "ck.pt")  # its own run resumes
+    (tmp_path / "run.json").write_text(_json.dumps({"held_out_fold": 0, "folds_sha256": "x"}))
+    with pytest.raises(MedreconInputError, match="belongs to another run"):
+        export_checkpoint(tmp_path / "ck.pt", tmp_path / "models", name="x", w_samples=8)
+    assert not (tmp_path / "models").exists()
+
+
 def test_resume_rejects_other_config_and_garbage(tmp_path):
     a = Trainer(_Images(), TrainConfig(**TINY))
     a.save_checkpoint(tmp_path / "ck.pt")

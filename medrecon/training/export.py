@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from medrecon.errors import MedreconInputError
-from medrecon.training.loop import TrainConfig, read_checkpoint
+from medrecon.training.loop import TrainConfig, checkpoint_split, read_checkpoint
 
 __all__ = ["export_checkpoint", "generator_from_checkpoint", "PRIOR_INFO"]
 
@@ -110,6 +110,15 @@ def export_checkpoint(
             f"{str(run_dir / 'run.json')!r} beside the checkpoint is not a readable run record "
             f"({exc}); restore it from the run, or move the checkpoint to a folder without it."
         ) from None
+    split = checkpoint_split(state)
+    if split and any(k in run and run[k] != v for k, v in split.items()):
+        raise MedreconInputError(
+            f"{str(checkpoint)!r} was trained holding out {split}, but the run.json beside it "
+            f"records fold {run.get('held_out_fold')!r} (folds_sha256 "
+            f"{str(run.get('folds_sha256'))[:12]}...): the checkpoint belongs to another run. "
+            "Export it from its own run folder.")
+    if split:
+        run = {**run, **split}  # the checkpoint's own record wins
     training = {
         "kimg": round(int(state["images_seen"]) / 1000, 3),
         "steps": int(state["step"]),

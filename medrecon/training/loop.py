@@ -365,6 +365,16 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def checkpoint_split(state: dict) -> dict | None:
+    """The held-out fold and fold-record digest a training checkpoint recorded, or None
+    (checkpoints written before they were recorded)."""
+    try:
+        split = json.loads(state["split"]) if "split" in state else None
+    except (TypeError, ValueError):
+        return None
+    return split if isinstance(split, dict) else None
+
+
 class Trainer:
     """Owns the networks, optimisers and counters of one StyleGAN2 run.
 
@@ -374,6 +384,9 @@ class Trainer:
         config: hyperparameters.
         device: where to train (default CPU). Not stored in any module.
         G, D: optional pre-built networks (default: :func:`build_networks`).
+        split: ``{"held_out_fold": k, "folds_sha256": digest}`` of the images held out,
+            written into every checkpoint; a checkpoint of another split is refused on resume
+            (its networks saw this run's held-out images). Default None: not recorded.
 
     Attributes:
         step: optimiser steps taken (one G step + one D step each).
@@ -381,8 +394,10 @@ class Trainer:
     """
 
     def __init__(self, dataset, config: TrainConfig, *, device: str | torch.device = "cpu",
-                 G: torch.nn.Module | None = None, D: torch.nn.Module | None = None) -> None:
+                 G: torch.nn.Module | None = None, D: torch.nn.Module | None = None,
+                 split: dict | None = None) -> None:
         self.config = config
+        self.split = dict(split) if split else None
         self.device = torch.device(device)
         self.dataset = dataset
         self.rank, self.world_size = _dist_info()
@@ -541,6 +556,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "world_size": self.world_size,
             "history": json.dumps(self.history[-2000:]),
+            **({"split": json.dumps(self.split)} if self.split else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -551,6 +567,12 @@ class Trainer:
                 f"checkpoint was trained with {saved} but this run asks for {self.config}; "
                 "resume with the same options or start a new output folder."
             )
+        split = checkpoint_split(state)
+        if self.split and split and split != self.split:
+            raise CheckpointError(
+                f"checkpoint was trained holding out {split} but this run holds out "
+                f"{self.split}: its networks saw this run's held-out images. Resume only a "
+                "checkpoint of this run, or start a new output folder.")
         self.G.load_state_dict(state["G"])  # fp16 tensors of a slim checkpoint are cast back
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])

@@ -170,7 +170,8 @@ def train_run(
         check_training_memory(config, dev)
         rank = dist.get_rank() if dist.is_initialized() else 0
         dataset = ImageFolderDataset(data_dir, train_files, resolution=config.resolution)
-        trainer = Trainer(dataset, config, device=dev)
+        trainer = Trainer(dataset, config, device=dev,
+                          split={"held_out_fold": fold, "folds_sha256": fa.digest()})
         if rank == 0:  # everything checked and built: only now is the run folder written
             save_folds(fa, out / "folds.json")
         t0 = time.time()
