@@ -454,3 +454,39 @@ def test_cli_import_list_show(tmp_path, nets):
     assert res.exit_code == 0, res.output
     _same(load_generator(tmp_path / "d.safetensors"), D)
     assert runner.invoke(priors_cli, ["list"]).exit_code == 0
+
+
+def test_hostile_pickles_cannot_claim_storage_they_do_not_hold(tmp_path):
+    """A stride-0 view (one stored float expanded to millions) passed the size check by its
+    numel (a 530 KB pickle made a 1.1 GB prior, 5 GB of memory); a direct numpy.ndarray(...)
+    call in a TF pickle allocated any size before the budget saw it."""
+    import copy
+    import pickle
+
+    import numpy as np
+
+    from medrecon.errors import CheckpointError
+    from medrecon.generators.checkpoints import load_generator
+
+    G = tiny_generator(resolution=16, seed=1)
+    D = tiny_discriminator(resolution=16, seed=3)
+    B = copy.deepcopy(G)
+    B._init_kwargs = {**G.init_kwargs, "z_dim": 2**22}
+    B.mapping.fc0.weight = torch.nn.Parameter(torch.zeros(1).expand(32, 2**22),
+                                              requires_grad=False)
+    write_nvidia_pickle(tmp_path / "big.pkl", G=B, D=D, G_ema=B)
+    with pytest.raises(CheckpointError, match="tensors hold only"):
+        load_generator(tmp_path / "big.pkl")
+
+    class Big:
+        def __reduce__(self):
+            return (np.ndarray, ((2**29,), "f4"))
+
+    gs = tf_generator_state(G, "Gs")
+    gs._state["variables"].append(("pad", Big()))
+    with _fake_modules(**{"dnnlib.tflib.network": {"Network": Network},
+                          "dnnlib.util": {"EasyDict": EasyDict}}):
+        with open(tmp_path / "tf.pkl", "wb") as fh:
+            pickle.dump((tf_generator_state(G), tf_discriminator_state(D), gs), fh, protocol=3)
+    with pytest.raises(CheckpointError, match="direct numpy.ndarray"):
+        load_generator(tmp_path / "tf.pkl")

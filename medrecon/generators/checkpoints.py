@@ -192,9 +192,19 @@ def _load_ours(path: Path, *, verify: bool) -> nn.Module:
     except (SafetensorError, RuntimeError, pickle.UnpicklingError, OSError) as e:
         raise CheckpointError(f"Cannot read weights {weights_path}: {e}") from e
     net = _build(config["class"], config["kwargs"], source=str(json_path),
-                 holds=sum(v.numel() for v in state.values()))
+                 holds=_held_values(state.values()))
     _load_state(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, source=str(weights_path))
     return net
+
+
+def _held_values(tensors: Any) -> int:
+    """How many values the tensors' storages really hold: each storage once, whatever views
+    of it claim (a stride-0 ``expand`` of one stored float counted as millions by ``numel``)."""
+    held: dict[tuple[int, int], int] = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        held[(st.data_ptr(), st.nbytes())] = st.nbytes() // max(1, t.element_size())
+    return sum(held.values())
 
 
 def _build(cls_name: str, kwargs: dict[str, Any], *, source: str,
@@ -368,8 +378,18 @@ def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
     return np.frombuffer(data, dtype=dtype)[0].copy()
 
 
+class _PickledNdarray:
+    """``numpy.ndarray`` as a pickle names it: the subtype numpy's ``_reconstruct`` rebuilds
+    (within the allocation budget). Called directly it would allocate any size before the
+    budget sees it (a 736 KB pickle asked for 4.9 GB): refused."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise CheckpointError("Refusing a direct numpy.ndarray(...) call in the pickle (numpy "
+                              "pickles rebuild arrays with _reconstruct); it is hostile.")
+
+
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
+    if subtype is not np.ndarray and subtype is not _PickledNdarray:
         raise CheckpointError(f"Refusing numpy array subclass {subtype!r}.")
     try:
         dt = np.dtype(dtype)
@@ -423,7 +443,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch", "Size"): torch.Size,
     ("_codecs", "encode"): _latin1_encode,
     ("numpy", "dtype"): _numpy_dtype,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _PickledNdarray,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
@@ -567,7 +587,7 @@ def _convert_nvidia(obj: Any, *, source: str, key: str) -> nn.Module:
     state: dict[str, torch.Tensor] = {}
     _collect_state(obj, "", state)
     net = _build(obj.class_name, _nvidia_kwargs(obj), source=f"{source}[{key}]",
-                 holds=sum(v.numel() for v in state.values()))
+                 holds=_held_values(state.values()))
     _load_state(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, source=f"{source}[{key}]")
     return net
 
