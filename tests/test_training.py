@@ -731,3 +731,21 @@ def test_nan_options_and_foreign_files_are_refused(tmp_path):
     res = CliRunner().invoke(train, ["export", str(pkl), "--bundle", str(tmp_path / "b")])
     assert res.exit_code == 2 and "priors import" in res.output
     assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) == 1, res.output
+
+
+def test_training_images_of_16_bits_or_floats_are_refused_not_clipped(tmp_path):
+    """convert('L') clipped a 16-bit PNG to nearly white and a float TIFF in [0, 1] to black,
+    without a word; a decompression bomb was an internal error (exit 1)."""
+    from PIL import Image
+
+    from medrecon.training.folds import read_training_image
+
+    g16 = (np.arange(400).reshape(20, 20) * 160).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "a16.png")
+    Image.fromarray(np.random.default_rng(0).random((20, 20)).astype(np.float32)).save(
+        tmp_path / "f.tif")
+    for name in ("a16.png", "f.tif"):
+        with pytest.raises(MedreconInputError, match="16-bit or float"):
+            read_training_image(tmp_path / name, 16)
+    _write_png(tmp_path / "ok.png", 30)
+    assert read_training_image(tmp_path / "ok.png", 16).shape == (16, 16)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,6 +364,11 @@ def load_folds(path: str | Path) -> FoldAssignment:
     return fa
 
 
+#: Pillow modes of 8 bits per sample: what the priors train on (grey, palette, colour).
+EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBX", "RGBa", "CMYK",
+                   "YCbCr", "LAB", "HSV")
+
+
 def read_training_image(path: str | Path, resolution: int) -> np.ndarray:
     """One training image as the prior sees it: 8-bit grayscale, Lanczos-resized to
     ``resolution`` x ``resolution`` (left as is when already that size).
@@ -373,11 +379,22 @@ def read_training_image(path: str | Path, resolution: int) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("L")
-            if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
-            return np.asarray(im, dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.mode not in EIGHT_BIT_MODES:  # 16-bit and float: convert("L") clips them
+                    raise MedreconInputError(
+                        f"training image {str(path)!r} has {im.mode} pixels (16-bit or float); "
+                        "the priors train on 8-bit images, and converting it here would clip "
+                        "its values. Window it and save it as an 8-bit PNG first.")
+                im = im.convert("L")
+                if im.size != (resolution, resolution):
+                    im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+                return np.asarray(im, dtype=np.uint8).copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MedreconInputError(
+            f"training image {str(path)!r} claims more pixels than medrecon opens ({exc}); it "
+            "is corrupt or hostile, or far larger than a scan.") from None
     except OSError as exc:
         raise MedreconInputError(
             f"cannot read training image {str(path)!r} ({exc}); expected a readable PNG/JPEG."
