@@ -490,3 +490,40 @@ def test_hostile_pickles_cannot_claim_storage_they_do_not_hold(tmp_path):
             pickle.dump((tf_generator_state(G), tf_discriminator_state(D), gs), fh, protocol=3)
     with pytest.raises(CheckpointError, match="direct numpy.ndarray"):
         load_generator(tmp_path / "tf.pkl")
+
+
+def test_nan_weights_and_bad_network_arguments_are_refused(tmp_path):
+    """NaN weights and a NaN lr_multiplier imported with exit 0 (NaN images later); a text
+    conv_clamp imported and failed in eval; an unknown activation was an internal KeyError."""
+    import copy
+
+    from medrecon.errors import CheckpointError
+    from medrecon.generators.checkpoints import load_generator
+
+    G = tiny_generator(resolution=16, seed=1)
+    D = tiny_discriminator(resolution=16, seed=3)
+    bad = copy.deepcopy(G)
+    with torch.no_grad():
+        bad.mapping.fc0.weight[0, 0] = float("nan")
+    write_nvidia_pickle(tmp_path / "nan.pkl", G=bad, D=D, G_ema=bad)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_generator(tmp_path / "nan.pkl")
+    for change, says in (({"mapping_kwargs": {"lr_multiplier": float("nan")}}, "not finite"),
+                         ({"synthesis_kwargs": {"conv_clamp": "x"}}, "not a number"),
+                         ({"mapping_kwargs": {"activation": "nope"}}, "activation='nope'")):
+        other = copy.deepcopy(G)
+        kw = copy.deepcopy(G.init_kwargs)
+        for key, sub in change.items():
+            kw[key] = {**kw.get(key, {}), **sub}
+        other._init_kwargs = kw
+        write_nvidia_pickle(tmp_path / "k.pkl", G=other, D=D, G_ema=other)
+        with pytest.raises(CheckpointError, match=says):
+            load_generator(tmp_path / "k.pkl")
+    # a generator.json naming weights outside its folder (ValueError, exit 1)
+    from medrecon.generators.checkpoints import save_generator
+
+    save_generator(G, tmp_path / "g.safetensors")
+    cfg = json.loads((tmp_path / "g.json").read_text())
+    (tmp_path / "g.json").write_text(json.dumps({**cfg, "weights": "../x.safetensors"}))
+    with pytest.raises(CheckpointError, match="not a file name beside it"):
+        load_generator(tmp_path / "g.json")

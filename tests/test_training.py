@@ -749,3 +749,32 @@ def test_training_images_of_16_bits_or_floats_are_refused_not_clipped(tmp_path):
             read_training_image(tmp_path / name, 16)
     _write_png(tmp_path / "ok.png", 30)
     assert read_training_image(tmp_path / "ok.png", 16).shape == (16, 16)
+
+
+def test_nan_or_damaged_training_checkpoints_are_refused(tmp_path):
+    """A diverged run (NaN EMA weights) exported and resumed with exit 0; a checkpoint missing
+    a key, or whose network settings do not fit its weights, was an internal error."""
+    import json as _json
+
+    from medrecon.training.export import export_checkpoint
+
+    a = Trainer(_Images(), TrainConfig(**TINY))
+    with torch.no_grad():
+        next(a.G_ema.parameters()).view(-1)[0] = float("nan")
+    a.save_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        Trainer(_Images(), TrainConfig(**TINY)).load_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        export_checkpoint(tmp_path / "nan.pt", tmp_path / "m1", name="x", w_samples=8)
+    state = Trainer(_Images(), TrainConfig(**TINY)).state_dict()
+    del state["step"]
+    torch.save(state, tmp_path / "nostep.pt")
+    with pytest.raises(CheckpointError, match="not a complete medrecon training checkpoint"):
+        Trainer(_Images(), TrainConfig(**TINY)).load_checkpoint(tmp_path / "nostep.pt")
+    state = Trainer(_Images(), TrainConfig(**TINY)).state_dict()
+    kw = _json.loads(state["G_kwargs"])
+    state["G_kwargs"] = _json.dumps({**kw, "z_dim": 2**27})  # 4 GB claimed by a small file
+    torch.save(state, tmp_path / "big.pt")
+    with pytest.raises(CheckpointError, match="would hold"):
+        export_checkpoint(tmp_path / "big.pt", tmp_path / "m2", name="x", w_samples=8)
+    assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()

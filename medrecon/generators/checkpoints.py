@@ -26,6 +26,7 @@ import contextvars
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -40,6 +41,7 @@ from torch import nn
 import medrecon
 from medrecon.errors import CheckpointError, MedreconInputError, MissingWeightsError
 from medrecon.generators.networks import Discriminator, Generator
+from medrecon.generators.ops import ACTIVATIONS
 
 __all__ = [
     "NETWORK_KEYS",
@@ -174,7 +176,12 @@ def _load_ours(path: Path, *, verify: bool) -> nn.Module:
 
     config = read_generator_config(path)
     _, json_path = _paths(path)
-    weights_path = json_path.with_name(config.get("weights", _paths(path)[0].name))
+    name = config.get("weights", _paths(path)[0].name)
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise CheckpointError(f"{json_path}: its weights entry {name!r} is not a file name "
+                              "beside it (a path elsewhere is never read); repair the file or "
+                              "export the prior again.")
+    weights_path = json_path.with_name(name)
     if not weights_path.is_file():
         raise MissingWeightsError(f"Weights file {weights_path} named in {json_path} does not exist.")
     if verify:
@@ -197,6 +204,36 @@ def _load_ours(path: Path, *, verify: bool) -> nn.Module:
     return net
 
 
+#: Constructor arguments that are numbers or None (a text there built a network that failed
+#: only when run).
+_NUMERIC_KWARGS = ("conv_clamp", "lr_multiplier", "w_avg_beta", "mbstd_group_size",
+                   "mbstd_num_channels", "channel_base", "channel_max", "num_fp16_res")
+
+
+def _check_kwarg_values(kwargs: Any, *, source: str, depth: int = 0) -> None:
+    """Constructor arguments are finite numbers where they are numbers, numbers (or None)
+    where a network multiplies by them, and nested at most a few levels: NaN learning-rate
+    multipliers made NaN networks, a conv_clamp of 'x' failed only in eval."""
+    if depth > 4:
+        raise CheckpointError(f"{source}: its constructor arguments nest too deep; the file is "
+                              "corrupt or hostile.")
+    items = kwargs.items() if isinstance(kwargs, dict) else []
+    for k, v in items:
+        if isinstance(v, dict):
+            _check_kwarg_values(v, source=source, depth=depth + 1)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise CheckpointError(f"{source}: its argument {k}={v!r} is not finite; the file is "
+                                  "corrupt.")
+        elif k in _NUMERIC_KWARGS and v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CheckpointError(f"{source}: its argument {k}={v!r} is not a number; the file "
+                                  "is corrupt or foreign.")
+        elif k == "activation" and v not in ACTIVATIONS:  # found only when the network ran
+            raise CheckpointError(f"{source}: its argument activation={v!r} is none of "
+                                  f"{', '.join(sorted(ACTIVATIONS))}; the file is corrupt or "
+                                  "foreign.")
+
+
 def _held_values(tensors: Any) -> int:
     """How many values the tensors' storages really hold: each storage once, whatever views
     of it claim (a stride-0 ``expand`` of one stored float counted as millions by ``numel``)."""
@@ -212,12 +249,14 @@ def _build(cls_name: str, kwargs: dict[str, Any], *, source: str,
     """The network a file describes, built on the ``meta`` device first: sizes that make no
     network (a negative ``z_dim``), or a network of more values than the file's tensors hold
     (``holds``; a 400-byte pickle claimed 40 G of them), are refused before any allocation."""
+    _check_kwarg_values(kwargs, source=source)
     try:
         with torch.device("meta"):
             probe = _CLASSES[cls_name](**kwargs)
     except TypeError as e:
         raise CheckpointError(f"{source}: constructor arguments {sorted(kwargs)} do not fit {cls_name} ({e}).") from e
-    except (RuntimeError, ValueError, ZeroDivisionError, OverflowError) as e:
+    except (RuntimeError, ValueError, ZeroDivisionError, OverflowError, KeyError,
+            AttributeError, RecursionError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise CheckpointError(f"{source}: its {cls_name} arguments make no network ({first}); "
                               "the file is corrupt or foreign.") from e
@@ -241,7 +280,21 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], *, source: str) 
     for k, v in own.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source}: tensor {k} has shape {list(state[k].shape)}, expected {list(v.shape)}.")
+    check_finite_state(state, source=source)
     net.load_state_dict(state, strict=True)
+
+
+def check_finite_state(state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged run, a damaged file): they
+    were accepted and gave NaN images or a meaningless PSNR later."""
+    bad = [k for k, t in state.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point()
+           and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source}: its weights hold NaN or infinite values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); the training diverged or the file is corrupt. "
+            "Use an earlier checkpoint or export.")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from medrecon.errors import MedreconInputError
+from medrecon.errors import CheckpointError, MedreconInputError
 from medrecon.training.loop import TrainConfig, checkpoint_split, read_checkpoint
 
 __all__ = ["export_checkpoint", "generator_from_checkpoint", "PRIOR_INFO"]
@@ -46,11 +46,24 @@ def generator_from_checkpoint(checkpoint: str | Path, *, ema: bool = True) -> to
     """Rebuild the (EMA) generator of a training checkpoint on the CPU, in fp32 blocks."""
     from medrecon.generators import Generator
 
+    from medrecon.generators.checkpoints import _build, _held_values, _load_state
+
     state = read_checkpoint(checkpoint)
-    kwargs = json.loads(state["G_kwargs"])
-    kwargs.setdefault("synthesis_kwargs", {})["num_fp16_res"] = 0
-    G = Generator(**kwargs)
-    G.load_state_dict(state["G_ema" if ema else "G"])
+    source = str(checkpoint)
+    try:
+        kwargs = json.loads(state["G_kwargs"])
+        kwargs.setdefault("synthesis_kwargs", {})["num_fp16_res"] = 0
+        weights = state["G_ema" if ema else "G"]
+        # sizes checked on the meta device against what the file holds, before allocation
+        G = _build(Generator.__name__, kwargs, source=source,
+                   holds=_held_values(weights.values()))
+        _load_state(G, dict(weights), source=source)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, MedreconInputError):
+            raise
+        raise CheckpointError(
+            f"{source} is not a complete medrecon training checkpoint ({type(exc).__name__}: "
+            f"{str(exc)[:120]}); use another checkpoint of the run.") from None
     return G.eval().requires_grad_(False)
 
 
@@ -100,7 +113,17 @@ def export_checkpoint(
         raise MedreconInputError(f"w_samples must be >= 2, got {w_samples}.")
     state = read_checkpoint(checkpoint)
     G = generator_from_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(json.loads(state["config"]))
+    try:
+        config = TrainConfig.from_dict(json.loads(state["config"]))
+        counters = {"kimg": round(int(state["images_seen"]) / 1000, 3),
+                    "steps": int(state["step"]),
+                    "train_seconds": round(float(state["train_seconds"]), 1),
+                    "world_size": int(state.get("world_size", 1))}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{str(checkpoint)!r} is not a complete medrecon training checkpoint "
+            f"({type(exc).__name__}: {str(exc)[:120]}); use another checkpoint of the run."
+        ) from None
     run_dir = checkpoint.parent
     try:
         run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() \
@@ -120,10 +143,7 @@ def export_checkpoint(
     if split:
         run = {**run, **split}  # the checkpoint's own record wins
     training = {
-        "kimg": round(int(state["images_seen"]) / 1000, 3),
-        "steps": int(state["step"]),
-        "train_seconds": round(float(state["train_seconds"]), 1),
-        "world_size": int(state.get("world_size", 1)),
+        **counters,
         "config": config.to_dict(),
         **{k: run[k] for k in ("scheme", "folds", "held_out_fold", "folds_sha256", "train_images",
                                "held_out_images", "hardware", "torch") if k in run},

@@ -560,7 +560,25 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from :meth:`state_dict` (the config must match)."""
+        """Restore from :meth:`state_dict` (the config and the split must match; weights must
+        be finite).
+
+        Raises:
+            CheckpointError: another config or split, NaN weights, a damaged checkpoint.
+        """
+        try:
+            self._load_state_dict(state)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            if isinstance(exc, MedreconInputError):
+                raise
+            raise CheckpointError(
+                f"the checkpoint is not a complete medrecon training checkpoint "
+                f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}); resume "
+                "from another checkpoint of the run, or start a new output folder.") from None
+
+    def _load_state_dict(self, state: dict) -> None:
+        from medrecon.generators.checkpoints import check_finite_state
+
         saved = TrainConfig.from_dict(json.loads(state["config"]))
         if saved != self.config:
             raise CheckpointError(
@@ -573,6 +591,8 @@ class Trainer:
                 f"checkpoint was trained holding out {split} but this run holds out "
                 f"{self.split}: its networks saw this run's held-out images. Resume only a "
                 "checkpoint of this run, or start a new output folder.")
+        for net in ("G", "D", "G_ema"):  # a diverged run: resuming trained on with NaN
+            check_finite_state(state[net], source=f"the checkpoint's {net}")
         self.G.load_state_dict(state["G"])  # fp16 tensors of a slim checkpoint are cast back
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])
