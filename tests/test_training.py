@@ -778,3 +778,32 @@ def test_nan_or_damaged_training_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="would hold"):
         export_checkpoint(tmp_path / "big.pt", tmp_path / "m2", name="x", w_samples=8)
     assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()
+
+
+def test_learning_rate_bounds_and_divergence_are_user_errors(tmp_path, monkeypatch):
+    """--lr inf (or 1e30) was accepted and the run ended as 'internal error:
+    FloatingPointError ... please report it' (exit 1), run.json left at 'running'."""
+    from medrecon.training.loop import TrainingDiverged
+
+    for lr in (float("inf"), 1e30, float("nan")):
+        with pytest.raises(MedreconInputError, match=r"must be a number in \(0, 1\]"):
+            TrainConfig(**{**TINY, "g_lr": lr})
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+
+    def diverge(self):
+        raise TrainingDiverged("loss_d became nan at step 0: the training diverged. Lower "
+                               "the learning rate (--lr).")
+
+    monkeypatch.setattr(Trainer, "train_step", diverge)
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    res = CliRunner().invoke(train, [
+        "run", "--data", str(data), "--out", str(tmp_path / "run"), "--resolution", "16",
+        "--kimg", "0.008", "--batch", "4", "--z-dim", "8", "--w-dim", "8",
+        "--channel-base", "64", "--channel-max", "16", "--folds", "3", "--device", "cpu"])
+    assert res.exit_code == 2 and "diverged" in res.output and "report" not in res.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "diverged"

@@ -53,7 +53,9 @@ def train() -> None:
 @click.option("--mapping-layers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--channel-base", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--channel-max", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=0.0025, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=0.0025, show_default=True,
+              type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Adam learning rate of G and D.")
 @click.option("--gamma", default=None, type=click.FloatRange(min=0),
               help="R1 weight [default: 0.0002 * R^2 / batch].")
 @click.option("--augment", default="brightness,contrast,translation,cutout", show_default=True,

@@ -114,8 +114,10 @@ class TrainConfig:
             if not isinstance(v, int) or v < 1:
                 raise MedreconInputError(f"{name} must be a positive int, got {v!r}.")
         for name in ("g_lr", "d_lr"):
-            if not getattr(self, name) > 0:
-                raise MedreconInputError(f"{name} must be > 0, got {getattr(self, name)!r}.")
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
+                raise MedreconInputError(f"{name} (--lr) must be a number in (0, 1], got {v!r} "
+                                         "(larger steps diverge at once).")
         if self.r1_gamma is not None and not (math.isfinite(self.r1_gamma) and self.r1_gamma >= 0):
             raise MedreconInputError(f"r1_gamma (--gamma) must be a finite number >= 0, got "
                                      f"{self.r1_gamma!r}.")
@@ -365,6 +367,11 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+class TrainingDiverged(MedreconInputError, FloatingPointError):
+    """A loss became NaN or infinite: the options (learning rate, R1 weight) let the run
+    diverge; a user's setting to change, exit 2 on the command line."""
+
+
 def checkpoint_split(state: dict) -> dict | None:
     """The held-out fold and fold-record digest a training checkpoint recorded, or None
     (checkpoints written before they were recorded)."""
@@ -524,8 +531,10 @@ class Trainer:
         self.step += 1
         for k in ("loss_g", "loss_d"):
             if not math.isfinite(stats[k]):
-                raise FloatingPointError(f"{k} became {stats[k]} at step {step}; lower the "
-                                         "learning rates or raise r1_gamma.")
+                raise TrainingDiverged(f"{k} became {stats[k]} at step {step}: the training "
+                                       "diverged. Lower the learning rate (--lr) or raise the "
+                                       "R1 weight (--gamma), and start a new output folder or "
+                                       "resume from an earlier checkpoint.")
         return stats
 
     # -- samples --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from medrecon.errors import MedreconInputError
 from medrecon.training.folds import ImageFolderDataset, make_folds, save_folds
-from medrecon.training.loop import TrainConfig, Trainer, check_training_memory
+from medrecon.training.loop import TrainConfig, Trainer, TrainingDiverged, check_training_memory
 
 __all__ = ["train_run", "hardware_description"]
 
@@ -191,8 +191,14 @@ def train_run(
         if rank == 0:  # written now too, so checkpoints exported mid-run know their split
             out.mkdir(parents=True, exist_ok=True)
             (out / "run.json").write_text(json.dumps({**base, "status": "running"}, indent=1))
-        summary = trainer.fit(out, kimg=kimg, max_minutes=max_minutes,
-                              snapshot_minutes=snapshot_minutes, progress=progress)
+        try:
+            summary = trainer.fit(out, kimg=kimg, max_minutes=max_minutes,
+                                  snapshot_minutes=snapshot_minutes, progress=progress)
+        except TrainingDiverged as exc:  # the record says so (it stayed "running")
+            if rank == 0:
+                (out / "run.json").write_text(json.dumps(
+                    {**base, "status": "diverged", "error": str(exc)}, indent=1) + "\n")
+            raise
         run = {
             **base,
             "status": "stopped",
