@@ -807,3 +807,18 @@ def test_learning_rate_bounds_and_divergence_are_user_errors(tmp_path, monkeypat
     assert res.exit_code == 2 and "diverged" in res.output and "report" not in res.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "diverged"
+
+
+def test_brain_folds_never_leave_a_fold_empty():
+    """A cut snapped forward to a class change pushed the last cut to n on small sets (an
+    empty fold, IndexError, exit 1); a random search failed up to n = 10, k = 8."""
+    import itertools
+
+    from medrecon.training.folds import brain_folds
+
+    for n in range(2, 11):
+        for k in range(2, n + 1):
+            for classes in itertools.islice(itertools.product("ab", repeat=n), 64):
+                files = [f"{c}/{i + 1}.png" for i, c in enumerate(classes)]
+                fa = brain_folds(files, k=k)
+                assert sorted(set(fa.folds)) == list(range(k)), (classes, k)

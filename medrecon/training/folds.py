@@ -255,7 +255,8 @@ def brain_folds(files: Sequence[str], k: int = 5) -> FoldAssignment:
             # most the one patient whose slices straddle it.
             if abs(cut - ideal) > max(1, n // (10 * k)):
                 cut = max(lo + 1, ideal)
-        cuts.append(cut)
+        # every fold keeps at least one image (a snap near the end left the last one empty)
+        cuts.append(min(max(cut, lo + 1), n - (k - j)))
     folds = np.searchsorted(np.asarray(cuts), np.arange(n), side="right")
     out_files = tuple(f for _, _, f in items)
     groups = tuple(f"block{int(v)}" for v in folds)
