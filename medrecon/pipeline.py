@@ -1253,11 +1253,23 @@ def reconstruct_kspace(
         k = k[None]
     if k.ndim != 3:
         raise MedreconInputError(f"k-space has shape {tuple(k.shape)}; expected [N, H, W] or [H, W].")
+    bad = int((~torch.isfinite(k)).sum())
+    if bad:  # named here: after the FFT one NaN sample spreads over the whole image
+        raise MedreconInputError(f"the k-space holds {bad} NaN/Inf sample(s); expected finite "
+                                 "measurements.")
     n, H, W = k.shape
+    if min(H, W) < MIN_SLICE_SIDE:
+        raise MedreconInputError(f"k-space of {H}x{W} per slice is too small to reconstruct "
+                                 f"(at least {MIN_SLICE_SIDE}x{MIN_SLICE_SIDE}).")
     if sampled is None:  # each slice's own samples (a slice's result needs no other slice)
         m = k.abs() > 0
     else:
-        sm = torch.as_tensor(np.asarray(sampled)).bool()
+        raw = np.asarray(sampled)
+        if raw.dtype != bool and (raw.dtype.kind not in "biuf" or not np.isin(raw, (0, 1)).all()):
+            raise MedreconInputError(  # 0.5 or NaN became 'sampled'
+                f"the sampling mask holds values other than 0 and 1 (dtype {raw.dtype}); expected "
+                "a boolean mask (True = sampled).")
+        sm = torch.as_tensor(raw).bool()
         if sm.ndim == 1:  # fastMRI: one flag per phase-encoding column
             sm = sm.view(1, 1, -1)
         try:

@@ -570,3 +570,24 @@ def test_kspace_stack_without_a_stored_mask_uses_each_slices_own_samples():
     only1 = m1[0] & ~m0[0]
     out = fft2c(torch.from_numpy(np.ascontiguousarray(x0)).to(torch.complex64)).numpy()
     assert np.abs(out[:, only1]).max() > 0.1  # a guess there, not a measured zero
+
+
+def test_kspace_api_checks_its_mask_size_and_samples():
+    """reconstruct_kspace took a mask of 0.5 or NaN as fully sampled, 2x2 k-space, and named
+    one NaN sample as '16384 NaN/Inf values' of the image; CS took seed 1.7 as 1."""
+    from medrecon.physics import CompressedSensing
+
+    k = np.ones((1, 16, 16), np.complex64)
+    p = tiny_prior(resolution=R, seed=0)
+    for sampled in (np.full(16, 0.5), np.full(16, np.nan)):
+        with pytest.raises(MedreconInputError, match="other than 0 and 1"):
+            reconstruct_kspace(k, prior=p, sampled=sampled, method="zero_filled", device="cpu")
+    with pytest.raises(MedreconInputError, match="too small"):
+        reconstruct_kspace(np.ones((2, 2), np.complex64), prior=p, method="zero_filled",
+                           device="cpu")
+    k[0, 3, 4] = np.nan
+    with pytest.raises(MedreconInputError, match="holds 1 NaN/Inf sample"):
+        reconstruct_kspace(k, prior=p, method="zero_filled", device="cpu")
+    for seed in (1.7, -1):
+        with pytest.raises(MedreconInputError, match="seed must be an integer"):
+            CompressedSensing(8, img_shape=(1, 4, 4), seed=seed)

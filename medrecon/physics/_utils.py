@@ -64,8 +64,9 @@ def as_float(value: Any, name: str, *, minimum: float | None = None, strict: boo
     if bad:
         lo = "" if minimum is None else (f"> {minimum}" if strict else f">= {minimum}")
         hi = "" if maximum is None else f"<= {maximum}"
-        rng = " and ".join(s for s in (lo, hi) if s) or "finite"
-        raise MedreconInputError(f"{name} must be a finite number {rng}, got {value!r}.")
+        rng = " and ".join(s for s in (lo, hi) if s)
+        raise MedreconInputError(f"{name} must be a finite number{' ' + rng if rng else ''}, "
+                                 f"got {value!r}.")
     return out
 
 

@@ -52,7 +52,10 @@ class CompressedSensing(LinearPhysics):
         super().__init__(noise_model=noise_model)
         self.m = as_positive_int(m, "m")
         self.img_shape = _img_shape(img_shape)
-        self.seed = int(seed)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            # 1.7 became 1 and -1 wrapped around: the factory's rule
+            raise MedreconInputError(f"seed must be an integer >= 0, got {seed!r}.")
+        self.seed = seed
         self.rcond = as_float(rcond, "rcond", minimum=0.0)
         c, h, w = self.img_shape
         n = c * h * w
