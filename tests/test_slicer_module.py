@@ -285,19 +285,27 @@ def test_module_owned_options_cannot_be_passed_attached_or_clustered():
         (dict(seed=-1), "seed"),
         (dict(samples=1.5), "samples"),
         (dict(scale=1), "scale"),
-        (dict(center_fraction=1.0), "center_fraction"),
+        (dict(center_fraction=1.5), "center_fraction"),
         (dict(noise_sigma=float("nan")), "noise_sigma"),
         (dict(extra_args="--no-bp"), "shlex"),
         (dict(scale=33), "from 2 to 32"),  # the CLI's ranges, before the CLI is started
         (dict(seed=2**63), "seed"),
-        (dict(acceleration=65), "from 2 to 64"),
-        (dict(samples=2), "with the default method"),  # the prior's choice draws no samples
+        (dict(acceleration=65), "from 1 to 64"),  # the CLI's range
+        (dict(samples=2, method="iagan"), "with method 'iagan'"),  # the default: the CLI's
     ],
 )
 def test_parameters_reject_bad_values(kwargs, needle):
     with pytest.raises(MedreconInputError) as info:
         runner.ReconstructionParameters(**kwargs).validate()
     assert needle in str(info.value) and "expected" in str(info.value)
+
+
+def test_parameters_take_what_the_cli_takes():
+    """Samples with the default method (the CLI picks a sampling method where the prior has
+    one: a prior whose default is BRGM wrote a std map on the CLI and was refused here),
+    acceleration 1 and a centre fraction of 1 (the CLI's ranges)."""
+    runner.ReconstructionParameters(samples=2).validate()
+    runner.ReconstructionParameters(task="mri", acceleration=1, center_fraction=1.0).validate()
 
 
 def test_parameters_take_numpy_integers():

@@ -163,15 +163,16 @@ class ReconstructionParameters:
         _check_int("seed", self.seed, minimum=0, maximum=2**63 - 1, hint="0 to 2**63 - 1")
         _check_int("samples", self.samples, minimum=0, hint="0 disables the uncertainty map")
         _check_int("scale", self.scale, minimum=2, maximum=32, hint="e.g. 2, 4 or 8")
-        _check_int("acceleration", self.acceleration, minimum=2, maximum=64, hint="e.g. 4 or 8")
-        if self.samples > 0 and self.method not in SAMPLING_METHODS:
-            which = "the default method" if self.method is None else f"method {self.method!r}"
+        _check_int("acceleration", self.acceleration, minimum=1, maximum=64, hint="e.g. 4 or 8")
+        # the default method (None) is the CLI's to choose: with samples it takes a sampling
+        # method where the prior has one, as the command line does
+        if self.samples > 0 and self.method is not None and self.method not in SAMPLING_METHODS:
             raise MedreconInputError(
-                f"Invalid samples: got {self.samples} with {which}, which gives a "
+                f"Invalid samples: got {self.samples} with method {self.method!r}, which gives a "
                 f"single estimate; expected a sampling method ({', '.join(SAMPLING_METHODS)}) "
                 "for an uncertainty map, or samples 0.")
         _check_float("center_fraction", self.center_fraction, low=0.0, high=1.0, open_low=True,
-                     open_high=True, hint="e.g. 0.08 for 8% of the k-space lines")
+                     open_high=False, hint="e.g. 0.08 for 8% of the k-space lines")
         _check_float("noise_sigma", self.noise_sigma, low=0.0, high=MAX_NOISE_SIGMA,
                      open_low=False, open_high=False,
                      hint="0 for noiseless measurements, at most the whole window")
