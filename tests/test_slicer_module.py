@@ -577,9 +577,13 @@ def test_cli_errors_name_the_volume_not_its_temporary_export(scene, slicer_mod, 
                                                              runs_dir):
     volume = _volume(scene, slicer_mod, np.ones((1, 2, 2), np.float32), name="T1 head")
     env = dict(os.environ, FAKE_EXIT="2", FAKE_MESSAGE="{input} has 1 non-finite voxel(s)")
+    logs = []
     with pytest.raises(MedreconInputError) as info:
-        _logic(fake_cli, runs_dir, env=env).process(volume, runner.ReconstructionParameters())
+        _logic(fake_cli, runs_dir, env=env).process(volume, runner.ReconstructionParameters(),
+                                                    log_callback=logs.append)
     assert str(info.value) == "the volume 'T1 head' has 1 non-finite voxel(s)"
+    # the log lines too (they named a temporary file deleted with the run)
+    assert logs and not any("input.nii" in line or str(runs_dir) in line for line in logs)
 
 
 def test_a_failure_while_importing_leaves_no_node(scene, slicer_mod, fake_cli, runs_dir):

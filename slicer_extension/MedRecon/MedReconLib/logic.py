@@ -175,7 +175,7 @@ class ReconstructionRun:
                     fraction = self.fraction if event.fraction is None else event.fraction
                     progress_callback(fraction, event.message)
                 elif event.kind in ("log", "error") and log_callback is not None:
-                    log_callback(event.message)
+                    log_callback(self._named(event.message))
             if self.finished:
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -214,6 +214,16 @@ class ReconstructionRun:
         finally:
             self._cleanup()
 
+    def _named(self, message: str) -> str:
+        """``message`` with the temporary exports the CLI read named as the user knows them
+        (the volume, its mask) and any other path in the run's temporary folder shortened to
+        its file name: that folder is deleted when the run ends."""
+        work = str(Path(self.workdir))
+        message = message.replace(repr(str(Path(work) / "input.nii")),
+                                  f"the volume {self._input.GetName()!r}")
+        message = message.replace(repr(str(Path(work) / "mask.nii")), "the mask")
+        return message.replace(work + "/", "").replace(work, "the run's temporary folder")
+
     def _failure(self, code: Optional[int], tail: str) -> BaseException:
         # Prefer the CLI's JSON error event; else its "Error: ..." line; else the last line.
         lines = [line for line in self._process.tail if line.strip()]
@@ -221,9 +231,7 @@ class ReconstructionRun:
         if not message:
             error_lines = [line for line in lines if line.startswith("Error:")]
             message = error_lines[-1][len("Error:"):].strip() if error_lines else (lines[-1] if lines else "")
-        # the CLI read a temporary export of the volume: name the volume, not that file
-        message = message.replace(repr(str(Path(self.workdir) / "input.nii")),
-                                  f"the volume {self._input.GetName()!r}")
+        message = self._named(message)
         if code == EXIT_BAD_INPUT:
             return MedreconInputError(message or f"medrecon rejected the input (exit status {code}).")
         return ReconstructionError(
