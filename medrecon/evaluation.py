@@ -209,8 +209,9 @@ def discover_images(images: str | Path | Sequence[str | Path], *, limit: int | N
             listing one image path per line (relative paths are relative to the list file;
             blank lines and ``#`` comments are ignored), or an explicit sequence of paths.
         limit: Keep ``limit`` images evenly spaced over the sorted ids (indices
-            ``floor(i * n / limit)``), a deterministic subset that spans every class and patient
-            range of a sorted dataset instead of its first folder. ``None``: all.
+            ``floor(i * n / limit)``), a deterministic subset spread over the sorted ids (over
+            the classes of a sorted dataset, where each has enough images) instead of its first
+            folder. ``None``: all.
         subset: Keep only these ids (relative paths, e.g. a held-out fold from
             :func:`held_out_images`); applied before ``limit``. Every id must exist.
 
