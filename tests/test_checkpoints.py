@@ -527,3 +527,26 @@ def test_nan_weights_and_bad_network_arguments_are_refused(tmp_path):
     (tmp_path / "g.json").write_text(json.dumps({**cfg, "weights": "../x.safetensors"}))
     with pytest.raises(CheckpointError, match="not a file name beside it"):
         load_generator(tmp_path / "g.json")
+
+
+def test_a_mislabelled_network_entry_is_refused(tmp_path):
+    """A pickle whose G_ema entry held a Discriminator imported with exit 0."""
+    from medrecon.errors import CheckpointError
+    from medrecon.generators.checkpoints import load_generator
+
+    import pickle
+
+    G = tiny_generator(resolution=16, seed=1)
+    D = tiny_discriminator(resolution=16, seed=3)
+    src = SENTINEL_SRC.format(path=str(tmp_path / "x.pwned"))
+    d_tree = _persistent_tree(D, "Discriminator", _easy(D.init_kwargs), src)
+    data = dict(G=_persistent_tree(G, "Generator", _easy(G.init_kwargs), src), D=d_tree,
+                G_ema=d_tree, augment_pipe=None)
+    with _fake_modules(**{"torch_utils.persistence": {
+            "_reconstruct_persistent_obj": _reconstruct_persistent_obj},
+            "dnnlib.util": {"EasyDict": EasyDict}}):
+        with open(tmp_path / "swap.pkl", "wb") as f:
+            pickle.dump(data, f, protocol=4)
+    with pytest.raises(CheckpointError, match="'G_ema' is a Discriminator, not a Generator"):
+        load_generator(tmp_path / "swap.pkl")
+    assert load_generator(tmp_path / "swap.pkl", network="G") is not None

@@ -632,6 +632,11 @@ def _convert_nvidia(obj: Any, *, source: str, key: str) -> nn.Module:
         raise CheckpointError(f"{source}: entry {key!r} is a {type(obj).__name__}, not a network.")
     if obj.class_name not in _CLASSES:
         raise CheckpointError(f"{source}: entry {key!r} is a {obj.class_name}; expected a Generator or Discriminator.")
+    expected = "Discriminator" if key == "D" else "Generator"
+    if obj.class_name != expected:  # a D under G_ema imported as a 'generator'
+        raise CheckpointError(
+            f"{source}: entry {key!r} is a {obj.class_name}, not a {expected}; the pickle's "
+            f"networks are mislabelled. Choose the entry that holds the {expected} (--network).")
     if obj.class_name == "Generator" and _is_stylegan3(obj):
         raise CheckpointError(
             f"{source}: {key} is a StyleGAN3 (alias-free) generator; medrecon implements StyleGAN2 only. "
