@@ -822,3 +822,19 @@ def test_brain_folds_never_leave_a_fold_empty():
                 files = [f"{c}/{i + 1}.png" for i, c in enumerate(classes)]
                 fa = brain_folds(files, k=k)
                 assert sorted(set(fa.folds)) == list(range(k)), (classes, k)
+
+
+def test_a_run_folder_is_held_by_one_train_run(tmp_path):
+    """Two train runs on one --out both trained, each writing over the other's checkpoint."""
+    from medrecon.training.runner import RUN_LOCK, check_run_folder, run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out):
+        assert (out / RUN_LOCK).exists()
+        with pytest.raises(MedreconInputError, match="another train run is using"):
+            with run_lock(out):
+                pass
+    assert not (out / RUN_LOCK).exists()
+    (out / RUN_LOCK).write_text("")  # left by a killed run: the folder is still empty to it
+    check_run_folder(out, data_dir=tmp_path / "data", config=TrainConfig(**TINY), fold=0,
+                     folds=5, scheme="xray", folds_sha256="x")

@@ -7,12 +7,14 @@ gloo on CPU) and every rank trains on its share of each batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -52,6 +54,39 @@ def _init_distributed(device: torch.device) -> bool:
     return True
 
 
+#: The file a ``train run`` holds an exclusive lock on inside its run folder while it runs.
+RUN_LOCK = ".medrecon-train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second ``train run`` on the same folder exits 2
+    (both trained, each writing over the other's checkpoint). An OS advisory lock, released
+    when the process ends however it ends; the lock file is removed on the way out."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no advisory locks (Windows): not held
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RUN_LOCK
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise MedreconInputError(
+                f"another train run is using --out {str(out)!r} now; wait for it to finish, or "
+                "choose another --out.") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
 def check_run_folder(out: Path, *, data_dir: str | Path, config: TrainConfig, fold: int,
                      folds: int, scheme: str, folds_sha256: str) -> None:
     """Where ``train run`` may write, checked before anything is written: outside the data
@@ -70,7 +105,7 @@ def check_run_folder(out: Path, *, data_dir: str | Path, config: TrainConfig, fo
         return
     if not out.is_dir():
         raise MedreconInputError(f"--out {str(out)!r} is a file; expected a run folder.")
-    if not any(out.iterdir()):
+    if not any(p.name != RUN_LOCK for p in out.iterdir()):
         return
     try:
         run = json.loads((out / "run.json").read_text())
@@ -156,6 +191,7 @@ def train_run(
                                      "use --device cpu.")
         torch.cuda.set_device(dev)
     started_dist = _init_distributed(dev)
+    stack = contextlib.ExitStack()
     try:
         out = Path(out_dir)
         fa = make_folds(data_dir, scheme=scheme, k=folds, seed=fold_seed)
@@ -172,6 +208,8 @@ def train_run(
         dataset = ImageFolderDataset(data_dir, train_files, resolution=config.resolution)
         trainer = Trainer(dataset, config, device=dev,
                           split={"held_out_fold": fold, "folds_sha256": fa.digest()})
+        lock = run_lock(out) if rank == 0 else contextlib.nullcontext()
+        stack.enter_context(lock)  # held until the run ends (a second one on --out: exit 2)
         if rank == 0:  # everything checked and built: only now is the run folder written
             save_folds(fa, out / "folds.json")
         t0 = time.time()
@@ -211,6 +249,7 @@ def train_run(
             (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
         return run
     finally:
+        stack.close()  # the run folder's lock
         if started_dist:
             if sys.exc_info()[0] is None:
                 # Every rank leaves together, so none tears down a peer's connection mid-use;
