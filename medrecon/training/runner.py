@@ -130,6 +130,36 @@ def check_run_folder(out: Path, *, data_dir: str | Path, config: TrainConfig, fo
             "new --out folder.")
 
 
+def _training_device(device: str) -> torch.device:
+    """``device`` as a torch device (``"auto"``: this rank's GPU when CUDA is there, else the
+    CPU), made current for CUDA.
+
+    Raises:
+        MedreconInputError: an unknown device, or CUDA asked for without it.
+    """
+    if device == "auto":
+        device = (f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available()
+                  else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MedreconInputError(f"unknown device {device!r}; expected auto, cpu, cuda or "
+                                 "cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MedreconInputError(f"device {device!r} asked for but CUDA is not available; "
+                                     "use --device cpu.")
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _write_record(out: Path, rank: int, record: dict) -> None:
+    """``out/run.json`` (rank 0 only)."""
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
 def train_run(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -175,21 +205,7 @@ def train_run(
                                      f"number >= 0, got {v!r}.")
     if threads is not None:
         torch.set_num_threads(int(threads))
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        else:
-            device = "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise MedreconInputError(f"unknown device {device!r}; expected auto, cpu, cuda or "
-                                 "cuda:N.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MedreconInputError(f"device {device!r} asked for but CUDA is not available; "
-                                     "use --device cpu.")
-        torch.cuda.set_device(dev)
+    dev = _training_device(device)
     started_dist = _init_distributed(dev)
     stack = contextlib.ExitStack()
     try:
@@ -226,16 +242,13 @@ def train_run(
             "world_size": trainer.world_size,
             "torch": torch.__version__,
         }
-        if rank == 0:  # written now too, so checkpoints exported mid-run know their split
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "run.json").write_text(json.dumps({**base, "status": "running"}, indent=1))
+        # written now too, so that checkpoints exported mid-run know their split
+        _write_record(out, rank, {**base, "status": "running"})
         try:
             summary = trainer.fit(out, kimg=kimg, max_minutes=max_minutes,
                                   snapshot_minutes=snapshot_minutes, progress=progress)
         except TrainingDiverged as exc:  # the record says so (it stayed "running")
-            if rank == 0:
-                (out / "run.json").write_text(json.dumps(
-                    {**base, "status": "diverged", "error": str(exc)}, indent=1) + "\n")
+            _write_record(out, rank, {**base, "status": "diverged", "error": str(exc)})
             raise
         run = {
             **base,
@@ -245,8 +258,7 @@ def train_run(
             "train_seconds_total": round(summary["train_seconds"], 1),
             "wall_seconds_this_call": round(time.time() - t0, 1),
         }
-        if rank == 0:
-            (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+        _write_record(out, rank, run)
         return run
     finally:
         stack.close()  # the run folder's lock
