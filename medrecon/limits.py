@@ -16,13 +16,15 @@ MAX_SCALE = 32
 #: in [-1, 1]); more is no image (1e30 overflowed the solvers into NaN after the work).
 MAX_NOISE_SIGMA = 2.0
 #: Float32 copies of a result the pipeline holds at its peak (the slices, their stack, the
-#: coherence step's measured and unmeasured parts and weights, the intensities restored, the
-#: volume reassembled, the array written): what a result is checked against the free memory
-#: with. Measured as peak RSS over the result's size on a 64 x 64 x 200 volume at x4 (256 x
-#: 256 x 200 result, tiny prior, one thread): bicubic 7.3, CSGM 10.6, the IAGAN volume default
-#: with its coherence step 12.2 (5 was assumed before, and a volume that passed the check
-#: could run out of memory after its solves).
-RESULT_COPIES = 13
+#: intensities restored, the volume reassembled, the array written): what a result is checked
+#: against the free memory with. Measured as peak RSS over the result's size on a 64 x 64 x
+#: 200 volume at x4 (256 x 256 x 200 result, tiny prior, one thread): bicubic 7.3, CSGM without
+#: the coherence step 8.7 (5 was assumed before, and a volume that passed the check could run
+#: out of memory after its solves).
+RESULT_COPIES = 9
+#: The same for a generative volume whose slices the coherence step makes coherent (its
+#: measured and unmeasured parts and weights): the IAGAN volume default peaked at 11.8.
+COHERENT_RESULT_COPIES = 13
 #: The most frames one DICOM file may claim: its frames are listed (position, orientation,
 #: spacing, rescale) before any pixel is read, about a kilobyte each (a 700-byte file claiming
 #: two million 1x1 frames took 2 GB and a minute). Cine and enhanced multi-frame files hold a

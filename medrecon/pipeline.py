@@ -867,8 +867,9 @@ def reconstruct(
             affine), a channel-first :class:`monai.data.MetaTensor` ``(1, X, Y[, Z])`` (as
             from ``LoadImage(image_only=True, ensure_channel_first=True)``), or an array
             ``(X, Y[, Z])`` with ``affine``. The result comes back as the same kind (a
-            MetaTensor with its affine, ``pixdim`` and ``spatial_shape`` updated and the
-            reconstruction recorded in ``applied_operations``). For ``sr`` it IS the low-resolution scan; for ``inpaint`` the scan with missing
+            MetaTensor with its affine and ``pixdim`` updated, ``spatial_shape`` the source
+            file's as after ``Spacingd``, and the reconstruction recorded in
+            ``applied_operations``). For ``sr`` it IS the low-resolution scan; for ``inpaint`` the scan with missing
             pixels (marked by ``mask``); for ``deblur``/``denoise`` the degraded scan. With
             ``simulate=True`` it is a clean scan that is degraded retrospectively first.
         affine: The 4x4 voxel-to-RAS affine of an array input (default identity).
@@ -1263,6 +1264,12 @@ def reconstruct_kspace(
                                  f"(at least {MIN_SLICE_SIDE}x{MIN_SLICE_SIDE}).")
     if sampled is None:  # each slice's own samples (a slice's result needs no other slice)
         m = k.abs() > 0
+        empty = [i for i in range(n) if not bool(m[i].any())]
+        if empty:
+            raise MedreconInputError(
+                f"slice(s) {', '.join(str(i + 1) for i in empty[:5])} of the k-space hold no "
+                "sample (all zero); drop them, or store the sampling mask (a fastMRI .h5 'mask' "
+                "dataset; sampled= in Python) so that their zeros are measured zeros.")
     else:
         raw = np.asarray(sampled)
         if raw.dtype != bool and (raw.dtype.kind not in "biuf" or not np.isin(raw, (0, 1)).all()):

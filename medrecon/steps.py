@@ -204,19 +204,24 @@ class CutSlices(Transform):
 
 
 def check_result_size(slices_shape: tuple[int, int, int], s: ReconstructionSettings) -> None:
-    """Refuse a result larger than medrecon reads (``MEDRECON_MAX_VOXELS``), or whose copies
-    (:data:`medrecon.limits.RESULT_COPIES`, float32) would not fit in the free memory, before
-    any solve: only the input was bounded, and a 512 x 512 x 300 scan at x4 (1.3 G voxels)
-    ran for minutes and ended in an out-of-memory error."""
+    """Refuse a result larger than medrecon reads (``MEDRECON_MAX_VOXELS``), or whose float32
+    copies (:data:`medrecon.limits.RESULT_COPIES`; ``COHERENT_RESULT_COPIES`` where the
+    coherence step may run) would not fit in the free memory, before any solve: only the input
+    was bounded, and a 512 x 512 x 300 scan at x4 (1.3 G voxels) ran for minutes and ended in
+    an out-of-memory error."""
     import torch
 
     from medrecon.io._paths import max_voxels
-    from medrecon.limits import RESULT_COPIES, free_memory
+    from medrecon.limits import COHERENT_RESULT_COPIES, RESULT_COPIES, free_memory
+    from medrecon.solvers import METHODS
 
     n, h, w = slices_shape
     k = s.scale if s.task == "sr" else 1
     voxels = n * h * k * w * k
-    need, free = voxels * 4 * RESULT_COPIES, free_memory(torch.device("cpu"))
+    coherent = (n > 1 and s.task in COHERENT_TASKS and METHODS[s.method].generative
+                and s.coherence != 0.0)  # the coherence step may run: its stacks too
+    copies = COHERENT_RESULT_COPIES if coherent else RESULT_COPIES
+    need, free = voxels * 4 * copies, free_memory(torch.device("cpu"))
     if voxels > max_voxels() or (free is not None and need > free):
         gib = 2.0**30
         room = "" if free is None else f", {free / gib:.1f} GiB free"

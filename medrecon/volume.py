@@ -290,10 +290,11 @@ def coherence_sigma(coherence: float | str | None, *, out_spacing_hw: Sequence[f
 
 
 def stack_support(n: int, sigma: float) -> float:
-    """The mean over ``n`` slices of the coherence step's Gaussian weights (``sigma`` slices
-    wide) summed over the slices of the stack, the slice itself counting 1: how many guesses
-    each slice's mean could hold before the measurements weigh them (about
-    ``sigma * sqrt(2 pi)`` inside a long stack, fewer in a short one)."""
+    """The mean over ``n`` slices of Gaussian weights ``sigma`` slices wide summed over the
+    slices of the stack, the slice itself counting 1: about how many guesses each slice's mean
+    could hold before the measurements weigh them (about ``sigma * sqrt(2 pi)`` inside a long
+    stack, fewer in a short one). A heuristic upper bound of :func:`neighbour_support`: the
+    coherence step also stops at ``3 sigma`` and weighs neighbours by their measurements."""
     if n < 1 or sigma <= 0:
         return 1.0
     i = torch.arange(n, dtype=torch.float64)
@@ -447,15 +448,15 @@ MEASURE_CHUNK = 8
 def _measured(groups: Sequence[tuple[Any, Sequence[int]]], x: torch.Tensor) -> torch.Tensor:
     """Every slice's measured part ``A_i^+ A_i x_i`` (computed in float32, in ``x``'s dtype),
     :data:`MEASURE_CHUNK` slices at a time."""
+    covered = sorted(int(i) for _, idx in groups for i in idx)
+    if covered != list(range(x.shape[0])):
+        raise MedreconInputError(f"the groups cover {len(set(covered))} distinct slice(s) of "
+                                 f"{x.shape[0]} ({len(covered)} entries); expected every slice "
+                                 "once (the operators of NativeProblem.groups).")
     out = torch.empty_like(x)
-    covered = 0
     for op, idx in groups:
         idx = list(idx)
-        covered += len(idx)
         for k in range(0, len(idx), MEASURE_CHUNK):
             part = idx[k:k + MEASURE_CHUNK]
             out[part] = op.A_dagger(op.A(x[part].to(torch.float32))).to(x.dtype)
-    if covered != x.shape[0]:
-        raise MedreconInputError(f"the groups cover {covered} slice(s) of {x.shape[0]}; expected "
-                                 "every slice once (the operators of NativeProblem.groups).")
     return out

@@ -666,6 +666,14 @@ def test_explicit_dicom_output_into_the_inputs_series_folder_is_refused(tmp_path
     _run(["sr", series / "IM000.dcm", "-o", tmp_path / "x.dcm", "--prior", prior_dir,
           "--method", "bicubic", "--scale", "2", "-q"])
     assert load_image(series).shape[-1] == 3
+    # standalone images of other series beside the input are no series: written there
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name, src in (("a.dcm", "CT_small.dcm"), ("b.dcm", "MR_small.dcm")):
+        shutil.copy(get_testdata_file(src), lone / name)
+    _run(["sr", lone / "a.dcm", "-o", lone / "a_sr.dcm", "--prior", prior_dir, "--method",
+          "bicubic", "--scale", "2", "-q"])
+    assert (lone / "a_sr.dcm").is_file()
 
 
 def test_series_of_mixed_pixel_spacing_is_refused(tmp_path, prior_dir):

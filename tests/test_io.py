@@ -793,3 +793,16 @@ def test_degenerate_image_orientation_is_named(tmp_path):
     with pytest.raises(MedreconInputError, match="bad.dcm.*ImageOrientationPatient.*not two "
                                                  "perpendicular"):
         load_image(tmp_path / "bad.dcm")
+
+
+def test_a_singular_sform_beside_a_qform_is_the_affine_error(tmp_path):
+    """Keeping the qform's geometry inverted the sform first: a singular one was an internal
+    LinAlgError instead of the affine's own message."""
+    s = np.diag([1.0, 1.0, 1.0, 1.0])
+    s[1, :3] = 0.0
+    img = nib.Nifti1Image(np.ones((4, 4, 2), np.float32), np.eye(4))
+    img.set_sform(s, code=2)
+    img.set_qform(np.eye(4), code=1)
+    nib.save(img, tmp_path / "sing.nii.gz")
+    with pytest.raises(MedreconInputError, match="affine"):
+        load_image(tmp_path / "sing.nii.gz")

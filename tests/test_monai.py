@@ -1021,3 +1021,10 @@ def test_monai_review_round_two(prior):
     d["mask"][0, 5:8, 5:8] = 1
     d = Reconstructd("image", prior, "inpaint", method="biharmonic", mask_key="mask")(d)
     assert Invertd(keys="image", transform=pad, orig_keys="image")(d)["image"].shape == (1, 16, 16)
+    # the window inverted after a grid change MONAI records itself (a pad): not refused
+    from medrecon.monai import IntensityWindowd
+
+    win = IntensityWindowd("image")
+    padded = SpatialPadd(keys="image", spatial_size=(20, 20))(win({"image": img}))
+    back = win.inverse(padded)["image"]
+    assert back.shape == (1, 20, 20)

@@ -591,3 +591,34 @@ def test_kspace_api_checks_its_mask_size_and_samples():
     for seed in (1.7, -1):
         with pytest.raises(MedreconInputError, match="seed must be an integer"):
             CompressedSensing(8, img_shape=(1, 4, 4), seed=seed)
+
+
+def test_kspace_slices_without_samples_are_refused_and_result_copies_by_path(monkeypatch):
+    """An all-zero slice got an empty mask (a prior-only guess); the result-size check took the
+    coherence step's copies for every path."""
+    from types import SimpleNamespace
+
+    from medrecon.limits import COHERENT_RESULT_COPIES, RESULT_COPIES
+    from medrecon.solvers.calibration import operator_kind
+    from medrecon.physics import build_operator
+    from medrecon.steps import check_result_size
+
+    k = np.ones((2, 16, 16), np.complex64)
+    k[1] = 0
+    with pytest.raises(MedreconInputError, match="slice.s. 2 of the k-space hold no sample"):
+        reconstruct_kspace(k, prior=tiny_prior(resolution=R, seed=0), method="zero_filled",
+                           device="cpu")
+    full = build_operator("mri", img_size=(16, 16), seed=0, mask=torch.ones(16, 16))
+    assert operator_kind(full) == "MRI:custom"  # fully sampled: no lines regime
+    assert RESULT_COPIES < COHERENT_RESULT_COPIES
+    import medrecon.limits as limits
+
+    voxels = 3 * 16 * 16  # 3 slices of 8 x 8 at x2
+    monkeypatch.setattr(limits, "free_memory", lambda device: voxels * 4 * 10)
+    check_result_size((3, 8, 8), SimpleNamespace(scale=2, task="sr", method="bicubic",
+                                                 coherence="auto"))  # 9 copies fit in 10
+    with pytest.raises(MedreconInputError, match="the result would be"):  # 13 do not
+        check_result_size((3, 8, 8), SimpleNamespace(scale=2, task="sr", method="iagan",
+                                                     coherence="auto"))
+    check_result_size((3, 8, 8), SimpleNamespace(scale=2, task="sr", method="iagan",
+                                                 coherence=0.0))  # no coherence step

@@ -834,7 +834,8 @@ def test_a_run_folder_is_held_by_one_train_run(tmp_path):
         with pytest.raises(MedreconInputError, match="another train run is using"):
             with run_lock(out):
                 pass
-    assert not (out / RUN_LOCK).exists()
-    (out / RUN_LOCK).write_text("")  # left by a killed run: the folder is still empty to it
+    with run_lock(out):  # released: the next run takes it
+        pass
+    assert [p.name for p in out.iterdir()] == [RUN_LOCK]  # the folder is still empty to it
     check_run_folder(out, data_dir=tmp_path / "data", config=TrainConfig(**TINY), fold=0,
                      folds=5, scheme="xray", folds_sha256="x")

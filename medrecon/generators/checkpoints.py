@@ -217,9 +217,13 @@ def _check_kwarg_values(kwargs: Any, *, source: str, depth: int = 0) -> None:
     if depth > 4:
         raise CheckpointError(f"{source}: its constructor arguments nest too deep; the file is "
                               "corrupt or hostile.")
-    items = kwargs.items() if isinstance(kwargs, dict) else []
+    items = (kwargs.items() if isinstance(kwargs, dict)
+             else enumerate(kwargs) if isinstance(kwargs, (list, tuple)) else [])
     for k, v in items:
-        if isinstance(v, dict):
+        if isinstance(v, (dict, list, tuple)):
+            if k == "activation":
+                raise CheckpointError(f"{source}: its argument activation={v!r} is not a name; "
+                                      "the file is corrupt or foreign.")
             _check_kwarg_values(v, source=source, depth=depth + 1)
         elif isinstance(v, float) and not math.isfinite(v):
             raise CheckpointError(f"{source}: its argument {k}={v!r} is not finite; the file is "
@@ -228,7 +232,7 @@ def _check_kwarg_values(kwargs: Any, *, source: str, depth: int = 0) -> None:
                 isinstance(v, bool) or not isinstance(v, (int, float))):
             raise CheckpointError(f"{source}: its argument {k}={v!r} is not a number; the file "
                                   "is corrupt or foreign.")
-        elif k == "activation" and v not in ACTIVATIONS:  # found only when the network ran
+        elif k == "activation" and (not isinstance(v, str) or v not in ACTIVATIONS):
             raise CheckpointError(f"{source}: its argument activation={v!r} is none of "
                                   f"{', '.join(sorted(ACTIVATIONS))}; the file is corrupt or "
                                   "foreign.")

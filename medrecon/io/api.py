@@ -202,6 +202,37 @@ def written_by_medrecon(path: Path) -> bool:
     return False
 
 
+def _series_beside(path: Path, *, look: int = 64) -> bool:
+    """Whether the DICOM file ``path`` has another slice of its own series in its folder (of
+    the first ``look`` other DICOM files there): standalone images (CR, DX) or a previous
+    result beside it are no series."""
+    if not in_dicom_series_folder(path, look=look):
+        return False
+    try:
+        ds = read_dicom_header(path)
+    except (MedreconInputError, OSError):
+        return False  # the input itself is read (and refused) with its own message
+    uid = str(ds.get("SeriesInstanceUID", "")) if ds is not None else ""
+    if not uid:
+        return True  # no UID to tell them apart: keep the folder to one series
+    seen = 0
+    for other in path.parent.iterdir():
+        if other == path or other.name.startswith(".") or not other.is_file():
+            continue
+        if sniff(other) != "dicom":
+            continue
+        seen += 1
+        if seen > look:
+            break
+        try:
+            o = read_dicom_header(other)
+        except (MedreconInputError, OSError):
+            continue
+        if o is not None and str(o.get("SeriesInstanceUID", "")) == uid:
+            return True
+    return False
+
+
 def _check_not_into_series(out: Path, as_dir: bool, inputs: Iterable[str | os.PathLike]) -> None:
     """Refuse a DICOM file output in the folder of an input DICOM file that is one slice of a
     series: that folder would then hold two series, and reading it again would ask which (the
@@ -215,7 +246,7 @@ def _check_not_into_series(out: Path, as_dir: bool, inputs: Iterable[str | os.Pa
     for src in inputs:
         src = Path(src).absolute()
         try:
-            if src.is_file() and src.parent.resolve() == target and in_dicom_series_folder(src):
+            if src.is_file() and src.parent.resolve() == target and _series_beside(src):
                 raise MedreconInputError(
                     f"refusing to write the DICOM output {str(out)!r} into {str(src.parent)!r}, "
                     f"the series folder of the input {str(src)!r}: the folder would then hold two "

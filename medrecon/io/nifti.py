@@ -110,7 +110,10 @@ def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
         qform[:3, :] *= scale
         if not np.allclose(qform, affine, atol=1e-4):
             # world-to-world, so that any grid's qform is this times its sform
-            qform_from_sform = qform @ np.linalg.inv(affine)
+            try:
+                qform_from_sform = qform @ np.linalg.inv(affine)
+            except np.linalg.LinAlgError:
+                qform_from_sform = None  # a singular sform: check_affine below says so
     meta: dict[str, Any] = {
         "format": "nifti",
         "path": str(path),

@@ -5,8 +5,9 @@ MONAI loads a scan as a channel-first :class:`monai.data.MetaTensor` ``(C, X, Y[
 ensure_channel_first=True)``). medrecon's pipeline works on :class:`medrecon.io.MedicalImage`
 ``(X, Y, Z)``. :func:`to_medical_image` converts any of MetaTensor, MedicalImage or an array
 with an affine, checking it before any work, and returns the function that turns a result
-back into the input's kind, with the affine, ``pixdim`` and ``spatial_shape`` of the result and the operation
-recorded in ``applied_operations`` (MONAI's trace of what was done to the data).
+back into the input's kind, with the affine and ``pixdim`` of the result (``spatial_shape`` and
+``original_affine`` stay the source file's grid, as after MONAI's ``Spacingd``) and the
+operation recorded in ``applied_operations`` (MONAI's trace of what was done to the data).
 """
 
 from __future__ import annotations

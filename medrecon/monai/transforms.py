@@ -82,8 +82,8 @@ class Reconstruct(Transform):
 
     Runs :func:`medrecon.pipeline.reconstruct` (the one pipeline of the CLI, the bundles and
     the Slicer module): the result is a MetaTensor on the output grid (for SR ``scale`` times
-    finer in-plane) with its affine, ``pixdim`` and ``spatial_shape`` updated and the
-    reconstruction recorded in ``applied_operations``.
+    finer in-plane) with its affine and ``pixdim`` updated (``spatial_shape`` stays the source
+    file's, as after ``Spacingd``) and the reconstruction recorded in ``applied_operations``.
 
     Args:
         prior: Prior name (``"chest_xray"``, ``"brain_mri"``), prior folder or a loaded Prior;
@@ -281,9 +281,9 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
         else:
             return self.pop_transform(img)  # MONAI's own error: no entry of this window
         size = tuple(int(v) for v in ops[i].get(TraceKeys.ORIG_SIZE, ()))
-        if size and size != tuple(img.shape[1:]) and not any(
-                o.get(TraceKeys.CLASS_NAME) in ("Reconstruct", "SimulateDegradation")
-                for o in ops[i + 1:]):
+        # a later entry (a reconstruction, SpatialPadd, Spacingd...) explains a changed shape;
+        # none does when Invertd handed over the trace of the key the window was applied to
+        if size and size != tuple(img.shape[1:]) and not ops[i + 1:]:
             raise MedreconInputError(
                 f"{key!r} is {tuple(img.shape[1:])} but its trace is that of a "
                 f"{size} image with no change of grid since the window: Invertd gave it the "

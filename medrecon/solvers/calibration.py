@@ -139,7 +139,7 @@ def operator_kind(operator: nn.Module) -> str:
         if family is None and isinstance(operator, MRI):  # a scanner's mask: lines or not
             m = getattr(operator, "mask", None)
             lines = isinstance(m, torch.Tensor) and m.ndim >= 2 and bool(
-                (m == m[..., :1, :]).all())
+                (m == m[..., :1, :]).all()) and bool(m.any()) and not bool(m.all())
             family = "lines" if lines else None
         return f"{name}:{family or 'custom'}"
     if isinstance(operator, SuperResolution):

@@ -61,8 +61,12 @@ RUN_LOCK = ".medrecon-train.lock"
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """Hold the run folder for this process: a second ``train run`` on the same folder exits 2
-    (both trained, each writing over the other's checkpoint). An OS advisory lock, released
-    when the process ends however it ends; the lock file is removed on the way out."""
+    (both trained, each writing over the other's checkpoint). An OS advisory lock on a hidden
+    file that stays in the folder (removing it would let a third run lock a new file while a
+    second holds the old one), released when the process ends however it ends. A file system
+    without locks (some NFS mounts) runs unlocked."""
+    import errno
+
     try:
         import fcntl
     except ImportError:  # pragma: no cover - no advisory locks (Windows): not held
@@ -74,14 +78,16 @@ def run_lock(out: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                yield  # no locks on this file system
+                return
             raise MedreconInputError(
                 f"another train run is using --out {str(out)!r} now; wait for it to finish, or "
                 "choose another --out.") from None
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
     finally:
         fh.close()

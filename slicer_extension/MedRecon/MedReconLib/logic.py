@@ -222,7 +222,9 @@ class ReconstructionRun:
         message = message.replace(repr(str(Path(work) / "input.nii")),
                                   f"the volume {self._input.GetName()!r}")
         message = message.replace(repr(str(Path(work) / "mask.nii")), "the mask")
-        return message.replace(work + "/", "").replace(work, "the run's temporary folder")
+        for sep in ("/", "\\"):  # POSIX and Windows paths
+            message = message.replace(work + sep, "")
+        return message.replace(work, "the run's temporary folder")
 
     def _failure(self, code: Optional[int], tail: str) -> BaseException:
         # Prefer the CLI's JSON error event; else its "Error: ..." line; else the last line.
