@@ -1265,7 +1265,7 @@ def reconstruct_kspace(
     if sampled is None:  # each slice's own samples (a slice's result needs no other slice)
         m = k.abs() > 0
         empty = [i for i in range(n) if not bool(m[i].any())]
-        if empty:
+        if empty and len(empty) < n:  # none at all: said below
             raise MedreconInputError(
                 f"slice(s) {', '.join(str(i + 1) for i in empty[:5])} of the k-space hold no "
                 "sample (all zero); drop them, or store the sampling mask (a fastMRI .h5 'mask' "
