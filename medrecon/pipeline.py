@@ -1572,7 +1572,8 @@ def reconstruct_file(
                 coherence=options.get("coherence"), spread=options.get("spread"))):
         planned = _planned_sr_fallback(to_medical_image(image)[0], prior_obj, method_name, options)
         if planned is not None:  # the name says what will run
-            label = _output_label(planned, {**options, "bp": options.get("bp", True)})
+            bp = options.get("bp")  # the fallback back-projects unless told not to
+            label = _output_label(planned, {**options, "bp": True if bp is None else bp})
     out = (Path(output_path) if output_path is not None
            else default_output_path(inp, task, label))
     out, _ = check_image_output(out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
@@ -1588,7 +1589,9 @@ def reconstruct_file(
         result.image = as_metatensor(result.image)
         result.std = None if result.std is None else as_metatensor(result.std)
     else:
-        result = reconstruct(image, task=task, prior=prior_obj, method=method_name, samples=samples,
+        # the user's method (None: the default, which may give way to the SR fallback; the
+        # resolved name made every default count as chosen, so the CLI never fell back)
+        result = reconstruct(image, task=task, prior=prior_obj, method=method, samples=samples,
                              simulate=simulate, mask=mask, **options)
     desc = f"medrecon {task} {result.info['method']}"
     with OutputStage(overwrite=overwrite) as stage:

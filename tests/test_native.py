@@ -297,6 +297,17 @@ def test_sr_default_falls_back_where_the_prior_supplies_little(prior, tmp_path):
     with pytest.warns(MedreconWarning):
         out = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4)
     assert out.output_path.name == "low_sr_lanczos-bp.nii.gz"
+    # ... and it is what ran: reconstruct_file passed the resolved default on as the user's
+    # choice, so the CLI (bp=None) ran IAGAN into a file named lanczos, never falling back
+    assert out.info["method"] == "lanczos+bp"
+    with pytest.warns(MedreconWarning):
+        out = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4,
+                               bp=None, output_path=tmp_path / "cli.nii.gz")
+    assert out.info["method"] == "lanczos+bp"
+    with pytest.warns(MedreconWarning):
+        named = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4,
+                                 bp=None, overwrite=True)
+    assert named.output_path.name == "low_sr_lanczos-bp.nii.gz"
     out = reconstruct_file(tmp_path / "low.nii.gz", task="sr", prior=prior, scale=4, ensemble=2,
                            steps=1)
     assert out.output_path.name.startswith("low_sr_iagan")
