@@ -97,7 +97,7 @@ TASK_OF_OPERATOR = {
 
 #: Per-task overrides of the method defaults (``DEFAULTS[task][method] -> options``).
 #: IAGAN (the default method) is budgeted for <= 60 s per 128x128 slice on a 2-core CPU with the
-#: shipped priors: a 50-step single-restart CSGM stage from the best of 32 probes, then 50 (SR),
+#: shipped priors: a 50-step single-restart CSGM stage from the best of 32 probes, then 100 (SR),
 #: 150 (inpainting, CS), 200 (denoise), 600 (deblur; halved under noise) or 500 (MRI) adaptation
 #: steps, and the mean of ``ensemble`` such runs (4 for SR, inpainting and deblurring, 2 for
 #: MRI), chosen on validation images (scripts/tune_defaults.py). Measurements and the commands

@@ -164,13 +164,14 @@ class ReconstructionParameters:
         _check_int("samples", self.samples, minimum=0, hint="0 disables the uncertainty map")
         _check_int("scale", self.scale, minimum=2, maximum=32, hint="e.g. 2, 4 or 8")
         _check_int("acceleration", self.acceleration, minimum=1, maximum=64, hint="e.g. 4 or 8")
-        # the default method (None) is the CLI's to choose: with samples it takes a sampling
-        # method where the prior has one, as the command line does
-        if self.samples > 0 and self.method is not None and self.method not in SAMPLING_METHODS:
+        # the CLI refuses --samples with a default that draws none (the shipped priors' IAGAN):
+        # name the sampling method here, before the volume is exported
+        if self.samples > 0 and self.method not in SAMPLING_METHODS:
+            which = "the default method" if self.method is None else f"method {self.method!r}"
             raise MedreconInputError(
-                f"Invalid samples: got {self.samples} with method {self.method!r}, which gives a "
-                f"single estimate; expected a sampling method ({', '.join(SAMPLING_METHODS)}) "
-                "for an uncertainty map, or samples 0.")
+                f"Invalid samples: got {self.samples} with {which}, which gives a single "
+                f"estimate; expected a sampling method ({', '.join(SAMPLING_METHODS)}) for an "
+                "uncertainty map, or samples 0.")
         _check_float("center_fraction", self.center_fraction, low=0.0, high=1.0, open_low=True,
                      open_high=False, hint="e.g. 0.08 for 8% of the k-space lines")
         _check_float("noise_sigma", self.noise_sigma, low=0.0, high=MAX_NOISE_SIGMA,
