@@ -30,7 +30,8 @@ import click
 from medrecon import __version__
 from medrecon.cli_types import SEED, CoherenceWidth, InputPath
 from medrecon.errors import MedreconInputError, find_in_chain
-from medrecon.limits import MAX_NOISE_SIGMA, MAX_SCALE
+from medrecon.limits import (MAX_ENSEMBLE, MAX_KEY_EVERY, MAX_NOISE_SIGMA, MAX_SAMPLES, MAX_SCALE,
+                             MAX_STEPS)
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -283,7 +284,7 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
         click.option("--bp/--no-bp", "bp", default=None,
                      help="Back-project onto the measurements (exact data consistency; best at low "
                      "noise). [default: the method's default]"),
-        click.option("--steps", type=click.IntRange(min=1), default=None,
+        click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=None,
                      help="Optimisation steps (IAGAN: per stage). [default: the method's "
                      "default for the task]"),
         click.option("--plane", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
@@ -293,10 +294,10 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                      show_default=True,
                      help="Measurement noise std in generator units (the intensity window is "
                      "mapped to [-1, 1], so 0.02 is 1% of the window)."),
-        click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--samples", type=click.IntRange(min=0, max=MAX_SAMPLES), default=0, show_default=True,
                      help="Posterior samples (BRGM variational); > 0 also writes a "
                      "<output>_std map."),
-        click.option("--ensemble", type=click.IntRange(min=1), default=None,
+        click.option("--ensemble", type=click.IntRange(min=1, max=MAX_ENSEMBLE), default=None,
                      help="IAGAN: independent runs per slice whose images are averaged (an "
                      "estimate of the posterior mean; costs that many runs; 1 = one run, "
                      "fastest). [default: per task, see docs/solvers.md; an sr volume of "
@@ -338,13 +339,13 @@ def _common_options(task: str) -> Callable[[Callable], Callable]:
                                  "averaging / binning)."))
     if task in ("sr", "inpaint", "deblur", "denoise"):
         opts += [
-            click.option("--key-every", type=click.IntRange(min=1), default=None,
+            click.option("--key-every", type=click.IntRange(min=1, max=MAX_KEY_EVERY), default=None,
                          help="Volumes, IAGAN: cut the slices into segments of this many along "
                          "the slice axis; each segment's middle slice is solved in full, the "
                          "others start from their solved neighbour (fewer steps; 3 is the "
                          "useful length). 1 = every slice from scratch. [default: "
                          "medrecon.volume.DEFAULT_KEY_EVERY = 1]"),
-            click.option("--warm-steps", type=click.IntRange(min=1), default=None,
+            click.option("--warm-steps", type=click.IntRange(min=1, max=MAX_STEPS), default=None,
                          help="Steps of a slice started from its neighbour. [default: a "
                          "fraction of the method's steps, medrecon.volume.warm_steps_for]"),
             click.option("--coherence", type=CoherenceWidth(), default="auto", show_default=True,
@@ -456,7 +457,7 @@ DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
               "bundle's sample reference (simulated low resolution; the image is the reference).")
 @click.option("--method", default=None, help="Reconstruction method. [default: the prior's]")
 @click.option("--scale", type=click.IntRange(min=2, max=MAX_SCALE), default=DEMO_SCALE, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=None,
+@click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=None,
               help="Optimisation steps (IAGAN: per stage). [default: the method's default]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)

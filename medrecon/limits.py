@@ -15,6 +15,14 @@ MAX_SCALE = 32
 #: The largest measurement noise std, in generator units: the whole intensity window (images
 #: in [-1, 1]); more is no image (1e30 overflowed the solvers into NaN after the work).
 MAX_NOISE_SIGMA = 2.0
+#: The most optimisation steps, ensemble members, posterior samples and warm-start segment
+#: length a call may ask for: far beyond any useful setting (the defaults are 50-600 steps, 4
+#: members, 16 samples), below what makes a buffer's size overflow (--steps 1e23 ended in an
+#: internal error after the first solves, --ensemble 1e20 ran without end).
+MAX_STEPS = 100_000
+MAX_ENSEMBLE = 64
+MAX_SAMPLES = 1024
+MAX_KEY_EVERY = 1000
 #: Float32 copies of a result the pipeline holds at its peak (the slices, their stack, the
 #: intensities restored, the volume reassembled, the array written): what a result is checked
 #: against the free memory with. Measured as peak RSS over the result's size on a 64 x 64 x

@@ -35,7 +35,7 @@ from monai.transforms import Compose, Transform
 
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.limits import MAX_SCALE
+from medrecon.limits import MAX_ENSEMBLE, MAX_KEY_EVERY, MAX_SAMPLES, MAX_SCALE, MAX_STEPS
 from medrecon.solvers._common import SEED_LIMIT, resolve_device
 from medrecon.transforms import PLANES, IntensityWindow
 from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, SLICE_COUPLING, VOLUME_ENSEMBLE,
@@ -103,10 +103,10 @@ class ReconstructionSettings:
         task = P._check_task(task)
         if batch_size is not None:  # None: the default, chosen once the ensemble is known
             batch_size = P.default_batch_size(batch_size, device)
-        samples = P._check_int("samples", samples, minimum=0)
+        samples = P._check_int("samples", samples, minimum=0, limit=MAX_SAMPLES + 1)
         seed = P._check_int("seed", seed, minimum=0, limit=SEED_LIMIT)
         if steps is not None:
-            steps = P._check_int("steps", steps, minimum=1)
+            steps = P._check_int("steps", steps, minimum=1, limit=MAX_STEPS + 1)
         if plane is not None and plane not in PLANES:
             raise MedreconInputError(f"unknown plane {plane!r}; expected one of {', '.join(PLANES)}.")
         noise_sigma = P.check_noise_sigma(noise_sigma)
@@ -118,9 +118,11 @@ class ReconstructionSettings:
             check_choice(sr_kernel, "sr_kernel", SR_KERNELS)
         resolve_device(device)  # an unknown device, or CUDA on a machine without it
         key_every = DEFAULT_KEY_EVERY if key_every is None else P._check_int(
-            "key_every", key_every, minimum=1)
+            "key_every", key_every, minimum=1, limit=MAX_KEY_EVERY + 1)
         if warm_steps is not None:
-            warm_steps = P._check_int("warm_steps", warm_steps, minimum=1)
+            warm_steps = P._check_int("warm_steps", warm_steps, minimum=1, limit=MAX_STEPS + 1)
+        if ensemble is not None:  # the method's own check follows once the method is known
+            P._check_int("ensemble", ensemble, minimum=1, limit=MAX_ENSEMBLE + 1)
         coherence = check_coherence(coherence)
         if has_mask and task != "inpaint":
             raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} "

@@ -622,7 +622,7 @@ def test_eval_refuses_bad_lists_and_option_values_before_any_method(prior, tmp_p
     with pytest.raises(MedreconInputError, match="neither an image folder nor a text list"):
         ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=tmp_path / "scan.npy",
                         lpips=False)
-    with pytest.raises(MedreconInputError, match=r"csgm: steps=0; expected an integer >= 1"):
+    with pytest.raises(MedreconInputError, match=r"csgm: steps=0; expected an integer from 1 to"):
         ev.evaluate_run(prior=prior, task="sr", methods="bicubic,csgm", images=tmp_path,
                         lpips=False, method_options={"csgm": {"steps": 0}})
     with pytest.raises(MedreconInputError, match="lr=-1"):

@@ -136,3 +136,23 @@ def test_settings_are_immutable_and_fill_task_defaults(prior):
         ReconstructionSettings.check(task="mri", prior=prior, batch_size=0)
     with pytest.raises(Exception):
         s.task = "sr"  # type: ignore[misc]
+
+
+def test_counts_are_bounded_before_any_solve():
+    """--steps 1e23 ended in an internal error after the first solves; --ensemble 1e20 ran
+    without end; --mapping-layers 1e6 hung in the memory check."""
+    from medrecon.errors import MedreconInputError
+    from medrecon.limits import MAX_ENSEMBLE, MAX_STEPS
+    from medrecon.steps import ReconstructionSettings
+    from medrecon.training.loop import TrainConfig
+    from tests._tiny import tiny_prior
+
+    p = tiny_prior(resolution=16, seed=0)
+    for kw, name in ((dict(steps=MAX_STEPS + 1), "steps"), (dict(steps=10**23), "steps"),
+                     (dict(ensemble=MAX_ENSEMBLE + 1), "ensemble"),
+                     (dict(samples=10**20), "samples"), (dict(key_every=10**9), "key_every"),
+                     (dict(key_every=3, warm_steps=10**20), "warm_steps")):
+        with pytest.raises(MedreconInputError, match=f"{name} must be an integer from"):
+            ReconstructionSettings.check(task="sr", prior=p, method="iagan", **kw)
+    with pytest.raises(MedreconInputError, match="mapping_layers"):
+        TrainConfig(mapping_layers=10**6)

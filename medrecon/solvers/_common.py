@@ -178,8 +178,10 @@ def check_option_values(options: Mapping[str, Any], method: str) -> None:
     every image)."""
     for name, v in options.items():
         if name in COUNT_OPTIONS:
+            from medrecon.limits import MAX_STEPS
+
             ok, want = (isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                        and v >= 1), "an integer >= 1"
+                        and 1 <= v <= MAX_STEPS), f"an integer from 1 to {MAX_STEPS}"
         elif name.startswith("lr") or name == "tol" or name.endswith("_weight"):
             ok, want = is_real(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"
         else:

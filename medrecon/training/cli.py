@@ -50,7 +50,8 @@ def train() -> None:
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--z-dim", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--w-dim", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--mapping-layers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--mapping-layers", default=2, show_default=True, type=click.IntRange(min=1, max=32),
+              help="Depth of the mapping network (StyleGAN2 uses 2 to 8).")
 @click.option("--channel-base", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--channel-max", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=0.0025, show_default=True,

@@ -113,6 +113,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise MedreconInputError(f"{name} must be a positive int, got {v!r}.")
+        if self.mapping_layers > 32:  # 1e6 layers hung in the memory check, 1e4 took 19 GB
+            raise MedreconInputError(f"mapping_layers (--mapping-layers) must be at most 32 "
+                                     f"(StyleGAN2 uses 2 to 8), got {self.mapping_layers}.")
         for name in ("g_lr", "d_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
