@@ -28,7 +28,7 @@ from typing import Any, Callable
 import click
 
 from medrecon import __version__
-from medrecon.cli_types import SEED, CoherenceWidth, InputPath
+from medrecon.cli_types import SEED, CoherenceWidth, InputPath, OutputPath
 from medrecon.errors import MedreconInputError, find_in_chain
 from medrecon.limits import (MAX_ENSEMBLE, MAX_KEY_EVERY, MAX_NOISE_SIGMA, MAX_SAMPLES, MAX_SCALE,
                              MAX_STEPS)
@@ -270,7 +270,7 @@ class _Reporter:
 def _common_options(task: str) -> Callable[[Callable], Callable]:
     opts: list[Callable] = [
         click.argument("input_path", metavar="INPUT", type=InputPath()),
-        click.option("-o", "--output", "output", type=click.Path(dir_okay=True, path_type=Path),
+        click.option("-o", "--output", "output", type=OutputPath(dir_okay=True, path_type=Path),
                       default=None, help="Output file (format from the suffix: .nii.gz, .nii, "
                       ".dcm or a folder for DICOM, .png). [default: <INPUT stem>_"
                       f"{task}_<method><suffix> beside INPUT; one DICOM file of a series "
@@ -449,7 +449,7 @@ DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
 
 
 @cli.command("demo")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output-dir", type=OutputPath(file_okay=False, path_type=Path),
               default=Path("medrecon_demo"), show_default=True, help="Folder for the outputs.")
 @click.option("--prior", default=DEMO_PRIOR, show_default=True, help="Prior bundle.")
 @click.option("--input", "input_path", type=InputPath(dir_okay=False), default=None,

@@ -50,6 +50,16 @@ class InputPath(click.ParamType):
         return p
 
 
+class OutputPath(click.Path):
+    """``click.Path`` for outputs that refuses an empty value: ``-o ""`` became the current
+    folder and the results went there, beside the inputs."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a path (use '.' for the current folder).", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class CoherenceWidth(click.ParamType):
     """``auto`` or a width in mm ``>= 0`` (``--coherence``)."""
 

@@ -45,7 +45,7 @@ import click
 import numpy as np
 import torch
 
-from medrecon.cli_types import InputPath
+from medrecon.cli_types import InputPath, OutputPath
 from medrecon.errors import MedreconInputError, MissingWeightsError
 from medrecon.limits import MAX_NOISE_SIGMA, MAX_SCALE
 from medrecon.generators.checkpoints import sha256_file
@@ -1387,7 +1387,7 @@ def _methods_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--images", required=True, type=InputPath(),
               help="Folder of ground truths (PNG/JPEG/TIFF/BMP/DICOM/NIfTI) or a text file "
                    "listing them (one path per line).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=OutputPath(file_okay=False, path_type=Path),
               help="Output folder for results.csv, summary.md, grid.png, settings.json and "
               "(methods with a std map) calibration.csv.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,

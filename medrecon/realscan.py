@@ -33,6 +33,7 @@ import click
 import numpy as np
 import torch
 
+from medrecon.cli_types import OutputPath
 from medrecon.errors import MedreconInputError
 
 __all__ = [
@@ -600,7 +601,7 @@ def _write_grid(panels: dict[str, list[np.ndarray]], path: Path) -> None:
 # ------------------------------------------------------------------------------ CLI
 @click.command("eval-scans", context_settings={"show_default": True})
 @click.argument("cases_json", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=OutputPath(file_okay=False, path_type=Path),
               help="Report folder: results.csv, summary.md, grid.png, settings.json.")
 @click.option("--methods", default=",".join(DEFAULT_METHODS),
               help="Comma-separated: default (the CLI's choice), scipy-cubic, or pipeline "

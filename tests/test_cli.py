@@ -781,3 +781,25 @@ def test_nifti_qform_and_missing_geometry_are_kept(tmp_path, prior_dir):
     centre = lambda im: im.affine @ np.r_[(np.array(im.shape) - 1) / 2, 1]  # noqa: E731
     np.testing.assert_allclose(centre(out), centre(nib.load(tmp_path / "none.nii.gz")),
                                atol=1e-4)
+
+
+def test_an_empty_output_path_is_refused(tmp_path, prior_dir, monkeypatch):
+    """-o "" / --out "" became the current folder: eval and demo wrote their reports there,
+    beside the inputs."""
+    from click.testing import CliRunner
+
+    from medrecon.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(
+        tmp_path / "g.png")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (["demo", "-o", "", "--input", "g.png", "--prior", prior_dir, "--method",
+                  "bicubic", "--scale", "2"],
+                 ["eval", "--prior", prior_dir, "--task", "sr", "--methods", "bicubic",
+                  "--images", ".", "--out", " ", "--no-lpips"],
+                 ["sr", "g.png", "-o", "", "--prior", prior_dir, "--method", "bicubic"],
+                 ["train", "folds", "--data", ".", "--out", ""]):
+        res = CliRunner().invoke(cli, [str(a) for a in args])
+        assert res.exit_code == 2 and "is empty" in res.output, (args[0], res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from medrecon.cli_types import InputPath
+from medrecon.cli_types import InputPath, OutputPath
 from medrecon.errors import MedreconInputError
 from medrecon.generators.checkpoints import (FORMAT_NAME, NETWORK_KEYS, load_generator,
                                             save_generator, sha256_file)
@@ -73,7 +73,7 @@ def _our_network_file(path: Path) -> bool:
 
 @priors_cli.command("import")
 @click.argument("pkl", type=InputPath(dir_okay=False))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", required=True, type=OutputPath(path_type=Path),
               help="Output prior directory (e.g. a bundle's models/), or a NAME.safetensors file for the bare network.")
 @click.option("--network", type=click.Choice(NETWORK_KEYS), default="G_ema", show_default=True,
               help="Which network of the pickle to convert.")
@@ -156,7 +156,7 @@ def list_cmd(as_json):
 
 @priors_cli.command("untrained")
 @click.argument("name_or_path")
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", required=True, type=OutputPath(path_type=Path),
               help="Output prior directory.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the weight initialisation and of the W statistics.")

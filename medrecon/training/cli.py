@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from medrecon.cli_types import OutputPath
 from medrecon.errors import MedreconInputError
 
 __all__ = ["train"]
@@ -34,7 +35,7 @@ def train() -> None:
 @train.command("run")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Image folder (X-ray 'personNNN_...' names or brain running indices).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, type=OutputPath(file_okay=False),
               help="Run folder; re-running with the same folder resumes.")
 @click.option("--resolution", default=128, show_default=True, type=click.IntRange(8, 1024))
 @click.option("--kimg", default=100.0, show_default=True, type=click.FloatRange(min=0.001),
@@ -98,7 +99,7 @@ def run_cmd(data_dir, out_dir, resolution, kimg, fold, folds, scheme, max_minute
 
 @train.command("folds")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_file", required=True, type=OutputPath(dir_okay=False))
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--scheme", default="auto", show_default=True,
               type=click.Choice(["auto", "xray", "brain", "image"]))
@@ -124,7 +125,7 @@ def folds_cmd(data_dir, out_file, folds, scheme, seed, overwrite):
 
 @train.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--bundle", "bundle_dir", required=True, type=OutputPath(file_okay=False),
               help="Bundle folder; the prior is written into its models/.")
 @click.option("--name", default=None, help="Prior name [default: the bundle folder's name].")
 @click.option("--w-samples", default=10000, show_default=True, type=click.IntRange(min=2),
@@ -147,7 +148,7 @@ def export_cmd(checkpoint, bundle_dir, name, w_samples, fp16, seed, overwrite):
 
 @train.command("slim")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "output", required=True, type=OutputPath(dir_okay=False),
               help="Where to write the slim checkpoint (must differ from CHECKPOINT).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing slim checkpoint (a medrecon checkpoint only, never "
@@ -178,7 +179,7 @@ def slim_cmd(checkpoint, output, overwrite):
 @train.command("pack")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Training image folder (as given to `train run --data`).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, type=OutputPath(file_okay=False),
               help="Pack folder (outside --data and not holding it).")
 @click.option("--resolution", default=128, show_default=True, type=click.IntRange(8, 1024))
 @click.option("--overwrite", is_flag=True,
