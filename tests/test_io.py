@@ -806,3 +806,50 @@ def test_a_singular_sform_beside_a_qform_is_the_affine_error(tmp_path):
     nib.save(img, tmp_path / "sing.nii.gz")
     with pytest.raises(MedreconInputError, match="affine"):
         load_image(tmp_path / "sing.nii.gz")
+
+
+def test_series_folder_damage_is_named(tmp_path):
+    """A text file named IM00002.dcm in a series was dropped without a word (the volume lost
+    a slice); a file without read permission was an internal PermissionError; a folder that
+    cannot be listed 'held no files'."""
+    from medrecon.io.dicom_read import _scan
+
+    series = tmp_path / "s"
+    series.mkdir()
+    for i in range(3):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
+        ds.InstanceNumber = i + 1
+        ds.save_as(series / f"IM{i:05d}.dcm")
+    assert load_image(series).shape[-1] == 3
+    (series / "IM00001.dcm").write_text("not dicom at all, seventy bytes of text" * 2)
+    with pytest.raises(MedreconInputError, match="IM00001.dcm.*not a readable DICOM"):
+        load_image(series)
+    (series / "IM00001.dcm").unlink()
+    (series / "notes.txt").write_text("mine")  # other files are no slices: skipped
+    assert load_image(series).shape[-1] == 2
+
+    def denied(p, *a, **k):
+        raise PermissionError(13, "Permission denied", str(p))
+
+    import medrecon.io.dicom_read as dr
+
+    real = dr.read_dicom_header
+    dr.read_dicom_header = denied
+    try:
+        with pytest.raises(MedreconInputError, match="cannot read .*Permission denied"):
+            _scan(series)
+    finally:
+        dr.read_dicom_header = real
+    real_walk = dr.os.walk
+
+    def walk(folder, onerror=None):  # as os.walk reports a folder it cannot list
+        onerror(PermissionError(13, "Permission denied", str(folder)))
+        return iter(())
+
+    dr.os.walk = walk
+    try:
+        with pytest.raises(MedreconInputError, match="cannot list folder .*Permission denied"):
+            _scan(series)
+    finally:
+        dr.os.walk = real_walk

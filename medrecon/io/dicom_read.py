@@ -37,7 +37,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.io._paths import check_claimed_size, check_finite, describe_head, is_regular_file, max_voxels, sniff
+from medrecon.io._paths import (DICOM_SUFFIXES, check_claimed_size, check_finite, describe_head,
+                                is_regular_file, max_voxels, sniff)
 from medrecon.io.geometry import lps_to_ras
 from medrecon.io.image import MedicalImage
 from medrecon.io.raster import rgb_to_gray
@@ -572,7 +573,13 @@ def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], list[Pat
     """Group the image DICOM files under ``folder`` (recursively) by SeriesInstanceUID."""
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     skipped: list[Path] = []
-    for root, dirs, files in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:  # os.walk ignored it: "holds no files"
+        raise MedreconInputError(
+            f"cannot list folder {str(exc.filename or folder)!r}: {exc.strerror or exc}. Fix "
+            "its permissions, or pass a folder you can read.") from None
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             p = Path(root) / name
@@ -583,8 +590,17 @@ def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], list[Pat
             try:
                 ds = read_dicom_header(p)
             except MedreconInputError:
-                skipped.append(p)
-                continue
+                ds = None
+            except OSError as exc:  # e.g. one file without read permission
+                raise MedreconInputError(
+                    f"cannot read {str(p)!r} in the series folder: {exc.strerror or exc}. Fix "
+                    "its permissions, or move it out of the folder.") from None
+            if ds is None and p.suffix.lower() in DICOM_SUFFIXES:
+                # named as DICOM but not DICOM: a damaged slice, dropped without a word
+                raise MedreconInputError(
+                    f"{str(p)!r} in the series folder is named as DICOM but is not a readable "
+                    "DICOM file (damaged or truncated); copy it again from the source, or move "
+                    "it out of the folder.")
             if ds is None or not _is_image(ds):
                 skipped.append(p)
                 continue
