@@ -86,8 +86,8 @@ class IntensityWindow:
                 outliers (metal, contrast) that would otherwise compress the tissue range.
 
         Returns:
-            The fitted window. A constant input gets the window ``[v - 0.5, v + 0.5]`` so it
-            maps to ``0`` and still inverts exactly.
+            The fitted window. A constant input gets the window ``[v - h, v + h]`` (``h`` 0.5,
+            or ``1e-6 |v|`` for huge values) so it maps to ``0`` and still inverts exactly.
 
         Raises:
             MedreconInputError: on empty input, non-finite values or bad percentiles.
@@ -112,7 +112,8 @@ class IntensityWindow:
             # Percentiles collapse (constant or nearly binary image): fall back to min/max.
             lo, hi = float(arr.min()), float(arr.max())
             if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):
-                return cls(lo - 0.5, lo + 0.5)
+                half = max(0.5, abs(lo) * 1e-6)  # +-0.5 vanished at 1e17 (low == high)
+                return cls(lo - half, lo + half)
         return cls(lo, hi)
 
     @property

@@ -853,3 +853,16 @@ def test_series_folder_damage_is_named(tmp_path):
             _scan(series)
     finally:
         dr.os.walk = real_walk
+
+
+def test_extreme_values_are_named_by_what_they_are():
+    """A constant image of 1e17 said 'IntensityWindow needs finite low < high' (an internal
+    class); float64 values beyond float32 were called '+/-Inf voxels'."""
+    from medrecon.transforms import IntensityWindow
+
+    w = IntensityWindow.fit(np.full(16, 1e17))
+    assert w.low < 1e17 < w.high
+    with pytest.raises(MedreconInputError, match="beyond float32's range"):
+        MedicalImage(np.full((8, 8), 1.7e308), np.eye(4))
+    with pytest.raises(MedreconInputError, match="holds no pixel"):
+        MedicalImage(np.zeros((0, 8)), np.eye(4))

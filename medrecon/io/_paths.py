@@ -152,7 +152,7 @@ def check_input_file(path: str | os.PathLike, *, what: str = "input") -> Path:
     if stat.S_ISREG(st.st_mode):
         if st.st_size == 0:
             raise MedreconInputError(
-                f"{what} {str(p)!r} is an empty file (0 bytes); expected an image file. The copy "
+                f"{what} {str(p)!r} is an empty file (0 bytes). The copy "
                 "or download probably failed: fetch it again."
             )
         if not os.access(p, os.R_OK):

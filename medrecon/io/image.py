@@ -39,7 +39,14 @@ def _as_volume(array: object, *, name: str = "array") -> np.ndarray:
             "of a 4D series first (load_image(..., volume=N))."
         )
     if min(a.shape) < 1:
-        raise MedreconInputError(f"{name} is empty: shape {a.shape}.")
+        raise MedreconInputError(f"{name} is empty (shape {a.shape}): it holds no pixel; "
+                                 "expected an image.")
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
+        top = float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else 0.0
+        if np.isfinite(top) and top > float(np.finfo(np.float32).max):
+            raise MedreconInputError(  # they became +/-Inf in float32 ("non-finite voxels")
+                f"{name} holds values up to {top:.3g}, beyond float32's range (3.4e38) that "
+                "medrecon computes in; rescale the intensities first.")
     return np.ascontiguousarray(a, dtype=np.float32)
 
 

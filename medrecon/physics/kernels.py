@@ -147,8 +147,9 @@ def check_padding_fits(h: int, w: int, kh: int, kw: int, stride: int, padding: s
         raise MedreconInputError(
             f"kernel of size {(kh, kw)} is too large for {padding!r} padding of an image of size "
             f"{(h, w)} (padding {(max(pt, pb), max(pl, pr))} needed, at most "
-            f"{(limit_h, limit_w)} possible). Use a smaller kernel, a larger image or "
-            f"padding='zeros'."
+            f"{(limit_h, limit_w)} possible): the image is too small for this kernel (on the "
+            f"command line: a smaller --scale or a larger image; in Python also "
+            f"padding='zeros')."
         )
 
 
