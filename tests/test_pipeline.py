@@ -205,7 +205,7 @@ def test_ensemble_option_reaches_iagan_and_reports_progress(prior):
     assert not np.allclose(one.image.array, res.image.array)  # two runs averaged differ from one
 
 
-@pytest.mark.parametrize("bad, match", [(0, "ensemble must be an integer >= 1"),
+@pytest.mark.parametrize("bad, match", [(0, "ensemble must be an integer from 1 to 64"),
                                         (2.0, "ensemble must be an integer"),
                                         ("tv", "ensemble must be an integer")])
 def test_bad_ensemble_is_refused(prior, bad, match):
