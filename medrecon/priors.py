@@ -456,6 +456,10 @@ def resolve_prior_path(name_or_path: str | os.PathLike) -> Path:
             return target
         return p
     name = str(name_or_path)
+    if p.is_symlink():  # a link to nothing, or a loop: not a prior name
+        raise MedreconInputError(
+            f"prior {name!r} is a symbolic link to {os.readlink(p)!r}, which does not resolve "
+            "(missing, or a loop of links); fix the link or pass the prior's folder.")
     key = name[: -len(BUNDLE_SUFFIX)] if name.endswith(BUNDLE_SUFFIX) else name
     bundles = _bundles()
     if key not in bundles:

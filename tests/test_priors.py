@@ -193,3 +193,16 @@ def test_untrained_like_keeps_the_architecture_not_the_weights(tmp_path):
     assert r.exit_code == 2 and "--overwrite" in r.output
     r = CliRunner().invoke(cli, ["priors", "untrained", str(src), "-o", str(src)])
     assert r.exit_code == 2
+
+
+def test_a_broken_link_as_prior_says_so(tmp_path):
+    """A symbolic link loop given as --prior read as an unknown prior name."""
+    import os
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.priors import resolve_prior_path
+
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(MedreconInputError, match="symbolic link .* does not resolve"):
+        resolve_prior_path(tmp_path / "a")

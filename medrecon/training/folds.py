@@ -292,7 +292,7 @@ def make_folds(
         else:
             raise MedreconInputError(
                 f"cannot tell the fold scheme of {str(root)!r} from its file names (e.g. "
-                f"{names[0]!r}); pass scheme='xray', 'brain' or 'image' explicitly."
+                f"{names[0]!r}); pass scheme='xray', 'brain' or 'image' explicitly (CLI: --scheme)."
             )
     if scheme == "xray":
         return xray_folds(files, k, seed=seed)
