@@ -1094,7 +1094,8 @@ def check_report_dir(out_dir: str | Path, *, images: Any = None, overwrite: bool
             raise MedreconInputError(
                 f"--out {str(out)!r} would write over the input {str(f)!r}; choose another --out.")
     for f in inputs:  # ground truths named one by one (a list file, paths): not beside them
-        if _has_image_suffix(f) and (out.resolve() == f.resolve().parent
+        # (a listed file that does not exist is named as such by discover_images)
+        if _has_image_suffix(f) and f.exists() and (out.resolve() == f.resolve().parent
                                      or f.resolve().parent in out.resolve().parents):
             raise MedreconInputError(
                 f"--out {str(out)!r} is, or lies inside, the folder of the ground truth "

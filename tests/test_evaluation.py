@@ -655,3 +655,13 @@ def test_eval_refuses_a_fold_the_prior_was_trained_on():
     ev.check_fold_is_held_out(brain, fold, digest)
     with pytest.raises(MedreconInputError, match="trained on every fold but 0"):
         ev.check_fold_is_held_out(brain, 2, digest)
+
+
+def test_a_listed_ground_truth_that_does_not_exist_is_named(prior, tmp_path):
+    """A list naming a missing file reported the --out rule (beside the ground truths) instead
+    of the missing file."""
+    (tmp_path / "list.txt").write_text("nonexist.png\n")
+    with pytest.raises(MedreconInputError) as info:
+        ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=tmp_path / "list.txt",
+                        lpips=False, out_dir=tmp_path / "rep")
+    assert "nonexist.png" in str(info.value) and "--out" not in str(info.value)
