@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.limits import MAX_NOISE_SIGMA
+from medrecon.limits import MAX_ENSEMBLE, MAX_NOISE_SIGMA
 from medrecon.transforms import PLANES, GridFit, IntensityWindow, SliceOrientation
 
 __all__ = [
@@ -257,7 +257,7 @@ def _check_ensemble(ensemble: Any, method: str) -> int | None:
     """``None`` (the solver's default) or a positive integer for a method that ensembles."""
     if ensemble is None:
         return None
-    ensemble = _check_int("ensemble", ensemble, minimum=1)
+    ensemble = _check_int("ensemble", ensemble, minimum=1, limit=MAX_ENSEMBLE + 1)
     if not _accepts(method, "ensemble"):
         ens = [m for m in _available_methods() if _accepts(m, "ensemble")]
         raise MedreconInputError(
@@ -1661,7 +1661,10 @@ def reconstruct_directory(
     """Reconstruct every scan in ``dataset_dir`` into ``output_dir`` (used by the MONAI bundles).
 
     Files with a known suffix are processed in sorted order, as are sub-directories (DICOM
-    series). Each output keeps its input's name with ``_<task>_<method>`` appended. The prior is
+    series). Each output keeps its input's name with ``_<task>_<method>`` appended. The
+    method is one for the folder (``method``, else the prior's default), named before any image
+    is read: the SR default does not give way to Lanczos per image here, as it does in
+    :func:`reconstruct_file` where the prior supplies little. The prior is
     loaded once.
 
     Args:

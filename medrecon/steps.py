@@ -35,7 +35,7 @@ from monai.transforms import Compose, Transform
 
 from medrecon import pipeline as P
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.limits import MAX_ENSEMBLE, MAX_KEY_EVERY, MAX_SAMPLES, MAX_SCALE, MAX_STEPS
+from medrecon.limits import MAX_KEY_EVERY, MAX_SAMPLES, MAX_SCALE, MAX_STEPS
 from medrecon.solvers._common import SEED_LIMIT, resolve_device
 from medrecon.transforms import PLANES, IntensityWindow
 from medrecon.volume import (COHERENT_SIGMA, DEFAULT_KEY_EVERY, SLICE_COUPLING, VOLUME_ENSEMBLE,
@@ -121,14 +121,13 @@ class ReconstructionSettings:
             "key_every", key_every, minimum=1, limit=MAX_KEY_EVERY + 1)
         if warm_steps is not None:
             warm_steps = P._check_int("warm_steps", warm_steps, minimum=1, limit=MAX_STEPS + 1)
-        if ensemble is not None:  # the method's own check follows once the method is known
-            P._check_int("ensemble", ensemble, minimum=1, limit=MAX_ENSEMBLE + 1)
         coherence = check_coherence(coherence)
         if has_mask and task != "inpaint":
             raise MedreconInputError(f"a mask is only used by task 'inpaint'; got task {task!r} "
                                      "with a mask.")
         prior = P._resolve_prior(prior)
         chosen = P._choose_method(method, task, prior, samples)
+        P._check_ensemble(ensemble, chosen)  # its bound and method, before any work
         _check_volume_options(task, chosen, key_every=key_every, warm_steps=warm_steps,
                               coherence=coherence)
         return cls(

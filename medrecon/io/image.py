@@ -42,7 +42,9 @@ def _as_volume(array: object, *, name: str = "array") -> np.ndarray:
         raise MedreconInputError(f"{name} is empty (shape {a.shape}): it holds no pixel; "
                                  "expected an image.")
     if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
-        top = float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else 0.0
+        # max and min: no |a| copy of a large float64 array
+        top = (max(abs(float(np.nanmax(a))), abs(float(np.nanmin(a))))
+               if np.isfinite(a).any() else 0.0)
         if np.isfinite(top) and top > float(np.finfo(np.float32).max):
             raise MedreconInputError(  # they became +/-Inf in float32 ("non-finite voxels")
                 f"{name} holds values up to {top:.3g}, beyond float32's range (3.4e38) that "

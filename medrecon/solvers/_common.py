@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medrecon.errors import MedreconInputError
+from medrecon.limits import MAX_STEPS
 
 ProgressCallback = Callable[[dict], None]
 
@@ -178,8 +179,6 @@ def check_option_values(options: Mapping[str, Any], method: str) -> None:
     every image)."""
     for name, v in options.items():
         if name in COUNT_OPTIONS:
-            from medrecon.limits import MAX_STEPS
-
             ok, want = (isinstance(v, numbers.Integral) and not isinstance(v, bool)
                         and 1 <= v <= MAX_STEPS), f"an integer from 1 to {MAX_STEPS}"
         elif name.startswith("lr") or name == "tol" or name.endswith("_weight"):
