@@ -455,6 +455,8 @@ DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
 @click.option("--input", "input_path", type=InputPath(dir_okay=False), default=None,
               help="A high-resolution image to downsample (bicubic) and recover instead of the "
               "bundle's sample reference (simulated low resolution; the image is the reference).")
+@click.option("--volume", type=click.IntRange(min=0), default=None,
+              help="Index of the volume to read from a 4D --input.")
 @click.option("--method", default=None, help="Reconstruction method. [default: the prior's]")
 @click.option("--scale", type=click.IntRange(min=2, max=MAX_SCALE), default=DEMO_SCALE, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=None,
@@ -465,8 +467,8 @@ DEMO_PRIOR, DEMO_SCALE = "brain_mri", 8
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
-def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | None, method: str | None,
-         scale: int, steps: int | None, device: str, seed: int, overwrite: bool, quiet: bool,
+def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | None,
+         volume: int | None, method: str | None, scale: int, steps: int | None, device: str, seed: int, overwrite: bool, quiet: bool,
          log_format: str) -> None:
     """Super-resolve (x8) a held-out brain MRI and compare with the best classical baseline.
 
@@ -494,7 +496,10 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
                 "sample_reference/); pass --input IMAGE with a high-resolution image to run the "
                 "demo on.")
         ref_path, kernel = found[1], "box"  # the bundles' samples are box averages
-    reference = load_image(ref_path)
+    if volume is not None and input_path is None:
+        raise MedreconInputError("--volume picks a volume of a 4D --input; the bundle's sample "
+                                 "is one image. Pass --input IMAGE with it, or drop --volume.")
+    reference = load_image(ref_path, volume=volume)
     side = sorted(reference.shape)[-2]  # the smaller in-plane side (a volume's slice axis aside)
     if side < 2 * scale:  # the low-resolution image would be under 2 x 2 pixels
         raise MedreconInputError(
