@@ -984,12 +984,16 @@ def reconstruct(
 
 
 def check_reconstruction(image: Any, *, task: str, prior: Any, mask: Any = None,
-                         affine: Any = None, **options: Any) -> None:
+                         affine: Any = None, **options: Any) -> tuple[int, int, int]:
     """Check that :func:`reconstruct` would take ``image`` with these options, without solving:
     the options, then the steps before the solve (the image, its slices and the result's size,
     the mask on its grid, the method for this scan). A fraction of a second; what a run of
     many scans does to each before solving the first (a bad later one stopped a bundle run
     after earlier results were written).
+
+    Returns:
+        The shape ``(X, Y, Z)`` the result will have (``reconstruct(...).image.shape``): the
+        image's, its in-plane axes times ``scale`` for SR of a measured (not simulated) scan.
 
     Raises:
         MedreconInputError: as :func:`reconstruct` would, before its solve.
@@ -1002,8 +1006,11 @@ def check_reconstruction(image: Any, *, task: str, prior: Any, mask: Any = None,
                                             **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the solve's own run says them
-        run_steps(build_steps(settings, checks_only=True),
-                  {"image": image, "mask": mask, "t0": time.perf_counter()})
+        d = run_steps(build_steps(settings, checks_only=True),
+                      {"image": image, "mask": mask, "t0": time.perf_counter()})
+    k = settings.scale if settings.task == "sr" and not settings.simulate else 1
+    return tuple(int(n) if ax == d["orient"].axis else int(n) * k
+                 for ax, n in enumerate(d["volume"].shape))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -812,6 +812,63 @@ def test_bundle_checks_every_scan_against_its_inferer_before_any_work(tmp_path, 
             assert "inferer=@inferer" in data["dataset_data"], cfg
 
 
+def test_bundle_overwrite_is_a_strict_yes_or_no(tmp_path):
+    """`python -m monai.bundle run --overwrite false` passes the word 'false', which was taken
+    as true: an existing result was replaced. The words are read as what they say, any other
+    value is refused before any work."""
+    import nibabel as nib
+    from PIL import Image
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import bundle_datalist, bundle_flag, bundle_writer
+
+    assert [bundle_flag(v) for v in (True, 1, "true", "Yes", " ON ", "1")] == [True] * 6
+    assert [bundle_flag(v) for v in (False, 0, "false", "No", "off", "0")] == [False] * 6
+    for bad in ("maybe", "", 2, None, 0.5):
+        with pytest.raises(MedreconInputError, match="neither true nor false; pass --overwrite true"):
+            bundle_flag(bad)
+    with pytest.raises(MedreconInputError, match="--overwrite 'maybe'"):
+        bundle_writer(overwrite="maybe")
+    assert bundle_writer(overwrite="false").overwrite is False
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir(), out.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "a.png")
+    ours = nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4))
+    ours.header["descrip"] = b"medrecon 0.1"
+    nib.save(ours, str(out / "a_sr.nii.gz"))
+    kw = dict(output_dir=out, output_postfix="sr")
+    for word in ("false", "no", "0"):
+        with pytest.raises(MedreconInputError, match="exists; pass --overwrite true"):
+            bundle_datalist(src, overwrite=word, **kw)
+    with pytest.raises(MedreconInputError, match="neither true nor false"):
+        bundle_datalist(src, overwrite="maybe", **kw)
+    assert len(bundle_datalist(src, overwrite="true", **kw)) == 1
+
+
+def test_bundle_reference_off_the_results_grid_is_refused_before_the_solve(tmp_path, prior):
+    """evaluate.json with --scale 2 (or another task) solved the shipped sample, wrote the
+    result, then failed in the metric with the engine's traceback: its reference is on the x4
+    grid. The result's shape is now known before the solve and checked against the reference."""
+    from PIL import Image
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import ReconstructionInferer, bundle_datalist
+
+    ds, ref = tmp_path / "ds", tmp_path / "ref"
+    ds.mkdir(), ref.mkdir()
+    Image.fromarray(np.zeros((16, 12), np.uint8)).save(ds / "a_lr.png")
+    Image.fromarray(np.zeros((64, 48), np.uint8)).save(ref / "a.png")
+    x4 = ReconstructionInferer(prior, "sr", method="bicubic", scale=4)
+    assert len(bundle_datalist(ds, reference_dir=ref, inferer=x4)) == 1
+    for inferer, want in ((ReconstructionInferer(prior, "sr", method="bicubic", scale=2), "24x32x1"),
+                          (ReconstructionInferer(prior, "deblur", method="wiener"), "12x16x1")):
+        with pytest.raises(MedreconInputError, match=f"reference a.png is 48x64x1 but the result "
+                           f"for a_lr.png will be {want}"):
+            bundle_datalist(ds, reference_dir=ref, output_dir=tmp_path / "out",
+                            output_postfix="sr", inferer=inferer)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bundle_inferer_checks_its_options_when_built(prior):
     """A bad method, steps, kernel, device or option name is found when the bundle's config
     builds the inferer, before any batch (it stopped the run per batch, inside the engine's

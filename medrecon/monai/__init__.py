@@ -24,6 +24,7 @@ See ``docs/monai.md``.
 
 from medrecon.monai.bundle import (
     bundle_datalist,
+    bundle_flag,
     bundle_device,
     bundle_writer,
     report_input_errors,
@@ -60,6 +61,7 @@ __all__ = [
     "SimulateDegradation",
     "SimulateDegradationd",
     "bundle_datalist",
+    "bundle_flag",
     "bundle_device",
     "bundle_writer",
     "record_operation",

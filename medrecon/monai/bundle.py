@@ -17,8 +17,8 @@ from typing import Any
 from medrecon.errors import MedreconInputError, find_in_chain
 from medrecon.monai.writer import MedreconNiftiWriter
 
-__all__ = ["BUNDLE_SUFFIXES", "METRIC_NAMES", "bundle_datalist", "bundle_device",
-           "bundle_writer", "report_input_errors"]
+__all__ = ["BUNDLE_SUFFIXES", "FLAG_WORDS", "METRIC_NAMES", "bundle_datalist", "bundle_device",
+           "bundle_flag", "bundle_writer", "report_input_errors"]
 
 #: Files the bundles read (MONAI's ``LoadImaged`` with :class:`medrecon.monai.MedreconReader`).
 BUNDLE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm",
@@ -114,6 +114,7 @@ def bundle_datalist(dataset_dir: str | Path, *, mask_dir: str | Path | None = No
             an output folder that is an input folder, an existing output without
             ``overwrite``, a file medrecon cannot read (named, with the reason).
     """
+    overwrite = bundle_flag(overwrite)
     src = Path(dataset_dir)
     if not src.is_dir():
         raise MedreconInputError(f"dataset_dir {str(src)!r} is not a folder; pass "
@@ -207,9 +208,16 @@ def _check_readable(items: list[dict[str, str]], *, two_d: bool = False,
                 raise MedreconInputError(f"mask {Path(item['mask']).name}: {exc}") from None
         if inferer is not None:
             try:
-                inferer.check(read["image"], read.get("mask"))
+                shape = inferer.check(read["image"], read.get("mask"))
             except MedreconInputError as exc:
                 raise MedreconInputError(f"image {Path(item['image']).name}: {exc}") from None
+            if "label" in read and tuple(read["label"].shape) != tuple(shape):
+                raise MedreconInputError(
+                    f"reference {Path(item['label']).name} is "
+                    f"{'x'.join(map(str, read['label'].shape))} but the result for "
+                    f"{Path(item['image']).name} will be {'x'.join(map(str, shape))}, so the "
+                    "metrics could not compare them; give references on the result's grid "
+                    "(for SR: the scan's size times --scale) or change --scale / --task.")
 
 
 def _check_outputs(images: list[Path], folder: Path, postfix: str, ext: str, *,
@@ -298,6 +306,29 @@ class BundleNiftiWriter(MedreconNiftiWriter):
             raise
 
 
+#: Words the bundles' yes/no overrides take (``python -m monai.bundle run --overwrite true``
+#: passes the word as a string, which Python would take as true whatever it says).
+FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+              "false": False, "no": False, "off": False, "0": False}
+
+
+def bundle_flag(value: Any, name: str = "overwrite") -> bool:
+    """A yes/no override as a bool: ``True`` / ``False``, 1 / 0 or a word of
+    :data:`FLAG_WORDS` (any case).
+
+    Raises:
+        MedreconInputError: any other value (named, with the two to use).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in FLAG_WORDS:
+        return FLAG_WORDS[value.strip().lower()]
+    raise MedreconInputError(f"--{name} {value!r} is neither true nor false; pass --{name} "
+                             f"true or --{name} false.")
+
+
 def bundle_device(device: Any) -> Any:
     """The bundle's ``device`` override checked (:func:`medrecon.solvers._common.resolve_device`:
     ``cuda`` on a machine without one is an input error, not a traceback from ``.to``)."""
@@ -309,7 +340,7 @@ def bundle_device(device: Any) -> Any:
 def bundle_writer(*, overwrite: bool = False) -> type[BundleNiftiWriter]:
     """The writer class for the bundles' ``SaveImaged(writer=...)``: :class:`BundleNiftiWriter`
     with the run's ``overwrite``."""
-    return type("BundleNiftiWriter", (BundleNiftiWriter,), {"overwrite": bool(overwrite)})
+    return type("BundleNiftiWriter", (BundleNiftiWriter,), {"overwrite": bundle_flag(overwrite)})
 
 
 def _writer_error(exc: BaseException) -> MedreconInputError | None:

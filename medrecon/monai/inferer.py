@@ -91,18 +91,21 @@ class ReconstructionInferer(Inferer):
         mean, std = base.w_stats()
         return Prior(net.eval(), name=base.name, metadata=base.metadata, w_mean=mean, w_std=std)
 
-    def check(self, image: Any, mask: Any = None) -> None:
+    def check(self, image: Any, mask: Any = None) -> tuple[int, int, int]:
         """Check, without solving, that this inferer would reconstruct ``image`` (a
         :class:`medrecon.io.MedicalImage` or MetaTensor; ``mask`` on its grid, nonzero =
         missing): :func:`medrecon.pipeline.check_reconstruction` with its settings.
+
+        Returns:
+            The shape ``(X, Y, Z)`` of the result.
 
         Raises:
             MedreconInputError: what the reconstruction would raise before its solve.
         """
         from medrecon.pipeline import check_reconstruction
 
-        check_reconstruction(image, task=self.task, prior=self.prior, method=self.method,
-                             mask=mask, **self.options)
+        return check_reconstruction(image, task=self.task, prior=self.prior,
+                                    method=self.method, mask=mask, **self.options)
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> Any:
         from medrecon.pipeline import reconstruct
