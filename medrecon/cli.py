@@ -519,7 +519,7 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
     from medrecon.io.outputs import check_output
 
     for p in outs.values():  # every output checked before the reconstruction
-        check_image_output(p, is_2d=reference.is_2d, overwrite=overwrite, inputs=protected)
+        check_image_output(p, is_2d=reference.one_slice, overwrite=overwrite, inputs=protected)
     check_output(png, overwrite=overwrite, protected=protected)
     reporter = _Reporter(log_format=log_format, quiet=quiet)
     common = dict(task="sr", prior=prior, scale=scale, device=device, seed=seed, simulate=True,

@@ -1540,7 +1540,7 @@ def reconstruct_file(
             given to ``mri`` without ``simulate``, plus everything :func:`reconstruct` raises.
     """
     from medrecon.io import check_image_output
-    from medrecon.io._paths import check_input_file
+    from medrecon.io._paths import check_input_file, full_suffix
     from medrecon.io.outputs import OutputStage
     from medrecon.monai.convert import to_medical_image
     from medrecon.monai.reader import load_scan
@@ -1583,7 +1583,12 @@ def reconstruct_file(
             label = _output_label(planned, {**options, "bp": True if bp is None else bp})
     out = (Path(output_path) if output_path is not None
            else default_output_path(inp, task, label))
-    out, _ = check_image_output(out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
+    out, as_dir = check_image_output(out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
+    if image is not None and (as_dir or full_suffix(out) == ".dcm"):
+        from medrecon.io.dicom_write import check_dicom_axes
+
+        check_dicom_axes(tuple(image.shape[1:]) + (1,) * (4 - image.ndim),
+                         np.asarray(image.affine))  # the result keeps these axes
     std_out = std_path_for(out) if samples else None
     if std_out is not None:
         std_out, _ = check_image_output(std_out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
@@ -1616,9 +1621,10 @@ def reconstruct_file(
 
 
 def _is_2d(image: Any) -> bool:
-    """Whether a channel-first MetaTensor ``(1, X, Y[, Z])`` holds one slice."""
+    """Whether a channel-first MetaTensor ``(1, X, Y[, Z])`` holds one slice (along any axis:
+    the 2D writers store it as that slice, :meth:`medrecon.io.MedicalImage.slice_last`)."""
     spatial = tuple(image.shape[1:])
-    return len(spatial) == 2 or spatial[2] == 1
+    return len(spatial) == 2 or 1 in spatial
 
 
 def _save_output(image: Any, out: Path, *, stage: Any, inputs: Sequence[Path], description: str,

@@ -724,6 +724,80 @@ def test_derived_dicom_keeps_projection_orientation_and_enhanced_thickness(tmp_p
     assert float(out.SliceThickness) == 3.0 and out.RescaleType == "US"  # an MR
 
 
+def test_one_slice_along_any_axis_is_written_as_that_slice(tmp_path, prior_dir):
+    """A coronal slice stored X x 1 x Z was written to a DICOM folder as 58 strips of 1 x 74
+    pixels, and .dcm / .png outputs were refused as 3D. Now it is one image, every voxel at its
+    place (checked through SimpleITK's physical points)."""
+    import nibabel as nib
+    import SimpleITK as sitk
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, shape, zooms in (("s1", (37, 1, 29), (0.7, 3.0, 0.7)),
+                               ("s0", (1, 37, 29), (3.0, 0.7, 0.7))):
+        src = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32),
+                                 np.diag([*zooms, 1.0])), str(src))
+        outs = {ext: tmp_path / f"{name}_out{ext}" for ext in (".nii.gz", ".dcm", ".png")}
+        for out in outs.values():
+            _run(["sr", src, "-o", out, "--prior", prior_dir, "--method", "bicubic",
+                  "--scale", "2", "-q"])
+        _run(["sr", src, "-o", str(tmp_path / f"{name}_dir") + os.sep, "--prior", prior_dir,
+              "--method", "bicubic", "--scale", "2", "-q"])
+        assert len(list((tmp_path / f"{name}_dir").iterdir())) == 1
+        ds = pydicom.dcmread(outs[".dcm"])
+        assert (ds.Rows, ds.Columns) == (58, 74)
+        assert np.asarray(Image.open(outs[".png"])).shape == (58, 74)
+        nii, dcm = sitk.ReadImage(str(outs[".nii.gz"])), sitk.ReadImage(str(outs[".dcm"]))
+        size = nii.GetSize()
+        for _ in range(50):
+            idx = tuple(int(rng.integers(0, n)) for n in size)
+            j = dcm.TransformPhysicalPointToIndex(nii.TransformIndexToPhysicalPoint(idx))
+            assert abs(nii.GetPixel(idx) - dcm.GetPixel(j)) < 1e-4
+
+
+def test_a_sheared_image_is_not_written_to_dicom(tmp_path, prior_dir):
+    """A NIfTI whose in-plane axes are not perpendicular was written with an
+    ImageOrientationPatient medrecon's own reader refuses (other readers drop the geometry);
+    DICOM output is now refused before the solve, NIfTI still written."""
+    import nibabel as nib
+
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1] = [0.9, 0.0, 0.0], [0.3, 1.0, 0.0]
+    src = tmp_path / "shear.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 1)).astype(np.float32),
+                             affine), str(src))
+    for out in (str(tmp_path / "dir") + os.sep, tmp_path / "one.dcm"):
+        msg = _run(["sr", src, "-o", out, "--prior", prior_dir, "--method", "bicubic"], code=2)
+        assert "meet at 73.30 degrees, not 90" in msg and "NIfTI" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shear.nii.gz"]
+    _run(["sr", src, "-o", tmp_path / "ok.nii.gz", "--prior", prior_dir, "--method", "bicubic",
+          "-q"])
+    from medrecon.errors import MedreconInputError
+    from medrecon.io import MedicalImage, save_image
+
+    with pytest.raises(MedreconInputError, match="not 90"):  # the API's writer too
+        save_image(MedicalImage(np.zeros((4, 4, 2), np.float32), affine), tmp_path / "api/")
+    assert not (tmp_path / "api").exists()
+
+
+def test_dicom_series_with_a_missing_slice_has_no_single_spacing(tmp_path, prior_dir):
+    """A series at z = 0, 2, 4, 8 (one slice missing) was written with SpacingBetweenSlices
+    the mean gap on every file; each file keeps its own position, and the spacing tag (which
+    one number cannot fill) is left out."""
+    series = _write_series(get_testdata_file("CT_small.dcm"), tmp_path / "s", n=4)
+    f = sorted(series.iterdir())[-1]
+    ds = pydicom.dcmread(f)
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 2]
+    ds.save_as(f)
+    _run(["sr", series, "-o", str(tmp_path / "out") + os.sep, "--prior", prior_dir,
+          "--method", "bicubic", "--scale", "2", "-q"])
+    outs = [pydicom.dcmread(p) for p in sorted((tmp_path / "out").iterdir())]
+    z = [float(o.ImagePositionPatient[2]) for o in outs]
+    np.testing.assert_allclose(np.diff(z), [2, 2, 4], atol=1e-6)
+    assert all("SpacingBetweenSlices" not in o for o in outs)
+
+
 def test_written_dicom_keeps_thickness_and_a_projection_stays_a_projection(tmp_path, prior_dir):
     """SliceThickness was the slice spacing (2.0 for 1 mm slices 2 mm apart); a projection
     (CR, only ImagerPixelSpacing) was given a patient position and orientation."""

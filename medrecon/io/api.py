@@ -368,7 +368,7 @@ def save_image(
     if image.meta.get("path"):
         protected.append(image.meta["path"])
     overwrite = bool(overwrite or (stage is not None and stage.overwrite))
-    out, as_dir = check_image_output(path, is_2d=image.is_2d, overwrite=overwrite, inputs=protected)
+    out, as_dir = check_image_output(path, is_2d=image.one_slice, overwrite=overwrite, inputs=protected)
     suffix = full_suffix(out)
 
     description = "medrecon" + (f" {method}" if method else "")

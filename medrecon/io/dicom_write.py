@@ -4,8 +4,10 @@ The output is a *new* series in the same study: new Series / SOP Instance UIDs
 (:func:`pydicom.uid.generate_uid`), ``ImageType`` ``DERIVED\\SECONDARY``, a ``SeriesDescription``
 naming medrecon and the method, and geometry tags (``ImagePositionPatient``,
 ``ImageOrientationPatient``, ``PixelSpacing``, ``Rows``/``Columns``, ``SliceThickness``,
-``SpacingBetweenSlices``, ``SliceLocation``) computed from the image's affine, so any viewer
-places the result exactly where the input was.
+``SpacingBetweenSlices`` where the slices are evenly spaced, ``SliceLocation``) computed from
+the image's affine, so any viewer places the result exactly where the input was. One slice
+stored along another axis (``X x 1 x Z``) is written as that slice; an affine whose in-plane
+axes are not perpendicular is refused (:func:`check_dicom_axes`).
 
 * With a classic single-frame CT or MR reference, each slice starts from the reference header
   (acquisition attributes kept, private tags, overlays, icons and all pixel-module attributes
@@ -35,6 +37,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
 from medrecon import __version__
+from medrecon.errors import MedreconInputError
 from medrecon.io.geometry import ras_to_lps
 from medrecon.io.image import MedicalImage
 
@@ -259,6 +262,34 @@ def _series_header(references: Sequence[Dataset], series_description: str | None
     return base, date, time
 
 
+#: Largest |cos| of the angle between the written rows' and columns' directions: DICOM's
+#: ImageOrientationPatient holds two perpendicular unit vectors (medrecon's reader refuses
+#: more than 0.1, other readers drop the geometry).
+MAX_AXES_COS = 1e-3
+
+
+def check_dicom_axes(shape: Sequence[int], affine: Any) -> None:
+    """Refuse geometry DICOM cannot hold: in-plane axes (the two a slice is written along,
+    :meth:`~medrecon.io.MedicalImage.slice_last`) that are not perpendicular, a sheared
+    affine (the slice axis may be oblique to the plane: a tilted gantry's series).
+
+    Raises:
+        MedreconInputError: the angle, and the format to write instead.
+    """
+    shape = tuple(int(n) for n in shape)
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    thin = 2 if shape[2] == 1 or 1 not in shape else max(
+        i for i, n in enumerate(shape) if n == 1)
+    u, v = (a[:, i] for i in range(3) if i != thin)
+    cos = abs(float(u @ v)) / max(float(np.linalg.norm(u) * np.linalg.norm(v)), 1e-300)
+    if cos > MAX_AXES_COS:
+        angle = float(np.degrees(np.arccos(min(cos, 1.0))))
+        raise MedreconInputError(
+            f"the image's in-plane axes meet at {angle:.2f} degrees, not 90 (a sheared "
+            "affine); DICOM stores perpendicular rows and columns only, so the result's "
+            "geometry would be lost. Write it as NIfTI (.nii.gz) instead.")
+
+
 def write_dicom(
     image: MedicalImage,
     target: Path,
@@ -283,6 +314,8 @@ def write_dicom(
     Returns:
         The written file paths, in slice order.
     """
+    image = image.slice_last()  # one slice stored along another axis is that slice
+    check_dicom_axes(image.shape, image.affine)
     ref = references[0] if references else None
     base, date, time = _series_header(references, series_description, method)
 
@@ -306,6 +339,9 @@ def write_dicom(
     # the slices' true places along the normal (a series with a missing slice has uneven gaps,
     # which the image's single affine spreads evenly): one output slice per source slice
     along = _reference_offsets(references, normal) if same_slices else None
+    gaps = np.abs(np.diff(along)) if along is not None and len(along) > 1 else None
+    # one spacing for the series only where the slices are evenly spaced (optional tag)
+    even = gaps is None or float(gaps.max() - gaps.min()) <= 1e-3 * max(float(gaps.mean()), 1e-6)
     located = _located(ref)
     thickness = _source_thickness(ref, normal) if same_slices else None
     written = []
@@ -325,7 +361,8 @@ def write_dicom(
             # the acquisition's nominal thickness is kept; unknown stays empty (type 2): the
             # spacing of the slices is SpacingBetweenSlices and the positions
             ds.SliceThickness = "" if thickness is None else _ds(thickness)
-            ds.SpacingBetweenSlices = _ds(slice_gap)
+            if even:
+                ds.SpacingBetweenSlices = _ds(slice_gap)
             ds.SliceLocation = _ds(float(position @ normal))
         else:  # a projection (CR, DX): its spacing is the detector's, it has no patient place
             ds.ImagerPixelSpacing = [_ds(dy), _ds(dx)]

@@ -95,6 +95,27 @@ class MedicalImage:
         return self.array.shape[2] == 1
 
     @property
+    def one_slice(self) -> bool:
+        """True when any axis has a single voxel: one 2D image, whichever axis is the thin one
+        (a coronal slice of a NIfTI may be stored ``X x 1 x Z``). What the 2D formats take
+        (:meth:`slice_last`)."""
+        return 1 in self.array.shape
+
+    def slice_last(self) -> "MedicalImage":
+        """This image with its single-voxel axis last (``(X, 1, Z) -> (X, Z, 1)``, the affine's
+        columns permuted alike: the same voxels at the same places), as the 2D writers (PNG,
+        DICOM) store one slice; the image itself when ``Z == 1`` or no axis is single."""
+        shape = self.array.shape
+        if shape[2] == 1 or 1 not in shape:
+            return self
+        thin = max(i for i, n in enumerate(shape) if n == 1)
+        order = [i for i in range(3) if i != thin] + [thin]
+        affine = self.affine.copy()
+        affine[:3, :3] = self.affine[:3, order]
+        return MedicalImage(np.ascontiguousarray(np.transpose(self.array, order)), affine,
+                            dict(self.meta))
+
+    @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along each array axis (norms of the affine's columns)."""
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]

@@ -161,8 +161,10 @@ def write_raster(image: MedicalImage, tmp: Path, *, suffix: str, out: Path) -> N
     clipped to that depth; otherwise values already within ``[0, 255]`` are rounded to 8 bits,
     within ``[0, 65535]`` to 16 bits, and anything else is rescaled to 16 bits with a warning. TIFF stores float32 as is.
     The voxel order is written as rows = ``Y``, columns = ``X`` (the inverse of the reader);
-    geometry is not stored.
+    geometry is not stored. One slice stored along another axis is written as that slice
+    (:meth:`~medrecon.io.MedicalImage.slice_last`).
     """
+    image = image.slice_last()
     if not image.is_2d:
         raise MedreconInputError(
             f"cannot write a 3D image of shape {image.shape} to {suffix} ({out}); {suffix} holds "

@@ -153,6 +153,8 @@ class MedreconRasterWriter(PILWriter):
         from medrecon.errors import MedreconInputError
 
         arr = _one_channel(data_array, channel_dim, "MedreconRasterWriter")
+        if arr.ndim == 3 and arr.shape[2] != 1 and 1 in arr.shape:  # one slice along X or Y
+            arr = np.moveaxis(arr, max(i for i, n in enumerate(arr.shape) if n == 1), -1)
         if arr.ndim > 2 and any(s != 1 for s in arr.shape[2:]):
             raise MedreconInputError(
                 f"cannot write an image of shape {arr.shape} to {self.target or 'a raster'}: "
@@ -249,7 +251,7 @@ class MedreconDicomWriter(ImageWriter):
         path = Path(str(filename))
         if self.staged:
             as_dir = path.is_dir()
-            if not as_dir and not image.is_2d:
+            if not as_dir and not image.one_slice:
                 raise MedreconInputError(
                     f"cannot write a 3D result of shape {image.shape} to one DICOM file; give a "
                     "folder for a DICOM series.")
@@ -257,7 +259,7 @@ class MedreconDicomWriter(ImageWriter):
                         references=_references(self.reference, image),
                         series_description=self.series_description, method=self.method)
             return path
-        if not image.is_2d:  # a series folder named after the file
+        if not image.one_slice:  # a series folder named after the file
             path = path.with_name(path.name[: -len(path.suffix)] if path.suffix else path.name)
             target = f"{path}/"
         else:
