@@ -808,6 +808,41 @@ def test_a_singular_sform_beside_a_qform_is_the_affine_error(tmp_path):
         load_image(tmp_path / "sing.nii.gz")
 
 
+def test_a_truncated_slice_of_a_series_is_named_not_dropped(tmp_path):
+    """A slice cut after its first 132 - 1000 bytes parsed as DICOM without an image size and
+    was skipped as a non-image object: the volume silently lost a slice. A DICOM object
+    without a SOP class, or of an image class without Rows / Columns, is now named as damaged;
+    a real non-image object (a structured report) beside the slices is still skipped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * i]
+        ds.InstanceNumber = i + 1
+        ds.save_as(src / f"s{i}.dcm")
+    whole = (src / "s2.dcm").read_bytes()
+    for n, msg in ((132, "no SOP class"), (500, "MR Image Storage object without its image size"),
+                   (1000, "without its image size")):
+        series = tmp_path / f"cut{n}"
+        series.mkdir()
+        for f in src.iterdir():
+            (series / f.name).write_bytes(f.read_bytes())
+        (series / "s2.dcm").write_bytes(whole[:n])
+        for name in ("s2.dcm", "s2"):  # with or without the suffix
+            with pytest.raises(MedreconInputError, match=msg):
+                load_image(series)
+            (series / "s2.dcm").rename(series / "s2") if name == "s2.dcm" else None
+    sr = pydicom.Dataset()
+    sr.SOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+    sr.SOPInstanceUID = pydicom.uid.generate_uid()
+    sr.file_meta = pydicom.dataset.FileMetaDataset()
+    sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    sr.save_as(src / "report.dcm", enforce_file_format=True)
+    assert load_image(src).shape[-1] == 3
+
+
 def test_series_folder_damage_is_named(tmp_path):
     """A text file named IM00002.dcm in a series was dropped without a word (the volume lost
     a slice); a file without read permission was an internal PermissionError; a folder that

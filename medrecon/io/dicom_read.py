@@ -93,6 +93,23 @@ def _not_dicom_error(path: Path) -> MedreconInputError:
     )
 
 
+def _has_class(ds: Dataset) -> bool:
+    """Whether ``ds`` names its SOP class (in its file meta or its dataset)."""
+    meta_cls = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return bool(meta_cls) or "SOPClassUID" in ds
+
+
+def _image_class(ds: Dataset) -> str:
+    """The name of ``ds``'s SOP class when it is an image storage class (``"MR Image
+    Storage"``...), else ``""`` (structured reports, presentation states and the like)."""
+    from pydicom.uid import UID
+
+    meta_cls = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    cls = ds.get("SOPClassUID", None) or meta_cls
+    name = UID(str(cls)).name if cls else ""
+    return name if "Image Storage" in name else ""
+
+
 def _is_image(ds: Dataset) -> bool:
     meta_cls = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
     return str(meta_cls) != _DICOMDIR_CLASS and "Rows" in ds and "Columns" in ds
@@ -601,6 +618,18 @@ def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], list[Pat
                     f"{str(p)!r} in the series folder is named as DICOM but is not a readable "
                     "DICOM file (damaged or truncated); copy it again from the source, or move "
                     "it out of the folder.")
+            if ds is not None and not _has_class(ds) and not _is_image(ds):
+                raise MedreconInputError(  # every DICOM object names its SOP class first
+                    f"{str(p)!r} in the series folder has a DICOM marker but no SOP class: the "
+                    "file is damaged or truncated. Copy it again from the source, or move it "
+                    "out of the folder.")
+            if ds is not None and not _is_image(ds) and _image_class(ds):
+                # an image whose header stops before its size: a truncated slice, which was
+                # left out of its series without a word
+                raise MedreconInputError(
+                    f"{str(p)!r} in the series folder is a {_image_class(ds)} object without "
+                    "its image size (Rows / Columns): the file is damaged or truncated. Copy it "
+                    "again from the source, or move it out of the folder.")
             if ds is None or not _is_image(ds):
                 skipped.append(p)
                 continue
