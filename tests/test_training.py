@@ -594,6 +594,34 @@ def test_cli_folds_run_export(tmp_path):
     assert bad.exit_code == 2 and "power of two" in bad.output
 
 
+def test_a_failed_resume_leaves_the_run_records_as_they_were(tmp_path):
+    """A resume whose checkpoint cannot be read exited 2, but only after run.json was
+    rewritten as "running" (its kimg, steps and "stopped" lost) and folds.json written again:
+    the checkpoint is now read before the records."""
+    from click.testing import CliRunner
+
+    from medrecon.training.cli import train
+
+    data = tmp_path / "data"
+    for i in range(6):
+        _write_png(data / "NORMAL" / f"IM-{i:04d}-0001.png", 30 * i)
+    args = ["run", "--data", str(data), "--out", str(tmp_path / "run"), "--resolution", "16",
+            "--kimg", "0.008", "--batch", "4", "--z-dim", "8", "--w-dim", "8",
+            "--channel-base", "64", "--channel-max", "16", "--folds", "3", "--device", "cpu"]
+    res = CliRunner().invoke(train, args)
+    assert res.exit_code == 0, res.output
+    ckpt = tmp_path / "run" / "checkpoint-latest.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:40000])
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+              for p in (tmp_path / "run").iterdir() if p.is_file()}
+    res = CliRunner().invoke(train, [*args[:-2], "--kimg", "0.016", "--device", "cpu"])
+    assert res.exit_code == 2 and "cannot read" in res.output, res.output
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+             for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert after == before
+    assert json.loads(after["run.json"][0])["status"] == "stopped"
+
+
 def test_folds_command_never_writes_over_a_users_file(tmp_path):
     """train folds wrote its JSON over any path, an input image included: now an input is
     refused always, an existing file without --overwrite, and a file that is not a fold

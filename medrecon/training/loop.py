@@ -633,7 +633,8 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, out_dir: str | Path, *, kimg: float, max_minutes: float | None = None,
-            snapshot_minutes: float = 5.0, log_every: int = 10, progress=None) -> dict:
+            snapshot_minutes: float = 5.0, log_every: int = 10, progress=None,
+            resume: bool = True) -> dict:
         """Train until ``kimg`` thousand real images are seen or ``max_minutes`` pass.
 
         Resumes from ``out_dir/checkpoint-latest.pt`` when present. Writes the checkpoint and a
@@ -650,13 +651,16 @@ class Trainer:
             snapshot_minutes: checkpoint/sample period.
             log_every: steps between log lines.
             progress: optional callable(stats) for progress display.
+            resume: load ``out_dir``'s checkpoint when there is one; False when the caller
+                loaded it already (:func:`medrecon.training.runner.train_run` reads it before
+                it writes the run folder's records).
 
         Returns:
             Summary dict (steps, kimg, seconds, last stats).
         """
         out = Path(out_dir)
         ckpt = out / CHECKPOINT_NAME
-        if ckpt.exists():
+        if resume and ckpt.exists():
             self.load_checkpoint(ckpt)
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from medrecon.errors import MedreconInputError
 from medrecon.training.folds import ImageFolderDataset, make_folds, save_folds
-from medrecon.training.loop import TrainConfig, Trainer, TrainingDiverged, check_training_memory
+from medrecon.training.loop import (CHECKPOINT_NAME, TrainConfig, Trainer, TrainingDiverged,
+                                    check_training_memory)
 
 __all__ = ["train_run", "hardware_description"]
 
@@ -232,6 +233,9 @@ def train_run(
                           split={"held_out_fold": fold, "folds_sha256": fa.digest()})
         lock = run_lock(out) if rank == 0 else contextlib.nullcontext()
         stack.enter_context(lock)  # held until the run ends (a second one on --out: exit 2)
+        ckpt = out / CHECKPOINT_NAME
+        if ckpt.exists():  # a resume reads its checkpoint before the records are rewritten
+            trainer.load_checkpoint(ckpt)
         if rank == 0:  # everything checked and built: only now is the run folder written
             save_folds(fa, out / "folds.json")
         t0 = time.time()
@@ -252,7 +256,8 @@ def train_run(
         _write_record(out, rank, {**base, "status": "running"})
         try:
             summary = trainer.fit(out, kimg=kimg, max_minutes=max_minutes,
-                                  snapshot_minutes=snapshot_minutes, progress=progress)
+                                  snapshot_minutes=snapshot_minutes, progress=progress,
+                                  resume=False)
         except TrainingDiverged as exc:  # the record says so (it stayed "running")
             _write_record(out, rank, {**base, "status": "diverged", "error": str(exc)})
             raise
