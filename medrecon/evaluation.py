@@ -232,9 +232,9 @@ def discover_images(images: str | Path | Sequence[str | Path], *, limit: int | N
             raise MedreconInputError(f"--images {str(root)!r} does not exist; expected a folder "
                                      "of PNG/JPEG/DICOM/NIfTI ground truths or a text file "
                                      "listing them.")
-        if root.is_dir():
+        if root.is_dir():  # an earlier evaluation's report (grid.png) is no ground truth
             found = [(p.relative_to(root).as_posix(), p) for p in root.rglob("*")
-                     if p.is_file() and _has_image_suffix(p)]
+                     if p.is_file() and _has_image_suffix(p) and not _in_report(p, root)]
         elif _has_image_suffix(root):
             found = [(root.name, root)]
         else:
@@ -1056,6 +1056,18 @@ def _not_written_by_report(folder: Path, present: list[str]) -> list[str]:
             and (n not in made or not (folder / n).is_file() or sha256_file(folder / n) != made[n])]
 
 
+def _in_report(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a report folder of ``medrecon eval`` (:func:`_is_report`) at or
+    below ``root``."""
+    folder = path.parent
+    while True:
+        if _is_report(folder):
+            return True
+        if folder == root or root not in folder.parents:
+            return False
+        folder = folder.parent
+
+
 def _is_report(folder: Path) -> bool:
     """Whether ``folder`` holds a report written by ``medrecon eval`` (its settings.json)."""
     try:
@@ -1087,6 +1099,11 @@ def check_report_dir(out_dir: str | Path, *, images: Any = None, overwrite: bool
                 f"--out {str(out)!r} is, or lies inside, the --images folder {str(root)!r}: the "
                 "report would be mixed with the ground truths (and grid.png scored as one next "
                 "time). Choose an --out folder outside --images.")
+        if out.resolve() in root.resolve().parents:
+            raise MedreconInputError(
+                f"--out {str(out)!r} holds the --images folder {str(root)!r}: the report would "
+                "lie over the ground truths (an evaluation of the folder above them would score "
+                "grid.png as one). Choose an --out folder beside --images, not above it.")
     targets = {(out / name).resolve() for name in REPORT_FILES}
     inputs = _input_files(images)
     for f in inputs:

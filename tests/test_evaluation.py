@@ -612,6 +612,38 @@ def test_eval_review_round_two(prior, tmp_path):
         ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=imgs, lpips=False)
 
 
+def test_eval_never_scores_its_own_report_as_a_ground_truth(prior, tmp_path):
+    """--out above --images was taken (the report lay over the ground truths), and an
+    evaluation of the folder above then scored grid.png and an older report's grid as ground
+    truths. Now --out may not hold --images, and a report folder's images are skipped."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from medrecon.cli import cli
+    from medrecon.priors import save_prior
+
+    ev_dir = tmp_path / "ev"
+    imgs = ev_dir / "imgs"
+    imgs.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(imgs / f"g{i}.png")
+    save_prior(prior, tmp_path / "p")
+    base = ["eval", "--prior", str(tmp_path / "p"), "--task", "sr", "--methods", "bicubic",
+            "--no-lpips", "--scale", "2"]
+    res = CliRunner().invoke(cli, [*base, "--images", str(imgs), "--out", str(ev_dir)])
+    assert res.exit_code == 2 and "holds the --images folder" in res.output, res.output
+    assert sorted(p.name for p in ev_dir.iterdir()) == ["imgs"]
+    res = CliRunner().invoke(cli, [*base, "--images", str(imgs), "--out", str(ev_dir / "report")])
+    assert res.exit_code == 0, res.output
+    assert (ev_dir / "report" / "grid.png").is_file()
+    found = [i for i, _ in ev.discover_images(ev_dir)]
+    assert found == ["imgs/g0.png", "imgs/g1.png"]
+    (ev_dir / "report" / "notes").mkdir()  # below a report too
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(ev_dir / "report" / "notes" / "x.png")
+    assert [i for i, _ in ev.discover_images(ev_dir)] == found
+
+
 def test_eval_refuses_bad_lists_and_option_values_before_any_method(prior, tmp_path):
     """A binary file as --images gave a UnicodeDecodeError (exit 1); csgm.steps=0 was found
     only when csgm started, after the methods before it had run on every image; TIFF ground
