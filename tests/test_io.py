@@ -901,3 +901,32 @@ def test_extreme_values_are_named_by_what_they_are():
         MedicalImage(np.full((8, 8), 1.7e308), np.eye(4))
     with pytest.raises(MedreconInputError, match="holds no pixel"):
         MedicalImage(np.zeros((0, 8)), np.eye(4))
+
+
+def test_nibabel_header_repairs_are_one_warning_not_stray_stderr(tmp_path, capfd):
+    """nibabel printed its header repairs to stderr through a handler of its own: a raw line
+    among --log-format json's events, and a second line before an error. They are now one
+    MedreconWarning when the file is read, and nothing when it is not."""
+    import struct
+
+    import nibabel as nib
+
+    from medrecon.errors import MedreconWarning
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 2)).astype(np.float32),
+                             np.eye(4)), str(tmp_path / "ok.nii"))
+    raw = bytearray((tmp_path / "ok.nii").read_bytes())
+    pix0 = bytearray(raw)
+    pix0[80:92] = struct.pack("<fff", 0, 0, 0)  # pixdim[1:4]
+    pix0[252:256] = struct.pack("<hh", 0, 0)  # no qform / sform: pixdim is the geometry
+    (tmp_path / "pix0.nii").write_bytes(pix0)
+    bad = bytearray(raw)
+    bad[70:72] = struct.pack("<h", 1234)  # datatype
+    (tmp_path / "dtype.nii").write_bytes(bad)
+    capfd.readouterr()
+    with pytest.warns(MedreconWarning, match="pix0.nii: nibabel repaired its header: pixdim"):
+        img = load_image(tmp_path / "pix0.nii")
+    assert img.spacing == (1.0, 1.0, 1.0)
+    with pytest.raises(MedreconInputError, match="data code 1234 not recognized"):
+        load_image(tmp_path / "dtype.nii")
+    assert capfd.readouterr().err == ""

@@ -7,6 +7,8 @@ the affine is always in millimetres.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +60,37 @@ def _select_volume(shape: tuple[int, ...], volume: int | None, path: Path) -> tu
 
 def read_nifti(path: Path, *, volume: int | None = None) -> MedicalImage:
     """Read a NIfTI file into a :class:`MedicalImage` (float32, RAS+ affine in mm)."""
+    with _nibabel_log(path):
+        return _read_nifti(path, volume)
+
+
+@contextlib.contextmanager
+def _nibabel_log(path: Path) -> Any:
+    """nibabel prints its header repairs (``pixdim[1,2,3] should be non-zero; setting 0 dims
+    to 1``) to stderr through a handler of its own, which broke ``--log-format json`` and
+    doubled an error's line: they are held here and said as one :class:`MedreconWarning`
+    when the file was read (an error explains a file that was not)."""
+    from nibabel import imageglobals
+
+    held: list[str] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record.getMessage())
+
+    hold = Hold()
+    with imageglobals.LoggingOutputSuppressor():
+        imageglobals.logger.addHandler(hold)
+        try:
+            yield
+        finally:
+            imageglobals.logger.removeHandler(hold)
+    if held:
+        warnings.warn(f"{Path(path).name}: nibabel repaired its header: {'; '.join(held)}.",
+                      MedreconWarning, stacklevel=4)
+
+
+def _read_nifti(path: Path, volume: int | None) -> MedicalImage:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for corrupt files
