@@ -903,6 +903,24 @@ def test_extreme_values_are_named_by_what_they_are():
         MedicalImage(np.zeros((0, 8)), np.eye(4))
 
 
+def test_files_beyond_float32_are_named_so_not_non_finite(tmp_path):
+    """A .npy or NIfTI of float64 with 1e300 was cast first: 'overflow encountered in cast'
+    and then '1 non-finite voxel(s) ... numpy.nan_to_num', a fix that does not apply."""
+    import warnings
+
+    import nibabel as nib
+
+    a = np.ones((8, 8, 2))
+    a[3, 3, 1] = 1e300
+    np.save(tmp_path / "big.npy", a)
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / "big.nii.gz"))
+    for name in ("big.npy", "big.nii.gz"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RuntimeWarning from the cast either
+            with pytest.raises(MedreconInputError, match="up to 1e\\+300, beyond float32's range"):
+                load_image(tmp_path / name)
+
+
 def test_nibabel_header_repairs_are_one_warning_not_stray_stderr(tmp_path, capfd):
     """nibabel printed its header repairs to stderr through a handler of its own: a raw line
     among --log-format json's events, and a second line before an error. They are now one

@@ -312,6 +312,20 @@ def _human(nbytes: float) -> str:
     return f"{nbytes:.1f} EiB"
 
 
+def check_float32_range(array: np.ndarray, *, what: str) -> None:
+    """Raise when wider floats hold finite values beyond float32's range, which medrecon
+    computes in (cast, they became +/-Inf and were reported as "non-finite voxels")."""
+    a = np.asarray(array)
+    if a.dtype.kind != "f" or a.dtype.itemsize <= 4 or not a.size:
+        return
+    # max and min: no |a| copy of a large float64 array
+    top = max(abs(float(np.nanmax(a))), abs(float(np.nanmin(a)))) if np.isfinite(a).any() else 0.0
+    if np.isfinite(top) and top > float(np.finfo(np.float32).max):
+        raise MedreconInputError(
+            f"{what} holds values up to {top:.3g}, beyond float32's range (3.4e38) that "
+            "medrecon computes in; rescale the intensities first.")
+
+
 def check_finite(array: np.ndarray, *, what: str) -> None:
     """Raise when ``array`` holds NaN or infinite values, saying how many and where."""
     finite = np.isfinite(array)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from medrecon.errors import MedreconInputError
+from medrecon.io._paths import check_float32_range
 from medrecon.io.geometry import check_affine, resample_affine_for_zoom
 
 __all__ = ["MedicalImage"]
@@ -41,14 +42,7 @@ def _as_volume(array: object, *, name: str = "array") -> np.ndarray:
     if min(a.shape) < 1:
         raise MedreconInputError(f"{name} is empty (shape {a.shape}): it holds no pixel; "
                                  "expected an image.")
-    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
-        # max and min: no |a| copy of a large float64 array
-        top = (max(abs(float(np.nanmax(a))), abs(float(np.nanmin(a))))
-               if np.isfinite(a).any() else 0.0)
-        if np.isfinite(top) and top > float(np.finfo(np.float32).max):
-            raise MedreconInputError(  # they became +/-Inf in float32 ("non-finite voxels")
-                f"{name} holds values up to {top:.3g}, beyond float32's range (3.4e38) that "
-                "medrecon computes in; rescale the intensities first.")
+    check_float32_range(a, what=name)
     return np.ascontiguousarray(a, dtype=np.float32)
 
 

@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.io._paths import MEDRECON_MARK, check_claimed_size, check_finite
+from medrecon.io._paths import (MEDRECON_MARK, check_claimed_size, check_finite,
+                                check_float32_range)
 from medrecon.io.geometry import check_affine
 from medrecon.io.image import MedicalImage
 
@@ -121,7 +122,9 @@ def _read_nifti(path: Path, volume: int | None) -> MedicalImage:
                     f"{str(path)!r} holds complex voxels ({dtype}); medrecon expects a real "
                     "image. Save the magnitude image instead."
                 )
-            data = np.asarray(img.dataobj[index], dtype=np.float32)
+            data = np.asarray(img.dataobj[index])
+            check_float32_range(data, what=f"{str(path)!r}")
+            data = data.astype(np.float32, copy=False)
     except (OSError, EOFError, ValueError) as exc:
         if isinstance(exc, MedreconInputError):
             raise

@@ -22,7 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from medrecon.errors import MedreconInputError, MedreconWarning
-from medrecon.io._paths import MEDRECON_MARK, check_finite, check_numpy_file
+from medrecon.io._paths import (MEDRECON_MARK, check_finite, check_float32_range,
+                                check_numpy_file)
 from medrecon.io.geometry import LPS_TO_RAS
 from medrecon.io.image import MedicalImage
 
@@ -118,6 +119,7 @@ def read_raster(path: Path) -> MedicalImage:
         data = rgb_to_gray(colour) if colour.shape[-1] == 3 else colour[..., 0]
     for note in notes:
         warnings.warn(note, MedreconWarning, stacklevel=3)
+    check_float32_range(data, what=f"{str(path)!r}")
     data = data.astype(np.float32)
     check_finite(data, what=f"{str(path)!r}")
     bit_depth = 16 if wide else 8 if mode in ("1", "L", "P", "PA", "LA", "La", "RGB", "RGBA",
@@ -214,6 +216,7 @@ def read_numpy(path: Path) -> MedicalImage:
             f"{str(path)!r} has shape {data.shape}; expected a 2D (X, Y) or 3D (X, Y, Z) array. "
             "Select one image (e.g. array[..., 0]) and save it again."
         )
+    check_float32_range(data, what=f"{str(path)!r}")
     data = data.astype(np.float32)
     check_finite(data, what=f"{str(path)!r}")
     meta = {"format": "npy", "path": str(path), "source_paths": [str(path)], "modality": None,
