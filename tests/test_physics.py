@@ -343,6 +343,21 @@ def test_blur_circular_pseudo_inverse_handles_zero_frequencies():
     torch.testing.assert_close(op.A(x), y, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("k, hw", [(9, (8, 8)), (5, (4, 4)), (9, (5, 5)), (3, (1, 1)),
+                                   (4, (7, 9))])
+def test_blur_circular_transfer_function_wraps_a_kernel_larger_than_the_image(k, hw):
+    """A circular blur whose kernel is larger than the image (accepted, A and A^H worked) made
+    A_dagger and A_dagger_reg fail inside the transfer function (a 9 x 9 kernel put into an
+    8 x 8 array). The taps now wrap around as the convolution does."""
+    op = Blur(uniform_kernel(k), padding="circular").double()
+    x = torch.randn(2, 1, *hw, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = op.A(x)
+    fourier = torch.fft.ifft2(torch.fft.fft2(x) * op.otf(hw, dtype=torch.complex128)).real
+    torch.testing.assert_close(fourier, y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.A(op.A_dagger(y)), y, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(op.A_dagger_reg(y, eta=0.1)).all()
+
+
 def test_mri_adjoint_is_zero_filled_ifft_and_noise_only_on_samples():
     mask = masks.random_lines((16, 12), acceleration=4, seed=1)
     op = MRI(mask, noise_model=GaussianNoise(0.5))

@@ -73,8 +73,12 @@ class Blur(LinearPhysics):
         kh, kw = self.kernel.shape
         psf = torch.zeros(h, w, dtype=dtype.to_real() if dtype.is_complex else dtype,
                           device=self.kernel.device)
-        psf[:kh, :kw] = self.kernel.to(psf.dtype)
-        psf = torch.roll(psf, shifts=(-((kh - 1) // 2), -((kw - 1) // 2)), dims=(0, 1))
+        # each tap at its offset from the kernel's centre, modulo the image: a kernel larger
+        # than the image wraps around as the circular convolution does
+        rows = (torch.arange(kh, device=psf.device) - (kh - 1) // 2) % h
+        cols = (torch.arange(kw, device=psf.device) - (kw - 1) // 2) % w
+        psf.index_put_((rows[:, None].expand(kh, kw), cols[None, :].expand(kh, kw)),
+                       self.kernel.to(psf.dtype), accumulate=True)
         return torch.fft.fft2(psf).to(dtype)
 
     def _fourier_filter(self, y: torch.Tensor, eta: float) -> torch.Tensor:
