@@ -506,6 +506,34 @@ def test_inpaint_mask_reaches_cli_on_input_grid(scene, slicer_mod, fake_cli, run
     assert result.output_volume in added
 
 
+def test_a_transformed_labelmap_on_the_inputs_grid_marks_its_world_place(
+        scene, slicer_mod, fake_cli, runs_dir):
+    """A labelmap on the input's IJK grid under a parent transform was copied voxel for voxel,
+    so it filled where it would lie untransformed (the same box on a finer grid, or as a
+    segmentation, filled where it is shown). It is now resampled like them."""
+    import vtk
+
+    eye = np.eye(3)
+    volume = _volume(scene, slicer_mod, np.zeros((1, 10, 10), np.float32), direction=eye,
+                     spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    box = np.zeros((1, 10, 10), np.uint8)
+    box[0, 2:4, 2:4] = 1
+    labelmap = _volume(scene, slicer_mod, box, name="hole",
+                       node_class="vtkMRMLLabelMapVolumeNode", direction=eye,
+                       spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 4.0)  # +4 mm along R: +4 voxels along I
+    shift.SetMatrixTransformToParent(matrix)
+    labelmap.SetAndObserveTransformNodeID(shift.GetID())
+    result = _logic(fake_cli, runs_dir).process(
+        volume, runner.ReconstructionParameters(task="inpaint"), mask=labelmap)
+    filled = slicer_mod.util.arrayFromVolume(result.output_volume)[0] == 1000.0
+    expected = np.zeros((10, 10), bool)
+    expected[2:4, 6:8] = True
+    np.testing.assert_array_equal(filled, expected)
+
+
 def test_labelmap_on_coarser_grid_is_resampled(scene, slicer_mod, fake_cli, runs_dir):
     volume = _volume(scene, slicer_mod, np.zeros((2, 8, 8), np.float32), direction=np.eye(3),
                      spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))

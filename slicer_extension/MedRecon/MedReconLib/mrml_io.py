@@ -212,7 +212,9 @@ def mask_array(mask: Any, reference: Any) -> np.ndarray:
         mask: ``vtkMRMLLabelMapVolumeNode`` (nonzero voxels mark the region) or
             ``vtkMRMLSegmentationNode`` (the union of all its segments marks the region). A
             labelmap on another grid, and every segmentation, is resampled onto the
-            reference grid by Slicer's segmentation logic (nearest neighbour).
+            reference grid by Slicer's segmentation logic (nearest neighbour); so is a
+            labelmap on the reference's grid under another parent transform (it marks other
+            places in the world).
         reference: The input volume whose grid the mask must share.
 
     Returns:
@@ -232,8 +234,9 @@ def mask_array(mask: Any, reference: Any) -> np.ndarray:
         )
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     scene = reference.GetScene()
-    if mask.IsA("vtkMRMLLabelMapVolumeNode") and same_grid(mask, reference):
-        labels = _array_kji(mask)
+    if (mask.IsA("vtkMRMLLabelMapVolumeNode") and same_grid(mask, reference)
+            and mask.GetTransformNodeID() == reference.GetTransformNodeID()):
+        labels = _array_kji(mask)  # voxel for voxel: the same grid in the same place
     elif mask.IsA("vtkMRMLLabelMapVolumeNode"):
         with _temporary_node(scene, "vtkMRMLSegmentationNode") as segmentation, \
                 _temporary_node(scene, "vtkMRMLLabelMapVolumeNode") as resampled:
