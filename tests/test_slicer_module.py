@@ -610,6 +610,15 @@ def test_cli_errors_name_the_volume_not_its_temporary_export(scene, slicer_mod, 
     assert str(info.value) == "the volume 'T1 head' has 1 non-finite voxel(s)"
     # the log lines too (they named a temporary file deleted with the run)
     assert logs and not any("input.nii" in line or str(runs_dir) in line for line in logs)
+    # and the events the panel polls (its log showed the temporary path)
+    run = _logic(fake_cli, runs_dir, env=env).start(volume, runner.ReconstructionParameters())
+    events = []
+    while not run.finished:
+        events += run.poll()
+        time.sleep(0.02)
+    said = [e.message for e in events if e.kind in ("log", "error") and e.message.strip()]
+    assert any("the volume 'T1 head' has 1 non-finite" in m for m in said), said
+    assert not any("input.nii" in m or str(runs_dir) in m for m in said)
 
 
 def test_a_failure_while_importing_leaves_no_node(scene, slicer_mod, fake_cli, runs_dir):

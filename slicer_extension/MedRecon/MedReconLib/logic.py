@@ -17,6 +17,7 @@ Example (Slicer's Python console, or plain Python with ``slicer-core``)::
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -117,11 +118,13 @@ class ReconstructionRun:
         success it creates the result nodes.
 
         Returns:
-            The events read by this call.
+            The events read by this call; log and error lines name the temporary exports as
+            the user knows them (:meth:`_named`: the folder is deleted when the run ends).
         """
         if self.finished:
             return []
-        events = self._process.poll()
+        events = [dataclasses.replace(e, message=self._named(e.message))
+                  if e.kind in ("log", "error") else e for e in self._process.poll()]
         for event in events:
             if event.kind == "progress":
                 if event.fraction is not None:
@@ -175,7 +178,7 @@ class ReconstructionRun:
                     fraction = self.fraction if event.fraction is None else event.fraction
                     progress_callback(fraction, event.message)
                 elif event.kind in ("log", "error") and log_callback is not None:
-                    log_callback(self._named(event.message))
+                    log_callback(event.message)
             if self.finished:
                 break
             if deadline is not None and time.monotonic() > deadline:
