@@ -282,7 +282,10 @@ def load_mask(mask: Any, image: Any = None) -> Any:
             raise MedreconInputError(f"mask file {str(p)!r} does not exist; pass an existing file.")
         from medrecon.io import load_image
 
-        mask = load_image(p)
+        try:
+            mask = load_image(p)
+        except MedreconInputError as exc:  # say which file: the scan's and the mask's look alike
+            raise MedreconInputError(f"the mask: {exc}") from None
     meta = getattr(mask, "meta", None) or {}
     img_meta = getattr(image, "meta", None) or {}
     if meta.get("format") in GEOMETRY_FORMATS and img_meta.get("format") in GEOMETRY_FORMATS:

@@ -460,6 +460,10 @@ def test_demo_reads_one_volume_of_a_4d_input(tmp_path, prior_dir):
     assert out.shape == (32, 32, 3) and out.mean() > 4  # volume 1, not volume 0
     assert "--input" in _run(["demo", "--volume", "1", "-o", tmp_path / "c"], code=2)
     assert not (tmp_path / "c").exists()
+    # a 4D mask: named as the mask, with a fix that exists for a mask (--volume picks the scan's)
+    msg = _run(["inpaint", src, "--volume", "0", "--mask", src, "--prior", prior_dir,
+                "--method", "biharmonic", "-o", tmp_path / "m.nii.gz"], code=2)
+    assert msg.startswith("Error: the mask: ") and "v4.nii.gz is 4D" in msg and "as its own file" in msg
 
 
 def test_demo_low_resolution_panel_is_what_the_solver_saw():

@@ -463,7 +463,8 @@ def _choose_volume(slices: list[_Slice], dist: np.ndarray, *, volume: int | None
             raise MedreconInputError(
                 f"{source} is 4D: {n_vol} volumes of {len(positions)} slices (several images per "
                 f"slice position: echoes, phases or time points). Choose one with volume=N, "
-                f"0 <= N < {n_vol} (CLI: --volume N)."
+                f"0 <= N < {n_vol} (CLI: --volume N of the scan to reconstruct; a 4D mask or "
+                "ground truth: save the volume you mean as its own series)."
             )
         if not isinstance(volume, (int, np.integer)) or not 0 <= int(volume) < n_vol:
             raise MedreconInputError(

@@ -49,7 +49,9 @@ def _select_volume(shape: tuple[int, ...], volume: int | None, path: Path) -> tu
     if volume is None:
         raise MedreconInputError(
             f"{path} is 4D with {n} volumes (shape {tuple(shape)}); medrecon reconstructs one "
-            f"2D/3D image at a time. Choose one with volume=N, 0 <= N < {n} (CLI: --volume N)."
+            f"2D/3D image at a time. Choose one with volume=N, 0 <= N < {n} (CLI: --volume N "
+            "of the scan to reconstruct; a 4D mask or ground truth: save the volume you mean "
+            "as its own file)."
         )
     if not isinstance(volume, (int, np.integer)) or not 0 <= int(volume) < n:
         raise MedreconInputError(
