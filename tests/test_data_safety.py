@@ -703,3 +703,16 @@ def test_save_image_api_follows_the_same_rules(tmp_path):
     src.meta["source_paths"] = [str(out)]
     with pytest.raises(MedreconInputError, match="never writes over"):
         save_image(src, out, overwrite=True)
+
+
+def test_an_existing_npy_output_is_refused_for_what_it_is(tmp_path):
+    """A .npy that medrecon wrote was refused under --overwrite with 'medrecon did not write
+    it': numpy's header has no room for a mark, so no .npy is told apart; the message says so."""
+    from medrecon.errors import MedreconInputError
+    from medrecon.io import MedicalImage, save_image
+
+    img = MedicalImage(np.zeros((4, 4), np.float32), np.eye(4))
+    out = save_image(img, tmp_path / "r.npy")
+    with pytest.raises(MedreconInputError, match="a .npy file carries no mark"):
+        save_image(img, out, overwrite=True)
+    assert np.load(out).shape == (4, 4)

@@ -303,6 +303,11 @@ def check_image_output(
     outputs.check_output(out, overwrite=overwrite, protected=inputs, want_dir=as_dir,
                          foreign=_dicom_series_foreign if as_dir else None)
     if not as_dir and out.is_file() and not written_by_medrecon(out):
+        if suffix == ".npy":  # numpy's header has no room for a mark: nobody's is told apart
+            raise MedreconInputError(
+                f"{str(out)!r} exists, and a .npy file carries no mark of the program that "
+                "wrote it, so medrecon cannot tell its own result from a file of yours; it is "
+                "never replaced. Choose another output path, or remove it yourself.")
         raise MedreconInputError(
             f"{str(out)!r} exists and medrecon did not write it (its header has no medrecon "
             "mark); --overwrite replaces only medrecon's own results, never a file of yours. "
