@@ -354,14 +354,7 @@ def _fold_record(folds: str | Path, *, fold: int | None = None
                 f"--folds {str(folds)!r} is neither a file nor a folder, nor a shipped prior "
                 "name; expected a folds.json, a prior folder, or chest_xray / brain_mri."
             ) from None
-    d = p if p.is_dir() else p.parent
-    path = p if p.is_file() and p.suffix == ".json" and p.name != "prior.json" else d / "folds.json"
-    if not path.is_file() and (d / "models" / "folds.json").is_file():
-        d = d / "models"
-        path = d / "folds.json"
-    if not path.is_file():
-        raise MedreconInputError(f"no folds.json found for {str(folds)!r}; expected the fold "
-                                 "record exported with the prior (models/folds.json).")
+    path = _folds_json(p, folds)
     fa = load_folds(path)
     if fold is None:
         # training.json (exported prior) or run.json (training run folder) record it.
@@ -378,6 +371,68 @@ def _fold_record(folds: str | Path, *, fold: int | None = None
                 f"{' / '.join(r.name for r in records)} with 'held_out_fold'); pass fold=K "
                 "(--fold K).")
     return fa.split(int(fold))[1], int(fold), fa.digest()
+
+
+def _folds_json(p: Path, folds: Any) -> Path:
+    """The ``folds.json`` of ``p``: the file itself, or the one in a prior folder or its
+    ``models/``."""
+    d = p if p.is_dir() else p.parent
+    path = p if p.is_file() and p.suffix == ".json" and p.name != "prior.json" else d / "folds.json"
+    if not path.is_file() and (d / "models" / "folds.json").is_file():
+        path = d / "models" / "folds.json"
+    if not path.is_file():
+        raise MedreconInputError(f"no folds.json found for {str(folds)!r}; expected the fold "
+                                 "record exported with the prior (models/folds.json).")
+    return path
+
+
+def check_images_held_out(prior: Any, prior_source: str | Path | None,
+                          files: Sequence[tuple[str, Path]]) -> None:
+    """Refuse ground truths ``prior`` was trained on, whatever ``--folds`` named (a ``.txt``
+    list, or nothing): each file is looked up in the prior's own fold record (found from
+    ``prior_source``, its folder or shipped name) by the longest tail of its path that the
+    record lists. Files the record does not list (another dataset) pass; so does every file
+    for a prior without a training record or fold record.
+
+    Raises:
+        MedreconInputError: naming the training images found and the held-out fold.
+    """
+    from medrecon.training.folds import load_folds
+
+    meta = getattr(prior, "metadata", None) or {}
+    record = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    held, sha = record.get("held_out_fold"), record.get("folds_sha256")
+    if held is None or prior_source is None:
+        return
+    p = Path(str(prior_source)).expanduser()
+    try:
+        if not p.exists():
+            from medrecon.priors import resolve_prior_path
+
+            p = resolve_prior_path(str(prior_source))
+        fa = load_folds(_folds_json(p, prior_source))
+    except MedreconInputError:
+        return  # no record to look in
+    if sha and fa.digest() != sha:
+        return
+    fold_of = dict(zip(fa.files, fa.folds))
+    trained = []
+    for image_id, path in files:
+        parts = Path(path).expanduser().resolve().parts
+        for k in range(len(parts), 0, -1):
+            key = "/".join(parts[-k:])
+            if key in fold_of:
+                if fold_of[key] != int(held):
+                    trained.append(image_id)
+                break
+    if trained:
+        name = getattr(prior, "name", "the prior")
+        shown = ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else "")
+        raise MedreconInputError(
+            f"{len(trained)} of the {len(files)} images ({shown}) are training images of prior "
+            f"{name!r}: its fold record puts them outside its held-out fold {held}, so their "
+            f"scores would not be held out. Evaluate its held-out fold (--folds {prior_source} "
+            f"--fold {held}) or images it was not trained on.")
 
 
 def _valid_methods() -> list[str]:
@@ -814,6 +869,8 @@ def evaluate_run(
     if folds is not None:
         check_fold_is_held_out(prior, fold_used, digest)
     files = discover_images(images, limit=limit, subset=subset)
+    check_images_held_out(prior, None if prior_source == "in-memory object" else prior_source,
+                          files)
 
     options = {k: v for k, v in task_options.items() if v is not None}
     owned = sorted(set(options) & set(EVAL_OWNED_OPTIONS))

@@ -689,6 +689,48 @@ def test_eval_refuses_a_fold_the_prior_was_trained_on():
         ev.check_fold_is_held_out(brain, 2, digest)
 
 
+def test_eval_refuses_training_images_whatever_folds_names(prior, tmp_path):
+    """A .txt list given to --folds (or no --folds at all) was never checked against the
+    prior's own fold record: training images were scored and labelled as held out. Each
+    ground truth is now looked up in the prior's record by the tail of its path."""
+    from medrecon.priors import save_prior
+    from medrecon.training.folds import FoldAssignment, save_folds
+
+    data = tmp_path / "data"
+    for rel in ("a/1.png", "a/2.png", "b/1.png", "b/2.png"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.random.default_rng(len(rel)).random((16, 16)) * 255)
+                        .astype(np.uint8)).save(data / rel)
+    fa = FoldAssignment(files=("a/1.png", "a/2.png", "b/1.png", "b/2.png"), folds=(0, 1, 0, 1),
+                        groups=("a1", "a2", "b1", "b2"), k=2, scheme="image")
+    prior.metadata = {**(prior.metadata or {}),
+                      "training": {"held_out_fold": 0, "folds_sha256": fa.digest()}}
+    save_prior(prior, tmp_path / "p")
+    save_folds(fa, tmp_path / "p" / "models" / "folds.json")
+    from medrecon.priors import load_prior
+
+    loaded = load_prior(tmp_path / "p")
+    assert loaded.metadata["training"]["held_out_fold"] == 0
+    (tmp_path / "train.txt").write_text("a/2.png\nb/2.png\n")
+    kw = dict(prior=tmp_path / "p", task="sr", methods="bicubic", lpips=False,
+              scale=2)
+    with pytest.raises(MedreconInputError, match=r"2 of the 2 images \(a/2.png, b/2.png\) are "
+                       "training images of prior"):
+        ev.evaluate_run(images=data, folds=tmp_path / "train.txt", fold=0, **kw)
+    with pytest.raises(MedreconInputError, match="2 of the 4 images"):
+        ev.evaluate_run(images=data, **kw)  # no --folds: every image
+    with pytest.raises(MedreconInputError, match="1 of the 1 images"):  # a folder of one class
+        ev.evaluate_run(images=data / "b" / "2.png", **kw)
+    (tmp_path / "held.txt").write_text("a/1.png\nb/1.png\n")
+    run = ev.evaluate_run(images=data, folds=tmp_path / "held.txt", **kw)
+    assert sorted(r.image for r in run.rows) == ["a/1.png", "b/1.png"]
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16).T.copy()).save(other / "x.png")
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(other / "2.png")
+    assert len(ev.evaluate_run(images=other, **kw).rows) == 2  # not in the record: scored
+
+
 def test_a_listed_ground_truth_that_does_not_exist_is_named(prior, tmp_path):
     """A list naming a missing file reported the --out rule (beside the ground truths) instead
     of the missing file."""
