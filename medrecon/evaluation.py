@@ -570,6 +570,27 @@ def _load_ground_truth(path: Path, *, resolution: int, channels: int) -> torch.T
     (isotropic field-of-view fit, centred padding with ``-1``), the pipeline's own transforms.
     Values are clipped to ``[-1, 1]`` so the ground truth is a valid generator-space image.
     """
+    return _ground_truth_on_grid(path, resolution=resolution, channels=channels)[0]
+
+
+#: Side of the Gaussian window SSIM is scored with (:func:`medrecon.metrics.ssim`'s default):
+#: a ground truth's content must be at least this large on the prior's grid.
+SSIM_WINDOW = 11
+
+#: ``(top, left, height, width)`` of a ground truth's content on the prior's grid.
+Box = tuple[int, int, int, int]
+
+
+def _crop(x: torch.Tensor, box: Box) -> torch.Tensor:
+    """``x[..., top:top + height, left:left + width]``: the content, without the padding."""
+    t, left, h, w = box
+    return x[..., t:t + h, left:left + w]
+
+
+def _ground_truth_on_grid(path: Path, *, resolution: int, channels: int
+                          ) -> tuple[torch.Tensor, Box]:
+    """:func:`_load_ground_truth` and where its content lies on the grid (:data:`Box`): a
+    non-square image is padded to the square grid, and the padding is not scored."""
     from medrecon.transforms import GridFit
 
     try:
@@ -581,7 +602,8 @@ def _load_ground_truth(path: Path, *, resolution: int, channels: int) -> torch.T
                                  "PNG/JPEG/DICOM/NIfTI image.") from exc
     g = window.apply(x).float()
     fit = GridFit.fit(tuple(g.shape[-2:]), spacing, resolution)
-    return fit.to_grid(g, pad_value=-1.0).clamp_(-1.0, 1.0)
+    box = (fit.offset[0], fit.offset[1], fit.content[0], fit.content[1])
+    return fit.to_grid(g, pad_value=-1.0).clamp_(-1.0, 1.0), box
 
 
 # --------------------------------------------------------------------------------------------
@@ -882,7 +904,7 @@ def evaluate_run(
                                       seed=int(seed), noise_sigma=float(noise_sigma), **options)
     operator.eval()
 
-    ids, truths, measurements = _measure(files, operator, resolution=resolution,
+    ids, truths, measurements, boxes = _measure(files, operator, resolution=resolution,
                                          channels=channels, seed=seed)
     say(f"{len(ids)} images, task {task}, methods {', '.join(method_list)}")
 
@@ -897,8 +919,8 @@ def evaluate_run(
     order = sorted(method_list, key=lambda m: solvers.METHODS[_split_bp(m)[0]].generative)
     for method in order:
         per_method[method], outputs, pixels = _score_method(
-            method, ids=ids, truths=truths, measurements=measurements, operator=operator,
-            prior=prior, task=task, device=device, seed=seed, steps=steps, batch_size=batch_size,
+            method, ids=ids, truths=truths, measurements=measurements, boxes=boxes,
+            operator=operator, prior=prior, task=task, device=device, seed=seed, steps=steps, batch_size=batch_size,
             options=extra_opts.get(method, {}), lp=lp, say=say)
         if pixels is not None:
             spread[method] = pixels
@@ -958,14 +980,23 @@ def _check_run_options(*, task: str, methods: Any, batch_size: Any, noise_sigma:
 
 
 def _measure(files: list[tuple[str, Path]], operator: Any, *, resolution: int, channels: int,
-             seed: int) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
-    """Ground truths ``[1, C, R, R]`` and their measurements, each image with its own noise
-    stream (seeded by ``(seed, image id)``)."""
+             seed: int) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor], list[Box]]:
+    """Ground truths ``[1, C, R, R]``, their measurements (each image with its own noise
+    stream, seeded by ``(seed, image id)``) and their content boxes (what is scored)."""
     ids: list[str] = []
     truths: list[torch.Tensor] = []
     measurements: list[torch.Tensor] = []
+    boxes: list[Box] = []
     for image_id, path in files:
-        x = _load_ground_truth(path, resolution=resolution, channels=channels)
+        x, box = _ground_truth_on_grid(path, resolution=resolution, channels=channels)
+        if min(box[2:]) < SSIM_WINDOW:  # found here, not by the metric after every solve
+            raise MedreconInputError(
+                f"ground truth {str(path)!r} covers {box[2]} x {box[3]} pixels of the prior's "
+                f"{resolution} x {resolution} grid, less than the {SSIM_WINDOW} x "
+                f"{SSIM_WINDOW} window SSIM is scored with" + (
+                    "; evaluate a prior of at least 16 x 16 pixels." if resolution < SSIM_WINDOW
+                    else "; crop it closer to square, or leave it out of --images."))
+        boxes.append(box)
         if float(x.max() - x.min()) == 0.0:  # every method exact or not: PSNR inf, SSIM 1
             raise MedreconInputError(
                 f"ground truth {str(path)!r} is one constant value; it cannot be scored (PSNR "
@@ -977,7 +1008,7 @@ def _measure(files: list[tuple[str, Path]], operator: Any, *, resolution: int, c
         ids.append(image_id)
         truths.append(x)
         measurements.append(y)
-    return ids, truths, measurements
+    return ids, truths, measurements, boxes
 
 
 def _input_grid(truths: list[torch.Tensor], measurements: list[torch.Tensor], operator: Any, *,
@@ -992,11 +1023,13 @@ def _input_grid(truths: list[torch.Tensor], measurements: list[torch.Tensor], op
 
 
 def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
-                  measurements: list[torch.Tensor], operator: Any, prior: Any, task: str,
+                  measurements: list[torch.Tensor], boxes: list[Box], operator: Any, prior: Any,
+                  task: str,
                   device: str, seed: int, steps: int | None, batch_size: int,
                   options: Mapping[str, Any], lp: _Lpips, say: Callable[[str], None]
                   ) -> tuple[list[EvalRow], list[torch.Tensor], dict[str, Any] | None]:
-    """Solve every image with ``method`` (batches of ``batch_size``) and score it.
+    """Solve every image with ``method`` (batches of ``batch_size``) and score it on its
+    content (``boxes``: a non-square ground truth's padding is not scored).
 
     Returns:
         The rows (image order), the images ``[1, C, R, R]``, and for a method with a std map
@@ -1029,15 +1062,18 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
         dev = str(getattr(rec, "device", device))
         images_out = rec.image.detach().to("cpu")
         for k, image_id in enumerate(batch_ids):
-            psnr, ssim, lpv = _image_metrics(_to01(images_out[k:k + 1]),
-                                             _to01(truths[start + k]), lp)
+            box = boxes[start + k]
+            psnr, ssim, lpv = _image_metrics(_to01(_crop(images_out[k:k + 1], box)),
+                                             _to01(_crop(truths[start + k], box)), lp)
             rho = None
             if rec.std is not None:
-                err = images_out[k] - truths[start + k][0]
-                ex = exact_after(rec.info, operator, err.shape)
-                ex = torch.zeros(err.shape, dtype=torch.bool) if ex is None else ex
-                rho = std_error_spearman(rec.std[k][~ex], err[~ex])
-                stds.append(rec.std[k].reshape(-1))
+                err = _crop(images_out[k] - truths[start + k][0], box)
+                ex = exact_after(rec.info, operator, images_out[k].shape)
+                ex = (torch.zeros(err.shape, dtype=torch.bool) if ex is None
+                      else _crop(ex, box))
+                std = _crop(rec.std[k], box)
+                rho = std_error_spearman(std[~ex], err[~ex])
+                stds.append(std.reshape(-1))
                 errors.append(err.reshape(-1))
                 exacts.append(ex.reshape(-1))
                 kinds.add(str(rec.info.get("std_kind", "std")))
