@@ -4,7 +4,8 @@ The spread of the default method's runs (IAGAN's ensemble after back-projection;
 BRGM's posterior samples) is fitted as ``E[err^2 | s] ~ floor + scale * (s^2)^power``
 (:mod:`medrecon.solvers.calibration`) on the ``--n`` validation images of the held-out fold
 (the same selection as ``scripts/tune_defaults.py``: disjoint from the images of the reports).
-Writes ``OUT/calibration.md``, ``OUT/fit.json`` and ``OUT/validation.txt``; with
+Writes ``OUT/calibration.md``, ``OUT/fit.json`` and ``OUT/validation.txt`` (all or none; an
+existing one only with ``--overwrite``, and only if this script wrote it); with
 ``--write-prior`` the entry goes into ``metadata["std_calibration"]`` of that ``prior.json``
 (replacing the entry of the same method, task, regime, noise level and options).
 
@@ -110,22 +111,62 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--write-prior", type=Path, default=None, help="prior.json to add the entry to")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace this script's own files in --out (never other files)")
     a = ap.parse_args(argv)
+    from medrecon.errors import MedreconInputError
+
+    try:
+        return _calibrate(a, argv)
+    except MedreconInputError as exc:  # one line and exit 2, as the CLI: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+#: The files this script writes into ``--out``, each with the first line that marks it ours.
+OUR_FILES = {"validation.txt": "# validation images:", "fit.json": "{",
+             "calibration.md": "# Std-map calibration:"}
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse ``out``'s files of :data:`OUR_FILES` that exist, unless ``overwrite`` and this
+    script wrote them (their first line); checked before any work."""
+    from medrecon.errors import MedreconInputError
+
+    for name, mark in OUR_FILES.items():
+        f = out / name
+        if not (f.exists() or f.is_symlink()):
+            continue
+        if not overwrite:
+            raise MedreconInputError(f"{str(f)!r} exists; pass --overwrite to replace this "
+                                     "script's files, or choose another --out.")
+        try:
+            head = f.read_text(errors="replace")
+        except OSError:
+            head = ""
+        ours = head.startswith(mark) and (name != "fit.json" or '"ence_after"' in head)
+        if f.is_symlink() or not f.is_file() or not ours:
+            raise MedreconInputError(f"{str(f)!r} was not written by this script; it is never "
+                                     "replaced. Move it away, or choose another --out.")
+
+
+def _calibrate(a: argparse.Namespace, argv: list[str] | None) -> int:
+    import tempfile
 
     import torch
 
     from medrecon.evaluation import evaluate_run
+    from medrecon.io.outputs import OutputStage
     from medrecon.priors import load_prior
     from medrecon.solvers.calibration import (StdCalibration, apply_calibration, ence,
                                               fit_std_calibration)
 
+    check_out(a.out, overwrite=a.overwrite)
     torch.set_num_threads(a.threads)
     held = [ln.split("#", 1)[0].strip() for ln in a.held_out.read_text().splitlines()]
     test, val = validation_split([h for h in held if h], test_limit=a.test_limit, n=a.n)
-    a.out.mkdir(parents=True, exist_ok=True)
-    val_list = a.out / "validation.txt"
-    val_list.write_text(f"# validation images: {len(val)} of {a.held_out.name}, disjoint from "
-                        f"the {len(test)} test images\n" + "".join(f"{v}\n" for v in val))
+    val_text = (f"# validation images: {len(val)} of {a.held_out.name}, disjoint from "
+                f"the {len(test)} test images\n" + "".join(f"{v}\n" for v in val))
     opts = {}
     for t in a.task_option:
         k, _, v = t.partition("=")
@@ -133,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
 
     prior = load_prior(a.prior, device="cpu")
     prior.metadata.pop("std_calibration", None)  # fit the raw spread
-    run = evaluate_run(prior=prior, task=a.task, methods=[a.method], images=a.data.resolve(),
-                       folds=str(val_list), fold=0, noise_sigma=a.noise_sigma, seed=a.seed,
-                       device="cpu", lpips=False, grid_images=0, **opts)
+    with tempfile.TemporaryDirectory() as tmp:  # the list evaluate_run reads; --out stays as
+        val_list = Path(tmp) / "validation.txt"  # it was until everything is computed
+        val_list.write_text(val_text)
+        run = evaluate_run(prior=prior, task=a.task, methods=[a.method],
+                           images=a.data.resolve(), folds=str(val_list), fold=0,
+                           noise_sigma=a.noise_sigma, seed=a.seed, device="cpu", lpips=False,
+                           grid_images=0, **opts)
     px = run.std_maps.get(a.method)
     if px is None or px.get("regime") is None:
         raise SystemExit(f"{a.method} gave no std map for this task; nothing to calibrate.")
@@ -152,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                            operator=str(regime.get("operator", "")), bp=bp, noise_sigma=float(regime["noise_sigma"]),
                            options=dict(regime["options"]), images=len(val), regime=a.regime,
                            ence_before=round(before, 4), ence_after=round(after, 4)).as_dict()
-    (a.out / "fit.json").write_text(json.dumps(entry, indent=2) + "\n")
-    if a.write_prior is not None:
-        write_prior_entry(a.write_prior, entry)
+
     cmd = shlex.join(sys.argv[1:] if argv is None else argv).replace(str(a.data), "DATA")
     lines = [f"# Std-map calibration: {a.method} on {a.prior}, {a.regime}", "",
              f"`python scripts/calibrate_std.py {cmd}`", "",
@@ -167,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
              f"power {power:.3f}.", "",
              f"ENCE on these images: raw spread {before:.3f}, calibrated {after:.3f} (in-sample).",
              ""]
-    (a.out / "calibration.md").write_text("\n".join(lines))
+    with OutputStage(overwrite=a.overwrite) as stage:  # all three files, or none
+        for name, text in (("validation.txt", val_text),
+                           ("fit.json", json.dumps(entry, indent=2) + "\n"),
+                           ("calibration.md", "\n".join(lines))):
+            stage.file(a.out / name).write_text(text)
+    if a.write_prior is not None:
+        write_prior_entry(a.write_prior, entry)
     print("\n".join(lines))
     return 0
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 fit() {  # prior dataset task name regime [--task-option K=V ...] [--method M]
   local prior=$1 dataset=$2 task=$3 name=$4 regime=$5; shift 5
-  python scripts/calibrate_std.py --prior "$prior" --task "$task" --data "$data/$dataset" \
+  python scripts/calibrate_std.py --overwrite --prior "$prior" --task "$task" --data "$data/$dataset" \
     --held-out "docs/results/${prior}_fold0_held_out.txt" --regime "$regime" \
     --out "docs/results/calibration/$name" \
     --write-prior "bundles/${prior}_stylegan2/models/prior.json" "$@" > /dev/null

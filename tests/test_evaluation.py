@@ -767,3 +767,44 @@ def test_a_listed_ground_truth_that_does_not_exist_is_named(prior, tmp_path):
         ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=tmp_path / "list.txt",
                         lpips=False, out_dir=tmp_path / "rep")
     assert "nonexist.png" in str(info.value) and "--out" not in str(info.value)
+
+
+def test_calibrate_script_writes_all_or_nothing_and_never_a_foreign_file(prior, tmp_path, capsys):
+    """scripts/calibrate_std.py replaced any fit.json / validation.txt in --out, and a bad
+    option ended in a traceback (exit 1) after validation.txt was written. Now: existing files
+    only with --overwrite and only its own, input errors one line with exit 2, and its files
+    all or none."""
+    from medrecon.priors import save_prior
+
+    mod = load_script("scripts/calibrate_std.py")
+    save_prior(prior, tmp_path / "p")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        Image.fromarray((np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)
+                        ).save(data / f"g{i}.png")
+    (tmp_path / "held.txt").write_text("".join(f"g{i}.png\n" for i in range(4)))
+    out = tmp_path / "cal"
+    base = ["--prior", str(tmp_path / "p"), "--task", "sr", "--data", str(data), "--held-out",
+            str(tmp_path / "held.txt"), "--regime", "r", "--n", "2", "--test-limit", "2",
+            "--out", str(out)]
+    assert mod.main([*base, "--task-option", "scale=3"]) == 2  # 16 px is not divisible by 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    assert not out.exists()
+    out.mkdir()
+    (out / "fit.json").write_text("mine\n")
+    for extra in ([], ["--overwrite"]):
+        assert mod.main([*base, "--task-option", "scale=2", *extra]) == 2
+        assert (out / "fit.json").read_text() == "mine\n"
+        assert sorted(p.name for p in out.iterdir()) == ["fit.json"]
+    assert "--overwrite" in capsys.readouterr().err
+    mod.check_out(tmp_path / "nothing-there", overwrite=False)
+    (out / "fit.json").write_text('{\n  "ence_after": 0.1\n}\n')  # its own
+    mod.check_out(out, overwrite=True)
+    (out / "fit.json").unlink()
+    assert mod.main([*base, "--task-option", "scale=2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.md", "fit.json", "validation.txt"]
+    assert json.loads((out / "fit.json").read_text())["images"] == 2
+    assert mod.main([*base, "--task-option", "scale=2"]) == 2  # a second run: --overwrite
+    assert mod.main([*base, "--task-option", "scale=2", "--overwrite"]) == 0
