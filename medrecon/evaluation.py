@@ -150,9 +150,10 @@ class EvalRun:
         calibration: Per method with a std map, :func:`calibration_bins` over all its pixels
             (``calibration.csv``).
         std_maps: Per method with a std map, its pixels ``(std, error, exact)`` (flat, all
-            images; ``exact`` marks pixels the measurements fix exactly, or None), what
-            ``scripts/calibrate_std.py`` fits, ``std_kind``: ``'calibrated std'`` or
-            ``'spread'``, and the solver's ``regime`` (:mod:`medrecon.solvers.calibration`).
+            images but those its calibration was fitted on, counted in ``left_out``; all None
+            when that is every image; ``exact`` marks pixels the measurements fix exactly, or
+            None), what ``scripts/calibrate_std.py`` fits, ``std_kind``: ``'calibrated std'``
+            or ``'spread'``, and the solver's ``regime`` (:mod:`medrecon.solvers.calibration`).
     """
 
     rows: list[EvalRow]
@@ -939,7 +940,7 @@ def evaluate_run(
                                      selection=_selection_text(folds, fold_used, limit)),
                   lpips_note=lp.note, grid=grid,
                   calibration={m: calibration_bins(p["std"], p["error"], exact=p["exact"])
-                               for m, p in spread.items()},
+                               for m, p in spread.items() if p["std"] is not None},
                   std_maps=spread)
     if out_dir is not None:
         write_report(run, out_dir, overwrite=overwrite)
@@ -1047,6 +1048,7 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
     exacts: list[torch.Tensor] = []
     kinds: set[str] = set()
     regime: dict[str, Any] | None = None
+    left_out = 0  # images the std's calibration was fitted on: not in its figures
     for start in range(0, len(ids), batch_size):
         batch_ids = ids[start:start + batch_size]
         y = torch.cat(measurements[start:start + batch_size], dim=0)
@@ -1073,20 +1075,34 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
                       else _crop(ex, box))
                 std = _crop(rec.std[k], box)
                 rho = std_error_spearman(std[~ex], err[~ex])
-                stds.append(std.reshape(-1))
-                errors.append(err.reshape(-1))
-                exacts.append(ex.reshape(-1))
                 kinds.add(str(rec.info.get("std_kind", "std")))
                 regime = rec.info.get("std_regime", regime)
+                if _fitted_on(rec.info, image_id):
+                    left_out += 1
+                else:
+                    stds.append(std.reshape(-1))
+                    errors.append(err.reshape(-1))
+                    exacts.append(ex.reshape(-1))
             rows.append(EvalRow(image_id, method, psnr, ssim, lpv, secs, dev, rho))
             outputs.append(images_out[k:k + 1])
         say(f"{method}: {min(start + batch_size, len(ids))}/{len(ids)} "
             f"({secs:.2f} s/image on {dev})")
-    if not stds:
+    if not stds and not left_out:
         return rows, outputs, None
-    return rows, outputs, {"std": torch.cat(stds), "error": torch.cat(errors),
-                           "exact": torch.cat(exacts), "std_kind": ", ".join(sorted(kinds)),
-                           "regime": regime}
+    pixels = {"std_kind": ", ".join(sorted(kinds)), "regime": regime, "left_out": left_out,
+              "std": None, "error": None, "exact": None}
+    if stds:
+        pixels.update(std=torch.cat(stds), error=torch.cat(errors), exact=torch.cat(exacts))
+    return rows, outputs, pixels
+
+
+def _fitted_on(info: Mapping[str, Any], image_id: str) -> bool:
+    """Whether the std calibration a result used (``info["std_calibration"]``) was fitted on
+    this image (its ``fitted_on`` ids, matched by path tail either way: the ids are relative
+    to whichever folder each run was given)."""
+    fitted = (info.get("std_calibration") or {}).get("fitted_on") or ()
+    return any(image_id == f or image_id.endswith("/" + f) or f.endswith("/" + image_id)
+               for f in fitted)
 
 
 def evaluate(**kwargs: Any) -> list[EvalRow]:
@@ -1396,8 +1412,14 @@ def _std_map_text(std_maps: Mapping[str, Mapping[str, Any]]) -> str:
 
     parts = []
     for m, p in std_maps.items():
+        n = int(p.get("left_out") or 0)
+        if p["std"] is None:
+            parts.append(f"{m}: {p['std_kind']}, not scored (its calibration was fitted on all "
+                         f"{n} of these images)")
+            continue
         e = ence(p["std"], p["error"], exact=p["exact"], bins=CALIBRATION_BINS)
-        parts.append(f"{m}: {p['std_kind']}, ENCE {e:.2f}")
+        parts.append(f"{m}: {p['std_kind']}, ENCE {e:.2f}" + (
+            f" ({n} image(s) its calibration was fitted on left out)" if n else ""))
     return ("Std maps (pixels measured exactly left out; ENCE: mean over "
             f"{CALIBRATION_BINS} equal-count bins of |RMV - RMSE| / RMV, 0 when calibrated; "
             "calibration.csv): " + "; ".join(parts) + ".")

@@ -196,7 +196,8 @@ def _calibrate(a: argparse.Namespace, argv: list[str] | None) -> int:
                            power=power,
                            operator=str(regime.get("operator", "")), bp=bp, noise_sigma=float(regime["noise_sigma"]),
                            options=dict(regime["options"]), images=len(val), regime=a.regime,
-                           ence_before=round(before, 4), ence_after=round(after, 4)).as_dict()
+                           ence_before=round(before, 4), ence_after=round(after, 4),
+                           fitted_on=sorted(val)).as_dict()
 
     cmd = shlex.join(sys.argv[1:] if argv is None else argv).replace(str(a.data), "DATA")
     lines = [f"# Std-map calibration: {a.method} on {a.prior}, {a.regime}", "",

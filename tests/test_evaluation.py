@@ -513,6 +513,44 @@ def test_eval_reports_std_error_spearman_for_methods_with_a_std_map(tmp_path, mo
     assert "iagan-bp: spread, ENCE" in (tmp_path / "out" / "summary.md").read_text()
 
 
+def test_eval_leaves_the_calibrations_fitting_images_out_of_its_figures(tmp_path, monkeypatch):
+    """A calibrated std scored on the images it was fitted on reported an in-sample ENCE as
+    if held out. The fit's images (``fitted_on``) are now left out of the calibration
+    figures, and the summary says how many."""
+    from PIL import Image
+
+    from medrecon import solvers
+    from tests._tiny import tiny_prior
+
+    imgs = tmp_path / "gt"
+    (imgs / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)).save(
+            imgs / "a" / f"g{i}.png")
+    real = solvers.solve
+
+    def solve(*args, **kwargs):  # as if the prior's calibration, fitted on a/g1.png, applied
+        rec = real(*args, **kwargs)
+        rec.info["std_kind"] = "calibrated std"
+        rec.info["std_calibration"] = {"fitted_on": ["a/g1.png"]}
+        return rec
+
+    monkeypatch.setattr(solvers, "solve", solve)
+    kw = dict(prior=tiny_prior(resolution=16), task="inpaint", methods="iagan-bp", steps=2,
+              lpips=False, grid_images=0, batch_size=1, mask_type="center_box",
+              method_options={"iagan-bp": {"ensemble": 2, "stage1_options": {"steps": 1}}})
+    run = ev.evaluate_run(images=imgs, out_dir=tmp_path / "out", **kw)
+    maps = run.std_maps["iagan-bp"]
+    assert maps["left_out"] == 1 and maps["std"].numel() == 2 * 256  # two of three images
+    assert sum(b["pixels"] for b in run.calibration["iagan-bp"]) == int((~maps["exact"]).sum())
+    assert "(1 image(s) its calibration was fitted on left out)" in (
+        tmp_path / "out" / "summary.md").read_text()
+    assert len(run.rows) == 3  # PSNR / SSIM: every image
+    only = ev.evaluate_run(images=imgs / "a" / "g1.png", **kw)
+    assert only.std_maps["iagan-bp"]["std"] is None and "iagan-bp" not in only.calibration
+    assert "not scored (its calibration was fitted on all 1" in ev._std_map_text(only.std_maps)
+
+
 def test_calibration_bins():
     g = torch.Generator().manual_seed(0)
     std = torch.rand(4, 32, 32, generator=g) + 0.1

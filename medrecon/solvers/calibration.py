@@ -69,6 +69,8 @@ class StdCalibration:
         regime: human-readable regime (e.g. ``'sr x4, bicubic'``).
         ence_before: expected normalised calibration error of the raw spread on the fit images.
         ence_after: the same of the calibrated std (in-sample).
+        fitted_on: ids of the fit's validation images (paths relative to its data folder),
+            which ``medrecon eval`` leaves out of the calibration figures it reports.
     """
 
     method: str
@@ -85,6 +87,7 @@ class StdCalibration:
     regime: str = ""
     ence_before: float | None = None
     ence_after: float | None = None
+    fitted_on: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +106,9 @@ class StdCalibration:
                 kw[k] = float(kw[k])
         if not isinstance(kw.get("options", {}), dict):
             raise TypeError("options is not a mapping")
+        fitted = kw.get("fitted_on", [])
+        if not isinstance(fitted, list) or not all(isinstance(f, str) for f in fitted):
+            raise TypeError("fitted_on is not a list of image ids")
         return cls(**kw)
 
     def matches(self, *, method: str, task: str, fraction: float, bp: bool, noise_sigma: float,
