@@ -537,10 +537,14 @@ def demo(ctx: click.Context, output_dir: Path, prior: str, input_path: Path | No
 
 def _reconstruct_demo(image: Any, **kw: Any) -> Any:
     """The demo's reconstruction: :func:`medrecon.pipeline.reconstruct` with the ensemble
-    spread as the std map."""
-    from medrecon.pipeline import reconstruct
+    spread as the std map (for the default method, or another that runs an ensemble)."""
+    from medrecon import pipeline as P
 
-    return reconstruct(image, spread=True, **kw)
+    from medrecon.solvers import METHODS
+
+    method = kw.get("method")  # an unknown name is named by reconstruct's own check
+    spread = method is None or (method in METHODS and P._accepts(method, "ensemble"))
+    return P.reconstruct(image, spread=spread, **kw)
 
 
 def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *, scale: int,

@@ -130,6 +130,8 @@ class ReconstructionSettings:
         P._check_ensemble(ensemble, chosen)  # its bound and method, before any work
         _check_volume_options(task, chosen, key_every=key_every, warm_steps=warm_steps,
                               coherence=coherence)
+        if spread:
+            _check_spread(task, chosen, ensemble)
         return cls(
             task=task, prior=prior, method=chosen,
             chosen_by_user=method is not None, steps=steps, bp=bp, plane=plane, scale=scale,
@@ -140,6 +142,24 @@ class ReconstructionSettings:
             percentiles=(float(percentiles[0]), float(percentiles[1])), key_every=key_every,
             warm_steps=warm_steps, coherence=coherence, spread=bool(spread))
 
+
+
+def _check_spread(task: str, method: str, ensemble: Any) -> None:
+    """``spread`` asks for the per-pixel spread of an IAGAN ensemble on the scan's own grid;
+    where there is none (another task or method, one run) it was accepted and dropped."""
+    if task not in P.NATIVE_TASKS:
+        raise MedreconInputError(
+            f"spread (an IAGAN ensemble's per-pixel spread) is for tasks "
+            f"{', '.join(P.NATIVE_TASKS)}; task {task!r} has none. Drop spread, or use "
+            "samples=N with a method that draws posterior samples (brgm_variational).")
+    if not P._accepts(method, "ensemble"):
+        raise MedreconInputError(
+            f"spread is the spread of an IAGAN ensemble; method {method!r} gives one estimate. "
+            "Use method='iagan', or samples=N with a method that draws posterior samples.")
+    if ensemble is not None and int(ensemble) < 2:
+        raise MedreconInputError(
+            f"spread with ensemble={ensemble}: one run has no spread. Use ensemble=2 or more "
+            "(or leave ensemble out: the task's default ensemble).")
 
 
 def _check_volume_options(task: str, method: str, *, key_every: int, warm_steps: int | None,

@@ -270,6 +270,11 @@ def check_coherence(value: Any) -> float | str:
         f"coherence={value!r}; expected 'auto' or a width in mm >= 0 (0 turns it off).")
 
 
+#: The widest across-slice width in slices (:func:`coherence_sigma`): far beyond any stack
+#: medrecon takes, so every slice of one already weighs the same (``exp(-0.5 (n / 1e6)^2)``).
+MAX_SIGMA = 1e6
+
+
 def coherence_sigma(coherence: float | str | None, *, out_spacing_hw: Sequence[float],
                     slice_spacing: float) -> float:
     """The across-slice Gaussian width of :func:`cohere_slices`, in slices.
@@ -286,7 +291,9 @@ def coherence_sigma(coherence: float | str | None, *, out_spacing_hw: Sequence[f
         mm = float(coherence)
     if mm <= 0 or not (slice_spacing > 0 and math.isfinite(slice_spacing)):
         return 0.0
-    return mm / float(slice_spacing)
+    # wider than any stack weighs every slice alike: the limit, not an overflow to inf
+    # (a legal width over very thin slices was refused after the whole solve)
+    return min(mm / float(slice_spacing), MAX_SIGMA)
 
 
 def stack_support(n: int, sigma: float) -> float:

@@ -156,3 +156,20 @@ def test_counts_are_bounded_before_any_solve():
             ReconstructionSettings.check(task="sr", prior=p, method="iagan", **kw)
     with pytest.raises(MedreconInputError, match="mapping_layers"):
         TrainConfig(mapping_layers=10**6)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(task="mri"), "task 'mri' has none"),
+    (dict(task="sr", method="csgm"), "method 'csgm' gives one estimate"),
+    (dict(task="sr", method="lanczos"), "method 'lanczos' gives one estimate"),
+    (dict(task="sr", ensemble=1), "ensemble=1: one run has no spread"),
+])
+def test_spread_where_there_is_none_is_refused(kw, match):
+    """spread=True was accepted and dropped (std None, no word) for MRI, CSGM, Lanczos and one
+    run; it is refused before any work."""
+    from medrecon.errors import MedreconInputError
+    from medrecon.steps import ReconstructionSettings
+
+    with pytest.raises(MedreconInputError, match=match):
+        ReconstructionSettings.check(prior="brain_mri", spread=True, **kw)
+    ReconstructionSettings.check(prior="brain_mri", task="sr", spread=True, ensemble=2)

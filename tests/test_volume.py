@@ -269,9 +269,9 @@ def test_spread_returns_the_ensembles_projected_std(prior):
     plain = reconstruct(vol, affine=aff, task="sr", prior=prior, scale=2, method="iagan",
                         steps=2, ensemble=2)
     assert plain.std is None  # only on request: an ensemble spread is not a posterior std
-    base = reconstruct(vol, affine=aff, task="sr", prior=prior, scale=2, method="bicubic",
-                       spread=True)
-    assert base.std is None
+    with pytest.raises(MedreconInputError, match="gives one estimate"):  # was dropped silently
+        reconstruct(vol, affine=aff, task="sr", prior=prior, scale=2, method="bicubic",
+                    spread=True)
 
 
 # ---- coherence across slices (cohere_slices) ------------------------------------------------
@@ -392,6 +392,19 @@ def test_coherence_width_is_four_output_pixels_in_slices():
     assert coherence_sigma(None, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 4.0
     assert coherence_sigma(3.0, out_spacing_hw=(1.0, 1.0), slice_spacing=1.5) == 2.0
     assert coherence_sigma(0.0, out_spacing_hw=(1.0, 1.0), slice_spacing=1.0) == 0.0
+    # a legal width over very thin slices overflowed to inf, refused after the whole solve:
+    # it is the widest width, every slice of the stack weighed alike
+    from medrecon.volume import MAX_SIGMA
+
+    wide = coherence_sigma(1e306, out_spacing_hw=(1.0, 1.0), slice_spacing=1e-3)
+    assert wide == MAX_SIGMA == coherence_sigma("auto", out_spacing_hw=(1e150, 1e150),
+                                                 slice_spacing=1e-160)
+    op = build_operator("sr", img_size=(8, 8), channels=1, seed=0, scale=2, kernel="box")
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    flat = cohere_slices(x, [(op, range(6))], sigma=wide, guide_range=None)
+    measured = op.A_dagger(op.A(x))  # each slice keeps its own; the rest is the stack's mean
+    torch.testing.assert_close(flat - measured, (x - measured).mean(0, keepdim=True)
+                               .expand_as(x), atol=1e-5, rtol=0)
 
 
 def test_volume_coherence_in_the_pipeline(prior):
