@@ -556,10 +556,10 @@ def _solve_batches(
     images: list[torch.Tensor | None] = [None] * n
     stds: list[torch.Tensor | None] = [None] * n
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
+    from medrecon.volume import slice_batches
+
     for op, idx in operators:
-        idx = list(idx)
-        for b0 in range(0, len(idx), batch_size):
-            chunk = idx[b0 : b0 + batch_size]
+        for chunk in slice_batches(list(idx), batch_size):
             kw = solver_kwargs(method, device=device, seed=seed, slices=chunk, bp=bp,
                                steps=steps, samples=samples, ensemble=ensemble,
                                callback=progress.solver_callback(chunk),
@@ -1172,14 +1172,15 @@ def _solve_kspace(
         return ifft2c(kk).real[:, None]
 
     images: list[torch.Tensor | None] = [None] * n
+    from medrecon.volume import slice_batches
+
     maps = StdMaps(n)  # posterior-sample spreads, calibrated all or none
     info: dict = {"device": None, "method": method, "solver_seconds": 0.0}
     for idx in keyed.values():
         native = _build_operator("mri", (H, W), 1, seed, mask=m[idx[0]], noise_sigma=noise)
         grid_op = _build_operator("mri", (R, R), C, seed, mask=mr[idx[0]], noise_sigma=noise)
         do_bp = generative and will_back_project(method, bp=bp, noise_sigma=noise)
-        for b0 in range(0, len(idx), batch_size):
-            chunk = idx[b0:b0 + batch_size]
+        for chunk in slice_batches(list(idx), batch_size):
             kw = solver_kwargs(method, device=device, seed=seed, slices=chunk, task="mri",
                                steps=steps, bp=False if generative else bp, samples=samples,
                                ensemble=ensemble,

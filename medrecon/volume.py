@@ -59,7 +59,7 @@ from medrecon.solvers._common import is_real
 
 __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE", "GUIDE_WINDOW",
            "COHERENT_SIGMA", "VOLUME_MIN_SUPPORT", "SLICE_COUPLING", "SLAB", "WARM_FRACTION",
-           "slab_links", "stack_support",
+           "slab_links", "slice_batches", "stack_support",
            "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
            "check_coherence", "coherence_sigma", "cohere_slices", "neighbour_support"]
 
@@ -219,8 +219,7 @@ def _calls(rnd: list[tuple[int, int | None]], batch_size: int, slab: int
     optimisation amplifies that rounding into a visibly different result; calls of two or
     more slices give every slice the same values whatever their size (tests/test_volume.py)."""
     if slab <= 1:
-        calls = [rnd[b0:b0 + batch_size] for b0 in range(0, len(rnd), batch_size)]
-        return _no_lone_last(calls) if batch_size >= 2 else calls
+        return slice_batches(rnd, batch_size)
     units: list[list[tuple[int, int | None]]] = []
     for item in rnd:
         if units and units[-1][-1][0] // slab == item[0] // slab:
@@ -234,6 +233,15 @@ def _calls(rnd: list[tuple[int, int | None]], batch_size: int, slab: int
         else:
             calls.append(list(unit))
     return _no_lone_last(calls)
+
+
+def slice_batches(items: Sequence[Any], batch_size: int) -> list[list[Any]]:
+    """``items`` (slices) cut into solver calls of at most ``batch_size``; with
+    ``batch_size >= 2`` a last call of one slice joins the call before it (one over
+    ``batch_size``), so that every slice is solved in a call of two or more, whose values do
+    not depend on the call's size (:func:`_calls`)."""
+    calls = [list(items[b0:b0 + batch_size]) for b0 in range(0, len(items), batch_size)]
+    return _no_lone_last(calls) if batch_size >= 2 else calls
 
 
 def _no_lone_last(calls: list[list[Any]]) -> list[list[Any]]:

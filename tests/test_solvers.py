@@ -286,6 +286,37 @@ def test_iagan_batched_adaptation_matches_single_slices(G, truth):
     assert not any(p.requires_grad for p in G.parameters())
 
 
+def test_iagan_adaptation_of_a_slice_does_not_depend_on_its_batch(G, truth):
+    """The fused Adam update rounds some values of a tensor's scalar tail differently from its
+    vector lanes, and the per-slice scalars (noise strengths, a 1-channel ToRGB bias) of the
+    last slices of a stack were in that tail: a 2-run ensemble gave the same slice other
+    values in a batch of another size. The stacks are padded so no slice is in a tail."""
+    from medrecon.solvers import _common as Cm
+    from medrecon.solvers import adapt_weights
+    from medrecon.solvers.iagan import STACK_ALIGN, _aligned_stack
+
+    leaf, view = _aligned_stack(torch.arange(6.0).reshape(3, 2))
+    assert leaf.shape == (3, -(-2 // STACK_ALIGN) * STACK_ALIGN) and leaf.is_leaf
+    assert torch.equal(view, torch.arange(6.0).reshape(3, 2)) and float(leaf[:, 2:].abs().sum()) == 0
+    op = sr_op()
+    gen = torch.Generator().manual_seed(0)
+    n_max = 15
+    ws = G.mapping.w_avg[None, None].repeat(n_max, G.num_ws, 1)
+    ws = ws + 0.1 * torch.randn(ws.shape, generator=gen)
+    y = op.A(truth[torch.arange(n_max) % truth.shape[0]])
+    kw = dict(steps=12, lr_latent=1e-2, lr_weights=1e-2, noise_var=0.0,
+              progress=Cm.Progress(None, stage="iagan", total_steps=12),
+              amp=lambda: Cm.autocast(torch.device("cpu"), False))
+    ref = adapt_weights(G, ws[:2], y[:2], op, **kw)[0]
+    for n in (3, 5, 6, 7, 15):
+        img = adapt_weights(G, ws[:n], y[:n], op, **kw)[0]
+        assert torch.equal(img[:2], ref), n
+        if n == 7:
+            seven = img
+    last = adapt_weights(G, ws[5:7], y[5:7], op, **kw)[0]  # the tail of the batch of 7
+    assert torch.equal(seven[5:7], last)
+
+
 def test_solve_merges_stage1_options_with_task_defaults(G, truth):
     from medrecon.solvers import DEFAULTS
 

@@ -60,6 +60,32 @@ class _SliceIds:
         return _SliceIds([i for st in states for i in st.ids])
 
 
+def test_slice_batches_never_leave_a_slice_alone_and_mri_uses_them(monkeypatch):
+    """Simulated MRI and CS cut their slices into calls of their own, where a lone last slice
+    was solved alone (other CPU kernels than a batch: batch size 2 against 5 changed that
+    slice by 2 % of the range). Every path now cuts with slice_batches."""
+    from medrecon.volume import slice_batches
+
+    assert slice_batches(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
+    assert slice_batches(list(range(5)), 5) == [[0, 1, 2, 3, 4]]
+    assert slice_batches(list(range(3)), 1) == [[0], [1], [2]]
+    assert slice_batches([7], 4) == [[7]]
+    import medrecon.native as N
+
+    calls = []
+    real_kwargs = N.solver_kwargs
+
+    def spy(method, **kw):
+        calls.append(list(kw["slices"]))
+        return real_kwargs(method, **kw)
+
+    monkeypatch.setattr(N, "solver_kwargs", spy)
+    vol = np.random.default_rng(0).random((16, 16, 5)).astype(np.float32)
+    reconstruct(vol, affine=np.eye(4), task="mri", prior="brain_mri", simulate=True,
+                method="zero_filled", batch_size=2)
+    assert sorted(len(c) for c in calls) == [2, 3], calls
+
+
 def test_batch_size_only_groups_a_rounds_problems():
     calls = []
     S = _SliceIds
