@@ -122,11 +122,13 @@ MIN_WARM_STEPS = 10
 
 def warm_steps_for(method: str, task: str | None, steps: int | None) -> int:
     """Default steps of a warm-started slice: :data:`WARM_FRACTION` of the cold steps
-    (``steps``, else the method's default for ``task``), at least :data:`MIN_WARM_STEPS`."""
+    (``steps``, else the method's default for ``task``), at least :data:`MIN_WARM_STEPS`
+    and at most the cold steps."""
     from medrecon.solvers import method_options
 
     cold = steps if steps is not None else int(method_options(method, task).get("steps", 0) or 0)
-    return max(MIN_WARM_STEPS, math.ceil(cold * WARM_FRACTION))
+    warm = max(MIN_WARM_STEPS, math.ceil(cold * WARM_FRACTION))
+    return min(warm, cold) if cold > 0 else warm  # never more than a cold slice's
 
 
 def supports_warm_start(method: str) -> bool:

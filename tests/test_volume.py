@@ -282,7 +282,9 @@ def test_volume_options_that_would_change_nothing_are_refused(prior):
 
 def test_default_warm_steps_are_a_quarter_of_the_cold_steps():
     assert warm_steps_for("iagan", "sr", 200) == 50
-    assert warm_steps_for("iagan", "sr", 8) == 10
+    assert warm_steps_for("iagan", "sr", 20) == 10
+    assert warm_steps_for("iagan", "sr", 8) == 8  # never more than a cold slice's (it was 10)
+    assert warm_steps_for("iagan", "sr", 2) == 2
     assert warm_steps_for("iagan", "sr", None) >= 10
 
 
