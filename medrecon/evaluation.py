@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from medrecon.cli_types import InputPath, OutputPath
-from medrecon.errors import MedreconInputError, MissingWeightsError
+from medrecon.errors import MedreconInputError, MedreconWarning, MissingWeightsError
 from medrecon.limits import MAX_NOISE_SIGMA, MAX_SCALE
 from medrecon.generators.checkpoints import sha256_file
 
@@ -144,7 +144,8 @@ class EvalRun:
             order requested.
         settings: The settings that define the run (prior, task, options, noise, steps, seed,
             versions...), written verbatim into ``summary.md``.
-        lpips_note: Why the LPIPS column is empty, or ``None`` when it is filled.
+        lpips_note: Why the LPIPS column is empty (or empty for some rows), or ``None`` when
+            it is filled.
         grid: Images for ``grid.png``: ``{"ground truth": [..], "measurement": [..],
             method: [..]}``, each a list of ``[C, R, R]`` tensors in ``[0, 1]``.
         calibration: Per method with a std map, :func:`calibration_bins` over all its pixels
@@ -387,24 +388,20 @@ def _folds_json(p: Path, folds: Any) -> Path:
     return path
 
 
-def check_images_held_out(prior: Any, prior_source: str | Path | None,
-                          files: Sequence[tuple[str, Path]]) -> None:
-    """Refuse ground truths ``prior`` was trained on, whatever ``--folds`` named (a ``.txt``
-    list, or nothing): each file is looked up in the prior's own fold record (found from
-    ``prior_source``, its folder or shipped name) by the longest tail of its path that the
-    record lists. Files the record does not list (another dataset) pass; so does every file
-    for a prior without a training record or fold record.
-
-    Raises:
-        MedreconInputError: naming the training images found and the held-out fold.
-    """
+def training_path_matches(prior: Any, prior_source: str | Path | None,
+                          files: Sequence[tuple[str, Path]]) -> tuple[list[str], int | None]:
+    """The ids of ``files`` whose paths the prior's own fold record lists as training images
+    (found from ``prior_source``, its folder or shipped name; each file by the longest tail
+    of its path the record lists), and the prior's held-out fold. ``([], None)`` for a prior
+    without a training record or fold record. The record holds paths, not pixels: another
+    dataset's file of the same name matches too."""
     from medrecon.training.folds import load_folds
 
     meta = getattr(prior, "metadata", None) or {}
     record = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     held, sha = record.get("held_out_fold"), record.get("folds_sha256")
     if held is None or prior_source is None:
-        return
+        return [], None
     p = Path(str(prior_source)).expanduser()
     try:
         if not p.exists():
@@ -413,9 +410,9 @@ def check_images_held_out(prior: Any, prior_source: str | Path | None,
             p = resolve_prior_path(str(prior_source))
         fa = load_folds(_folds_json(p, prior_source))
     except MedreconInputError:
-        return  # no record to look in
+        return [], None  # no record to look in
     if sha and fa.digest() != sha:
-        return
+        return [], None
     fold_of = dict(zip(fa.files, fa.folds))
     trained = []
     for image_id, path in files:
@@ -426,14 +423,36 @@ def check_images_held_out(prior: Any, prior_source: str | Path | None,
                 if fold_of[key] != int(held):
                     trained.append(image_id)
                 break
-    if trained:
-        name = getattr(prior, "name", "the prior")
-        shown = ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else "")
+    return trained, int(held)
+
+
+def check_images_held_out(prior: Any, prior_source: str | Path | None,
+                          files: Sequence[tuple[str, Path]], *, listed: bool) -> str | None:
+    """Ground truths whose paths the prior's fold record lists as training images
+    (:func:`training_path_matches`): refused when ``listed`` (a ``--folds`` selection claims
+    held-out images); otherwise (a folder scored whole, which may be another dataset with the
+    same file names) said in a warning, and returned as the report's note.
+
+    Raises:
+        MedreconInputError: ``listed`` and training paths selected, named with the fold.
+    """
+    trained, held = training_path_matches(prior, prior_source, files)
+    if not trained:
+        return None
+    name = getattr(prior, "name", "the prior")
+    shown = ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else "")
+    if listed:
         raise MedreconInputError(
-            f"{len(trained)} of the {len(files)} images ({shown}) are training images of prior "
-            f"{name!r}: its fold record puts them outside its held-out fold {held}, so their "
-            f"scores would not be held out. Evaluate its held-out fold (--folds {prior_source} "
-            f"--fold {held}) or images it was not trained on.")
+            f"{len(trained)} of the {len(files)} selected images ({shown}) are training images "
+            f"of prior {name!r}: its fold record puts these paths outside its held-out fold "
+            f"{held}, so their scores would not be held out. Select its held-out fold "
+            f"(--folds {prior_source} --fold {held}).")
+    note = (f"{len(trained)} of the {len(files)} images ({shown}) have the paths of training "
+            f"images of prior {name!r} (outside its held-out fold {held}); if they are those "
+            "images, their scores are not held out (--folds "
+            f"{prior_source} selects its held-out fold)")
+    warnings.warn(note + ".", MedreconWarning, stacklevel=3)
+    return note
 
 
 def _valid_methods() -> list[str]:
@@ -622,20 +641,36 @@ class _Lpips:
     """LPIPS on ``[0, 1]`` images; remembers why it is unavailable instead of failing."""
 
     def __init__(self, enabled: bool) -> None:
-        self.note: str | None = None if enabled else "LPIPS disabled (--no-lpips)."
+        self.off: str | None = None if enabled else "LPIPS disabled (--no-lpips)."
+        self.skipped: str | None = None  # why some images' LPIPS is empty (too small)
+        self.n_skipped = 0
+
+    @property
+    def note(self) -> str | None:
+        """Why the lpips column is empty, or partly empty; None when it is filled."""
+        if self.off is not None:
+            return self.off
+        if self.skipped is not None:
+            return f"LPIPS left empty for {self.n_skipped} row(s): {self.skipped}"
+        return None
 
     def __call__(self, pred01: torch.Tensor, ref01: torch.Tensor) -> float | None:
-        if self.note is not None:
+        if self.off is not None:
             return None
         from medrecon import metrics
 
         try:
             d = metrics.lpips_distance(pred01, ref01, data_range=1.0)
-        except MedreconInputError as exc:  # MissingWeightsError offline, or images < 16 px
-            kind = "weights missing" if isinstance(exc, MissingWeightsError) else "not computable"
-            self.note = f"LPIPS {kind}: {exc}"
-            warnings.warn(self.note.rstrip(". ") + ". The lpips column is left empty.",
+        except MissingWeightsError as exc:  # offline: no row can have it
+            self.off = f"LPIPS weights missing: {exc}"
+            warnings.warn(self.off.rstrip(". ") + ". The lpips column is left empty.",
                           stacklevel=2)
+            return None
+        except MedreconInputError as exc:  # this image too small (content under 31 px)
+            if self.skipped is None:
+                warnings.warn(f"LPIPS not computable for some images: {exc} Their lpips is "
+                              "left empty.", stacklevel=2)
+            self.skipped, self.n_skipped = str(exc), self.n_skipped + 1
             return None
         return float(torch.as_tensor(d).reshape(-1)[0])
 
@@ -892,8 +927,9 @@ def evaluate_run(
     if folds is not None:
         check_fold_is_held_out(prior, fold_used, digest)
     files = discover_images(images, limit=limit, subset=subset)
-    check_images_held_out(prior, None if prior_source == "in-memory object" else prior_source,
-                          files)
+    training_note = check_images_held_out(
+        prior, None if prior_source == "in-memory object" else prior_source, files,
+        listed=folds is not None)
 
     options = {k: v for k, v in task_options.items() if v is not None}
     owned = sorted(set(options) & set(EVAL_OWNED_OPTIONS))
@@ -937,7 +973,8 @@ def evaluate_run(
                                      steps=steps, noise_sigma=noise_sigma, seed=seed,
                                      batch_size=batch_size, device=device, task_options=options,
                                      method_options=extra_opts,
-                                     selection=_selection_text(folds, fold_used, limit)),
+                                     selection=_selection_text(folds, fold_used, limit)
+                                     + (f"; {training_note}" if training_note else "")),
                   lpips_note=lp.note, grid=grid,
                   calibration={m: calibration_bins(p["std"], p["error"], exact=p["exact"])
                                for m, p in spread.items() if p["std"] is not None},
@@ -1396,7 +1433,8 @@ def write_summary_md(run: EvalRun, path: str | Path) -> Path:
         "",
     ]
     if run.lpips_note:
-        lines += [f"LPIPS column empty: {run.lpips_note}", ""]
+        partly = run.lpips_note.startswith("LPIPS left empty for")
+        lines += [run.lpips_note if partly else f"LPIPS column empty: {run.lpips_note}", ""]
     lines += ["## Results", "", summary_table(run.rows), ""]
     if run.std_maps:
         lines += [_std_map_text(run.std_maps), ""]

@@ -130,7 +130,7 @@ class ReconstructionSettings:
         P._check_ensemble(ensemble, chosen)  # its bound and method, before any work
         _check_volume_options(task, chosen, key_every=key_every, warm_steps=warm_steps,
                               coherence=coherence)
-        if spread:
+        if spread and not samples:  # with samples the std map is theirs: spread adds nothing
             _check_spread(task, chosen, ensemble)
         return cls(
             task=task, prior=prior, method=chosen,

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medrecon import evaluation as ev
-from medrecon.errors import MedreconInputError, MissingWeightsError
+from medrecon.errors import MedreconInputError, MedreconWarning, MissingWeightsError
 from tests._scripts import load_script
 
 R = 16
@@ -752,12 +752,16 @@ def test_eval_refuses_training_images_whatever_folds_names(prior, tmp_path):
     (tmp_path / "train.txt").write_text("a/2.png\nb/2.png\n")
     kw = dict(prior=tmp_path / "p", task="sr", methods="bicubic", lpips=False,
               scale=2)
-    with pytest.raises(MedreconInputError, match=r"2 of the 2 images \(a/2.png, b/2.png\) are "
-                       "training images of prior"):
+    with pytest.raises(MedreconInputError, match=r"2 of the 2 selected images \(a/2.png, "
+                       "b/2.png\) are training images of prior"):
         ev.evaluate_run(images=data, folds=tmp_path / "train.txt", fold=0, **kw)
-    with pytest.raises(MedreconInputError, match="2 of the 4 images"):
-        ev.evaluate_run(images=data, **kw)  # no --folds: every image
-    with pytest.raises(MedreconInputError, match="1 of the 1 images"):  # a folder of one class
+    # no --folds: a folder scored whole may be another dataset with the same file names (the
+    # record holds paths, not pixels): scored, with a warning and a note in the report
+    with pytest.warns(MedreconWarning, match="2 of the 4 images .* have the paths of training"):
+        whole = ev.evaluate_run(images=data, **kw)
+    assert len(whole.rows) == 4
+    assert "have the paths of training images" in whole.settings["selection"]
+    with pytest.warns(MedreconWarning, match="1 of the 1 images"):  # one file
         ev.evaluate_run(images=data / "b" / "2.png", **kw)
     (tmp_path / "held.txt").write_text("a/1.png\nb/1.png\n")
     run = ev.evaluate_run(images=data, folds=tmp_path / "held.txt", **kw)
@@ -846,3 +850,32 @@ def test_calibrate_script_writes_all_or_nothing_and_never_a_foreign_file(prior, 
     assert json.loads((out / "fit.json").read_text())["images"] == 2
     assert mod.main([*base, "--task-option", "scale=2"]) == 2  # a second run: --overwrite
     assert mod.main([*base, "--task-option", "scale=2", "--overwrite"]) == 0
+
+
+def test_one_small_image_leaves_only_its_own_lpips_empty(tmp_path, monkeypatch):
+    """LPIPS needs 31 x 31 pixels; once content was scored without its padding, one narrow
+    ground truth turned LPIPS off for every image of the run. Only its own row is empty now;
+    missing weights still empty the whole column."""
+    import torchvision
+
+    from tests._tiny import tiny_prior
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        features = torchvision.models.alexnet(weights=None).features
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()},
+               hub / "alexnet-owt-7be5be79.pth")
+    monkeypatch.setenv("MEDRECON_WEIGHTS_DIR", str(hub))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((64, 32)) * 255).astype(np.uint8)).save(imgs / "0narrow.png")
+    for name in ("a.png", "b.png"):
+        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(imgs / name)
+    run = ev.evaluate_run(prior=tiny_prior(resolution=32), task="sr", methods="bicubic",
+                          images=imgs, scale=2, lpips=True)
+    lp = {r.image: r.lpips for r in run.rows}
+    assert lp["0narrow.png"] is None and lp["a.png"] is not None and lp["b.png"] is not None
+    assert run.lpips_note.startswith("LPIPS left empty for 1 row(s)")

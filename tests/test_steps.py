@@ -173,3 +173,6 @@ def test_spread_where_there_is_none_is_refused(kw, match):
     with pytest.raises(MedreconInputError, match=match):
         ReconstructionSettings.check(prior="brain_mri", spread=True, **kw)
     ReconstructionSettings.check(prior="brain_mri", task="sr", spread=True, ensemble=2)
+    # with posterior samples the std map is theirs: spread is accepted as before
+    ReconstructionSettings.check(prior="brain_mri", task="sr", method="brgm", samples=2,
+                                 spread=True)
