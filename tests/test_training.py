@@ -420,6 +420,18 @@ def test_slim_checkpoint_exports_and_resumes(tmp_path):
         x_full = generator_from_checkpoint(full)(z, None, noise_mode="const")
         x_slim = generator_from_checkpoint(slim)(z, None, noise_mode="const")
     torch.testing.assert_close(x_slim, x_full, atol=2e-2, rtol=0)
+    # and exports the same prior: the full export's W statistics were of its fp32 weights
+    # (3e-4 off the fp16 ones it stores)
+    from safetensors.torch import load_file
+
+    from medrecon.training.export import export_checkpoint
+
+    for ck in (full, slim):
+        export_checkpoint(ck, tmp_path / f"exp_{ck.stem}" / "models", name="x", w_samples=64)
+    for f in ("w_stats.safetensors", "generator.safetensors"):
+        a = load_file(str(tmp_path / "exp_full" / "models" / f))
+        b_ = load_file(str(tmp_path / "exp_slim" / "models" / f))
+        assert a.keys() == b_.keys() and all(torch.equal(a[k], b_[k]) for k in a), f
     b = Trainer(_Images(), cfg)
     with pytest.warns(UserWarning, match="slim checkpoint"):
         b.load_checkpoint(slim)

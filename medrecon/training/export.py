@@ -149,6 +149,11 @@ def export_checkpoint(
                                "held_out_images", "hardware", "torch") if k in run},
     }
     meta = {**PRIOR_INFO.get(name, {}), **(metadata or {}), "training": training}
+    if fp16:  # the statistics of the weights as stored, so a slim (fp16) copy exports alike
+        with torch.no_grad():
+            for t in [*G.parameters(), *G.buffers()]:
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
     prior = Prior(G, name=name, metadata=meta)
     prior.compute_w_stats(num_samples=w_samples, seed=seed)
     with OutputStage(overwrite=overwrite) as stage:
