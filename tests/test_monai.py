@@ -296,6 +296,25 @@ def test_simulated_sr_keeps_the_trace_and_updates_pixdim(tmp_path):
     np.testing.assert_allclose(img.meta["pixdim"][1:4], [1.0, 1.0, 2.0])  # input untouched
 
 
+@pytest.mark.parametrize("task", ["sr", "denoise", "inpaint", "deblur"])
+def test_simulate_degradation_refuses_non_finite_images(task):
+    """NaN voxels came back degraded (NaN measurements) without a word, where Reconstruct and
+    IntensityWindow refuse them."""
+    from monai.data import MetaTensor
+
+    from medrecon.errors import MedreconInputError
+    from medrecon.monai import SimulateDegradation
+
+    img = torch.rand(1, 16, 16, 4)
+    img[0, 3, 3, 1] = float("nan")
+    with pytest.raises(MedreconInputError, match="holds 1 NaN/Inf voxels"):
+        SimulateDegradation(task, seed=0)(MetaTensor(img))
+    from medrecon.monai import SimulateDegradationd  # and k-space simulation
+
+    with pytest.raises(MedreconInputError, match="holds 1 NaN/Inf voxels"):
+        SimulateDegradationd(keys="image", task="mri", seed=0)({"image": MetaTensor(img[..., 1])})
+
+
 def test_reconstruct_restores_the_plane_simulate_degradation_degraded(prior):
     """SimulateDegradation('sr') coarsens the plane across the last axis: Reconstruct, with no
     plane given, finds that plane (its axis's 1 mm stands out from 4 x 4 mm pixels) and

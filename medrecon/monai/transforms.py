@@ -297,6 +297,16 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
 
 
 # ------------------------------------------------------------------------------ degradation
+def _check_finite_image(x: torch.Tensor) -> None:
+    """Refuse NaN/Inf voxels before a degradation (as the other transforms do: they came back
+    as NaN measurements without a word)."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise MedreconInputError(
+            f"the image holds {int((~finite).sum())} NaN/Inf voxels out of {x.numel()}; "
+            "expected finite intensities to degrade. Repair it first.")
+
+
 class SimulateDegradation(Randomizable, Transform):
     """Degrade a clean channel-first MetaTensor at its native resolution (seeded).
 
@@ -359,6 +369,7 @@ class SimulateDegradation(Randomizable, Transform):
         if img.shape[0] != 1 or img.ndim not in (3, 4):
             raise MedreconInputError(f"expected a channel-first image (1, X, Y[, Z]); got "
                                      f"{tuple(img.shape)}.")
+        _check_finite_image(img.as_tensor())
         out = self._degrade(img)
         return tuple(_out(o) for o in out) if isinstance(out, tuple) else _out(out)
 
@@ -479,6 +490,7 @@ class SimulateDegradationd(Randomizable, MapTransform):
         if x.ndim != 2:
             raise MedreconInputError("simulated k-space needs a 2D image (1, X, Y); slice volumes "
                                      "first.")
+        _check_finite_image(x)
         op = build_operator("mri", img_size=tuple(x.shape), seed=seed,
                             mask_type=self.kwargs.get("mask_type", "random"),
                             acceleration=self.acceleration, center_fraction=self.center_fraction)
