@@ -56,8 +56,9 @@ JSON line `{"event": "error", "message": ..., "exit_code": ...}` and warnings ar
 
 
 def _walk(cmd: click.Command, path: list[str], ctx_parent: click.Context | None):
-    ctx = click.Context(cmd, info_name=" ".join(path), parent=None, terminal_width=100,
-                        max_content_width=100)
+    # the command's own settings (show_default, -h) and those it inherits, as --help has them
+    settings = {"terminal_width": 100, "max_content_width": 100, **cmd.context_settings}
+    ctx = click.Context(cmd, info_name=path[-1], parent=ctx_parent, **settings)
     yield path, cmd.get_help(ctx)
     if isinstance(cmd, click.Group):
         for name in cmd.list_commands(ctx):

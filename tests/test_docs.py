@@ -30,3 +30,19 @@ def test_cli_reference_is_complete():
                 if opt.startswith("-"):
                     assert opt in section, (f"{opt} of {' '.join(path)} missing from docs/cli.md: "
                                             "run python scripts/gen_cli_docs.py")
+
+
+def test_cli_reference_is_what_help_prints():
+    """docs/cli.md was rendered without each command's context settings: eval's and
+    eval-scans' defaults and the -h alias were missing, and the check compared the file with
+    the same rendering. Every section is now the command's real --help output."""
+    from click.testing import CliRunner
+
+    text = DOC.read_text()
+    for path, _cmd in _commands(cli, ("medrecon",)):
+        res = CliRunner().invoke(cli, [*path[1:], "--help"], prog_name="medrecon",
+                                 terminal_width=100, max_content_width=100)
+        assert res.exit_code == 0, res.output
+        section = text.split(f"## `{' '.join(path)}`", 1)[1].split("\n## ", 1)[0]
+        assert res.output.strip() in section, (f"{' '.join(path)}: docs/cli.md is not its "
+                                               "--help; run python scripts/gen_cli_docs.py")
