@@ -291,6 +291,13 @@ def held_out_images(folds: str | Path, *, fold: int | None = None) -> tuple[list
     return ids, used
 
 
+def _training_split(prior: Any) -> tuple[Any, Any]:
+    """``(held_out_fold, folds_sha256)`` of the prior's training record (None where absent)."""
+    meta = getattr(prior, "metadata", None) or {}
+    record = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    return record.get("held_out_fold"), record.get("folds_sha256")
+
+
 def check_fold_is_held_out(prior: Any, fold: int, digest: str | None) -> None:
     """Refuse to score ``prior`` on images it was trained on: a fold other than the held-out
     one its training record names, or a fold record other than the one it was trained with
@@ -300,9 +307,7 @@ def check_fold_is_held_out(prior: Any, fold: int, digest: str | None) -> None:
     Raises:
         MedreconInputError: naming the prior's held-out fold and the fix.
     """
-    meta = getattr(prior, "metadata", None) or {}
-    record = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-    held, sha = record.get("held_out_fold"), record.get("folds_sha256")
+    held, sha = _training_split(prior)
     name = getattr(prior, "name", "the prior")
     if held is not None and fold >= 0 and int(fold) != int(held):
         raise MedreconInputError(
@@ -346,17 +351,7 @@ def _fold_record(folds: str | Path, *, fold: int | None = None
             raise MedreconInputError(f"{str(p)!r} lists no image; expected one relative path "
                                      "per line.")
         return ids, -1 if fold is None else int(fold), None
-    if not p.exists():
-        from medrecon.priors import resolve_prior_path
-
-        try:
-            p = resolve_prior_path(str(folds))
-        except MedreconInputError:
-            raise MedreconInputError(
-                f"--folds {str(folds)!r} is neither a file nor a folder, nor a shipped prior "
-                "name; expected a folds.json, a prior folder, or chest_xray / brain_mri."
-            ) from None
-    path = _folds_json(p, folds)
+    path = _folds_json(folds)
     fa = load_folds(path)
     if fold is None:
         # training.json (exported prior) or run.json (training run folder) record it.
@@ -375,9 +370,20 @@ def _fold_record(folds: str | Path, *, fold: int | None = None
     return fa.split(int(fold))[1], int(fold), fa.digest()
 
 
-def _folds_json(p: Path, folds: Any) -> Path:
-    """The ``folds.json`` of ``p``: the file itself, or the one in a prior folder or its
-    ``models/``."""
+def _folds_json(folds: str | Path) -> Path:
+    """The ``folds.json`` that ``folds`` names: the file itself, or the one in a prior folder
+    (a path or a shipped prior's name) or its ``models/``."""
+    p = Path(str(folds)).expanduser()
+    if not p.exists():
+        from medrecon.priors import resolve_prior_path
+
+        try:
+            p = resolve_prior_path(str(folds))
+        except MedreconInputError:
+            raise MedreconInputError(
+                f"--folds {str(folds)!r} is neither a file nor a folder, nor a shipped prior "
+                "name; expected a folds.json, a prior folder, or chest_xray / brain_mri."
+            ) from None
     d = p if p.is_dir() else p.parent
     path = p if p.is_file() and p.suffix == ".json" and p.name != "prior.json" else d / "folds.json"
     if not path.is_file() and (d / "models" / "folds.json").is_file():
@@ -397,18 +403,11 @@ def training_path_matches(prior: Any, prior_source: str | Path | None,
     dataset's file of the same name matches too."""
     from medrecon.training.folds import load_folds
 
-    meta = getattr(prior, "metadata", None) or {}
-    record = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-    held, sha = record.get("held_out_fold"), record.get("folds_sha256")
+    held, sha = _training_split(prior)
     if held is None or prior_source is None:
         return [], None
-    p = Path(str(prior_source)).expanduser()
     try:
-        if not p.exists():
-            from medrecon.priors import resolve_prior_path
-
-            p = resolve_prior_path(str(prior_source))
-        fa = load_folds(_folds_json(p, prior_source))
+        fa = load_folds(_folds_json(prior_source))
     except MedreconInputError:
         return [], None  # no record to look in
     if sha and fa.digest() != sha:
