@@ -39,7 +39,7 @@ from pydicom.valuerep import DSfloat
 from medrecon import __version__
 from medrecon.errors import MedreconInputError
 from medrecon.io.geometry import ras_to_lps
-from medrecon.io.image import MedicalImage
+from medrecon.io.image import MedicalImage, thin_axis
 
 __all__ = ["write_dicom", "int16_rescale", "CT_IMAGE_STORAGE", "MR_IMAGE_STORAGE", "SC_IMAGE_STORAGE"]
 
@@ -278,8 +278,7 @@ def check_dicom_axes(shape: Sequence[int], affine: Any) -> None:
     """
     shape = tuple(int(n) for n in shape)
     a = np.asarray(affine, dtype=np.float64)[:3, :3]
-    thin = 2 if shape[2] == 1 or 1 not in shape else max(
-        i for i, n in enumerate(shape) if n == 1)
+    thin = thin_axis(shape)
     u, v = (a[:, i] for i in range(3) if i != thin)
     cos = abs(float(u @ v)) / max(float(np.linalg.norm(u) * np.linalg.norm(v)), 1e-300)
     if cos > MAX_AXES_COS:

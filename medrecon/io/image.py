@@ -46,6 +46,14 @@ def _as_volume(array: object, *, name: str = "array") -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def thin_axis(shape: tuple[int, ...]) -> int:
+    """The axis a 3D image's one slice lies across: ``Z`` (2) when it has one voxel or no axis
+    has, else the last single-voxel axis (a coronal slice stored ``X x 1 x Z``: 1)."""
+    if shape[2] == 1 or 1 not in shape:
+        return 2
+    return max(i for i, n in enumerate(shape) if n == 1)
+
+
 @dataclass(eq=False)
 class MedicalImage:
     """A 2D or 3D scalar image with geometry, as read from or written to a medical file.
@@ -99,10 +107,9 @@ class MedicalImage:
         """This image with its single-voxel axis last (``(X, 1, Z) -> (X, Z, 1)``, the affine's
         columns permuted alike: the same voxels at the same places), as the 2D writers (PNG,
         DICOM) store one slice; the image itself when ``Z == 1`` or no axis is single."""
-        shape = self.array.shape
-        if shape[2] == 1 or 1 not in shape:
+        thin = thin_axis(self.array.shape)
+        if thin == 2:
             return self
-        thin = max(i for i, n in enumerate(shape) if n == 1)
         order = [i for i in range(3) if i != thin] + [thin]
         affine = self.affine.copy()
         affine[:3, :3] = self.affine[:3, order]

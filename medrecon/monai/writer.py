@@ -153,8 +153,10 @@ class MedreconRasterWriter(PILWriter):
         from medrecon.errors import MedreconInputError
 
         arr = _one_channel(data_array, channel_dim, "MedreconRasterWriter")
-        if arr.ndim == 3 and arr.shape[2] != 1 and 1 in arr.shape:  # one slice along X or Y
-            arr = np.moveaxis(arr, max(i for i, n in enumerate(arr.shape) if n == 1), -1)
+        if arr.ndim == 3:  # one slice along X or Y (X x 1 x Z): that slice
+            from medrecon.io.image import thin_axis
+
+            arr = np.moveaxis(arr, thin_axis(arr.shape), -1)
         if arr.ndim > 2 and any(s != 1 for s in arr.shape[2:]):
             raise MedreconInputError(
                 f"cannot write an image of shape {arr.shape} to {self.target or 'a raster'}: "
