@@ -1104,3 +1104,73 @@ def test_monai_review_round_two(prior):
     padded = SpatialPadd(keys="image", spatial_size=(20, 20))(win({"image": img}))
     back = win.inverse(padded)["image"]
     assert back.shape == (1, 20, 20)
+
+
+_STOP_RUNNER = """
+import os, runpy, signal, sys
+import medrecon.monai.inferer as inf
+
+how = sys.argv.pop()
+
+def stop(self, *a, **k):
+    if how == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if how == "bug":
+        raise RuntimeError("a bug")
+    if how == "input":
+        from medrecon.errors import MedreconInputError
+        raise MedreconInputError("found mid-run")
+    raise KeyboardInterrupt
+
+inf.ReconstructionInferer.__call__ = stop
+sys.argv = ["monai.bundle", *sys.argv[1:]]
+runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("how, code, line", [
+    ("int", 130, "medrecon: interrupted; the result in progress was not written."),
+    ("term", 143, "medrecon: terminated (SIGTERM); the result in progress was not written."),
+    ("input", 2, "medrecon: error: found mid-run")])
+def test_bundle_run_stopped_mid_solve_is_one_line(tmp_path, how, code, line):
+    """Ctrl-C, SIGTERM or an input error in the middle of a bundle's solve: one line and the
+    CLI's exit codes (ignite and MONAI's StatsHandler logged a traceback of ~70-270 lines
+    each time, and Ctrl-C ended with Python's own traceback and exit code 1)."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "brain_mri_stylegan2"
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 12), dtype=np.float32),
+                             np.eye(4)), str(tmp_path / "in" / "a.nii.gz"))
+    r = subprocess.run([sys.executable, "-c", _STOP_RUNNER, "run", "--config_file",
+                        str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                        "--dataset_dir", str(tmp_path / "in"), "--output_dir",
+                        str(tmp_path / "out"), how], capture_output=True, text=True, timeout=300)
+    assert r.returncode == code, r.stderr[-3000:]
+    both = r.stdout + r.stderr  # the bundles' logging.conf logs to stdout
+    assert "Traceback" not in both and "terminating due to exception" not in both
+    assert r.stderr.strip().splitlines()[-1] == line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bundle_run_keeps_the_traceback_of_a_bug(tmp_path):
+    """Only stops and input errors lose their logged traceback: a bug keeps it."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "brain_mri_stylegan2"
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.ones((12, 12), np.float32), np.eye(4)),
+             str(tmp_path / "in" / "a.nii.gz"))
+    r = subprocess.run([sys.executable, "-c", _STOP_RUNNER, "run", "--config_file",
+                        str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                        "--dataset_dir", str(tmp_path / "in"), "--output_dir",
+                        str(tmp_path / "out"), "bug"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "RuntimeError: a bug" in r.stderr
+    both = r.stdout + r.stderr
+    assert "Exception: a bug" in both and "terminating due to exception: a bug" in both

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -363,9 +364,12 @@ def report_input_errors() -> None:
     installs a :data:`sys.excepthook` that finds a :class:`~medrecon.errors.MedreconInputError`
     in the uncaught exception's chain (or the one a :class:`BundleNiftiWriter` raised for the
     file ``SaveImage`` names) and prints ``medrecon: error: <message>``, exit code 2; any
-    other exception goes to the previous hook. SIGTERM ends the run with exit code 143, its
-    result being written discarded. Only in the bundle runner's own process: a
-    ``ConfigWorkflow`` run from the user's Python leaves the user's hooks alone.
+    other exception goes to the previous hook. Ctrl-C and SIGTERM end the run with one line
+    and exit codes 130 and 143, as the CLI's, the result being written discarded (results
+    already written are complete and stay). The tracebacks that ignite and MONAI's
+    ``StatsHandler`` log for these stops (:class:`_QuietStops`) are left out; any other
+    error's are kept. Only in the bundle runner's own process: a ``ConfigWorkflow`` run from
+    the user's Python leaves the user's hooks alone.
     """
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
@@ -376,7 +380,10 @@ def report_input_errors() -> None:
         return
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-        found = find_in_chain(exc, MedreconInputError) or _writer_error(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"medrecon: interrupted; {_NOT_WRITTEN}", file=sys.stderr)
+            raise SystemExit(130)
+        found = _input_error(exc)
         if found is None:
             previous(kind, exc, tb)
             return
@@ -385,7 +392,37 @@ def report_input_errors() -> None:
 
     hook.medrecon_bundle_hook = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+    quiet = _QuietStops()
+    for handler in logging.getLogger().handlers:  # where ignite's engine records end
+        handler.addFilter(quiet)
+    logging.getLogger(_STATS_LOGGER).addFilter(quiet)  # logs on its own, to its own handler
     _exit_on_sigterm()
+
+
+#: The logger of MONAI's ``StatsHandler`` in the bundles' configs (its default name).
+_STATS_LOGGER = "monai.handlers.StatsHandler"
+#: The end of the line printed for a bundle run stopped by Ctrl-C or SIGTERM.
+_NOT_WRITTEN = "the result in progress was not written."
+
+
+def _input_error(exc: BaseException) -> MedreconInputError | None:
+    return find_in_chain(exc, MedreconInputError) or _writer_error(exc)
+
+
+class _QuietStops(logging.Filter):
+    """Drops the error records logged while a stop (Ctrl-C, SIGTERM) or a medrecon input
+    error is unwinding through the engine: ignite's "Engine run is terminating due to
+    exception" and ``StatsHandler``'s traceback. :func:`report_input_errors`' hook prints the
+    one line instead. Records of any other error pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        if exc is None:
+            return True
+        return not (isinstance(exc, (KeyboardInterrupt, SystemExit))
+                    or _input_error(exc) is not None)
 
 
 def _exit_on_sigterm() -> None:
@@ -399,6 +436,7 @@ def _exit_on_sigterm() -> None:
         return
 
     def stop(signum: int, frame: Any) -> None:
+        print(f"medrecon: terminated (SIGTERM); {_NOT_WRITTEN}", file=sys.stderr)
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, stop)
