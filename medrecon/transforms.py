@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from medrecon.errors import MedreconInputError
+from medrecon.io._paths import check_finite
 
 __all__ = [
     "PLANES",
@@ -100,12 +101,7 @@ class IntensityWindow:
         arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
         if arr.size == 0:
             raise MedreconInputError("cannot fit an intensity window to an empty array.")
-        if not np.all(np.isfinite(arr)):
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise MedreconInputError(
-                f"the image holds {bad} NaN/Inf values; expected finite intensities. "
-                "Fix or mask the corrupted voxels before reconstruction."
-            )
+        check_finite(arr, what="the image")
         lo, hi = np.percentile(arr.astype(np.float64, copy=False), [lower, upper])
         lo, hi = float(lo), float(hi)
         if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):

@@ -32,7 +32,9 @@ def test_window_maps_percentiles_and_inverts_exactly():
 def test_window_constant_and_bad_inputs():
     w = IntensityWindow.fit(np.full((3, 3), 7.0))
     torch.testing.assert_close(w.apply(torch.tensor([7.0])), torch.tensor([0.0]))
-    with pytest.raises(MedreconInputError, match="NaN"):
+    said = (r"the image has 1 non-finite voxel\(s\) \(1 NaN, 0 \+/-Inf\) out of 2, "
+            r"the first at index \(1,\)")
+    with pytest.raises(MedreconInputError, match=said):
         IntensityWindow.fit(np.array([1.0, np.nan]))
     with pytest.raises(MedreconInputError, match="empty"):
         IntensityWindow.fit(np.zeros((0,)))

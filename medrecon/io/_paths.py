@@ -326,8 +326,16 @@ def check_float32_range(array: np.ndarray, *, what: str) -> None:
             "medrecon computes in; rescale the intensities first.")
 
 
-def check_finite(array: np.ndarray, *, what: str) -> None:
-    """Raise when ``array`` holds NaN or infinite values, saying how many and where."""
+#: The fix :func:`check_finite` names by default.
+FINITE_FIX = ("Replace them (e.g. numpy.nan_to_num(x, nan=0.0)) or mask them out before "
+              "reconstruction.")
+
+
+def check_finite(array: Any, *, what: str, fix: str = FINITE_FIX) -> None:
+    """Raise when ``array`` (numpy or torch) holds NaN or infinite values, saying how many
+    and where, and ``fix``."""
+    if hasattr(array, "detach"):  # a torch tensor (a MetaTensor: its plain values)
+        array = array.detach().cpu().numpy()
     finite = np.isfinite(array)
     if finite.all():
         return
@@ -336,6 +344,4 @@ def check_finite(array: np.ndarray, *, what: str) -> None:
     n_nan = int(np.count_nonzero(np.isnan(array)))
     raise MedreconInputError(
         f"{what} has {bad} non-finite voxel(s) ({n_nan} NaN, {bad - n_nan} +/-Inf) out of "
-        f"{array.size}, the first at index {first}; expected finite intensities. Replace them "
-        "(e.g. numpy.nan_to_num(x, nan=0.0)) or mask them out before reconstruction."
-    )
+        f"{array.size}, the first at index {first}; expected finite intensities. {fix}")

@@ -300,11 +300,10 @@ class IntensityWindowd(MapTransform, InvertibleTransform):
 def _check_finite_image(x: torch.Tensor) -> None:
     """Refuse NaN/Inf voxels before a degradation (as the other transforms do: they came back
     as NaN measurements without a word)."""
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        raise MedreconInputError(
-            f"the image holds {int((~finite).sum())} NaN/Inf voxels out of {x.numel()}; "
-            "expected finite intensities to degrade. Repair it first.")
+    from medrecon.io._paths import check_finite
+
+    check_finite(x, what="the image to degrade",
+                 fix="Replace them (e.g. numpy.nan_to_num(x, nan=0.0)) before degrading it.")
 
 
 class SimulateDegradation(Randomizable, Transform):
