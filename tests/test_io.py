@@ -693,7 +693,7 @@ def test_dicom_frame_claims_are_bounded_before_the_frames_are_listed(tmp_path):
     minute) before its size was checked, in a series folder and, compressed, alone."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import (ExplicitVRLittleEndian, JPEGBaseline8Bit,
+    from pydicom.uid import (MPEG4HP41, ExplicitVRLittleEndian, JPEGBaseline8Bit,
                              SecondaryCaptureImageStorage, generate_uid)
 
     def make(path, frames, ts):
@@ -722,6 +722,12 @@ def test_dicom_frame_claims_are_bounded_before_the_frames_are_listed(tmp_path):
             load_image(path)
     with pytest.raises(MedreconInputError, match="1000 compressed frames.*one per 8 bytes"):
         load_image(tmp_path / "few.dcm")
+    # a video stream holds all its frames in one stream, not one item each: a long cine of
+    # ~650 bytes is not truncated, and no pydicom decoder reads it; it is named as video
+    make(tmp_path / "cine.dcm", 1000, MPEG4HP41)
+    with pytest.raises(MedreconInputError, match="a video stream .MPEG-4 AVC/H.264 High "
+                       "Profile / Level 4.1.*Export its frames"):
+        load_image(tmp_path / "cine.dcm")
 
 
 def test_npz_member_headers_and_h5_masks_are_bounded_before_reading(tmp_path):

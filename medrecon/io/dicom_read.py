@@ -35,6 +35,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import MPEGTransferSyntaxes
 
 from medrecon.errors import MedreconInputError, MedreconWarning
 from medrecon.io._paths import (DICOM_SUFFIXES, check_claimed_size, check_finite, describe_head,
@@ -279,6 +280,11 @@ def _check_pixel_claim(path: Path, ds: Dataset) -> None:
             f"most {MAX_DICOM_FRAMES} per file. The header is probably wrong; copy the file again "
             "from the source.")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and ts in MPEGTransferSyntaxes:  # before the bound: one stream, no items
+        raise MedreconInputError(
+            f"{str(path)!r}: its pixels are a video stream ({getattr(ts, 'name', ts)}), which "
+            "no DICOM pixel decoder reads. Export its frames as images (e.g. ffmpeg, or the "
+            "viewer's export to uncompressed DICOM or PNG) and pass those.")
     shape = (frames, rows, cols, spp)
     size = path.stat().st_size
     if ts is not None and getattr(ts, "is_compressed", False) and frames > size // 8:
