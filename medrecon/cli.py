@@ -243,17 +243,24 @@ class _Reporter:
             self.bar = None
 
     def done(self, info: dict, output: str, std: str | None) -> None:
+        from medrecon.pipeline import std_kind  # loaded by the run that ends here
+
         self.close()
         eff = info.get("effective_factor")
         if self.json:
             click.echo(json.dumps({"event": "done", "output": output, "std": std,
+                                   "std_kind": std_kind(info) if std else None,
                                    "seconds": round(float(info.get("seconds", 0.0)), 3),
                                    "method": info.get("method"), "device": info.get("device"),
                                    "plane": info.get("plane"),
                                    "effective_factor": [round(float(e), 4) for e in eff]
                                    if eff else None}), err=True)
         if not self.quiet:
-            extra = f", std {std}" if std else ""
+            extra = ""
+            if std:
+                extra = (f", std {std} (calibrated for this regime)"
+                         if std_kind(info) == "calibrated std" else
+                         f", std {std} (the samples' raw spread: no calibration for this regime)")
             prior = ""
             if eff:
                 what = "magnification" if info.get("task") == "sr" else "resolution"
@@ -554,6 +561,7 @@ def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *,
 
     from medrecon.io import save_image
     from medrecon.io.outputs import OutputStage
+    from medrecon.pipeline import std_kind
 
     gt = np.asarray(reference.array, dtype=np.float64)
     panels = [_lowres_view(gt, scale, kernel), np.asarray(base.image.array), np.asarray(res.image.array)]
@@ -561,7 +569,7 @@ def _demo_outputs(res: Any, base: Any, reference: Any, outs: dict, png: Path, *,
     own = set()
     if res.std is not None:
         panels.append(np.asarray(res.std.array))
-        titles.append("std" if res.info.get("std_kind") == "calibrated std" else "spread (ensemble)")
+        titles.append("std" if std_kind(res.info) == "calibrated std" else "spread (ensemble)")
         own.add(len(panels) - 1)
     panels.append(gt)
     titles.append("reference")

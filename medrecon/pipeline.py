@@ -49,6 +49,7 @@ __all__ = [
     "reconstruct_file",
     "reconstruct_directory",
     "default_output_path",
+    "std_kind",
     "std_path_for",
     "load_kspace",
 ]
@@ -1407,6 +1408,12 @@ def _output_label(method: str, options: Mapping[str, Any]) -> str:
     return f"{method}-bp" if bp else method
 
 
+def std_kind(info: dict) -> str:
+    """What a result's std map holds: ``'calibrated std'`` (the prior's calibration for the
+    regime) or ``'spread'`` (the samples' raw spread, uncalibrated)."""
+    return "calibrated std" if info.get("std_kind") == "calibrated std" else "spread"
+
+
 def std_path_for(output_path: str | Path) -> Path:
     """``<output stem>_std<suffix>``."""
     p = Path(output_path)
@@ -1596,6 +1603,11 @@ def reconstruct_file(
     std_out = std_path_for(out) if samples else None
     if std_out is not None:
         std_out, _ = check_image_output(std_out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
+        if full_suffix(std_out) == ".png":  # said before the solve, not after
+            warnings.warn(
+                f"the std map {std_out.name} is stored as PNG, in whole grey levels of its image "
+                "(stds below half a level become 0); write the output as .tif or .nii.gz to keep "
+                "its values.", MedreconWarning, stacklevel=2)
 
     if kspace is not None:
         k, sampled = kspace
@@ -1615,7 +1627,8 @@ def reconstruct_file(
                      method=result.info["method"], reference=headers)
         if std_out is not None and result.std is not None:
             _save_output(result.std, std_out, stage=stage, inputs=protected,
-                         description=desc + " std", method=result.info["method"],
+                         description=f"{desc} {std_kind(result.info)}",
+                         method=result.info["method"],
                          reference=headers)
             result.std_path = std_out
     result.output_path = out

@@ -900,3 +900,53 @@ def test_an_empty_output_path_is_refused(tmp_path, prior_dir, monkeypatch):
         res = CliRunner().invoke(cli, [str(a) for a in args])
         assert res.exit_code == 2 and "is empty" in res.output, (args[0], res.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_samples_say_whether_their_std_map_is_calibrated(tmp_path):
+    """The std map of --samples is the prior's calibrated std where the prior has a fit for
+    the regime and the raw spread elsewhere: the summary line, the JSON 'done' event and the
+    file's description say which (all three read the same either way)."""
+    from medrecon.priors import save_prior
+    from medrecon.solvers.calibration import StdCalibration
+    from tests._tiny import tiny_prior
+
+    src = tmp_path / "lr.nii.gz"
+    save_image(MedicalImage(np.random.default_rng(0).normal(100, 20, (8, 8)).astype(np.float32),
+                            np.eye(4)), src)
+    p = tiny_prior(resolution=R, seed=0)
+    save_prior(p, tmp_path / "raw")
+    p.metadata["std_calibration"] = [StdCalibration(
+        method="brgm_variational", task="sr", fraction=0.25, floor=0.0, scale=4.0,
+        bp=True).as_dict()]
+    save_prior(p, tmp_path / "fitted")
+    said = {}
+    for kind in ("raw", "fitted"):
+        out = tmp_path / f"{kind}.nii.gz"
+        args = ["sr", src, "-o", out, "--prior", tmp_path / kind, "--method", "brgm",
+                "--samples", "2", "--steps", "2", "--scale", "2"]
+        line = next(x for x in _run(args).splitlines() if "medrecon sr:" in x)
+        res = CliRunner().invoke(cli, [str(a) for a in args[:3]] + [
+            str(tmp_path / f"{kind}_j.nii.gz")] + [str(a) for a in args[4:]]
+            + ["--log-format", "json", "--quiet"])
+        done = [json.loads(x) for x in res.stderr.splitlines() if x.startswith("{")][-1]
+        descrip = nib.load(str(tmp_path / f"{kind}_std.nii.gz")).header["descrip"].tobytes()
+        said[kind] = line, done["std_kind"], descrip.rstrip(b"\0").decode()
+    assert said["raw"][0].endswith("raw_std.nii.gz (the samples' raw spread: no calibration "
+                                   "for this regime)")
+    assert said["fitted"][0].endswith("fitted_std.nii.gz (calibrated for this regime)")
+    assert [said[k][1] for k in ("raw", "fitted")] == ["spread", "calibrated std"]
+    assert said["raw"][2].endswith(" spread") and said["fitted"][2].endswith(" calibrated std")
+
+
+def test_a_png_std_map_is_said_to_be_rounded_before_the_solve(tmp_path, prior_dir):
+    """--samples with a PNG output stored the std in whole grey levels of the 8-bit input
+    (most of its pixels 0) without a word."""
+    from PIL import Image
+
+    src = tmp_path / "lr.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8)).save(src)
+    out = _run(["sr", src, "-o", tmp_path / "p.png", "--prior", prior_dir, "--method", "brgm",
+                "--samples", "2", "--steps", "2", "--scale", "2"])
+    assert "the std map p_std.png is stored as PNG, in whole grey levels" in out
+    assert "write the output as .tif or .nii.gz" in out
+    assert (tmp_path / "p_std.png").exists()
