@@ -955,7 +955,8 @@ def evaluate_run(
     order = sorted(method_list, key=lambda m: solvers.METHODS[_split_bp(m)[0]].generative)
     for method in order:
         per_method[method], outputs, pixels = _score_method(
-            method, ids=ids, truths=truths, measurements=measurements, boxes=boxes,
+            method, ids=ids, paths=[p for _, p in files], truths=truths,
+            measurements=measurements, boxes=boxes,
             operator=operator, prior=prior, task=task, device=device, seed=seed, steps=steps, batch_size=batch_size,
             options=extra_opts.get(method, {}), lp=lp, say=say)
         if pixels is not None:
@@ -1059,10 +1060,10 @@ def _input_grid(truths: list[torch.Tensor], measurements: list[torch.Tensor], op
                                 for y in measurements]}
 
 
-def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
-                  measurements: list[torch.Tensor], boxes: list[Box], operator: Any, prior: Any,
-                  task: str,
-                  device: str, seed: int, steps: int | None, batch_size: int,
+def _score_method(method: str, *, ids: list[str], paths: list[Path],
+                  truths: list[torch.Tensor], measurements: list[torch.Tensor], boxes: list[Box],
+                  operator: Any, prior: Any, task: str, device: str, seed: int,
+                  steps: int | None, batch_size: int,
                   options: Mapping[str, Any], lp: _Lpips, say: Callable[[str], None]
                   ) -> tuple[list[EvalRow], list[torch.Tensor], dict[str, Any] | None]:
     """Solve every image with ``method`` (batches of ``batch_size``) and score it on its
@@ -1113,7 +1114,7 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
                 rho = std_error_spearman(std[~ex], err[~ex])
                 kinds.add(str(rec.info.get("std_kind", "std")))
                 regime = rec.info.get("std_regime", regime)
-                if _fitted_on(rec.info, image_id):
+                if _fitted_on(rec.info, image_id, paths[start + k]):
                     left_out += 1
                 else:
                     stds.append(std.reshape(-1))
@@ -1132,13 +1133,22 @@ def _score_method(method: str, *, ids: list[str], truths: list[torch.Tensor],
     return rows, outputs, pixels
 
 
-def _fitted_on(info: Mapping[str, Any], image_id: str) -> bool:
+def _fitted_on(info: Mapping[str, Any], image_id: str, path: Path | None = None) -> bool:
     """Whether the std calibration a result used (``info["std_calibration"]``) was fitted on
-    this image (its ``fitted_on`` ids, matched by path tail either way: the ids are relative
-    to whichever folder each run was given)."""
+    this image. Its ``fitted_on`` ids are relative to the folder the fit was given, and
+    ``image_id`` to this run's: the same id, ids with folders of which one ends the other,
+    or the image's ``path`` ending in the fit's id (its folders included: a file name alone,
+    e.g. ``139.jpg``, is shared by other classes' images) count."""
     fitted = (info.get("std_calibration") or {}).get("fitted_on") or ()
-    return any(image_id == f or image_id.endswith("/" + f) or f.endswith("/" + image_id)
-               for f in fitted)
+    tail = Path(path).resolve().parts if path is not None else ()
+    for f in fitted:
+        parts = Path(f).parts
+        if image_id == f or ("/" in image_id and "/" in f and (
+                image_id.endswith("/" + f) or f.endswith("/" + image_id))):
+            return True
+        if len(parts) > 1 and tail[-len(parts):] == parts:
+            return True
+    return False
 
 
 def evaluate(**kwargs: Any) -> list[EvalRow]:

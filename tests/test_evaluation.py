@@ -549,6 +549,12 @@ def test_eval_leaves_the_calibrations_fitting_images_out_of_its_figures(tmp_path
     only = ev.evaluate_run(images=imgs / "a" / "g1.png", **kw)
     assert only.std_maps["iagan-bp"]["std"] is None and "iagan-bp" not in only.calibration
     assert "not scored (its calibration was fitted on all 1" in ev._std_map_text(only.std_maps)
+    # another class's image of the same file name is not the fit's (it was left out too)
+    (imgs / "b").mkdir()
+    (imgs / "a" / "g1.png").rename(imgs / "b" / "g1.png")
+    for images in (imgs, imgs / "b", imgs / "b" / "g1.png"):
+        other = ev.evaluate_run(images=images, **kw)
+        assert other.std_maps["iagan-bp"]["left_out"] == 0, images
 
 
 def test_calibration_bins():
