@@ -619,6 +619,11 @@ def _ground_truth_on_grid(path: Path, *, resolution: int, channels: int
     except Exception as exc:  # unreadable / corrupt file: say which one
         raise MedreconInputError(f"could not read ground truth {str(path)!r}: {exc}; expected a "
                                  "PNG/JPEG/DICOM/NIfTI image.") from exc
+    if float(x.max() - x.min()) == 0.0:  # every method exact or not: PSNR inf, SSIM 1
+        raise MedreconInputError(  # the file's values: on the grid, resizing and padding vary
+            f"ground truth {str(path)!r} is one constant value; it cannot be scored (PSNR "
+            "is infinite for any exact result, and one such image makes a method's mean "
+            "infinite). Remove it from --images.")
     g = window.apply(x).float()
     fit = GridFit.fit(tuple(g.shape[-2:]), spacing, resolution)
     box = (fit.offset[0], fit.offset[1], fit.content[0], fit.content[1])
@@ -1035,11 +1040,6 @@ def _measure(files: list[tuple[str, Path]], operator: Any, *, resolution: int, c
                     "; evaluate a prior of at least 16 x 16 pixels." if resolution < SSIM_WINDOW
                     else "; crop it closer to square, or leave it out of --images."))
         boxes.append(box)
-        if float(x.max() - x.min()) == 0.0:  # every method exact or not: PSNR inf, SSIM 1
-            raise MedreconInputError(
-                f"ground truth {str(path)!r} is one constant value; it cannot be scored (PSNR "
-                "is infinite for any exact result, and one such image makes a method's mean "
-                "infinite). Remove it from --images.")
         g = torch.Generator().manual_seed(derive_seed(seed, image_id, "noise"))
         with torch.no_grad():
             y = operator.measure(x, generator=g)

@@ -651,9 +651,10 @@ def test_eval_review_round_two(prior, tmp_path):
     assert res.exit_code == 2 and "has its own option (--scale)" in res.output
     res = CliRunner().invoke(cli, [*base[:-1], str(imgs / "r")])  # --out inside --images
     assert res.exit_code == 2 and "Usage:" not in res.output and "--images" in res.output
-    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(imgs / "flat.png")
-    with pytest.raises(MedreconInputError, match="flat.png' is one constant value"):
-        ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=imgs, lpips=False)
+    for shape in ((16, 16), (24, 24), (40, 40), (13, 13), (16, 24)):  # resized or padded to
+        Image.fromarray(np.full(shape, 7, np.uint8)).save(imgs / "flat.png")  # the prior's grid
+        with pytest.raises(MedreconInputError, match="flat.png' is one constant value"):
+            ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=imgs, lpips=False)
 
 
 def test_eval_never_scores_its_own_report_as_a_ground_truth(prior, tmp_path):
