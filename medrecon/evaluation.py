@@ -1354,6 +1354,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
         return float("nan"), float("nan")
+    if np.isinf(a).any():  # an exact result's PSNR: the mean is inf, a spread has no meaning
+        return float(a.mean()), float("nan")
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
@@ -1390,6 +1392,8 @@ def summarize(rows: Iterable[EvalRow]) -> dict[str, dict[str, Any]]:
 def _pm(ms: tuple[float, float] | None, digits: int) -> str:
     if ms is None:
         return "-"
+    if math.isinf(ms[0]):
+        return f"{ms[0]:.{digits}f}"  # "inf": an exact result, no spread to give
     return f"{ms[0]:.{digits}f} +- {ms[1]:.{digits}f}"
 
 

@@ -886,3 +886,24 @@ def test_one_small_image_leaves_only_its_own_lpips_empty(tmp_path, monkeypatch):
     lp = {r.image: r.lpips for r in run.rows}
     assert lp["0narrow.png"] is None and lp["a.png"] is not None and lp["b.png"] is not None
     assert run.lpips_note.startswith("LPIPS left empty for 1 row(s)")
+
+
+def test_exact_results_read_inf_in_the_summary_without_a_numpy_warning(prior, tmp_path):
+    """Exact results (denoising without noise) gave 'inf +- nan' in summary.md and a stray
+    'invalid value encountered in subtract' on stderr."""
+    import warnings
+
+    from PIL import Image
+
+    imgs = tmp_path / "gt"
+    imgs.mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)).save(
+            imgs / f"g{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        run = ev.evaluate_run(prior=prior, task="denoise", methods="pseudo_inverse",
+                              images=imgs, lpips=False, out_dir=tmp_path / "out")
+    assert all(math.isinf(r.psnr) for r in run.rows)
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "| pseudo_inverse | 2 | inf | 1.0000 +- 0.0000 |" in text and "nan" not in text
