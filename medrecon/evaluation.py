@@ -549,6 +549,13 @@ def _read_pixels(path: Path, *, channels: int) -> tuple[torch.Tensor, Any, tuple
 
         with Image.open(path) as im:
             if im.mode in ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+                if channels == 1 and im.mode not in ("1", "L", "LA"):
+                    rgb = np.asarray(im.convert("RGB"))
+                    if not (rgb == rgb[..., :1]).all():  # said, as the readers of every
+                        warnings.warn(  # other command say it
+                            f"{path.name} is a colour image; it is scored as grey (ITU-R 601 "
+                            "luminance), as the grey prior sees it.", MedreconWarning,
+                            stacklevel=2)
                 im = im.convert("RGB" if channels == 3 else "L")
                 a = np.asarray(im, dtype=np.float64)
                 window = IntensityWindow(0.0, 255.0)

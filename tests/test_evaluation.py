@@ -907,3 +907,27 @@ def test_exact_results_read_inf_in_the_summary_without_a_numpy_warning(prior, tm
     assert all(math.isinf(r.psnr) for r in run.rows)
     text = (tmp_path / "out" / "summary.md").read_text()
     assert "| pseudo_inverse | 2 | inf | 1.0000 +- 0.0000 |" in text and "nan" not in text
+
+
+def test_a_colour_ground_truth_is_said_to_be_scored_as_grey(prior, tmp_path):
+    """An RGB ground truth was scored as grey without a word (every other command warns);
+    an RGB file holding grey values is no colour image and says nothing."""
+    import warnings
+
+    from PIL import Image
+
+    from medrecon.errors import MedreconWarning
+
+    imgs = tmp_path / "gt"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(imgs / "c.png")
+    grey = (rng.random((16, 16)) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, -1)).save(imgs / "g.png")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ev.evaluate_run(prior=prior, task="sr", methods="bicubic", images=imgs, lpips=False)
+    said = [str(w.message) for w in seen if issubclass(w.category, MedreconWarning)]
+    assert [m for m in said if "colour" in m] == [
+        "c.png is a colour image; it is scored as grey (ITU-R 601 luminance), as the grey "
+        "prior sees it."]
