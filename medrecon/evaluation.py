@@ -121,7 +121,8 @@ class EvalRow:
     std_error_spearman: float | None = None
 
     def as_csv(self) -> dict[str, str]:
-        """The row as ``results.csv`` strings (floats with enough digits to re-read exactly)."""
+        """The row as ``results.csv`` strings (metrics to 6 decimals, far below any difference
+        the summary reports; seconds to 4)."""
         return {
             "image": self.image,
             "method": self.method,

@@ -105,6 +105,8 @@ def _prepare(x: Any, y: Any, data_range: Any = 1.0
 
 def _data_range(data_range: Any) -> float:
     try:
+        if isinstance(data_range, (bool, np.bool_)):  # True is not a span (it read as 1.0)
+            raise TypeError
         dr = float(data_range)
     except (TypeError, ValueError):
         raise MedreconInputError(

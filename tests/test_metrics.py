@@ -103,6 +103,8 @@ def test_mae_rmse_mse(pair):
 @pytest.mark.parametrize("call,match", [
     (lambda a, b: metrics.psnr(a, b, data_range=0), "data_range"),
     (lambda a, b: metrics.psnr(a, b, data_range="auto"), "data_range"),
+    (lambda a, b: metrics.psnr(a, b, data_range=True), "data_range must be a positive number"),
+    (lambda a, b: metrics.ssim(a, b, data_range=np.bool_(True)), "data_range must be"),
     (lambda a, b: metrics.ssim(a, b[..., :-1], data_range=1.0), "same shape"),
     (lambda a, b: metrics.ssim(a[..., :5, :5], b[..., :5, :5], data_range=1.0), "smaller"),
     (lambda a, b: metrics.ssim(a, b, data_range=1.0, gaussian_weights=False, win_size=4), "odd"),
