@@ -262,13 +262,25 @@ class _Reporter:
                          if std_kind(info) == "calibrated std" else
                          f", std {std} (the samples' raw spread: no calibration for this regime)")
             prior = ""
-            if eff:
-                what = "magnification" if info.get("task") == "sr" else "resolution"
-                prior = f", prior {what} x{min(eff):.2f}"
+            if eff and _uses_prior(str(info.get("method"))):
+                sr = info.get("task") == "sr"
+                # what the prior supplies of the output: at most the requested factor (its
+                # grid may be finer than a small output's) and at most 1 for the other tasks
+                top = float(info.get("scale") or 1) if sr else 1.0
+                prior = (f", prior {'magnification' if sr else 'resolution'} "
+                         f"x{min(min(eff), top):.2f}")
             click.echo(f"medrecon {info.get('task')}: method {info.get('method')}, device "
                        f"{info.get('device')}, {info.get('slices')} {info.get('plane', '')} "
                        f"slice(s){prior}, {float(info.get('seconds', 0.0)):.1f} s -> "
                        f"{output}{extra}")
+
+
+def _uses_prior(method: str) -> bool:
+    """Whether a result's method (``info["method"]``, e.g. ``'iagan+bp'``) ran the prior."""
+    from medrecon.solvers import METHODS
+
+    spec = METHODS.get(method.split("+")[0])
+    return bool(spec is not None and spec.generative)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -950,3 +950,22 @@ def test_a_png_std_map_is_said_to_be_rounded_before_the_solve(tmp_path, prior_di
     assert "the std map p_std.png is stored as PNG, in whole grey levels" in out
     assert "write the output as .tif or .nii.gz" in out
     assert (tmp_path / "p_std.png").exists()
+
+
+def test_summary_says_what_the_prior_supplied_of_the_request(tmp_path, prior_dir):
+    """A 6 x 6 input at x2 for a 16-pixel prior read 'prior magnification x2.67', more than
+    was asked (the prior's grid is finer than the 12 x 12 output), and a baseline, which runs
+    no prior, reported one too."""
+    src = tmp_path / "lr.nii.gz"
+    save_image(MedicalImage(np.random.default_rng(0).normal(100, 20, (6, 6)).astype(np.float32),
+                            np.eye(4)), src)
+    lines = {}
+    for method in ("iagan", "bicubic"):
+        out = _run(["sr", src, "-o", tmp_path / f"{method}.nii.gz", "--prior", prior_dir,
+                    "--method", method, "--steps", "2", "--scale", "2", "--ensemble", "1"]
+                   if method == "iagan" else
+                   ["sr", src, "-o", tmp_path / f"{method}.nii.gz", "--prior", prior_dir,
+                    "--method", method, "--scale", "2"])
+        lines[method] = next(x for x in out.splitlines() if "medrecon sr:" in x)
+    assert ", prior magnification x2.00," in lines["iagan"]
+    assert "prior magnification" not in lines["bicubic"]
