@@ -621,7 +621,9 @@ def _demo_report(res: Any, base: Any, reference: Any, ref_path: Path, outs: dict
                    err=True)
     click.echo(f"demo: SR x{scale} of {Path(str(ref_path)).name} ({_KERNEL_TEXT[kernel]}) "
                f"with prior {prior}")
-    click.echo(f"  vs reference {Path(str(ref_path)).name}:")
+    rounded = (" (the results as computed: the saved PNGs are rounded to whole grey levels)"
+               if Path(str(outs["sr"])).suffix.lower() == ".png" else "")
+    click.echo(f"  vs reference {Path(str(ref_path)).name}{rounded}:")
     for n, (p, s_) in scores.items():
         ssim_text = f"SSIM {s_:.4f}" if s_ is not None else "SSIM n/a (image under 11 x 11)"
         click.echo(f"  {n:<16s} PSNR {p:6.2f} dB   {ssim_text}")

@@ -396,6 +396,7 @@ def test_demo_on_given_image(tmp_path, prior_dir):
                 "-o", tmp_path / "demo"])
     assert "PSNR" in out and "SSIM" in out and "lanczos+bp" in out
     assert "(bicubic downsampling)" in out  # --input is degraded bicubically (it said box)
+    assert "rounded to whole grey levels" not in out  # NIfTI results: scored as saved
     for name in ("sr.nii.gz", "lanczos_bp.nii.gz", "side_by_side.png"):
         assert (tmp_path / "demo" / name).exists()
     assert not (tmp_path / "demo" / "sr_std.nii.gz").exists()  # csgm gives no spread
@@ -419,6 +420,12 @@ def test_demo_on_given_image(tmp_path, prior_dir):
     _run(["demo", "--input", bmp, "--prior", prior_dir, "--method", "csgm", "--steps", "2",
           "--scale", "2", "-o", tmp_path / "demo_bmp"])
     assert (tmp_path / "demo_bmp" / "sr.nii.gz").is_file()
+    png = tmp_path / "r.png"  # PNG results are rounded when saved: the scores say they are not
+    Image.fromarray((np.random.default_rng(3).random((16, 16)) * 255).astype(np.uint8)).save(png)
+    out = _run(["demo", "--input", png, "--prior", prior_dir, "--method", "csgm", "--steps",
+                "2", "--scale", "2", "-o", tmp_path / "demo_png"])
+    assert "vs reference r.png (the results as computed: the saved PNGs are rounded to whole " \
+        "grey levels):" in out
 
 
 def test_demo_json_is_strict_and_a_volume_is_sized_by_its_slices(tmp_path, prior_dir):
