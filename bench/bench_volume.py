@@ -125,7 +125,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         res = reconstruct(lr, **kw)
         out = np.asarray(res.image.array, np.float32)
         info = {k: res.info.get(k) for k in ("method", "key_every", "warm_steps", "ensemble",
-                                             "coherence_sigma", "coupling", "plane",
+                                             "coherence_sigma", "coupling", "adapt_steps",
+                                             "plane",
                                              "effective_factor")}
         info["seed"] = args.seed
     seconds = time.perf_counter() - t0
@@ -382,6 +383,8 @@ def markdown(report: dict[str, Any]) -> str:
             opts.append(f"coherence {i['coherence_sigma']:g} slice")
         if i.get("coupling"):
             opts.append(f"stage-1 coupling {i['coupling']:g}")
+        if i.get("adapt_steps"):
+            opts.append(f"{i['adapt_steps']} adaptation steps")
         if i.get("seed"):
             opts.append(f"seed {i['seed']}")
         if i.get("offsets"):

@@ -26,8 +26,8 @@ import torch
 
 from medrecon.errors import MedreconInputError
 from medrecon.physics import GridResample, LinearPhysics, build_operator, compose
-from medrecon.volume import (SLAB, cohere_slices, slab_links, solve_in_rounds, supports_warm_start,
-                             warm_steps_for)
+from medrecon.volume import (SLAB, VOLUME_ADAPT_FACTOR, cohere_slices, slab_links,
+                             solve_in_rounds, supports_warm_start, warm_steps_for)
 
 __all__ = ["NativeProblem", "build_native_problem", "solve_native_problem"]
 
@@ -151,6 +151,15 @@ def build_native_problem(
                          {"grid": {"size": fit.size, "content": fit.content, "offset": fit.offset}})
 
 
+def volume_adapt_steps(method: str, task: str | None, overrides: dict | None) -> int:
+    """IAGAN's adaptation steps in the volume default: :data:`medrecon.volume.VOLUME_ADAPT_FACTOR`
+    times the method's default for ``task`` refined by ``overrides`` (the off-grid defaults)."""
+    from medrecon.solvers import method_options
+
+    base = int({**method_options(method, task), **(overrides or {})}["steps"])
+    return max(1, int(round(base * VOLUME_ADAPT_FACTOR)))
+
+
 def solver_kwargs(method: str, *, device: Any, seed: int, slices: Sequence[int], callback: Any,
                   bp: bool | None, steps: int | None = None, samples: int = 0,
                   ensemble: int | None = None, task: str | None = None,
@@ -182,9 +191,11 @@ def solver_kwargs(method: str, *, device: Any, seed: int, slices: Sequence[int],
         kw["steps"] = steps
         if "stage1_options" in defaults:
             kw["stage1_options"] = {"steps": steps}
-    if coupling > 0 and "stage1_options" in defaults:
+    if coupling > 0 and "stage1_options" in defaults:  # the volume default (steps.py)
         kw["stage1_options"] = {**kw.get("stage1_options", {}), "coupling": coupling,
                                 "links": slab_links(list(slices), SLAB)}
+        if steps is None:  # one run per slice, made coherent: it adapts longer
+            kw["steps"] = volume_adapt_steps(method, task, overrides)
     if samples:
         kw["num_samples"] = samples
     if ensemble is not None:
@@ -295,6 +306,10 @@ def solve_native_problem(
         info["key_every"] = key_every
     if coupled:
         info["coupling"] = coupling
+        if steps is None:
+            info["adapt_steps"] = volume_adapt_steps(
+                method, solver_task,
+                OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if not U.is_identity else None)
     img_all = torch.stack([t for t in images if t is not None])
     if generative and coherence > 0 and n > 1:
         img_all = cohere_slices(img_all, problem.groups, sigma=coherence)

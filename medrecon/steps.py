@@ -454,7 +454,8 @@ class Summarise(Transform):
         }
         info.update(d["extra"])
         info.update({k: sinfo[k] for k in ("key_every", "warm_steps", "coherence_sigma", "coupling",
-                                          "std_kind", "std_calibration", "std_note") if k in sinfo})
+                                          "adapt_steps", "std_kind", "std_calibration",
+                                          "std_note") if k in sinfo})
         if d["fallback"] is not None:
             info["fallback"] = d["fallback"][1]
         if s.task == "sr":

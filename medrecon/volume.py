@@ -58,7 +58,8 @@ from medrecon.errors import MedreconInputError
 from medrecon.solvers._common import is_real
 
 __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE", "GUIDE_WINDOW",
-           "COHERENT_SIGMA", "VOLUME_MIN_SUPPORT", "SLICE_COUPLING", "SLAB", "WARM_FRACTION",
+           "COHERENT_SIGMA", "VOLUME_MIN_SUPPORT", "SLICE_COUPLING", "VOLUME_ADAPT_FACTOR", "SLAB",
+           "WARM_FRACTION",
            "slab_links", "slice_batches", "stack_support",
            "warm_start_rounds", "solve_in_rounds", "supports_warm_start", "warm_steps_for",
            "check_coherence", "coherence_sigma", "cohere_slices", "neighbour_support"]
@@ -110,6 +111,13 @@ VOLUME_MIN_SUPPORT = 4.0
 #: neighbours' measurements. Chosen on the 150-slice Colin27 benchmark
 #: (bench/results/volume_*): see docs/results.md.
 SLICE_COUPLING = 1e-4
+#: IAGAN's adaptation (stage-2) steps in the volume default as a multiple of the method's
+#: default for the task and grid (200 off the prior's grid -> 260) when the caller gives no
+#: ``steps``. A lone run adapts only as long as an ensemble's members do, since longer
+#: adaptation invents more detail of its own; here the coherence step averages that detail over
+#: the neighbouring slices. On the 150 Colin27 slices of bench/results/volume_* 260 steps took
+#: the default from 29.93 / 0.865 to 30.03 / 0.869 (see docs/results.md).
+VOLUME_ADAPT_FACTOR = 1.3
 #: Slices per slab of the coupling: slice ``i`` is coupled to ``i - 1`` and ``i + 1`` when they
 #: are in its slab ``i // SLAB`` (fixed by position, so not by ``batch_size``); a solver call
 #: then holds whole slabs (:func:`solve_in_rounds`).

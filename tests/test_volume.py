@@ -178,6 +178,44 @@ def test_default_volume_couples_neighbouring_slices_in_stage1(prior, monkeypatch
     assert "coupling" not in reconstruct(vol[..., :1], **kw).info
 
 
+def test_default_volume_adapts_longer_unless_steps_are_given(prior, monkeypatch):
+    """The SR volume default runs VOLUME_ADAPT_FACTOR times the method's adaptation steps
+    (its task and grid defaults), says so in info["adapt_steps"], and leaves stage 1 as it
+    is; --steps, a chosen ensemble and a lone image keep the method's own."""
+    from medrecon.solvers import OFF_GRID_DEFAULTS, method_options
+    from medrecon.volume import VOLUME_ADAPT_FACTOR
+
+    vol, _ = _volume(10)
+    thin = np.diag([1.0, 1.0, 0.5, 1.0])
+    seen = []
+    real = solvers.solve
+
+    def solve(y, op, p, **k):  # what the pipeline asked for; solved short
+        seen.append((k.get("steps"), (k.get("stage1_options") or {}).get("steps")))
+        return real(y, op, p, **{**k, "steps": 2,
+                                 "stage1_options": {**k.get("stage1_options", {}), "steps": 1}})
+
+    monkeypatch.setattr(solvers, "solve", solve)
+    kw = dict(affine=thin, task="sr", prior=prior, scale=2, method="iagan", seed=2)
+    on_grid = method_options("iagan", "sr")["steps"]
+    want = round(on_grid * VOLUME_ADAPT_FACTOR)
+    assert want > on_grid
+    r = reconstruct(vol, **kw)  # 8 x 8 slices at x2: the 16-pixel prior's own grid
+    assert r.info["adapt_steps"] == want and {s for s, _ in seen} == {want}
+    assert {s1 for _, s1 in seen} == {None}  # stage 1: the method's default
+    seen.clear()
+    off = reconstruct(np.pad(vol, ((0, 2), (0, 2), (0, 0)), mode="edge"), **kw)  # 10 x 10
+    off_steps = round(OFF_GRID_DEFAULTS["sr"]["iagan"]["steps"] * VOLUME_ADAPT_FACTOR)
+    assert off.info["adapt_steps"] == off_steps and {s for s, _ in seen} == {off_steps}
+    for other in (dict(steps=7), dict(ensemble=1)):
+        seen.clear()
+        r = reconstruct(vol, **{**kw, **other})
+        assert "adapt_steps" not in r.info
+        assert {s for s, _ in seen} == {other.get("steps")}
+    seen.clear()
+    assert "adapt_steps" not in reconstruct(vol[..., :1], **kw).info and seen == [(None, None)]
+
+
 def test_tuning_scripts_star_order_starts_every_slice_from_its_key(monkeypatch):
     """scripts/tune_warm_start.py's alternative order (measured, not offered) is a valid
     solve order: one warm round, each slice's parent is its segment's key slice."""
