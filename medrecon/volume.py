@@ -67,7 +67,8 @@ __all__ = ["DEFAULT_KEY_EVERY", "VOLUME_ENSEMBLE", "AUTO_PIXELS", "GUIDE_RANGE",
 #: Segment length of a volume's warm starts (``key_every``) when the caller gives none: 1, every
 #: slice solved from scratch. Warm starts are opt-in: with the 4-member ensemble on its key
 #: slices, ``key_every=3`` costs about 480 generator steps per slice against 260 for one cold
-#: run per slice made coherent (:data:`VOLUME_ENSEMBLE`), and scored the same or lower on 24
+#: run per slice made coherent (:data:`VOLUME_ENSEMBLE`; 300 since :data:`VOLUME_ADAPT_FACTOR`),
+#: and scored the same or lower on 24
 #: coronal slices of two brain volumes (docs/results/tuning/brain_mri_sr4_volume_default).
 #: Segments of 3 remain the useful length: on 8 Colin27 slices, slices one step from their key
 #: matched cold solves and slices further away lost 0.3-1.3 dB even with 100-200 warm steps
@@ -112,12 +113,14 @@ VOLUME_MIN_SUPPORT = 4.0
 #: (bench/results/volume_*): see docs/results.md.
 SLICE_COUPLING = 1e-4
 #: IAGAN's adaptation (stage-2) steps in the volume default as a multiple of the method's
-#: default for the task and grid (200 off the prior's grid -> 260) when the caller gives no
+#: default for the task and grid (200 off the prior's grid -> 240) when the caller gives no
 #: ``steps``. A lone run adapts only as long as an ensemble's members do, since longer
 #: adaptation invents more detail of its own; here the coherence step averages that detail over
-#: the neighbouring slices. On the 150 Colin27 slices of bench/results/volume_* 260 steps took
-#: the default from 29.93 / 0.865 to 30.03 / 0.869 (see docs/results.md).
-VOLUME_ADAPT_FACTOR = 1.3
+#: the neighbouring slices. On the 150 Colin27 slices of bench/results/volume_* (one thread,
+#: seed 0), 1.2 took the default from 29.93 / 0.865 to 30.00 / 0.868 and 1.3 to 30.03 / 0.869,
+#: but 1.3 took 593 s on two threads, too close to the 10 minutes the volume has (see
+#: docs/results.md).
+VOLUME_ADAPT_FACTOR = 1.2
 #: Slices per slab of the coupling: slice ``i`` is coupled to ``i - 1`` and ``i + 1`` when they
 #: are in its slab ``i // SLAB`` (fixed by position, so not by ``batch_size``); a solver call
 #: then holds whole slabs (:func:`solve_in_rounds`).
