@@ -114,9 +114,9 @@ VOLUME_MIN_SUPPORT = 4.0
 SLICE_COUPLING = 1e-4
 #: IAGAN's adaptation (stage-2) steps in the volume default as a multiple of the method's
 #: default for the task and grid (200 off the prior's grid -> 240) when the caller gives no
-#: ``steps``. A lone run adapts only as long as an ensemble's members do, since longer
-#: adaptation invents more detail of its own; here the coherence step averages that detail over
-#: the neighbouring slices. On the 150 Colin27 slices of bench/results/volume_* (one thread,
+#: ``steps``. The method's steps were tuned for a 4-member ensemble; for one run per slice
+#: made coherent, longer paid (presumably as the coherence step averages the extra detail a
+#: longer adaptation invents over the neighbouring slices). On the 150 Colin27 slices of bench/results/volume_* (one thread,
 #: seed 0), 1.2 took the default from 29.93 / 0.865 to 30.00 / 0.868 and 1.3 to 30.03 / 0.869,
 #: but 1.3 took 593 s on two threads, too close to the 10 minutes the volume has (see
 #: docs/results.md).
