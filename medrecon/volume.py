@@ -116,10 +116,10 @@ SLICE_COUPLING = 1e-4
 #: default for the task and grid (200 off the prior's grid -> 240) when the caller gives no
 #: ``steps``. The method's steps were tuned for a 4-member ensemble; for one run per slice
 #: made coherent, longer paid (presumably as the coherence step averages the extra detail a
-#: longer adaptation invents over the neighbouring slices). On the 150 Colin27 slices of bench/results/volume_* (one thread,
-#: seed 0), 1.2 took the default from 29.93 / 0.865 to 30.00 / 0.868 and 1.3 to 30.03 / 0.869,
-#: but 1.3 took 593 s on two threads, too close to the 10 minutes the volume has (see
-#: docs/results.md).
+#: longer adaptation invents over the neighbouring slices). On the 150 Colin27 slices of
+#: bench/results/volume_* (seed 0), 1.2 took the default from 29.93 / 0.865 to 30.00 / 0.868
+#: and 1.3 to 30.03 / 0.869, but 1.3 took 593 s on two threads, too close to the 10 minutes
+#: the volume has (see docs/results.md).
 VOLUME_ADAPT_FACTOR = 1.2
 #: Slices per slab of the coupling: slice ``i`` is coupled to ``i - 1`` and ``i + 1`` when they
 #: are in its slab ``i // SLAB`` (fixed by position, so not by ``batch_size``); a solver call
