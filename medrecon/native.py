@@ -275,6 +275,8 @@ def solve_native_problem(
                 callback=progress.solver_callback(chunk), samples=samples,
                 ensemble=ensemble, task=solver_task, coupling=coupling if coupled else 0.0,
                 overrides=OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if off_grid else None)
+            if coupled and steps is None:  # the volume default's longer adaptation
+                info["adapt_steps"] = kw["steps"]
             if warm:
                 kw["return_state"] = want_state
                 if init is not None:
@@ -306,10 +308,6 @@ def solve_native_problem(
         info["key_every"] = key_every
     if coupled:
         info["coupling"] = coupling
-        if steps is None:
-            info["adapt_steps"] = volume_adapt_steps(
-                method, solver_task,
-                OFF_GRID_DEFAULTS.get(problem.task, {}).get(method) if not U.is_identity else None)
     img_all = torch.stack([t for t in images if t is not None])
     if generative and coherence > 0 and n > 1:
         img_all = cohere_slices(img_all, problem.groups, sigma=coherence)
