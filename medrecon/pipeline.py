@@ -1557,7 +1557,6 @@ def reconstruct_file(
     """
     from medrecon.io import check_image_output
     from medrecon.io._paths import check_input_file, full_suffix
-    from medrecon.io.outputs import OutputStage
     from medrecon.monai.convert import to_medical_image
     from medrecon.monai.reader import load_scan
     from medrecon.monai.writer import as_metatensor
@@ -1605,14 +1604,8 @@ def reconstruct_file(
 
         check_dicom_axes(tuple(image.shape[1:]) + (1,) * (4 - image.ndim),
                          np.asarray(image.affine))  # the result keeps these axes
-    std_out = std_path_for(out) if samples else None
-    if std_out is not None:
-        std_out, _ = check_image_output(std_out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
-        if full_suffix(std_out) == ".png":  # said before the solve, not after
-            warnings.warn(
-                f"the std map {std_out.name} is stored as PNG, in whole grey levels of its image "
-                "(stds below half a level become 0); write the output as .tif or .nii.gz to keep "
-                "its values.", MedreconWarning, stacklevel=2)
+    std_out = (_checked_std_output(out, is_2d=is_2d, overwrite=overwrite, inputs=protected)
+               if samples else None)
 
     if kspace is not None:
         k, sampled = kspace
@@ -1626,20 +1619,45 @@ def reconstruct_file(
         # resolved name made every default count as chosen, so the CLI never fell back)
         result = reconstruct(image, task=task, prior=prior_obj, method=method, samples=samples,
                              simulate=simulate, mask=mask, **options)
+    _save_result(result, out, std_out, task=task, overwrite=overwrite, inputs=protected,
+                 headers=headers)
+    return result
+
+
+def _checked_std_output(out: Path, *, is_2d: bool, overwrite: bool,
+                        inputs: Sequence[Path]) -> Path:
+    """The std map's path beside ``out``, checked before the solve; a PNG, which rounds the
+    map to whole grey levels, is said to."""
+    from medrecon.io import check_image_output
+    from medrecon.io._paths import full_suffix
+
+    std_out, _ = check_image_output(std_path_for(out), is_2d=is_2d, overwrite=overwrite,
+                                    inputs=inputs)
+    if full_suffix(std_out) == ".png":
+        warnings.warn(
+            f"the std map {std_out.name} is stored as PNG, in whole grey levels of its image "
+            "(stds below half a level become 0); write the output as .tif or .nii.gz to keep "
+            "its values.", MedreconWarning, stacklevel=3)
+    return std_out
+
+
+def _save_result(result: PipelineResult, out: Path, std_out: Path | None, *, task: str,
+                 overwrite: bool, inputs: Sequence[Path], headers: Any) -> None:
+    """Write the result (and its std map) all or none, and record the paths in it."""
+    from medrecon.io.outputs import OutputStage
+
     desc = f"medrecon {task} {result.info['method']}"
     with OutputStage(overwrite=overwrite) as stage:
-        _save_output(result.image, out, stage=stage, inputs=protected, description=desc,
+        _save_output(result.image, out, stage=stage, inputs=inputs, description=desc,
                      method=result.info["method"], reference=headers)
         if std_out is not None and result.std is not None:
-            _save_output(result.std, std_out, stage=stage, inputs=protected,
+            _save_output(result.std, std_out, stage=stage, inputs=inputs,
                          description=f"{desc} {std_kind(result.info)}",
-                         method=result.info["method"],
-                         reference=headers)
+                         method=result.info["method"], reference=headers)
             result.std_path = std_out
     result.output_path = out
     result.info["output"] = str(out)
     result.info["std"] = str(result.std_path) if result.std_path else None
-    return result
 
 
 def _is_2d(image: Any) -> bool:
