@@ -912,7 +912,7 @@ def evaluate_run(
         MedreconInputError: For an unknown task or method, a missing images folder, bad options,
             or an unreadable ground truth.
     """
-    from medrecon import physics, solvers
+    from medrecon import physics
 
     method_list, extra_opts = _check_run_options(
         task=task, methods=methods, batch_size=batch_size, noise_sigma=noise_sigma, steps=steps,
@@ -961,24 +961,10 @@ def evaluate_run(
     grid = _input_grid(truths[:n_grid], measurements[:n_grid], operator, resolution=resolution)
 
     lp = _Lpips(lpips)
-    rows: list[EvalRow] = []
-    per_method: dict[str, list[EvalRow]] = {m: [] for m in method_list}
-    spread: dict[str, dict[str, Any]] = {}
-    # Closed-form baselines first: they are cheap, so a method unfit for the task fails fast.
-    order = sorted(method_list, key=lambda m: solvers.METHODS[_split_bp(m)[0]].generative)
-    for method in order:
-        per_method[method], outputs, pixels = _score_method(
-            method, ids=ids, paths=[p for _, p in files], truths=truths,
-            measurements=measurements, boxes=boxes,
-            operator=operator, prior=prior, task=task, device=device, seed=seed, steps=steps, batch_size=batch_size,
-            options=extra_opts.get(method, {}), lp=lp, say=say)
-        if pixels is not None:
-            spread[method] = pixels
-        if n_grid:
-            grid[method] = [_to01(o[0]) for o in outputs[:n_grid]]
-    for i in range(len(ids)):
-        for method in method_list:
-            rows.append(per_method[method][i])
+    rows, spread = _score_methods(
+        method_list, extra_opts, grid, n_grid, ids=ids, paths=[p for _, p in files],
+        truths=truths, measurements=measurements, boxes=boxes, operator=operator, prior=prior,
+        task=task, device=device, seed=seed, steps=steps, batch_size=batch_size, lp=lp, say=say)
 
     run = EvalRun(rows=rows,
                   settings=_settings(prior_name=prior_name, prior_source=prior_source, prior=prior, task=task,
@@ -995,6 +981,29 @@ def evaluate_run(
     if out_dir is not None:
         write_report(run, out_dir, overwrite=overwrite)
     return run
+
+
+def _score_methods(method_list: list[str], extra_opts: Mapping[str, Mapping[str, Any]],
+                   grid: dict[str, list[torch.Tensor]], n_grid: int, *, ids: list[str],
+                   **score: Any) -> tuple[list[EvalRow], dict[str, dict[str, Any]]]:
+    """Every method on every image (:func:`_score_method`, with ``score``'s keywords): the
+    rows in image order (methods as given) and the std maps' pixels per method; the first
+    ``n_grid`` outputs of each join ``grid``."""
+    from medrecon import solvers
+
+    per_method: dict[str, list[EvalRow]] = {}
+    spread: dict[str, dict[str, Any]] = {}
+    # Closed-form baselines first: they are cheap, so a method unfit for the task fails fast.
+    order = sorted(method_list, key=lambda m: solvers.METHODS[_split_bp(m)[0]].generative)
+    for method in order:
+        per_method[method], outputs, pixels = _score_method(
+            method, ids=ids, options=extra_opts.get(method, {}), **score)
+        if pixels is not None:
+            spread[method] = pixels
+        if n_grid:
+            grid[method] = [_to01(o[0]) for o in outputs[:n_grid]]
+    rows = [per_method[m][i] for i in range(len(ids)) for m in method_list]
+    return rows, spread
 
 
 def _check_run_options(*, task: str, methods: Any, batch_size: Any, noise_sigma: Any,
